@@ -1,0 +1,1 @@
+"""Shared helpers: errors, file IO, downloads, progress."""

@@ -1,0 +1,144 @@
+"""`alpaca-ds data build`: Alpaca-format records -> tokenized, loss-masked, memory-mapped shards.
+
+    alpaca-ds data build                                   # the sample shipped in data/, offline
+    alpaca-ds data build --config data/alpaca.yaml --set tokenizer=PATH/TO/llama
+
+Records stream from the input in batches to worker processes that tokenize them the way Alpaca's train.py
+does; the main process writes shards in input order and the manifest last.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from alpaca_ds.common.download import fetch
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import atomic_write_json, sha256_file
+from alpaca_ds.config import DataBuildConfig
+from alpaca_ds.dataset.encode import Encoder, Preprocess, tokenize_records
+from alpaca_ds.dataset.records import Invalid, read_records
+from alpaca_ds.dataset.shards import FORMAT, MANIFEST, ShardWriter
+from alpaca_ds.dataset.template import PROMPT_DICT
+from alpaca_ds.dataset.tokenizer import (add_missing_special_tokens, load_tokenizer, tokenizer_dir,
+                                         tokenizer_identity)
+
+REPO = Path(__file__).resolve().parents[2]
+SPLITS = ("train", "validation")
+MAX_INVALID_LISTED = 20
+
+
+def default_config() -> dict:
+    """The offline default: the sample and the small tokenizer this project ships in data/."""
+    return {"input": str(REPO / "data/sample/alpaca_sample.json"), "tokenizer": str(REPO / "data/tokenizer"),
+            "output": "out/sample-tokenized"}
+
+
+def run(cfg: DataBuildConfig) -> dict:
+    """Build the dataset described by `cfg` and return its manifest."""
+    started = time.time()
+    if cfg.input.startswith("http://"):
+        raise UserError(f"input {cfg.input!r}: only https:// URLs are downloaded")
+    source = fetch(cfg.input, cfg.sha256, cfg.download_dir) if cfg.input.startswith("https://") else Path(cfg.input)
+    if not source.is_file():
+        raise UserError(f"input {cfg.input!r}: no such file")
+    if cfg.sha256 and not cfg.input.startswith("https://") and sha256_file(source) != cfg.sha256:
+        raise UserError(f"input {cfg.input!r}: sha256 differs from the config's `sha256`; wrong file?")
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    added = add_missing_special_tokens(tokenizer)
+    folder = tokenizer_dir(cfg.tokenizer)
+    sp_model = folder / "tokenizer.model"
+    encoder = Encoder(tokenizer, str(sp_model) if sp_model.is_file() else None)
+    pre = Preprocess(encoder, cfg.max_length, cfg.overlength, cfg.val_fraction, cfg.split_seed)
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    build_dir = out / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    build_dir.mkdir()
+    writers = {s: ShardWriter(build_dir, s, np.dtype(dtype), cfg.shard_size) for s in SPLITS}
+    counts: Counter = Counter()
+    invalid: list[str] = []
+    workers = cfg.workers or os.cpu_count() or 1
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool, \
+                tqdm(desc="tokenize", unit="ex", dynamic_ncols=True) as bar:
+            pending: deque = deque()
+            for batch in _batches(source, cfg, counts, invalid):
+                pending.append(pool.submit(tokenize_records, batch, pre))
+                if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat for any input size
+                    _write(pending.popleft().result(), writers, counts, bar)
+            while pending:
+                _write(pending.popleft().result(), writers, counts, bar)
+        splits = {s: w.close() for s, w in writers.items()}
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    if counts["examples"] == 0:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise UserError(f"input {cfg.input!r}: no usable records ({counts['records']} read, "
+                        f"{counts['invalid_skipped']} invalid, {counts['dropped_overlength']} over max_length)")
+
+    manifest = {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build": build_dir.name,
+        "source": {"input": cfg.input, "path": str(source), "sha256": sha256_file(source)},
+        "tokenizer": {**tokenizer_identity(cfg.tokenizer), "class": type(tokenizer).__name__,
+                      "encoder": encoder.backend, "vocab_size": len(tokenizer), "added_special_tokens": added,
+                      "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                      "pad_token_id": tokenizer.pad_token_id},
+        "template": {"name": "alpaca", **PROMPT_DICT},
+        "max_length": cfg.max_length,
+        "overlength": cfg.overlength,
+        "dtype": np.dtype(dtype).name,
+        "counts": {k: counts[k] for k in ("records", "examples", "invalid_skipped", "truncated",
+                                          "dropped_overlength", "no_supervised_tokens")},
+        "invalid_records": invalid,
+        "splits": splits,
+        "seconds": round(time.time() - started, 2),
+        "config": cfg.model_dump(mode="json"),
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    for old in out.glob("build-*"):  # earlier builds, now unreferenced
+        if old != build_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def _batches(source: Path, cfg: DataBuildConfig, counts: Counter, invalid: list[str]):
+    batch = []
+    for item in read_records(source):
+        counts["records"] += 1
+        if isinstance(item, Invalid):
+            if not cfg.skip_invalid:
+                raise UserError(f"{item}\n(use --skip-invalid to skip such records and count them in the manifest)")
+            counts["invalid_skipped"] += 1
+            if len(invalid) < MAX_INVALID_LISTED:
+                invalid.append(str(item))
+            continue
+        batch.append(item)
+        if len(batch) == cfg.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write(batch, writers: dict[str, ShardWriter], counts: Counter, bar: tqdm) -> None:
+    counts.update(batch.counts)
+    counts["examples"] += len(batch.lengths)
+    for code, name in enumerate(SPLITS):
+        keep = batch.split == code
+        if keep.any():
+            writers[name].add(batch.ids[np.repeat(keep, batch.lengths)], batch.lengths[keep], batch.masked[keep],
+                              batch.records[keep])
+    bar.update(len(batch.lengths) + batch.counts["dropped_overlength"])

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="alpaca-ds",
+    version="0.1.0",
+    description="Build instruction-following models the way Stanford Alpaca did, with DeepSpeed.",
+    packages=find_packages(include=["alpaca_ds", "alpaca_ds.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "click>=8.1",
+        "pyyaml>=6.0",
+        "pydantic>=2.6",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "ijson>=3.2",
+        "sentencepiece>=0.2",
+        "protobuf>=4",
+        # Install a CPU or CUDA build of torch first (README); any release >= 2.3 satisfies this.
+        "torch>=2.3",
+        "transformers>=5.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["alpaca-ds=alpaca_ds.cli:main"]},
+)
