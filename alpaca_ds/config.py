@@ -23,7 +23,7 @@ class Schema(BaseModel):
 class DataBuildConfig(Schema):
     """`alpaca-ds data build`: Alpaca-format records -> tokenized, loss-masked, memory-mapped shards."""
 
-    input: str = Field(description="Alpaca-format JSON list or JSONL: a local path or an https:// URL")
+    input: str = Field(description="Alpaca-format JSON list or JSONL: a local path or an http(s) URL")
     sha256: str | None = Field(None, description="expected sha256 of the input; required for a URL")
     output: str = Field(description="dataset directory; manifest.json is written there last")
     tokenizer: str = Field(description="tokenizer folder or hub id (the model's tokenizer)")
@@ -89,6 +89,10 @@ def _parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
+        value = raw
+    # Scalars stay text: the schema converts "1024" to an int where it wants one, and a hash such as
+    # "0042" stays the string it is. YAML still gives lists, mappings and null.
+    if isinstance(value, (bool, int, float)):
         value = raw
     return key.strip(), value
 

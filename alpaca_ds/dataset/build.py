@@ -45,12 +45,11 @@ def default_config() -> dict:
 def run(cfg: DataBuildConfig) -> dict:
     """Build the dataset described by `cfg` and return its manifest."""
     started = time.time()
-    if cfg.input.startswith("http://"):
-        raise UserError(f"input {cfg.input!r}: only https:// URLs are downloaded")
-    source = fetch(cfg.input, cfg.sha256, cfg.download_dir) if cfg.input.startswith("https://") else Path(cfg.input)
+    is_url = cfg.input.startswith(("https://", "http://"))
+    source = fetch(cfg.input, cfg.sha256, cfg.download_dir) if is_url else Path(cfg.input)
     if not source.is_file():
         raise UserError(f"input {cfg.input!r}: no such file")
-    if cfg.sha256 and not cfg.input.startswith("https://") and sha256_file(source) != cfg.sha256:
+    if cfg.sha256 and not is_url and sha256_file(source) != cfg.sha256:
         raise UserError(f"input {cfg.input!r}: sha256 differs from the config's `sha256`; wrong file?")
     tokenizer = load_tokenizer(cfg.tokenizer)
     added = add_missing_special_tokens(tokenizer)
