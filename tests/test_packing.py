@@ -190,6 +190,36 @@ def test_packed_labels_and_positions(dataset, packed_rows):
     assert int((batch["labels"] != IGNORE_INDEX).sum()) == real
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_fully_labelled_examples_get_no_cross_boundary_label(dataset, attn):
+    """Examples whose every token is a label (no prompt to mask): the collator itself must drop the label of
+    each example's first token, which would otherwise be predicted from the previous example's last token."""
+    ds, vocab, pad_id = dataset
+    rng = np.random.default_rng(1)
+    examples = []
+    for n in (17, 5, 30, 9, 12):
+        ids = rng.integers(3, vocab - 1, size=n).astype(np.int64)
+        examples.append({"input_ids": ids, "labels": ids.copy()})
+    rows = [examples[:3], examples[3:]]
+    batch = collate(rows, pad_id)
+    model = tiny_llama(vocab, attn)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"], use_cache=False).logits
+        for b, row in enumerate(rows):
+            start = 0
+            for e in row:
+                n = len(e["input_ids"])
+                assert batch["labels"][b, start].item() == IGNORE_INDEX
+                assert torch.equal(batch["labels"][b, start + 1:start + n], torch.from_numpy(e["labels"][1:]))
+                alone = model(input_ids=torch.from_numpy(e["input_ids"])[None], use_cache=False).logits[0]
+                assert abs(example_loss(logits[b, start:start + n], e["labels"])
+                           - example_loss(alone, e["labels"])).item() < TOL
+                start += n
+    # the loop's whole-batch loss counts exactly the in-example predictions
+    assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == sum(len(e["input_ids"]) - 1 for e in examples)
+
+
 # --------------------------------------------------------------------------------------------------- Alpaca's collator
 
 def alpaca_data_collator(instances: list[dict], pad_token_id: int) -> dict:

@@ -206,6 +206,7 @@ def test_resume_mid_epoch_continues_exactly(mode, sample_lengths):
         state = json.loads(json.dumps(first.state_dict()))  # as stored in a checkpoint
         resumed = make()  # a fresh process: epoch 0, position 0, empty cache
         resumed.load_state_dict(state)
+        resumed.set_epoch(3)  # a training loop's `for epoch ...: set_epoch(epoch)` must not restart the epoch
         tail = list(resumed)
         assert head + tail == full, f"k={k}"
         assert resumed.state_dict()["position"] == len(full)

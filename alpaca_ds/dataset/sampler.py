@@ -25,9 +25,10 @@ class MicroBatchSampler:
             raise UserError(f"batching mode {mode!r}: expected one of {', '.join(MODES)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
-        if mode == "packed" and (pack_length is None or len(lengths) and int(np.max(lengths)) > pack_length):
-            raise UserError(f"pack_length {pack_length} is shorter than the longest example "
-                            f"({int(np.max(lengths))} tokens); set it to at least the dataset's max_length")
+        longest = int(np.max(lengths)) if len(lengths) else 0
+        if mode == "packed" and (pack_length is None or longest > pack_length):
+            raise UserError(f"packed batching needs a pack_length of at least the longest example ({longest} "
+                            f"tokens), got {pack_length}; set it to at least the dataset's max_length")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.micro, self.world, self.rank, self.seed, self.mode = micro_batch_size, world_size, rank, seed, mode
         self.pack_length, self.group_steps, self.pack_window = pack_length, group_steps, pack_window
@@ -36,7 +37,9 @@ class MicroBatchSampler:
         self._cache: tuple[int, list[list[list[int]]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
+        """Move to `epoch`; staying in the current epoch keeps the position, so a resumed run continues."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "mode": self.mode,
@@ -77,7 +80,7 @@ class MicroBatchSampler:
             rows = [rows[i] for i in rng.permutation(len(rows))]
         else:
             rows = [[int(i)] for i in order]
-        rows += rows[:(-len(rows)) % step]  # wrap around to fill the last global step
+        rows += [rows[i % len(rows)] for i in range((-len(rows)) % step)]  # wrap around to fill the last step
         if self.mode == "length_grouped":
             # Sort within megabatches of `group_steps` global steps, then shuffle the steps: each step holds
             # examples of similar length (little padding) and the order of steps stays random.
