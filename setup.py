@@ -18,6 +18,9 @@ setup(
         # Install a CPU or CUDA build of torch first (README); any release >= 2.3 satisfies this.
         "torch>=2.3",
         "transformers>=5.0",
+        "accelerate>=1.0",  # transformers' HfDeepSpeedConfig needs it
+        "deepspeed>=0.16",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alpaca_ds.common.errors import UserError
 
@@ -37,6 +37,180 @@ class DataBuildConfig(Schema):
     workers: int = Field(0, ge=0, description="tokenizer worker processes; 0 = one per CPU core")
     skip_invalid: bool = Field(False, description="skip (and count) invalid records instead of failing")
     download_dir: str = Field("~/.cache/alpaca-ds/downloads", description="where URL inputs are cached")
+
+
+class ModelConfig(Schema):
+    name_or_path: str | None = Field(None, description="pretrained weights: a folder or hub id")
+    init_config: dict[str, Any] | None = Field(None, description="random init from these LlamaConfig keys (tiny runs)")
+    init_seed: int = Field(0, description="seed of the random init")
+    tokenizer: str | None = Field(None, description="the model's tokenizer; defaults to name_or_path")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name_or_path is None) == (self.init_config is None):
+            raise ValueError("set exactly one of model.name_or_path (pretrained) and model.init_config (random init)")
+        if self.tokenizer is None and self.name_or_path is None:
+            raise ValueError("a randomly initialised model needs model.tokenizer")
+        return self
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.name_or_path
+
+
+class TrainDataConfig(Schema):
+    path: str = Field(description="tokenized dataset directory (alpaca-ds data build)")
+    batching: Literal["random", "length_grouped", "packed"] = Field(
+        "random", description="random: pad to longest, as Alpaca; length_grouped; packed: several examples per row")
+    pack_length: int = Field(2048, gt=0, description="tokens per packed row")
+    seed: int = Field(42, description="shuffling seed")
+
+
+class BatchConfig(Schema):
+    global_batch_size: int = Field(128, gt=0, description="examples (rows when packed) per optimizer step")
+    micro_batch_size: int = Field(4, gt=0, description="per GPU per forward pass")
+    gradient_accumulation_steps: int | None = Field(None, gt=0, description="derived from the world size when unset")
+
+    def resolve(self, world_size: int) -> tuple[int, int]:
+        """(micro, accumulation) with micro x accumulation x world == global, or a UserError with the arithmetic."""
+        micro, glob = self.micro_batch_size, self.global_batch_size
+        if self.gradient_accumulation_steps is not None:
+            accum = self.gradient_accumulation_steps
+            if micro * accum * world_size != glob:
+                raise UserError(f"batch: micro_batch_size {micro} x gradient_accumulation_steps {accum} x world "
+                                f"{world_size} = {micro * accum * world_size}, not global_batch_size {glob}; unset "
+                                "gradient_accumulation_steps to derive it from the world size")
+            return micro, accum
+        if glob % (micro * world_size):
+            fits = [m for m in range(1, glob + 1) if glob % (m * world_size) == 0]
+            hint = (f"micro_batch_size values that work on {world_size} GPUs: {', '.join(map(str, fits[:8]))}"
+                    if fits else f"no micro-batch size works: {glob} is not divisible by {world_size} GPUs; "
+                    "change the GPU count or global_batch_size")
+            raise UserError(f"batch: global_batch_size {glob} / (micro_batch_size {micro} x world {world_size} = "
+                            f"{micro * world_size}) = {glob / (micro * world_size):g} is not a whole number of "
+                            f"accumulation steps; {hint}")
+        return micro, glob // (micro * world_size)
+
+
+class OptimConfig(Schema):
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
+    epochs: int = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps with linear warmup")
+
+
+class CheckpointConfig(Schema):
+    every_steps: int = Field(500, gt=0)
+    keep_last: int = Field(2, gt=0)
+
+
+class LogConfig(Schema):
+    every_steps: int = Field(1, gt=0, description="optimizer steps per metrics.jsonl line")
+    eval_every_steps: int = Field(0, ge=0, description="validation loss interval; 0 = at the end only")
+    peak_tflops: float = Field(312.0, gt=0, description="per-device peak for MFU (A100 bf16 dense: 312)")
+    tensorboard: bool = False
+    csv: bool = False
+    wandb: bool = False
+
+
+class TrainConfig(Schema):
+    """`alpaca-ds train`: a recipe (launch/recipes/*.yaml) for fine-tuning with DeepSpeed."""
+
+    output_dir: str
+    ds_config: str = Field("ds_configs/zero3_bf16.yaml", description="DeepSpeed engine config (commented YAML)")
+    seed: int = 42
+    model: ModelConfig
+    data: TrainDataConfig
+    batch: BatchConfig = BatchConfig()
+    optim: OptimConfig = OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
+    export_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class ApiConfig(Schema):
+    """The teacher model behind an OpenAI-compatible API (`generate`)."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint, ending in /v1")
+    model: str = Field("gpt-3.5-turbo-instruct", description="teacher model; Alpaca used text-davinci-003")
+    mode: Literal["completions", "chat"] = Field(
+        "completions", description="completions: Alpaca's API, several prompts per request; chat: one per request")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="environment variable holding the key (never written anywhere); "
+        "null for a local server that needs none")
+    encoding: str | None = Field(None, description="tiktoken encoding; default tiktoken.encoding_for_model(model)")
+    prompts_per_request: int = Field(5, ge=1, le=20, description="completions mode: prompts per request (Alpaca: 5)")
+    n: int = Field(1, ge=1, le=16, description="completions per prompt")
+    max_tokens: int = Field(3072, gt=0, description="completion tokens per prompt at most (Alpaca: 3072)")
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    ban_end_of_text: bool = Field(True, description="logit_bias -100 on the encoding's end-of-text id, as Alpaca")
+    timeout_s: float = Field(300.0, gt=0, description="per-request timeout in seconds")
+    max_retries: int = Field(8, ge=0, description="retries of one request before it is recorded as failed")
+    backoff_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry, with jitter")
+    backoff_max_s: float = Field(60.0, gt=0, description="cap of the retry delay (Retry-After may ask for more)")
+    requests_per_minute: float = Field(0, ge=0, description="client-side request rate limit; 0 = none")
+    tokens_per_minute: float = Field(0, ge=0, description="client-side token rate limit (worst case per request); 0 = none")
+    max_consecutive_failures: int = Field(
+        50, gt=0, description="stop the run after this many requests in a row failed all their retries")
+
+
+class BudgetConfig(Schema):
+    """Hard spending limits: a request is sent only when its worst case fits in what is left."""
+
+    max_usd: float = Field(ge=0, description="dollars this output directory may spend in total, over all restarts")
+    max_tokens: int | None = Field(None, ge=0, description="total prompt + completion tokens; null = no token limit")
+    prices: str | None = Field(None, description="price table YAML; null = alpaca_ds/generate/prices.yaml")
+    prompt_usd_per_1m: float | None = Field(None, ge=0, description="explicit prompt price ($/1M tokens) for api.model")
+    completion_usd_per_1m: float | None = Field(None, ge=0, description="explicit completion price ($/1M tokens)")
+
+    @model_validator(mode="after")
+    def _both_prices(self):
+        if (self.prompt_usd_per_1m is None) != (self.completion_usd_per_1m is None):
+            raise ValueError("set both budget.prompt_usd_per_1m and budget.completion_usd_per_1m, or neither")
+        return self
+
+
+class FilterConfig(Schema):
+    """Alpaca's filters on generated instructions (each rejection is counted by reason in stats.json)."""
+
+    min_words: int = Field(4, ge=0, description="fewer words are rejected (Alpaca: more than 3)")
+    max_words: int = Field(150, gt=0, description="more words are rejected (Alpaca: 150)")
+    blacklist: tuple[str, ...] = Field(
+        ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
+         "plot", "go to", "video", "audio", "music", "flowchart", "diagram"),
+        description="whole words (case-insensitive) a text-only model cannot serve")
+    banned_prefixes: tuple[str, ...] = Field(("Write a program",), description="instructions starting so are dropped")
+    reject_punctuation_start: bool = Field(True, description="drop instructions whose first character is punctuation")
+    reject_non_ascii_start: bool = Field(True, description="drop instructions whose first character is not ASCII")
+
+
+class GenerateConfig(Schema):
+    """`alpaca-ds generate`: self-instruct data from a teacher model (launch/recipes/self_instruct_*.yaml)."""
+
+    out_dir: str = Field(description="run directory; rerunning with the same one continues where it stopped")
+    num_instructions: int = Field(gt=0, description="accepted instructions to produce (Alpaca: 52,002)")
+    seed: int = Field(42, description="request i's in-context examples come from an RNG seeded with (seed, i)")
+    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
+    rouge_threshold: float = Field(0.7, ge=0, le=1, description="reject when ROUGE-L F vs any kept instruction exceeds it")
+    seed_tasks: str = Field("seeds/seed_tasks.jsonl", description="seed tasks, self-instruct JSONL format")
+    prompt_template: str | None = Field(None, description="prompt text file; null = alpaca_ds/generate/prompt.txt")
+    num_prompt_instructions: int = Field(3, ge=1, le=10, description="in-context seed examples per prompt (Alpaca: 3)")
+    num_tasks: int = Field(20, ge=2, le=99, description="list length asked for; generation stops at that number")
+    max_requests: int | None = Field(None, gt=0, description="stop after this many requests in total (trials)")
+    expected_accept_rate: float = Field(
+        0.25, gt=0, le=1, description="--dry-run's prior share of generated candidates that are kept, until a run "
+        "in out_dir has measured one")
+    progress: bool = Field(True, description="show a progress bar on stderr")
+    api: ApiConfig = ApiConfig()
+    budget: BudgetConfig
+    filters: FilterConfig = FilterConfig()
 
 
 def load_config(schema: type[Schema], path: str | Path | None, overrides: tuple[str, ...] | list[str] = (),

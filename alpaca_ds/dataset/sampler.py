@@ -2,8 +2,8 @@
 
 A micro-batch is a list of rows; a row is a list of example indices: one example per row when batching pads
 to the longest example (`random`, as Alpaca, or `length_grouped`), several when `packed`.
-Every epoch covers every example: the last global step is filled by wrapping around to the epoch's start,
-as torch's DistributedSampler does.
+Every epoch covers every example: the last optimizer step (micro x world x accumulation rows) is filled by
+wrapping around to the epoch's start, as torch's DistributedSampler does, so every step has the full global batch.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ MODES = ("random", "length_grouped", "packed")
 
 class MicroBatchSampler:
     def __init__(self, lengths: np.ndarray, micro_batch_size: int, *, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, mode: str = "random", pack_length: int | None = None,
+                 seed: int = 0, mode: str = "random", pack_length: int | None = None, accumulation: int = 1,
                  group_steps: int = 50, pack_window: int = 8192):
         if mode not in MODES:
             raise UserError(f"batching mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -32,6 +32,7 @@ class MicroBatchSampler:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.micro, self.world, self.rank, self.seed, self.mode = micro_batch_size, world_size, rank, seed, mode
         self.pack_length, self.group_steps, self.pack_window = pack_length, group_steps, pack_window
+        self.accumulation = accumulation
         self.epoch = 0
         self.position = 0  # micro-batches of this rank already consumed in this epoch
         self._cache: tuple[int, list[list[list[int]]]] | None = None
@@ -80,7 +81,8 @@ class MicroBatchSampler:
             rows = [rows[i] for i in rng.permutation(len(rows))]
         else:
             rows = [[int(i)] for i in order]
-        rows += [rows[i % len(rows)] for i in range((-len(rows)) % step)]  # wrap around to fill the last step
+        fill = step * self.accumulation
+        rows += [rows[i % len(rows)] for i in range((-len(rows)) % fill)]  # wrap around to fill the last step
         if self.mode == "length_grouped":
             # Sort within megabatches of `group_steps` global steps, then shuffle the steps: each step holds
             # examples of similar length (little padding) and the order of steps stays random.

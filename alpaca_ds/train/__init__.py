@@ -1,0 +1,1 @@
+"""Supervised fine-tuning with DeepSpeed: the only importer of deepspeed."""

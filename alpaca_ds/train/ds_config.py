@@ -1,0 +1,69 @@
+"""The DeepSpeed config of a run: the engine YAML (ds_configs/) plus what the recipe and world size decide.
+
+    alpaca-ds config render launch/recipes/alpaca_7b.yaml --world-size 8
+
+DeepSpeed's "auto" values are filled in only by the HF Trainer, so alpaca-ds resolves every value itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.config import TrainConfig
+
+# Keys the recipe decides; an engine YAML that sets them would silently disagree with the recipe.
+INJECTED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+            "scheduler", "gradient_clipping", "tensorboard", "csv_monitor", "wandb")
+
+
+def load_engine_yaml(path: str) -> dict:
+    try:
+        engine = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise UserError(f"ds_config {path!r}: cannot read it ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"ds_config {path}: invalid YAML: {e}") from None
+    if not isinstance(engine, dict):
+        raise UserError(f"ds_config {path}: the top level must be a mapping of DeepSpeed keys")
+    clash = [k for k in INJECTED if k in engine]
+    if clash:
+        raise UserError(f"ds_config {path}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} set from the "
+                        "recipe (batch.*, optim.*, log.*); remove from the engine YAML")
+    return engine
+
+
+def build_ds_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The complete DeepSpeed JSON for `cfg` on `world_size` GPUs (batch invariant checked)."""
+    micro, accum = cfg.batch.resolve(world_size)
+    ds = load_engine_yaml(cfg.ds_config)
+    ds.update({
+        "train_batch_size": cfg.batch.global_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
+            "weight_decay": cfg.optim.weight_decay,
+            # torch's AdamW on the CPU accelerator; DeepSpeed's fused kernel on GPUs
+            "torch_adam": not _has_gpu()}},
+    })
+    monitor_dir = str(Path(cfg.output_dir) / "monitor")
+    for key, on in (("tensorboard", cfg.log.tensorboard), ("csv_monitor", cfg.log.csv)):
+        if on:
+            ds[key] = {"enabled": True, "output_path": monitor_dir, "job_name": "alpaca-ds"}
+    if cfg.log.wandb:
+        ds["wandb"] = {"enabled": True, "project": "alpaca-ds"}
+    return ds
+
+
+def batch_arithmetic(cfg: TrainConfig, world_size: int) -> str:
+    micro, accum = cfg.batch.resolve(world_size)
+    return (f"global batch {cfg.batch.global_batch_size} = micro-batch {micro} x accumulation {accum} x "
+            f"world {world_size}")
+
+
+def _has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()

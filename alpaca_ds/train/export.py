@@ -1,0 +1,100 @@
+"""A consolidated HF folder (config, safetensors, tokenizer, generation config) that transformers loads.
+
+    alpaca-ds export runs/tiny/checkpoints/step-00000042 runs/tiny/export-42
+
+The end of a run exports from the live engine; `alpaca-ds export` does it from any checkpoint, offline.
+Either way the folder is reloaded with transformers and its logits checked before success is reported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from alpaca_ds.common.errors import UserError
+
+SKELETON = "model"  # <output_dir>/model: the HF config and tokenizer of the run, written at its start
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def write_skeleton(model: torch.nn.Module, tokenizer, run_dir: Path) -> None:
+    folder = run_dir / SKELETON
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, dtype: str) -> None:
+    """Save `state_dict` as an HF model with the run's config and tokenizer (rank 0 only)."""
+    skeleton = run_dir / SKELETON
+    config = AutoConfig.from_pretrained(skeleton)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    missing, unexpected = model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in state_dict.items()},
+                                                strict=False, assign=True)
+    missing = [k for k in missing if k not in _tied(model)]
+    if missing or unexpected:
+        raise UserError(f"export: the checkpoint does not fit the model config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    if _tied(model):
+        model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(skeleton)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def reload_logits(out: Path, batch: dict[str, torch.Tensor], dtype: str) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=DTYPES[dtype])
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+
+def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
+    """Max |difference| over real tokens; raises unless within bf16 tolerance of the logits' scale."""
+    keep = mask.bool()
+    diff = float((exported[keep] - reference[keep]).abs().max())
+    scale = float(reference[keep].abs().max())
+    tolerance = 2 ** -7 * max(scale, 1.0)  # a few units in the last place of bf16
+    if not diff <= tolerance:
+        raise UserError(f"export verification failed: reloaded logits differ by {diff:.3g} "
+                        f"(tolerance {tolerance:.3g}); the exported folder is not the trained model")
+    return diff
+
+
+def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> float:
+    """`alpaca-ds export CKPT OUT`: consolidate a ZeRO checkpoint offline into an HF folder and verify it."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from alpaca_ds.config import TrainConfig, load_config
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent
+    if not (checkpoint.is_dir() and (run_dir / SKELETON).is_dir() and (run_dir / "config.resolved.yaml").is_file()):
+        raise UserError(f"{checkpoint}: not a checkpoint of an alpaca-ds run (expected "
+                        "RUN/checkpoints/step-NNNNNNNN with RUN/model and RUN/config.resolved.yaml)")
+    cfg = load_config(TrainConfig, run_dir / "config.resolved.yaml")
+    dtype = dtype or cfg.export_dtype
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    write_hf_folder(state_dict, run_dir, out, dtype)
+    # reference: the checkpoint's own weights in the export dtype, on a fixed batch of token ids
+    config = AutoConfig.from_pretrained(run_dir / SKELETON)
+    reference = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    reference.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}, strict=False)
+    reference.eval()
+    batch = fixed_batch(config.vocab_size)
+    with torch.no_grad():
+        expected = reference(**batch).logits.float()
+    return check_logits(reload_logits(out, batch, dtype), expected, batch["attention_mask"])
+
+
+def fixed_batch(vocab_size: int, length: int = 32) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _tied(model) -> set[str]:
+    return set(getattr(model, "_tied_weights_keys", None) or []) if model.config.tie_word_embeddings else set()

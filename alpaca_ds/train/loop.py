@@ -1,0 +1,228 @@
+"""`alpaca-ds train`: supervised fine-tuning with DeepSpeed, read top to bottom: setup -> loop -> save.
+
+    deepspeed --num_gpus 2 -m alpaca_ds.train --config launch/recipes/tiny.yaml
+    alpaca-ds train --config launch/recipes/tiny.yaml --num-gpus 2      # builds and runs that command
+
+Relaunching the same command resumes from the last complete checkpoint and continues exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.config import TrainConfig, dump_config, load_config
+from alpaca_ds.dataset.collate import collate
+from alpaca_ds.dataset.sampler import MicroBatchSampler
+from alpaca_ds.dataset.shards import TokenizedDataset, check_tokenizer, read_manifest
+from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer, tokenizer_identity
+from alpaca_ds.train import checkpoint, export
+from alpaca_ds.train.ds_config import batch_arithmetic, build_ds_config
+from alpaca_ds.train.metrics import MetricsLog, plot_loss_curve
+from alpaca_ds.train.model import build_model
+
+
+def preflight(cfg: TrainConfig, world_size: int) -> tuple[dict, dict, dict]:
+    """Everything that can be wrong before a model loads: returns (ds_config, dataset manifest, tokenizer identity)."""
+    ds_config = build_ds_config(cfg, world_size)
+    manifest = read_manifest(cfg.data.path)
+    identity = tokenizer_identity(cfg.model.tokenizer_path)
+    check_tokenizer(manifest, Path(cfg.data.path), identity["sha256"])
+    run_dir = Path(cfg.output_dir)
+    for name, mine in (("config.resolved.yaml", dump_config(cfg)), ("ds_config.json", _json(ds_config))):
+        theirs = run_dir / name
+        if theirs.is_file() and theirs.read_text() != mine:
+            raise UserError(f"{cfg.output_dir}: holds a different run ({name} differs from this one's: another "
+                            "recipe, override or world size); pick another output_dir, or delete it to start over")
+    return ds_config, manifest, identity
+
+
+def train(cfg: TrainConfig) -> None:
+    # ------------------------------------------------------------------ setup
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    rank, world = dist.get_rank(), dist.get_world_size()
+    main = rank == 0
+    ds_config, manifest, _ = preflight(cfg, world)
+    micro, accum = cfg.batch.resolve(world)
+    run_dir, checkpoints = Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"
+    train_set = TokenizedDataset(cfg.data.path, "train")
+    val_set = TokenizedDataset(cfg.data.path, "validation") if manifest["splits"]["validation"]["examples"] else None
+    pad_id = manifest["tokenizer"]["pad_token_id"]
+    sampler = MicroBatchSampler(train_set.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
+                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    steps_per_epoch = len(sampler) // accum
+    total_steps = min(cfg.optim.epochs * steps_per_epoch, cfg.optim.max_steps or math.inf)
+    warmup_steps = math.ceil(cfg.optim.warmup_ratio * total_steps)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.resolved.yaml", dump_config(cfg).encode())
+        atomic_write_bytes(run_dir / "ds_config.json", _json(ds_config).encode())
+        print(f"{batch_arithmetic(cfg, world)}; {len(train_set)} examples, {steps_per_epoch} steps per epoch, "
+              f"{total_steps} steps ({warmup_steps} warmup)", flush=True)
+
+    model = build_model(cfg.model, ds_config, manifest["tokenizer"]["vocab_size"])
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
+        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup_steps, total_steps))
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    if main:
+        tokenizer = load_tokenizer(cfg.model.tokenizer_path)
+        add_missing_special_tokens(tokenizer)
+        export.write_skeleton(engine.module, tokenizer, run_dir)
+
+    state = checkpoint.load_latest(engine, checkpoints)
+    step = state["step"] if state else 0
+    if state:
+        sampler.load_state_dict(state["sampler"])
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step) if main else None
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
+    if main and state:
+        print(f"resumed from {checkpoint.tag_for(step)} (epoch {sampler.epoch}, micro-batch {sampler.position})")
+
+    # ------------------------------------------------------------------ loop
+    engine.train()
+    window = _Window()
+    while step < total_steps:
+        sampler.set_epoch(sampler.epoch if sampler.position < len(sampler) else sampler.epoch + 1)
+        for rows in sampler:
+            batch = collate([[train_set[i] for i in row] for row in rows], pad_id)
+            lr = scheduler.get_last_lr()[0]
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            window.add(loss.item(), int(batch["input_ids"].numel()),
+                       sum(int(train_set.lengths[row].sum()) for row in rows))
+            if sampler.position % accum:
+                continue  # still accumulating gradients for this optimizer step
+            step += 1
+            bar.update(1)
+            evaluate_now = val_set is not None and (step == total_steps or (
+                cfg.log.eval_every_steps and step % cfg.log.eval_every_steps == 0))
+            if step % cfg.log.every_steps == 0 or step == total_steps or evaluate_now:
+                row = window.summary(step, sampler, steps_per_epoch, lr, engine, n_params, cfg.log.peak_tflops, world)
+                if evaluate_now:
+                    row["val_loss"] = evaluate(engine, val_set, micro, world, rank, pad_id)
+                if main:
+                    log.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+                _monitor(engine, row)
+            if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
+                checkpoint.save(engine, checkpoints, step, {"step": step, "sampler": sampler.state_dict()},
+                                cfg.checkpoint.keep_last)
+            if step == total_steps:
+                break
+    bar.close()
+
+    # ------------------------------------------------------------------ save
+    if main:
+        log.close()
+        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    diff = export_final(engine, cfg, run_dir)
+    if main:
+        print(f"done: {step} steps; exported {run_dir / 'final'} (reloaded logits within {diff:.2g} of the engine's)")
+
+
+def evaluate(engine, dataset: TokenizedDataset, micro: int, world: int, rank: int, pad_id: int) -> float:
+    """Mean loss per label token over the split (examples wrapped in to fill the last step count again)."""
+    sampler = MicroBatchSampler(dataset.lengths, micro, world_size=world, rank=rank, seed=0)
+    total = torch.zeros(2, dtype=torch.float64)
+    engine.eval()
+    with torch.no_grad():
+        for rows in sampler:
+            batch = collate([[dataset[i] for i in row] for row in rows], pad_id)
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += torch.tensor([engine(**batch).loss.item() * n, n], dtype=torch.float64)
+    engine.train()
+    dist.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+def export_final(engine, cfg: TrainConfig, run_dir: Path) -> float:
+    """Consolidate the weights into run_dir/final and check the reloaded model's logits against the engine's."""
+    zero3 = engine.zero_optimization_stage() == 3
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+    batch = export.fixed_batch(engine.module.config.vocab_size)
+    engine.eval()
+    with torch.no_grad():
+        reference = engine(**batch).logits.float()
+    diff = torch.zeros(1)
+    if dist.get_rank() == 0:
+        export.write_hf_folder(state_dict, run_dir, run_dir / "final", cfg.export_dtype)
+        diff[0] = export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype), reference,
+                                      batch["attention_mask"])
+    dist.broadcast(diff, 0)
+    return float(diff[0])
+
+
+class _Window:
+    """Losses and token counts of the micro-batches since the last logged step."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.losses, self.tokens, self.real_tokens, self.start = [], 0, 0, time.time()
+
+    def add(self, loss: float, tokens: int, real_tokens: int):
+        self.losses.append(loss)
+        self.tokens += tokens
+        self.real_tokens += real_tokens
+
+    def summary(self, step, sampler, steps_per_epoch, lr, engine, n_params, peak_tflops, world) -> dict:
+        sums = torch.tensor([sum(self.losses), len(self.losses), self.tokens, self.real_tokens], dtype=torch.float64)
+        dist.all_reduce(sums)
+        seconds = time.time() - self.start
+        real_per_s = float(sums[3]) / seconds
+        grad_norm = engine.get_global_grad_norm()
+        row = {"step": step, "epoch": round(sampler.epoch + sampler.position / len(sampler), 4),
+               "loss": float(sums[0] / sums[1]), "lr": lr,
+               "grad_norm": None if grad_norm is None else float(grad_norm),
+               "tokens": int(sums[2]), "real_tokens": int(sums[3]), "tokens_per_s": round(real_per_s, 1),
+               "mfu": round(6 * n_params * real_per_s / (peak_tflops * 1e12 * world), 6),
+               "memory_mb": _memory_mb(), "seconds": round(seconds, 3)}
+        self.reset()
+        return row
+
+
+def _memory_mb() -> float:
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return round(accelerator.max_memory_allocated() / 2**20, 1)
+
+
+def _monitor(engine, row: dict) -> None:
+    if engine.monitor.enabled:
+        engine.monitor.write_events([(f"Train/{k}", v, row["step"]) for k, v in row.items()
+                                     if k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss") and v is not None])
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m alpaca_ds.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe YAML (launch/recipes/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # from the deepspeed launcher
+    args = parser.parse_args(argv)
+    try:
+        train(load_config(TrainConfig, args.config, args.overrides))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

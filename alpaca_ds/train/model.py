@@ -1,0 +1,57 @@
+"""The model under ZeRO-3: loaded (or randomly initialised) already partitioned, with Alpaca's added tokens."""
+from __future__ import annotations
+
+import deepspeed
+import torch
+# Imported here, not inside zero.Init: the model classes pull in torch._dynamo lazily, which fails under the
+# tensor-creation patches zero.Init installs.
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.integrations import HfDeepSpeedConfig
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.config import ModelConfig
+
+
+def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.Module:
+    """The model with `vocab_size` embedding rows (the dataset's tokenizer, added tokens included)."""
+    # While this object lives, from_pretrained loads under deepspeed.zero.Init (no rank holds the full model) and
+    # resize_token_embeddings gathers; once it is gone, transformers loads plainly again (the export's reload).
+    hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841
+    if cfg.name_or_path is not None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
+                                                         attn_implementation=cfg.attn_implementation)
+        except OSError as e:
+            raise UserError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it ({e})") from None
+    else:
+        torch.manual_seed(cfg.init_seed)
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=_zero3(ds_config)):
+            model = LlamaForCausalLM(LlamaConfig(**cfg.init_config, attn_implementation=cfg.attn_implementation))
+    resize_with_mean_rows(model, vocab_size, gathered=_zero3(ds_config))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def resize_with_mean_rows(model: torch.nn.Module, vocab_size: int, gathered: bool) -> None:
+    """Alpaca's smart_tokenizer_and_embedding_resize: new input and output rows = mean of the old rows."""
+    old = model.get_input_embeddings().weight.ds_shape[0] if gathered else model.get_input_embeddings().num_embeddings
+    if vocab_size < old:
+        raise UserError(f"the dataset's tokenizer has {vocab_size} tokens but the model {old} embedding rows; "
+                        "is the dataset built with this model's tokenizer?")
+    if vocab_size == old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    weights = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not weights[0]:
+        weights.append(output.weight)
+    with deepspeed.zero.GatheredParameters(weights, modifier_rank=0, enabled=gathered):
+        with torch.no_grad():
+            for w in weights:
+                w[old:] = w[:old].mean(dim=0, keepdim=True)
+
+
+def _zero3(ds_config: dict) -> bool:
+    return ds_config.get("zero_optimization", {}).get("stage", 0) == 3
