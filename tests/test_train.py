@@ -1,0 +1,259 @@
+"""The DeepSpeed trainer for real: ZeRO-3 + bf16 on 2 CPU ranks over gloo through the deepspeed launcher.
+
+One uninterrupted run of the tiny recipe is the reference for the resume test (kill, relaunch, identical losses)
+and for the export checks; a torch FSDP run (Alpaca's engine) from the same weights on the same batches is the
+reference for the ZeRO-3 losses.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.config import TrainConfig, load_config
+from alpaca_ds.train.loop import preflight
+from conftest import ROOT, build_dataset
+
+RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(*overrides: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+    for item in overrides:
+        command += ["--set", item]
+    if wait:
+        return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train-data") / "ds"
+    build_dataset(out, "val_fraction=0.1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "reference"
+    result = launch(f"output_dir={run}", f"data.path={dataset}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "done: 42 steps" in result.stdout
+    return run
+
+
+def hf_cosine(step: int, peak: float, warmup: int, total: int) -> float:
+    """The lr of Alpaca's HF Trainer schedule (linear warmup, cosine to 0), written out."""
+    if step < warmup:
+        return peak * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def test_tiny_recipe_trains_checkpoints_and_exports(reference_run, dataset):
+    rows = [r for r in metrics(reference_run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 43))
+    losses = [r["loss"] for r in rows]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
+    cfg = load_config(TrainConfig, RECIPE)
+    for r in rows:  # the schedule is Alpaca's, step for step
+        assert r["lr"] == pytest.approx(hf_cosine(r["step"] - 1, cfg.optim.lr, 2, 42), rel=1e-6, abs=1e-12)
+        assert math.isfinite(r["grad_norm"]) and r["real_tokens"] <= r["tokens"] and r["tokens_per_s"] > 0
+    # each logged step saw one global batch: 8 examples of the dataset's real lengths
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert sum(r["real_tokens"] for r in rows[:14]) >= manifest["splits"]["train"]["tokens"]
+    val = [r["val_loss"] for r in metrics(reference_run) if "val_loss" in r]
+    assert len(val) == 5 and val[-1] < val[0]
+    # checkpoints: `latest` names the last one; keep_last=2 leaves two
+    checkpoints = reference_run / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step-00000042"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000040", "step-00000042"]
+    assert (reference_run / "loss.png").stat().st_size > 10_000
+    # the export loads with plain transformers, with Alpaca's [PAD] token, and generates
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    final = reference_run / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert len(tokenizer) == model.config.vocab_size == manifest["tokenizer"]["vocab_size"]
+    assert tokenizer.pad_token == "[PAD]" and model.generation_config.pad_token_id == tokenizer.pad_token_id
+    ids = tokenizer("### Instruction:\nSay hi.\n\n### Response:", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_resume_after_kill_gives_identical_losses(reference_run, dataset, tmp_path):
+    run = tmp_path / "resumed"
+    args = (f"output_dir={run}", f"data.path={dataset}", "checkpoint.every_steps=4")
+    proc = launch(*args, wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = [r for r in metrics(run) if "loss" in r] if (run / "metrics.jsonl").exists() else []
+        if done and done[-1]["step"] >= 14:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r["step"] for r in metrics(run) if "loss" in r)
+    assert 14 <= killed_at < 42
+    result = launch(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step-000000" in result.stdout
+    ours = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(run)]
+    theirs = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(reference_run)]
+    assert ours == theirs  # exactly: same batches, same optimizer state, same RNG
+
+
+def test_zero3_matches_torch_fsdp_from_the_same_weights(dataset, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=manifest["tokenizer"]["vocab_size"], hidden_size=64, intermediate_size=176,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # bf16-representable weights: both engines' fp32 masters start bit-identical
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    init = tmp_path / "init"
+    model.save_pretrained(init)
+    steps = 24
+    ours = tmp_path / "zero3"
+    result = launch(f"output_dir={ours}", f"data.path={dataset}", f"model.name_or_path={init}",
+                    "model.init_config=null", f"optim.max_steps={steps}", "log.eval_every_steps=0",
+                    "checkpoint.every_steps=1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = tmp_path / "fsdp.jsonl"
+    fsdp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(ROOT / "tests" / "fsdp_reference.py"), str(init), str(dataset),
+                           str(reference), str(steps), "2", "2", "1e-3", "1", str(steps), "42"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    a = [r["loss"] for r in metrics(ours) if "loss" in r]
+    b = [json.loads(line)["loss"] for line in reference.read_text().splitlines()]
+    assert len(a) == len(b) == steps
+    worst = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+    assert worst < 0.01, list(zip(a, b))
+    assert a[-1] < a[0] - 0.3  # and both actually trained
+
+
+def test_export_command_matches_the_final_export(reference_run, tmp_path):
+    out = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "export",
+                             str(reference_run / "checkpoints" / "step-00000042"), str(out)],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported, final = load_file(out / "model.safetensors"), load_file(reference_run / "final" / "model.safetensors")
+    assert exported.keys() == final.keys()
+    for name in final:  # the fp32 masters cast to bf16 are the engine's bf16 weights
+        assert torch.equal(exported[name], final[name]), name
+
+
+def test_new_embedding_rows_are_the_mean_under_zero3(tmp_path):
+    # One rank, real ZeRO-3 partitioning: the resize runs on gathered parameters.
+    code = """
+import os, torch, deepspeed
+from alpaca_ds.config import ModelConfig
+from alpaca_ds.train.model import build_model
+deepspeed.init_distributed(dist_backend="gloo")
+ds = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": False}, "zero_optimization": {"stage": 3}}
+cfg = ModelConfig(init_config=dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=1), tokenizer="unused")
+model = build_model(cfg, ds, 53)
+emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+with deepspeed.zero.GatheredParameters([emb, head]):
+    for w in (emb, head):
+        assert w.shape == (53, 16), w.shape
+        assert torch.allclose(w[50:], w[:50].mean(0, keepdim=True).expand(3, -1)), "new rows are not the mean"
+        assert not torch.allclose(w[:50], w[:50].mean(0, keepdim=True).expand(50, -1))
+print("ok")
+"""
+    env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- errors before any work
+
+def recipe(dataset: Path, run: Path, *overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, RECIPE, [f"output_dir={run}", f"data.path={dataset}",
+                                             f"model.tokenizer={ROOT / 'data' / 'tokenizer'}", *overrides])
+
+
+def test_unknown_key_and_impossible_batch(dataset, tmp_path):
+    with pytest.raises(UserError, match=r"unknown key 'optim.warmup_ration'; did you mean 'optim.warmup_ratio'"):
+        recipe(dataset, tmp_path, "optim.warmup_ration=0.1")
+    with pytest.raises(UserError, match=r"global_batch_size 8 / \(micro_batch_size 2 x world 3 = 6\)"):
+        preflight(recipe(dataset, tmp_path / "run"), 3)
+    with pytest.raises(UserError, match=r"2 x gradient_accumulation_steps 3 x world 2 = 12, not global_batch_size 8"):
+        preflight(recipe(dataset, tmp_path / "run", "batch.gradient_accumulation_steps=3"), 2)
+
+
+def test_missing_incomplete_or_foreign_dataset(dataset, tmp_path):
+    with pytest.raises(UserError, match="no manifest.json .the directory does not exist"):
+        preflight(recipe(tmp_path / "absent", tmp_path / "run"), 2)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(UserError, match="no manifest.json .the build did not finish"):
+        preflight(recipe(tmp_path / "half", tmp_path / "run"), 2)
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    (other / "tokenizer.model").write_bytes((ROOT / "data" / "tokenizer" / "tokenizer.model").read_bytes())
+    (other / "tokenizer_config.json").write_text('{"add_bos_token": false}')
+    with pytest.raises(UserError, match="built with tokenizer .* but this run uses one"):
+        preflight(recipe(dataset, tmp_path / "run", f"model.tokenizer={other}"), 2)
+
+
+def test_output_dir_of_another_run_is_refused(dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = recipe(dataset, run)
+    preflight(cfg, 2)
+    from alpaca_ds.config import dump_config
+    (run / "config.resolved.yaml").write_text(dump_config(recipe(dataset, run, "optim.lr=0.5")))
+    with pytest.raises(UserError, match="holds a different run"):
+        preflight(cfg, 2)
+
+
+def test_train_command_fails_before_launching(dataset, tmp_path):
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus",
+                             "3", "--set", f"data.path={dataset}", "--set", f"output_dir={tmp_path}"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a whole number of accumulation steps" in result.stderr and "deepspeed.launcher" not in result.stdout
+    assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8, 16, 32])
+def test_global_batch_128_holds_for_any_gpu_count(world):
+    from alpaca_ds.train.ds_config import build_ds_config
+    cfg = load_config(TrainConfig, ROOT / "launch" / "recipes" / "alpaca_7b.yaml")
+    ds = build_ds_config(cfg, world)
+    assert ds["train_batch_size"] == 128
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world == 128
+    assert ds["optimizer"]["params"]["lr"] == 2e-5 and ds["gradient_clipping"] == 1.0
