@@ -257,3 +257,13 @@ def test_global_batch_128_holds_for_any_gpu_count(world):
     assert ds["train_batch_size"] == 128
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world == 128
     assert ds["optimizer"]["params"]["lr"] == 2e-5 and ds["gradient_clipping"] == 1.0
+
+
+def test_engine_yaml_typo_or_recipe_key_is_refused(dataset, tmp_path):
+    engine = tmp_path / "engine.yaml"
+    engine.write_text("zero_optimization:\n  stage: 3\n  overlap_com: true\n")
+    with pytest.raises(UserError, match=rf"ds_config {engine}: DeepSpeed rejects it: overlap_com"):
+        preflight(recipe(dataset, tmp_path / "run", f"ds_config={engine}"), 2)
+    engine.write_text("train_batch_size: 64\nzero_optimization:\n  stage: 3\n")
+    with pytest.raises(UserError, match="train_batch_size is set from the recipe"):
+        preflight(recipe(dataset, tmp_path / "run", f"ds_config={engine}"), 2)

@@ -55,6 +55,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int) -> dict:
             ds[key] = {"enabled": True, "output_path": monitor_dir, "job_name": "alpaca-ds"}
     if cfg.log.wandb:
         ds["wandb"] = {"enabled": True, "project": "alpaca-ds"}
+    _validate(ds, cfg.ds_config, world_size)
     return ds
 
 
@@ -62,6 +63,21 @@ def batch_arithmetic(cfg: TrainConfig, world_size: int) -> str:
     micro, accum = cfg.batch.resolve(world_size)
     return (f"global batch {cfg.batch.global_batch_size} = micro-batch {micro} x accumulation {accum} x "
             f"world {world_size}")
+
+
+def _validate(ds: dict, path: str, world_size: int) -> None:
+    """DeepSpeed's own schema check (typos in zero_optimization keys, wrong types), before any launch."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+    import torch.distributed as dist
+    # DeepSpeedConfig checks the batch arithmetic against this process's world: the run's inside a launched
+    # rank, a single process when rendering or checking before the launch.
+    checked = ds if dist.is_initialized() else {**ds, "train_batch_size": ds["train_batch_size"] // world_size}
+    try:
+        DeepSpeedConfig(checked)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UserError(f"ds_config {path}: DeepSpeed rejects it: {problems}") from None
 
 
 def _has_gpu() -> bool:
