@@ -120,8 +120,12 @@ def test_resume_after_kill_gives_identical_losses(reference_run, dataset, tmp_pa
     proc.wait()
     killed_at = max(r["step"] for r in metrics(run) if "loss" in r)
     assert 14 <= killed_at < 42
-    result = launch(*args)
+    # relaunch through `alpaca-ds train`, which checks the run and starts the same launcher command
+    command = [sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus", "2"]
+    result = subprocess.run(command + [a for item in args for a in ("--set", item)], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "deepspeed.launcher.runner --num_gpus 2 --module alpaca_ds.train" in result.stdout
     assert "resumed from step-000000" in result.stdout
     ours = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(run)]
     theirs = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(reference_run)]
