@@ -20,7 +20,7 @@ needs_shared = pytest.mark.skipif(
 
 def build_dataset(output: Path, *overrides: str) -> dict:
     """Build with the offline defaults (the shipped sample and tokenizer) plus `overrides`; returns the manifest."""
-    cfg = load_config(DataBuildConfig, None, [f"output={output}", "workers=2", *overrides],
+    cfg = load_config(DataBuildConfig, None, [f"output={output}", "workers=2", "val_fraction=0", *overrides],
                       defaults=build.default_config())
     return build.run(cfg)
 

@@ -29,7 +29,8 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenized")
-    build.run(load_config(DataBuildConfig, None, [f"output={out}", "workers=1"], defaults=build.default_config()))
+    build.run(load_config(DataBuildConfig, None, [f"output={out}", "workers=1", "val_fraction=0"],
+                              defaults=build.default_config()))
     ds = TokenizedDataset(out)
     tok = ds.manifest["tokenizer"]
     assert tok["pad_token_id"] is not None

@@ -31,7 +31,8 @@ from alpaca_ds.dataset.shards import TokenizedDataset
 def sample_lengths(tmp_path_factory) -> np.ndarray:
     """Token lengths of the project's 120-record sample, built with the shipped tiny tokenizer."""
     out = tmp_path_factory.mktemp("tokenized")
-    build.run(load_config(DataBuildConfig, None, [f"output={out}", "workers=1"], defaults=build.default_config()))
+    build.run(load_config(DataBuildConfig, None, [f"output={out}", "workers=1", "val_fraction=0"],
+                              defaults=build.default_config()))
     lengths = np.asarray(TokenizedDataset(out).lengths, dtype=np.int64)
     assert len(lengths) == 120 and lengths.min() > 0
     return lengths

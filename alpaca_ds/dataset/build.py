@@ -18,6 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import yaml
 from tqdm import tqdm
 
 from alpaca_ds.common.download import fetch
@@ -37,9 +38,9 @@ MAX_INVALID_LISTED = 20
 
 
 def default_config() -> dict:
-    """The offline default: the sample and the small tokenizer this project ships in data/."""
-    return {"input": str(REPO / "data/sample/alpaca_sample.json"), "tokenizer": str(REPO / "data/tokenizer"),
-            "output": "out/sample-tokenized"}
+    """The offline default, data/sample.yaml (the sample and tokenizer this project ships), from any directory."""
+    cfg = yaml.safe_load((REPO / "data" / "sample.yaml").read_text(encoding="utf-8"))
+    return {**cfg, "input": str(REPO / cfg["input"]), "tokenizer": str(REPO / cfg["tokenizer"])}
 
 
 def run(cfg: DataBuildConfig) -> dict:
