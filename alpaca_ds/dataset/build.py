@@ -25,7 +25,7 @@ from alpaca_ds.common.download import fetch
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json, sha256_file
 from alpaca_ds.config import DataBuildConfig
-from alpaca_ds.dataset.encode import Encoder, Preprocess, tokenize_records
+from alpaca_ds.dataset.encode import Encoder, Preprocess, init_worker, tokenize_in_worker
 from alpaca_ds.dataset.records import Invalid, read_records
 from alpaca_ds.dataset.shards import FORMAT, MANIFEST, ShardWriter
 from alpaca_ds.dataset.template import PROMPT_DICT
@@ -69,11 +69,12 @@ def run(cfg: DataBuildConfig) -> dict:
     invalid: list[str] = []
     workers = cfg.workers or os.cpu_count() or 1
     try:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool, \
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                                 initargs=(pre,)) as pool, \
                 tqdm(desc="tokenize", unit="ex", dynamic_ncols=True) as bar:
             pending: deque = deque()
             for batch in _batches(source, cfg, counts, invalid):
-                pending.append(pool.submit(tokenize_records, batch, pre))
+                pending.append(pool.submit(tokenize_in_worker, batch))
                 if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat for any input size
                     _write(pending.popleft().result(), writers, counts, bar)
             while pending:

@@ -118,9 +118,22 @@ def tokenize_records(records: list[tuple[int, str, str, str]], pre: Preprocess) 
         masked.append(n_masked)
         kept.append(index)
         split.append(_is_validation((ins, inp, out), pre))
-    return Batch(np.asarray(ids, dtype=np.int64), np.asarray(lengths, dtype=np.int64),
+    return Batch(np.asarray(ids, dtype=np.int32), np.asarray(lengths, dtype=np.int64),
                  np.asarray(masked, dtype=np.int64), np.asarray(kept, dtype=np.int64),
                  np.asarray(split, dtype=np.int8), counts)
+
+
+_WORKER_PREPROCESS: Preprocess | None = None
+
+
+def init_worker(pre: Preprocess) -> None:
+    """Builder worker start-up: receive the encoder (its SentencePiece model) once, not with every batch."""
+    global _WORKER_PREPROCESS
+    _WORKER_PREPROCESS = pre
+
+
+def tokenize_in_worker(records: list[tuple[int, str, str, str]]) -> Batch:
+    return tokenize_records(records, _WORKER_PREPROCESS)
 
 
 def _is_validation(fields: tuple[str, str, str], pre: Preprocess) -> bool:

@@ -43,7 +43,10 @@ class ShardWriter:
         while len(lengths):
             take = min(self.shard_size - self._pending, len(lengths))
             end = starts[take] - starts[0]
-            self._parts.append((ids[:end], lengths[:take], masked[:take], records[:take]))
+            # Held in the shard's own dtypes (2 + 1 bytes a token for LLaMA), so a full shard costs little memory.
+            position = np.arange(end) - np.repeat(starts[:take] - starts[0], lengths[:take])
+            mask = (position >= np.repeat(masked[:take], lengths[:take])).astype(np.uint8)
+            self._parts.append((ids[:end].astype(self.dtype), mask, lengths[:take], records[:take]))
             self._pending += take
             ids, lengths, masked, records, starts = ids[end:], lengths[take:], masked[take:], records[take:], starts[take:]
             if self._pending == self.shard_size:
@@ -56,12 +59,10 @@ class ShardWriter:
                 "shards": self.shards}
 
     def _flush(self) -> None:
-        ids, lengths, masked, records = (np.concatenate(p) for p in zip(*self._parts))
+        ids, mask, lengths, records = (np.concatenate(p) for p in zip(*self._parts))
         self._parts, self._pending = [], 0
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        position = np.arange(len(ids), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        arrays = {"ids": ids.astype(self.dtype), "mask": (position >= np.repeat(masked, lengths)).astype(np.uint8),
-                  "offsets": offsets, "records": records.astype(np.int64)}
+        arrays = {"ids": ids, "mask": mask, "offsets": offsets, "records": records.astype(np.int64)}
         shard = {"examples": int(len(lengths)), "tokens": int(len(ids)), "files": {}}
         for name in FILES:
             path = self.folder / f"{self.split}-{len(self.shards):05d}.{name}.npy"

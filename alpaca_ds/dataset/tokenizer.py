@@ -39,7 +39,8 @@ def tokenizer_dir(name_or_path: str) -> Path:
 def load_tokenizer(name_or_path: str):
     """The model's tokenizer as a transformers tokenizer, loaded so its ids match the model's."""
     folder = tokenizer_dir(name_or_path)
-    from transformers import AutoTokenizer, TokenizersBackend
+    # Imported where used: `transformers.AutoTokenizer` pulls in torch (~190 MiB, ~1 s) and a build needs neither.
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
     try:
         if (folder / "tokenizer.model").exists() and not (folder / "tokenizer.json").exists():
             kwargs: dict[str, Any] = {}
@@ -47,6 +48,7 @@ def load_tokenizer(name_or_path: str):
                 kwargs = dict(add_bos_token=True, bos_token=DEFAULT_BOS_TOKEN, eos_token=DEFAULT_EOS_TOKEN,
                               unk_token=DEFAULT_UNK_TOKEN)
             return TokenizersBackend.from_pretrained(str(folder), **kwargs)
+        from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as e:
         raise UserError(f"tokenizer {name_or_path!r}: cannot be loaded: {e}") from None
