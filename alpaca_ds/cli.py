@@ -75,13 +75,90 @@ def train_command(config_path, overrides, num_gpus):
 
     from alpaca_ds.config import TrainConfig
     from alpaca_ds.train.ds_config import batch_arithmetic
-    from alpaca_ds.train.loop import launcher_command, preflight
+    from alpaca_ds.cluster.launch import launcher_command, train_args
+    from alpaca_ds.train.loop import preflight
     cfg = load_config(TrainConfig, config_path, overrides)
     preflight(cfg, num_gpus)  # fail here, before the launcher and the model load
     click.echo(batch_arithmetic(cfg, num_gpus))
-    command = launcher_command(config_path, overrides, num_gpus)
+    command = launcher_command(train_args(config_path, overrides), num_gpus=num_gpus)
     click.echo("+ " + " ".join(command))
     sys.exit(subprocess.run(command).returncode)
+
+
+CLUSTER = [
+    click.option("--hostfile", type=click.Path(dir_okay=False, exists=True),
+                 help="MPI-style hostfile ('worker-0 slots=8' per line) naming the nodes."),
+    click.option("--nodes", type=int, help="Number of nodes (without a hostfile)."),
+    click.option("--gpus-per-node", type=int, help="GPUs per node (without a hostfile)."),
+]
+
+
+def cluster_options(f):
+    for option in reversed(CLUSTER):
+        f = option(f)
+    return f
+
+
+@cli.command("launch")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Recipe YAML (launch/recipes/*.yaml).")
+@SET
+@cluster_options
+@click.option("--node-rank", type=int,
+              help="This node's rank: no-ssh mode, the same command run on every node (else pdsh/ssh from here).")
+@click.option("--master-addr", help="Address of node 0 that every node reaches (no-ssh mode needs it).")
+@click.option("--master-port", type=int, help="Rendezvous port on node 0 (default 29500).")
+@click.option("--launcher", "launcher_backend", type=click.Choice(["pdsh", "openmpi", "mvapich", "mpich", "impi", "slurm"]),
+              help="DeepSpeed's multi-node backend for hostfile mode (default pdsh).")
+@click.option("--dry-run", is_flag=True, help="Print the commands and the DeepSpeed config; run nothing, write nothing.")
+def launch_command(config_path, overrides, hostfile, nodes, gpus_per_node, node_rank, master_addr, master_port,
+                   launcher_backend, dry_run):
+    """Check a run for a cluster and start DeepSpeed's launcher: one node, a hostfile cluster, or one node of many.
+
+    Checks the global batch for the cluster's world size (accumulation derived, or refused with the arithmetic),
+    the engine config, and the dataset, model and tokenizer paths; writes OUTPUT_DIR/config.resolved.yaml,
+    which every rank loads; runs the launcher. Relaunching the same command resumes the run.
+    """
+    from alpaca_ds.cluster import launch
+    from alpaca_ds.config import TrainConfig
+    cfg = load_config(TrainConfig, config_path, overrides)
+    cluster = launch.cluster_from_options(hostfile, nodes, gpus_per_node, cfg.output_dir)
+    plan = launch.prepare(config_path, overrides, cluster, node_rank=node_rank, master_addr=master_addr,
+                          master_port=master_port, launcher=launcher_backend, dry_run=dry_run)
+    if dry_run:
+        click.echo(launch.format_dry_run(plan))
+        return
+    sys.exit(launch.run(plan, echo=click.echo))
+
+
+@cli.command("plan")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Recipe YAML (launch/recipes/*.yaml).")
+@SET
+@cluster_options
+@click.option("--arch", help="Architecture: a preset (llama-7b, llama-13b, ...) or a config.json / model folder.")
+@click.option("--dataset", type=click.Path(file_okay=False), help="Built dataset for steps and tokens (default: data.path).")
+@click.option("--seq-len", type=int, help="Padded sequence length for activations (default: the longest row).")
+@click.option("--gpu", "gpu_models", multiple=True, help="GPU model(s) to show (default: all known; repeatable).")
+@click.option("--mfu", default=0.4, show_default=True, help="Assumed model FLOPs utilisation.")
+@click.option("--usd-per-gpu-hour", type=float, help="Price of a GPU-hour (default: an assumed list price per GPU model).")
+@click.option("--reserve-gib", default=2.0, show_default=True, help="GPU memory kept for CUDA context, NCCL, fragmentation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, arch, dataset, seq_len, gpu_models, mfu,
+                 usd_per_gpu_hour, reserve_gib, as_json):
+    """What a run needs per GPU (model states, activations), which GPUs it fits, how long it takes and costs."""
+    from alpaca_ds.cluster import launch, plan
+    from alpaca_ds.config import TrainConfig
+    cfg = load_config(TrainConfig, config_path, overrides)
+    if hostfile is None and gpus_per_node is None:
+        gpus_per_node = 8
+    cluster = launch.cluster_from_options(hostfile, nodes, gpus_per_node)
+    if cluster.gpus_per_node is None:
+        raise UserError(f"{hostfile}: hosts with different slot counts; the plan needs the same GPUs per node")
+    result = plan.make_plan(cfg, config_path, cluster.nodes, cluster.gpus_per_node, arch=arch, dataset=dataset,
+                            seq_len=seq_len, gpus=gpu_models, mfu=mfu, usd_per_gpu_hour=usd_per_gpu_hour,
+                            reserve_gib=reserve_gib)
+    click.echo(json.dumps(result, indent=2) if as_json else plan.format_plan(result))
 
 
 @cli.command("export")
@@ -187,6 +264,174 @@ def teacher_serve(port, host, seeds_path, seed, latency, jitter, tasks, noise, f
     serve(port, seeds_path, host=host, seed=seed, latency=latency, jitter=jitter, faults=faults,
           require_key=require_key, tasks=tasks, noise=noise,
           announce=lambda msg: click.echo(msg))
+
+
+def _flags(**values) -> tuple[str, ...]:
+    """Command-line shortcuts as `--set key=value` items (applied before the user's own --set items)."""
+    return tuple(f"{key}={value}" for key, value in values.items() if value is not None)
+
+
+@cli.group("evaluate")
+def evaluate_group():
+    """Answers on eval sets, pairwise judging, win rates, and a human A/B page."""
+
+
+@evaluate_group.command("answer")
+@CONFIG
+@SET
+@click.option("--model", help="Exported model folder (RUN/final), or an OpenAI-compatible endpoint URL ending in /v1.")
+@click.option("--eval-set", help="selfinstruct (252), alpaca_eval (805) or a JSON/JSONL file [default: selfinstruct].")
+@click.option("--output", help="model_outputs.json to write [default: eval/<generator>/<eval set>/model_outputs.json].")
+def evaluate_answer(config_path, overrides, model, eval_set, output):
+    """Answer an eval set with Alpaca's prompt template; writes AlpacaEval's model_outputs.json shape.
+
+    Rerunning after a crash continues where it stopped.
+    """
+    from alpaca_ds.config import AnswerConfig
+    from alpaca_ds.evaluate import answers
+    endpoint = model is not None and model.startswith(("http://", "https://"))
+    flags = _flags(**{"api.base_url": model if endpoint else None, "model": None if endpoint else model,
+                      "eval_set": eval_set, "output": output})
+    cfg = load_config(AnswerConfig, config_path, (*flags, *overrides))
+    result = answers.run(cfg)
+    note = f"; {result['prompts_truncated']} prompts cut to fit the model" if result["prompts_truncated"] else ""
+    click.echo(f"wrote {result['output']}: {result['answers']} answers by {result['generator']} "
+               f"({result['answered_now']} generated now, {result['resumed']} from an earlier run{note})")
+
+
+@evaluate_group.command("reference")
+@click.option("--eval-set", default="selfinstruct", show_default=True, help="selfinstruct or alpaca_eval.")
+@click.option("--data-dir", default="../shared/data", show_default=True, help="Where the named sets are.")
+@click.option("--output", required=True, help="model_outputs.json to write.")
+def evaluate_reference(eval_set, data_dir, output):
+    """Write text-davinci-003's outputs for a named eval set (from AlpacaEval's reference file): the baseline."""
+    from pathlib import Path
+
+    from alpaca_ds.evaluate.answers import write_outputs
+    from alpaca_ds.evaluate.eval_sets import reference_outputs
+    records = reference_outputs(eval_set, data_dir)
+    write_outputs(Path(output), records)
+    click.echo(f"wrote {output}: {len(records)} outputs by {records[0].get('generator')}")
+
+
+@evaluate_group.command("judge")
+@CONFIG
+@SET
+@click.option("--a", "a_path", help="Outputs 1, the baseline (model_outputs.json shape).")
+@click.option("--b", "b_path", help="Outputs 2, the model judged; the win rate is B's over A.")
+@click.option("--out-dir", help="Folder for annotations, the call ledger and the report.")
+def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
+    """Ask a judge model which answer is better, in both orders, within a hard budget.
+
+    Rerunning the same command pays only for calls not yet answered. Exit status: 0 all pairs judged, 3 the
+    budget stopped it, 4 a call failed all retries, 5 the API refused the key or model, 130 interrupted.
+    """
+    from alpaca_ds.config import JudgeConfig
+    from alpaca_ds.evaluate import judge
+    cfg = load_config(JudgeConfig, config_path, (*_flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
+    result = judge.run(cfg)
+    cost = result["cost"]
+    line = (f"{result['judged']}/{result['pairs']} pairs judged in {result['out_dir']} (annotations.json, winrate.md); "
+            f"{result['calls']} calls now, {result['from_ledger']} from the ledger; spent ${cost['spent_usd']:.4f} "
+            f"of ${cfg.budget.max_usd:g}")
+    if result["report"] is not None:
+        o = result["report"]["overall"]
+        wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.2f}%"
+        se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.2f}"
+        line += f"; win rate of {result['report']['generator_2']}: {wr} ± {se}"
+    if result["exit_code"] == 0:
+        click.echo(f"done: {line}")
+    else:
+        click.echo(f"stopped: {result['message']}", err=True)
+        click.echo(line, err=True)
+    sys.exit(result["exit_code"])
+
+
+@evaluate_group.command("winrate")
+@click.argument("annotations", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", help="Folder for winrate.md and winrate.json [default: beside ANNOTATIONS].")
+def evaluate_winrate(annotations, out_dir):
+    """Win rate of output_2 over output_1 from AlpacaEval-format annotations (JSON or JSONL), as AlpacaEval does."""
+    from alpaca_ds.evaluate import winrate
+    rep, md, js = winrate.run(annotations, out_dir)
+    click.echo(winrate.markdown(rep), nl=False)
+    click.echo(f"wrote {md} and {js}", err=True)
+
+
+@evaluate_group.command("human")
+@click.option("--a", "a_path", required=True, help="Outputs 1 (model_outputs.json shape).")
+@click.option("--b", "b_path", required=True, help="Outputs 2; the win rate is B's over A.")
+@click.option("--out", "out_path", default="eval/human/judgments.jsonl", show_default=True,
+              help="JSONL the judgments are appended to; rerunning with it continues.")
+@click.option("--port", default=8088, show_default=True, help="TCP port; 0 picks a free one (printed).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--seed", default=0, show_default=True, help="Seed of which answer is shown as A, per item.")
+@click.option("--rater", default="rater", show_default=True, help="Name recorded with each judgment.")
+@click.option("--limit", type=int, help="Only the first N pairs.")
+def evaluate_human(a_path, b_path, out_path, port, host, seed, rater, limit):
+    """Serve a local page for blind A/B judgments by a person; each judgment is saved as it is made."""
+    from alpaca_ds.evaluate import human
+    session = human.HumanSession(a_path, b_path, out_path, seed=seed, rater=rater, limit=limit)
+    human.serve(session, host=host, port=port, announce=lambda m: click.echo(m))
+    click.echo(human.summary(session))
+
+
+@cli.command("chat")
+@CONFIG
+@SET
+@click.option("--model", help="Exported model folder (RUN/final).")
+def chat_command(config_path, overrides, model):
+    """Chat with a fine-tuned model in the terminal; answers stream as they are generated."""
+    from alpaca_ds.config import ServeConfig
+    from alpaca_ds.evaluate import chat
+    cfg = load_config(ServeConfig, config_path, (*_flags(model=model), *overrides))
+    chat.run(cfg)
+
+
+@cli.command("serve")
+@CONFIG
+@SET
+@click.option("--model", help="Exported model folder (RUN/final).")
+@click.option("--port", type=int, help="TCP port [default: 8000]; 0 picks a free one (printed).")
+@click.option("--host", help="Address to bind [default: 127.0.0.1].")
+def serve_command(config_path, overrides, model, port, host):
+    """Serve a fine-tuned model as an OpenAI-compatible API (/v1/completions, /v1/chat/completions, streaming)."""
+    from alpaca_ds.config import ServeConfig
+    from alpaca_ds.evaluate import serve
+    cfg = load_config(ServeConfig, config_path, (*_flags(model=model, port=port, host=host), *overrides))
+    serve.serve(cfg, announce=lambda m: click.echo(m))
+
+
+@cli.group("release")
+def release_group():
+    """Release assets: weight diffs (and their recovery), cards, a release folder."""
+
+
+@release_group.command("diff")
+@click.option("--base", required=True, type=click.Path(file_okay=False, exists=True), help="The base model folder.")
+@click.option("--tuned", required=True, type=click.Path(file_okay=False, exists=True), help="The fine-tuned model.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the diff.")
+def release_diff(base, tuned, out):
+    """Write tuned − base (safetensors, with checksums) for models whose weights cannot be redistributed."""
+    from pathlib import Path
+
+    from alpaca_ds.release.weights import make_diff
+    index = make_diff(Path(base), Path(tuned), Path(out))
+    click.echo(f"wrote {out}: {len(index['tensors'])} tensors, tuned weights sha256 {index['sha256']}")
+
+
+@release_group.command("recover")
+@click.option("--base", required=True, type=click.Path(file_okay=False, exists=True), help="The base model folder.")
+@click.option("--diff", "diff_dir", required=True, type=click.Path(file_okay=False, exists=True), help="The diff.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the tuned model.")
+def release_recover(base, diff_dir, out):
+    """Rebuild the tuned model from base + diff; refused unless every tensor's checksum matches."""
+    from pathlib import Path
+
+    from alpaca_ds.release.weights import recover
+    index = recover(Path(base), Path(diff_dir), Path(out))
+    click.echo(f"recovered {out}: {len(index['tensors'])} tensors, bit-identical to the tuned model "
+               f"(sha256 {index['sha256']})")
 
 
 def main():
