@@ -226,12 +226,3 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-def launcher_command(config_path: str, overrides: list[str] | tuple[str, ...], num_gpus: int) -> list[str]:
-    """The deepspeed launcher command that runs this module on `num_gpus` local processes."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus),
-               "--module", "alpaca_ds.train", "--config", str(config_path)]
-    for item in overrides:
-        command += ["--set", item]
-    return command

@@ -1,0 +1,455 @@
+"""`alpaca-ds plan`: what a run needs and what it costs, before the GPUs are rented.
+
+    alpaca-ds plan --config launch/recipes/alpaca_7b.yaml --nodes 1 --gpus-per-node 8
+    alpaca-ds plan --config launch/recipes/alpaca_13b.yaml --nodes 2 --gpus-per-node 8 --gpu A100-40GB --json
+
+Nothing is downloaded: the architecture comes from the recipe's `model.init_config`, a local model folder's
+config.json, `--arch` (a preset name or a config.json), or a preset matched by hub id (presets.py); the model is
+built on the meta device to count its parameters exactly.
+
+Memory per GPU = model states + activations + ZeRO buffers + a reserve.
+- Model states (parameters, gradients, optimizer states): DeepSpeed's own estimators, term by term
+  (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs` with zero_init, as alpaca-ds
+  loads every model under zero.Init); a test compares with those functions. ZeRO-3 without offload:
+  4 x largest layer + 18 bytes x parameters / GPUs.
+- Activations (bf16 LLaMA as transformers runs it; bytes, b = micro-batch, s = padded row length, h hidden,
+  i intermediate, a heads, V vocabulary, L layers), counted from the tensors autograd saves:
+    per layer      s·b·(24h + 8i) + 4·a·s·b        fused attention (sdpa, flash_attention_2)
+                   s·b·(24h + 8i) + 6·a·s²·b       eager attention (fp32 softmax + bf16 probabilities)
+      24h = two RMSNorms (fp32 input copy 4h + bf16 normalised 2h + scaled output 2h, each), q, k, v (6h),
+      attention output (2h); 8i = SwiGLU's gate, SiLU, up and product. k and v at full width (repeat_kv, what
+      transformers does on CUDA with a padding mask).
+    after layers   s·b·(8h + 4V)                   final norm and the fp32 log-softmax of the loss
+    loss peak      8·s·b·V                         fp32 logit gradients at the start of the backward
+    checkpointing  L·2·s·b·h + max(after + loss peak, one layer + after)   (layer inputs; one layer recomputed)
+  Not Korthikanti et al.'s s·b·h·(34 + 5·a·s/h): that is GPT's (4h MLP, dropout masks, unfused attention);
+  LLaMA has a SwiGLU MLP, RMSNorms computed in fp32 and no dropout, and the loss's fp32 logits dominate short
+  sequences. benchmarks/bench_activations.py measures the peak on CPU (torch's profiler) against this: within
+  0.5% without checkpointing; with it from 2% under to 15% over (eager attention). Packed rows add their
+  b·s² fp32 mask (not measured).
+- ZeRO buffers: 2 bytes x (reduce_bucket_size + stage3_prefetch_bucket_size, or allgather_bucket_size for
+  ZeRO-2) from the engine YAML, each capped at the parameter count.
+- Reserve: CUDA context, NCCL and allocator fragmentation (--reserve-gib, 2 GiB by default).
+
+Time: model FLOPs as PaLM counts them, (6·N + 12·L·h·s) per computed token, N the parameters that multiply
+(all but the input embedding), counted on the padded rows the GPUs really compute (the sampler's own batches
+for this world size), x 4/3 with gradient checkpointing; divided by GPUs x peak bf16 x the assumed MFU.
+The `mfu` alpaca-ds logs in metrics.jsonl counts 6 x parameters x real tokens only; the plan prints what that
+number would read, to compare a run against its plan. Offload's extra PCIe and CPU time is not modelled.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.config import TrainConfig
+from alpaca_ds.cluster import alpaca_lengths
+from alpaca_ds.cluster.presets import ALIASES, ARCHS, GPUS, PAD_ADDED, Gpu
+
+GIB = 2**30
+DEFAULT_MFU = 0.4
+DEFAULT_RESERVE_GIB = 2.0
+DS_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor default (CPU memory estimates)
+# DeepSpeed's defaults for the bucket keys when the engine YAML leaves them out
+BUCKET_DEFAULTS = {"reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8, "stage3_prefetch_bucket_size": 5e7}
+
+# (key, label, stage, offload optimizer, offload parameters)
+ENGINES = (
+    ("zero2", "ZeRO-2", 2, False, False),
+    ("zero2_offload_optimizer", "ZeRO-2 + offload optimizer", 2, True, False),
+    ("zero3", "ZeRO-3", 3, False, False),
+    ("zero3_offload_optimizer", "ZeRO-3 + offload optimizer", 3, True, False),
+    ("zero3_offload_all", "ZeRO-3 + offload optimizer+params", 3, True, True),
+)
+SHORT = {"zero2": "ZeRO-2", "zero2_offload_optimizer": "Z2 off.opt", "zero3": "ZeRO-3",
+         "zero3_offload_optimizer": "Z3 off.opt", "zero3_offload_all": "Z3 off.all"}
+
+
+# ---------------------------------------------------------------- model states (DeepSpeed's estimators)
+
+def zero3_model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int,
+                       offload_optimizer: bool, offload_params: bool, zero_init: bool = True,
+                       buffer_factor: float = DS_BUFFER_FACTOR) -> tuple[int, int]:
+    """(CPU bytes per node, GPU bytes) exactly as deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs."""
+    total_gpus = nodes * gpus_per_node
+    gpus_factor = 1 / nodes
+    largest_layer_memory = 4 * largest_layer_params  # the gathered fp16 layer and its gradient
+    if offload_optimizer:
+        if offload_params:
+            gpu = largest_layer_memory
+            cpu = total_params * (18 * gpus_factor if zero_init else max(4 * gpus_per_node, 18 * gpus_factor))
+        else:
+            gpu = largest_layer_memory + int(2 * total_params / total_gpus)
+            cpu = total_params * (16 * gpus_factor if zero_init else max(4 * gpus_per_node, 16 * gpus_factor))
+    else:
+        # 18 bytes per parameter, sharded: bf16 parameter + bf16 gradient + fp32 gradient + fp32 master + Adam's 2
+        gpu = largest_layer_memory + int(18 * total_params / total_gpus)
+        cpu = (largest_layer_params if zero_init else total_params) * 4 * gpus_per_node
+    return int(cpu * buffer_factor), int(gpu)
+
+
+def zero2_model_states(total_params: int, gpus_per_node: int, nodes: int, offload_optimizer: bool,
+                       buffer_factor: float = DS_BUFFER_FACTOR) -> tuple[int, int]:
+    """(CPU bytes per node, GPU bytes) exactly as deepspeed.runtime.zero.stage_1_and_2.estimate_zero2_model_states_mem_needs."""
+    total_gpus = nodes * gpus_per_node
+    if offload_optimizer:
+        gpu = 2 * total_params
+        cpu = total_params * max(4 * total_gpus, 16) * buffer_factor
+    else:
+        gpu = 2 * total_params + int(18 * total_params / total_gpus)  # replicated bf16 parameters + sharded rest
+        cpu = total_params * 4 * gpus_per_node * buffer_factor
+    return int(cpu), int(gpu)
+
+
+def model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int) -> dict[str, dict]:
+    out = {}
+    for key, label, stage, opt, params in ENGINES:
+        if stage == 3:
+            cpu, gpu = zero3_model_states(total_params, largest_layer_params, gpus_per_node, nodes, opt, params)
+        else:
+            cpu, gpu = zero2_model_states(total_params, gpus_per_node, nodes, opt)
+        out[key] = {"label": label, "gpu_bytes": gpu, "cpu_bytes_per_node": cpu}
+    return out
+
+
+# ---------------------------------------------------------------- activations
+
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    vocab: int
+
+
+def activation_bytes(d: Dims, micro: int, seq: int, *, checkpointing: bool, attention: str = "sdpa",
+                     packed: bool = False) -> int:
+    """Peak activation memory of one forward + backward on one GPU (see the module docstring)."""
+    sb = seq * micro
+    attn = 6 * d.heads * seq * seq * micro if attention == "eager" else 4 * d.heads * sb
+    layer = sb * (24 * d.hidden + 8 * d.intermediate) + attn
+    after = sb * (8 * d.hidden + 4 * d.vocab)
+    loss_peak = 8 * sb * d.vocab
+    mask = 4 * micro * seq * seq if packed else 0
+    if not checkpointing:
+        return d.layers * layer + after + loss_peak + mask
+    return d.layers * 2 * sb * d.hidden + max(after + loss_peak, layer + after) + mask
+
+
+# ---------------------------------------------------------------- the model's architecture
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    source: str
+    config: dict
+    vocab_size: int
+    vocab_note: str
+    total_params: int
+    largest_layer_params: int
+    largest_layer: str
+    matmul_params: int  # all but the input embedding (a lookup); with tied embeddings, all
+
+    @property
+    def dims(self) -> Dims:
+        c = self.config
+        return Dims(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                    self.vocab_size)
+
+
+def count_params(config: dict) -> tuple[int, int, str, int]:
+    """(total, largest layer, its name, matmul params) of the causal LM built from `config` on the meta device.
+
+    Largest layer as DeepSpeed's model_to_params: the module with the most parameters of its own; shared
+    parameters counted once (by identity: meta tensors have no storage to tell them apart).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    kwargs = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "torch_dtype")}
+    hf_config = AutoConfig.for_model(kwargs.pop("model_type", "llama"), **kwargs)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    total = sum({id(p): p.numel() for p in model.parameters()}.values())
+    largest, name = 0, ""
+    for module_name, module in model.named_modules():
+        n = sum(p.numel() for p in module.parameters(recurse=False))
+        if n > largest:
+            largest, name = n, module_name
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+    return total, largest, name, total - (0 if tied else embedding.numel())
+
+
+def resolve_arch(cfg: TrainConfig, arch: str | None = None, dataset_vocab: int | None = None) -> Arch:
+    """The architecture the run trains, without downloading anything."""
+    if arch is not None:
+        if arch.lower() in ARCHS:
+            name, source, config = arch.lower(), f"--arch {arch} (preset)", dict(ARCHS[arch.lower()])
+        else:
+            path = Path(arch)
+            path = path / "config.json" if path.is_dir() else path
+            if not path.is_file():
+                raise UserError(f"--arch {arch}: neither a preset ({', '.join(ARCHS)}) nor a config.json")
+            name, source, config = arch, f"--arch {path}", _read_config(path)
+    elif cfg.model.init_config is not None:
+        name, source = "model.init_config", "the recipe's model.init_config (random init)"
+        config = {"model_type": "llama", **cfg.model.init_config}
+    else:
+        model = cfg.model.name_or_path
+        local = Path(model).expanduser() / "config.json"
+        if local.is_file():
+            name, source, config = model, f"{local}", _read_config(local)
+        elif model.lower() in ALIASES:
+            name = ALIASES[model.lower()]
+            source, config = f"model.name_or_path {model} = preset {name}", dict(ARCHS[name])
+        else:
+            raise UserError(f"model.name_or_path {model!r}: no local config.json and no preset for it; pass its "
+                            f"architecture with --arch (a preset: {', '.join(ARCHS)}; or a config.json)")
+    base_vocab = config["vocab_size"]
+    if dataset_vocab is not None:
+        vocab, note = dataset_vocab, f"{dataset_vocab:,} from the dataset's tokenizer ({base_vocab:,} in the config)"
+    elif name in PAD_ADDED:
+        vocab = base_vocab + PAD_ADDED[name]
+        note = f"{vocab:,} = {base_vocab:,} + {PAD_ADDED[name]} added ([PAD], as Alpaca adds it)"
+    else:
+        vocab, note = base_vocab, f"{base_vocab:,} (no dataset to say which tokens it adds)"
+    config = {**config, "vocab_size": vocab}
+    total, largest, layer, matmul = count_params(config)
+    return Arch(name, source, config, vocab, note, total, largest, layer, matmul)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable config.json ({e})") from None
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                           "vocab_size") if k not in config]
+    if missing:
+        raise UserError(f"{path}: a LLaMA-style config needs {', '.join(missing)}")
+    return config
+
+
+# ---------------------------------------------------------------- the workload
+
+def dataset_lengths(cfg: TrainConfig, dataset: str | None) -> tuple[np.ndarray, str, dict | None]:
+    """Example lengths of the training split, the manifest when a dataset is built, else Alpaca's distribution."""
+    from alpaca_ds.dataset.shards import TokenizedDataset
+    folder = Path(dataset or cfg.data.path)
+    if (folder / "manifest.json").is_file():
+        ds = TokenizedDataset(folder, "train")
+        return np.asarray(ds.lengths, dtype=np.int64), f"{folder} (manifest)", ds.manifest
+    if dataset is not None:
+        raise UserError(f"--dataset {dataset}: no manifest.json (not a built dataset)")
+    lengths = np.repeat(np.arange(alpaca_lengths.SHORTEST, alpaca_lengths.SHORTEST + len(alpaca_lengths.COUNTS)),
+                        alpaca_lengths.COUNTS)
+    return lengths, f"{folder} not built: assuming {alpaca_lengths.SOURCE}", None
+
+
+def workload(cfg: TrainConfig, lengths: np.ndarray, world: int, micro: int, accum: int, arch: Arch) -> dict:
+    """Steps, tokens and FLOPs of the run, from the sampler's own batches for this world size (epoch 0)."""
+    from alpaca_ds.dataset.sampler import MicroBatchSampler
+    # One rank of micro x world rows per micro-step and accumulation `accum` draws the same global rows as
+    # `world` ranks of `micro`: rank r's micro-batch is rows [r*micro, (r+1)*micro) of each.
+    sampler = MicroBatchSampler(lengths, micro * world, world_size=1, rank=0, seed=cfg.data.seed,
+                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    d = arch.dims
+    real = slots = flops = 0.0
+    longest = 0
+    for step_rows in sampler.epoch_batches(0):
+        row_lengths = np.array([int(lengths[row].sum()) for row in step_rows]).reshape(world, micro)
+        padded = row_lengths.max(axis=1)  # each rank pads its micro-batch to its longest row
+        real += row_lengths.sum()
+        slots += float((padded * micro).sum())
+        flops += float((padded * micro * (6 * arch.matmul_params + 12 * d.layers * d.hidden * padded)).sum())
+        longest = max(longest, int(padded.max()))
+    steps_per_epoch = len(sampler.epoch_batches(0)) // accum
+    total_steps = min(cfg.optim.epochs * steps_per_epoch, cfg.optim.max_steps or math.inf)
+    scale = total_steps / steps_per_epoch
+    if cfg.model.gradient_checkpointing:
+        flops *= 4 / 3  # the forward runs twice
+    return {"examples": int(len(lengths)), "steps_per_epoch": steps_per_epoch, "total_steps": int(total_steps),
+            "epochs": round(scale, 4), "real_tokens": int(real * scale), "computed_tokens": int(slots * scale),
+            "padding_efficiency": round(real / slots, 4), "longest_row": longest, "flops": flops * scale}
+
+
+# ---------------------------------------------------------------- the plan
+
+def engine_of(cfg: TrainConfig) -> dict:
+    from alpaca_ds.train.ds_config import load_engine_yaml
+    engine = load_engine_yaml(cfg.ds_config)
+    zo = engine.get("zero_optimization", {}) or {}
+    stage = int(zo.get("stage", 0))
+    opt = (zo.get("offload_optimizer") or {}).get("device", "none") in ("cpu", "nvme")
+    params = (zo.get("offload_param") or {}).get("device", "none") in ("cpu", "nvme")
+    key = next((k for k, _, s, o, p in ENGINES if (s, o, p) == (stage, opt, params and stage == 3)), None)
+    buckets = {k: float(zo.get(k, v)) for k, v in BUCKET_DEFAULTS.items()}
+    return {"ds_config": cfg.ds_config, "stage": stage, "offload_optimizer": opt, "offload_params": params,
+            "key": key, "buckets": buckets}
+
+
+def zero_buffers(buckets: dict, stage: int, total_params: int) -> int:
+    gather = buckets["stage3_prefetch_bucket_size" if stage == 3 else "allgather_bucket_size"]
+    return int(2 * (min(buckets["reduce_bucket_size"], total_params) + min(gather, total_params)))
+
+
+def make_plan(cfg: TrainConfig, recipe: str, nodes: int, gpus_per_node: int, *, arch: str | None = None,
+              dataset: str | None = None, seq_len: int | None = None, gpus: Sequence[str] = (),
+              mfu: float = DEFAULT_MFU, usd_per_gpu_hour: float | None = None,
+              reserve_gib: float = DEFAULT_RESERVE_GIB) -> dict:
+    world = nodes * gpus_per_node
+    micro, accum = cfg.batch.resolve(world)  # refuses an impossible combination with the arithmetic
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu {mfu}: a fraction of the peak, between 0 and 1")
+    unknown = [g for g in gpus if g not in GPUS]
+    if unknown:
+        raise UserError(f"--gpu {unknown[0]}: unknown; known GPU models: {', '.join(GPUS)}")
+    lengths, data_source, manifest = dataset_lengths(cfg, dataset)
+    a = resolve_arch(cfg, arch, manifest["tokenizer"]["vocab_size"] if manifest else None)
+    engine = engine_of(cfg)
+    work = workload(cfg, lengths, world, micro, accum, a)
+    seq = seq_len or work["longest_row"]
+    ckpt, attention = cfg.model.gradient_checkpointing, cfg.model.attn_implementation
+    packed = cfg.data.batching == "packed"
+    states = model_states(a.total_params, a.largest_layer_params, gpus_per_node, nodes)
+    act = {c: activation_bytes(a.dims, micro, seq, checkpointing=c, attention=attention, packed=packed)
+           for c in (False, True)}
+    reserve = int(reserve_gib * GIB)
+    buffers = {key: zero_buffers(engine["buckets"], stage, a.total_params) for key, _, stage, _, _ in ENGINES}
+    recipe_key = engine["key"]
+    needed = (states[recipe_key]["gpu_bytes"] + act[ckpt] + buffers[recipe_key] + reserve) if recipe_key else None
+
+    def max_micro(gpu: Gpu, key: str, c: bool) -> int:
+        fixed = states[key]["gpu_bytes"] + buffers[key] + reserve
+        per_row = activation_bytes(a.dims, 1, seq, checkpointing=c, attention=attention, packed=packed)
+        return max(0, min(4096, (gpu.memory_bytes - fixed) // per_row))
+
+    rows = []
+    for name in (gpus or GPUS):
+        gpu = GPUS[name]
+        seconds = work["flops"] / (world * gpu.bf16_tflops * 1e12 * mfu)
+        price = gpu.usd_per_hour if usd_per_gpu_hour is None else usd_per_gpu_hour
+        by_engine = {key: {"without_checkpointing": max_micro(gpu, key, False),
+                           "with_checkpointing": max_micro(gpu, key, True)} for key, *_ in ENGINES}
+        largest = by_engine[recipe_key]["with_checkpointing" if ckpt else "without_checkpointing"] if recipe_key else 0
+        valid = [m for m in range(1, min(largest, cfg.batch.global_batch_size // world) + 1)
+                 if cfg.batch.global_batch_size % (m * world) == 0]
+        rows.append({
+            "gpu": name, "memory_bytes": gpu.memory_bytes, "bf16_tflops": gpu.bf16_tflops,
+            "needed_bytes": needed, "fits": needed is not None and needed <= gpu.memory_bytes,
+            "max_micro_batch": largest, "max_valid_micro_batch": valid[-1] if valid else 0,
+            "max_micro_batch_by_engine": by_engine, "hours": seconds / 3600, "usd_per_gpu_hour": price,
+            "cost_usd": seconds / 3600 * world * price,
+            "logged_mfu": (6 * a.total_params * work["real_tokens"] / (seconds * world * gpu.bf16_tflops * 1e12)
+                           if seconds else 0.0),
+        })
+    return {
+        "recipe": recipe,
+        "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node, "world": world},
+        "model": {"name": a.name, "source": a.source, "parameters": a.total_params,
+                  "largest_layer_parameters": a.largest_layer_params, "largest_layer": a.largest_layer,
+                  "matmul_parameters": a.matmul_params, "vocab_size": a.vocab_size, "vocab_note": a.vocab_note,
+                  "hidden_size": a.dims.hidden, "intermediate_size": a.dims.intermediate,
+                  "layers": a.dims.layers, "heads": a.dims.heads},
+        "batch": {"global": cfg.batch.global_batch_size, "micro": micro, "accumulation": accum, "world": world},
+        "engine": {k: v for k, v in engine.items()},
+        "gradient_checkpointing": ckpt, "attention": attention, "batching": cfg.data.batching,
+        "workload": {"source": data_source, **work},
+        "memory": {"micro_batch": micro, "sequence_length": seq, "model_states": states,
+                   "activations": {"without_checkpointing": act[False], "with_checkpointing": act[True]},
+                   "zero_buffers": buffers, "reserve": reserve, "total": needed},
+        "assumptions": {"mfu": mfu, "usd_per_gpu_hour": usd_per_gpu_hour, "reserve_gib": reserve_gib,
+                        "zero_init": True, "cpu_buffer_factor": DS_BUFFER_FACTOR},
+        "gpus": rows,
+    }
+
+
+# ---------------------------------------------------------------- the table for people
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _m(n: float) -> str:
+    return f"{n / 1e6:,.1f}M" if n < 1e9 else f"{n / 1e9:,.2f}B"
+
+
+def format_plan(p: dict) -> str:
+    m, b, e, w, mem = p["model"], p["batch"], p["engine"], p["workload"], p["memory"]
+    c = p["cluster"]
+    key, ckpt = e["key"], p["gradient_checkpointing"]
+    offload = ("offload optimizer+params" if e["offload_params"] else "offload optimizer") if e["offload_optimizer"] \
+        else "no offload"
+    lines = [
+        f"alpaca-ds plan: {p['recipe']} on {c['nodes']} node{'s' if c['nodes'] > 1 else ''} x "
+        f"{c['gpus_per_node']} GPUs = {c['world']} GPUs",
+        f"model     {m['source']}: {m['parameters']:,} parameters; largest layer {m['largest_layer_parameters']:,} "
+        f"({m['largest_layer']}); vocab {m['vocab_note']}",
+        f"batch     global batch {b['global']} = micro-batch {b['micro']} x accumulation {b['accumulation']} x "
+        f"world {b['world']}",
+        f"engine    {e['ds_config']}: ZeRO-{e['stage']}, {offload}; gradient checkpointing "
+        f"{'on' if ckpt else 'off'}; attention {p['attention']}; batching {p['batching']}",
+        f"workload  {w['source']}",
+        f"          {w['examples']:,} examples; {w['steps_per_epoch']:,} steps per epoch, {w['total_steps']:,} steps "
+        f"({w['epochs']:g} epochs); {_m(w['real_tokens'])} real tokens, {_m(w['computed_tokens'])} computed "
+        f"({100 * w['padding_efficiency']:.1f}% padding efficiency); {w['flops']:.3g} FLOPs",
+        "",
+        f"memory per GPU, micro-batch {mem['micro_batch']} x {mem['sequence_length']} tokens"
+        f"{'':14}GPU     CPU per node",
+    ]
+    for k, row in mem["model_states"].items():
+        mark = "*" if k == key else " "
+        lines.append(f"  model states {mark} {row['label']:<34}{_gib(row['gpu_bytes']):>11}  "
+                     f"{_gib(row['cpu_bytes_per_node']):>11}")
+    for c_on, label in ((False, "without gradient checkpointing"), (True, "with gradient checkpointing")):
+        mark = "*" if c_on == ckpt else " "
+        value = mem["activations"]["with_checkpointing" if c_on else "without_checkpointing"]
+        lines.append(f"  activations  {mark} {label:<34}{_gib(value):>11}")
+    if key:
+        bk = e["buckets"]
+        gather = "prefetch" if e["stage"] == 3 else "allgather"
+        gather_n = bk["stage3_prefetch_bucket_size" if e["stage"] == 3 else "allgather_bucket_size"]
+        lines.append(f"  ZeRO buffers   reduce {bk['reduce_bucket_size']:.0e} + {gather} {gather_n:.0e} x 2 bytes"
+                     f"{'':5}{_gib(mem['zero_buffers'][key]):>11}")
+    lines.append(f"  reserve        CUDA context, NCCL, fragmentation{'':5}{_gib(mem['reserve']):>11}")
+    if mem["total"] is not None:
+        lines.append(f"  total          the recipe's choices (*){'':14}{_gib(mem['total']):>11}")
+    else:
+        lines.append(f"  total          not estimated: DeepSpeed's estimators cover ZeRO-2 and ZeRO-3 (with "
+                     "optimizer offload for parameter offload), not this engine config")
+    a = p["assumptions"]
+    price = "assumed list prices" if a["usd_per_gpu_hour"] is None else f"${a['usd_per_gpu_hour']:g}/GPU-hour"
+    lines += ["", f"per GPU model (the recipe's choices at micro-batch {b['micro']}; time at MFU {a['mfu']:g}, "
+              f"{price}):",
+              f"  {'GPU':<16}{'memory':>11}{'needs':>11}  fits  {'max micro (valid)':<18}{'hours':>8}"
+              f"{'$/GPU-h':>9}{'cost':>11}  logged mfu"]
+    for r in p["gpus"]:
+        fits = "yes" if r["fits"] else "no"
+        needs = _gib(r["needed_bytes"]) if r["needed_bytes"] is not None else "?"
+        micro = f"{r['max_micro_batch']} ({r['max_valid_micro_batch']})" if r["max_micro_batch"] else "-"
+        lines.append(f"  {r['gpu']:<16}{_gib(r['memory_bytes']):>11}{needs:>11}  {fits:<4}  {micro:<18}"
+                     f"{r['hours']:>8.2f}{r['usd_per_gpu_hour']:>9.2f}{'$' + format(r['cost_usd'], ',.2f'):>11}"
+                     f"  {r['logged_mfu']:.2f}")
+    lines += ["", f"largest micro-batch that fits, {mem['sequence_length']} tokens, without / with gradient "
+              "checkpointing (- = not even 1; off. = offload):",
+              f"  {'GPU':<16}" + "".join(f"{SHORT[k]:>14}" for k, *_ in ENGINES)]
+    for r in p["gpus"]:
+        cells = [f"{_cell(r['max_micro_batch_by_engine'][k]['without_checkpointing'])} / "
+                 f"{_cell(r['max_micro_batch_by_engine'][k]['with_checkpointing'])}" for k, *_ in ENGINES]
+        lines.append(f"  {r['gpu']:<16}" + "".join(f"{cell:>14}" for cell in cells))
+    lines += ["", "Model states are DeepSpeed's estimators; activations, buffers and time are alpaca-ds's model "
+              "(alpaca_ds/cluster/plan.py says how). 'valid' = largest micro-batch that keeps the global batch; "
+              "'logged mfu' = what metrics.jsonl's mfu would read."]
+    return "\n".join(lines)
+
+
+def _cell(n: int) -> str:
+    return "-" if n == 0 else ("4096+" if n >= 4096 else str(n))
