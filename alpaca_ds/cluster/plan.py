@@ -402,28 +402,30 @@ def format_plan(p: dict) -> str:
         f"({w['epochs']:g} epochs); {_m(w['real_tokens'])} real tokens, {_m(w['computed_tokens'])} computed "
         f"({100 * w['padding_efficiency']:.1f}% padding efficiency); {w['flops']:.3g} FLOPs",
         "",
-        f"memory per GPU, micro-batch {mem['micro_batch']} x {mem['sequence_length']} tokens"
-        f"{'':14}GPU     CPU per node",
+        f"{'memory per GPU, micro-batch ' + str(mem['micro_batch']) + ' x ' + str(mem['sequence_length']) + ' tokens':<51}"
+        f"{'GPU':>11}{'CPU per node':>14}",
     ]
-    for k, row in mem["model_states"].items():
-        mark = "*" if k == key else " "
-        lines.append(f"  model states {mark} {row['label']:<34}{_gib(row['gpu_bytes']):>11}  "
-                     f"{_gib(row['cpu_bytes_per_node']):>11}")
+
+    def row(left: str, gpu: int, cpu: int | None = None) -> str:
+        return f"  {left:<49}{_gib(gpu):>11}" + (f"{_gib(cpu):>14}" if cpu is not None else "")
+
+    for k, r in mem["model_states"].items():
+        lines.append(row(f"model states {'*' if k == key else ' '} {r['label']}", r["gpu_bytes"],
+                         r["cpu_bytes_per_node"]))
     for c_on, label in ((False, "without gradient checkpointing"), (True, "with gradient checkpointing")):
-        mark = "*" if c_on == ckpt else " "
         value = mem["activations"]["with_checkpointing" if c_on else "without_checkpointing"]
-        lines.append(f"  activations  {mark} {label:<34}{_gib(value):>11}")
+        lines.append(row(f"activations  {'*' if c_on == ckpt else ' '} {label}", value))
     if key:
         bk = e["buckets"]
         gather = "prefetch" if e["stage"] == 3 else "allgather"
         gather_n = bk["stage3_prefetch_bucket_size" if e["stage"] == 3 else "allgather_bucket_size"]
-        lines.append(f"  ZeRO buffers   reduce {bk['reduce_bucket_size']:.0e} + {gather} {gather_n:.0e} x 2 bytes"
-                     f"{'':5}{_gib(mem['zero_buffers'][key]):>11}")
-    lines.append(f"  reserve        CUDA context, NCCL, fragmentation{'':5}{_gib(mem['reserve']):>11}")
+        lines.append(row(f"ZeRO buffers   reduce {bk['reduce_bucket_size']:.0e} + {gather} {gather_n:.0e}, bf16",
+                         mem["zero_buffers"][key]))
+    lines.append(row("reserve        CUDA context, NCCL, fragmentation", mem["reserve"]))
     if mem["total"] is not None:
-        lines.append(f"  total          the recipe's choices (*){'':14}{_gib(mem['total']):>11}")
+        lines.append(row("total          the recipe's choices (*)", mem["total"]))
     else:
-        lines.append(f"  total          not estimated: DeepSpeed's estimators cover ZeRO-2 and ZeRO-3 (with "
+        lines.append("  total          not estimated: DeepSpeed's estimators cover ZeRO-2 and ZeRO-3 (with "
                      "optimizer offload for parameter offload), not this engine config")
     a = p["assumptions"]
     price = "assumed list prices" if a["usd_per_gpu_hour"] is None else f"${a['usd_per_gpu_hour']:g}/GPU-hour"
@@ -440,11 +442,11 @@ def format_plan(p: dict) -> str:
                      f"  {r['logged_mfu']:.2f}")
     lines += ["", f"largest micro-batch that fits, {mem['sequence_length']} tokens, without / with gradient "
               "checkpointing (- = not even 1; off. = offload):",
-              f"  {'GPU':<16}" + "".join(f"{SHORT[k]:>14}" for k, *_ in ENGINES)]
+              f"  {'GPU':<16}" + "".join(f"{SHORT[k]:>15}" for k, *_ in ENGINES)]
     for r in p["gpus"]:
         cells = [f"{_cell(r['max_micro_batch_by_engine'][k]['without_checkpointing'])} / "
                  f"{_cell(r['max_micro_batch_by_engine'][k]['with_checkpointing'])}" for k, *_ in ENGINES]
-        lines.append(f"  {r['gpu']:<16}" + "".join(f"{cell:>14}" for cell in cells))
+        lines.append(f"  {r['gpu']:<16}" + "".join(f"{cell:>15}" for cell in cells))
     lines += ["", "Model states are DeepSpeed's estimators; activations, buffers and time are alpaca-ds's model "
               "(alpaca_ds/cluster/plan.py says how). 'valid' = largest micro-batch that keeps the global batch; "
               "'logged mfu' = what metrics.jsonl's mfu would read."]

@@ -1,6 +1,6 @@
 """`alpaca-ds train`: supervised fine-tuning with DeepSpeed, read top to bottom: setup -> loop -> save.
 
-    deepspeed --num_gpus 2 -m alpaca_ds.train --config launch/recipes/tiny.yaml
+    deepspeed --num_gpus 2 --module alpaca_ds.train --config launch/recipes/tiny.yaml
     alpaca-ds train --config launch/recipes/tiny.yaml --num-gpus 2      # builds and runs that command
 
 Relaunching the same command resumes from the last complete checkpoint and continues exactly.
