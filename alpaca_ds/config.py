@@ -152,6 +152,9 @@ class ApiConfig(Schema):
     top_p: float = Field(1.0, gt=0, le=1)
     ban_end_of_text: bool = Field(True, description="logit_bias -100 on the encoding's end-of-text id, as Alpaca")
     timeout_s: float = Field(300.0, gt=0, description="per-request timeout in seconds")
+    http_backend: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="the openai client's HTTP transport: aiohttp (its DefaultAioHttpClient, less CPU "
+        "per request) or httpx (its default)")
     max_retries: int = Field(8, ge=0, description="retries of one request before it is recorded as failed")
     backoff_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry, with jitter")
     backoff_max_s: float = Field(60.0, gt=0, description="cap of the retry delay (Retry-After may ask for more)")
@@ -197,7 +200,7 @@ class GenerateConfig(Schema):
     out_dir: str = Field(description="run directory; rerunning with the same one continues where it stopped")
     num_instructions: int = Field(gt=0, description="accepted instructions to produce (Alpaca: 52,002)")
     seed: int = Field(42, description="request i's in-context examples come from an RNG seeded with (seed, i)")
-    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
+    concurrency: int = Field(8, ge=1, le=1000, description="requests in flight at once")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="reject when ROUGE-L F vs any kept instruction exceeds it")
     seed_tasks: str = Field("seeds/seed_tasks.jsonl", description="seed tasks, self-instruct JSONL format")
     prompt_template: str | None = Field(None, description="prompt text file; null = alpaca_ds/generate/prompt.txt")
@@ -211,6 +214,108 @@ class GenerateConfig(Schema):
     api: ApiConfig = ApiConfig()
     budget: BudgetConfig
     filters: FilterConfig = FilterConfig()
+
+
+class DecodingConfig(Schema):
+    """How answers are sampled (`evaluate answer`, `chat`; `serve` takes them per request)."""
+
+    temperature: float = Field(0.7, ge=0, le=2, description="0 = greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_new_tokens: int = Field(512, gt=0, description="cap on an answer's length in tokens")
+    seed: int = Field(0, description="sampling seed of a local model")
+
+
+class EndpointConfig(Schema):
+    """A model behind an OpenAI-compatible endpoint that answers the eval set (`alpaca-ds serve`, vLLM, OpenAI)."""
+
+    base_url: str = Field(description="endpoint ending in /v1, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="model name to request; null = the one the endpoint's /v1/models lists")
+    mode: Literal["completions", "chat"] = Field(
+        "completions", description="completions: send Alpaca's prompt (a fine-tuned Alpaca model); chat: send the "
+        "instruction (and input) as one user message (a chat model)")
+    api_key_env: str | None = Field(None, description="environment variable holding the key (never written "
+                                    "anywhere); null for a local server that needs none")
+    encoding: str | None = Field(None, description="tiktoken encoding for counting tokens (only with a budget)")
+    prompts_per_request: int = Field(8, ge=1, le=20, description="completions mode: prompts per request")
+    concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once")
+    timeout_s: float = Field(600.0, gt=0, description="per-request timeout in seconds")
+    max_retries: int = Field(5, ge=0, description="retries of one request before the run stops")
+    backoff_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry, with jitter")
+    backoff_max_s: float = Field(60.0, gt=0, description="cap of the retry delay")
+    requests_per_minute: float = Field(0, ge=0, description="client-side request rate limit; 0 = none")
+    tokens_per_minute: float = Field(0, ge=0, description="client-side token rate limit; 0 = none")
+
+
+class AnswerConfig(Schema):
+    """`alpaca-ds evaluate answer`: a model's answers to an eval set, in AlpacaEval's model_outputs.json shape."""
+
+    model: str | None = Field(None, description="exported HF folder (RUN/final) to answer with, locally")
+    api: EndpointConfig | None = Field(None, description="or: answer through an OpenAI-compatible endpoint")
+    eval_set: str = Field("selfinstruct", description="selfinstruct (252) | alpaca_eval (805) | a JSON/JSONL file")
+    data_dir: str = Field("../shared/data", description="where the named eval sets are looked for")
+    output: str | None = Field(None, description="model_outputs.json path; null = eval/<generator>/<eval set>/"
+                               "model_outputs.json")
+    generator: str | None = Field(None, description="the `generator` name written; null = the model's folder name "
+                                  "(its run's name for RUN/final) or the endpoint's model")
+    limit: int | None = Field(None, gt=0, description="answer only the first N items")
+    batch_size: int = Field(8, gt=0, description="local model: prompts per generate() call")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="local model: auto = float32 on CPU, the checkpoint's dtype on a GPU")
+    device: str = Field("auto", description="local model: auto | cpu | cuda | cuda:N")
+    decoding: DecodingConfig = DecodingConfig()
+    budget: BudgetConfig | None = Field(None, description="endpoint only: hard spending limit (needs a price)")
+    progress: bool = Field(True, description="show a progress bar on stderr")
+
+    @model_validator(mode="after")
+    def _one_model(self):
+        if (self.model is None) == (self.api is None):
+            raise ValueError("set exactly one of model (a local exported folder) and api.base_url (an endpoint)")
+        if self.budget is not None and self.api is None:
+            raise ValueError("budget applies to an endpoint (api.*); a local model costs no API money")
+        return self
+
+
+class JudgeApiConfig(ApiConfig):
+    """The judge model behind an OpenAI-compatible API: one short answer per request."""
+
+    model: str = Field("gpt-4o-mini", description="judge model")
+    mode: Literal["completions", "chat"] = Field("chat", description="chat (one user message) or completions")
+    max_tokens: int = Field(16, gt=0, description="the judge answers 'Output (a)' or 'Output (b)'")
+    temperature: float = Field(0.0, ge=0, le=2)
+    ban_end_of_text: bool = Field(False, description="not used by the judge")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout in seconds")
+    max_retries: int = Field(6, ge=0, description="retries of one request before that judgment is left missing")
+
+
+class JudgeConfig(Schema):
+    """`alpaca-ds evaluate judge`: pairwise preferences from a judge model, in AlpacaEval's annotation shape."""
+
+    a: str = Field(description="outputs 1 (the baseline, e.g. text-davinci-003): model_outputs.json shape")
+    b: str = Field(description="outputs 2 (the model being judged); the win rate is b's over a")
+    out_dir: str | None = Field(None, description="annotations, call ledger (the cache) and report; null = "
+                                "eval/judge/<generator b>-vs-<generator a>")
+    prompt_template: str | None = Field(None, description="judge prompt file with {instruction}, {output_a}, "
+                                        "{output_b}; null = alpaca_ds/evaluate/judge_prompt.txt")
+    both_orders: bool = Field(True, description="ask in both orders to cancel position bias")
+    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
+    limit: int | None = Field(None, gt=0, description="judge only the first N pairs")
+    progress: bool = Field(True, description="show a progress bar on stderr")
+    api: JudgeApiConfig = JudgeApiConfig()
+    budget: BudgetConfig = Field(BudgetConfig(max_usd=1.0), description="hard limit over all runs in out_dir "
+                                 "(judging AlpacaEval's 805 with gpt-4o-mini in both orders costs about $0.3)")
+
+
+class ServeConfig(Schema):
+    """`alpaca-ds serve` and `alpaca-ds chat`: a fine-tuned model, locally."""
+
+    model: str = Field(description="exported HF folder (RUN/final)")
+    name: str | None = Field(None, description="model name the server answers to; null = as evaluate answer names it")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one (printed)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    max_new_tokens_cap: int = Field(2048, gt=0, description="serve: the most a request's max_tokens may ask for")
+    decoding: DecodingConfig = DecodingConfig()
 
 
 def load_config(schema: type[Schema], path: str | Path | None, overrides: tuple[str, ...] | list[str] = (),

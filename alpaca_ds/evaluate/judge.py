@@ -1,0 +1,188 @@
+"""Pairwise judging by a model behind an OpenAI-compatible API, with AlpacaEval's annotation format.
+
+    alpaca-ds evaluate judge --a eval/text_davinci_003/selfinstruct/model_outputs.json \
+                             --b eval/tiny/selfinstruct/model_outputs.json
+    alpaca-ds evaluate judge --config launch/recipes/eval_judge_openai.yaml --a A.json --b B.json \
+                             --set budget.max_usd=2
+
+For each instruction the judge sees the two answers as "Output (a)" and "Output (b)" (prompt:
+alpaca_ds/evaluate/judge_prompt.txt, or `prompt_template`) and must reply "Output (a)" or "Output (b)". It is
+asked twice, once in each order, to cancel position bias: the preference is the mean of the two verdicts
+mapped to the original outputs -- 1 (both prefer --a), 2 (both prefer --b) or 1.5 (they disagree: a tie). A
+reply that names neither (or both) counts as no verdict; a pair with one verdict takes it, a pair with none
+gets preference null (dropped by the win rate, counted as such).
+
+Calls go through the generator's client, rate limiter and hard budget (the worst case of a call is reserved
+before it is sent), and every call is kept in OUT/calls.jsonl, fsync'd as it is sent and as it returns. That
+ledger is the cache: a rerun (after a kill, an interrupt or the budget stopping it) pays only for calls not yet
+answered, and the budget counts everything OUT has ever spent.
+
+Writes OUT/annotations.json (AlpacaEval's shape: instruction, output_1, output_2, generator_1, generator_2,
+dataset, annotator, preference, plus raw_completion), OUT/cost.json and the win-rate report OUT/winrate.md +
+winrate.json. Exit status: 0 all pairs judged, 3 budget, 4 a call failed all retries, 5 key/model refused,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import atomic_write_json
+from alpaca_ds.config import JudgeConfig
+from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
+from alpaca_ds.evaluate import winrate
+
+PLACEHOLDERS = ("instruction", "output_a", "output_b")
+EXIT_CODES = {None: 0, "budget": 3, "failures": 4, "fatal": 5, "interrupted": 130}
+_VERDICT = re.compile(r"output\s*\(?\s*([ab])\s*\)?", re.IGNORECASE)
+
+
+def load_template(path: str | None) -> str:
+    source = Path(path) if path else Path(str(resources.files("alpaca_ds.evaluate") / "judge_prompt.txt"))
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{source}: cannot read the judge prompt (prompt_template): {e.strerror or e}") from None
+    missing = [p for p in PLACEHOLDERS if "{" + p + "}" not in text]
+    if missing:
+        raise UserError(f"{source}: the judge prompt must contain {', '.join('{' + p + '}' for p in missing)}")
+    return text
+
+
+def render(template: str, instruction: str, output_a: str, output_b: str) -> str:
+    values = {"instruction": instruction, "output_a": output_a, "output_b": output_b}
+    # one pass, so a placeholder written inside an answer is left as it is
+    return re.sub(r"\{(instruction|output_a|output_b)\}", lambda m: values[m.group(1)], template)
+
+
+def parse_verdict(text: str) -> str | None:
+    """'a' or 'b' when the reply names exactly one of "Output (a)" / "Output (b)", else None."""
+    found = {m.group(1).lower() for m in _VERDICT.finditer(text or "")}
+    return found.pop() if len(found) == 1 else None
+
+
+def combine(verdicts: list[str | None]) -> float | int | None:
+    """Verdicts in the orders asked ((a)=output_1 first, then (a)=output_2) -> an AlpacaEval preference."""
+    prefs = []
+    for order, v in enumerate(verdicts):
+        if v is None:
+            continue
+        first = 1 if order == 0 else 2     # which original output was shown as (a)
+        prefs.append(first if v == "a" else 3 - first)
+    if not prefs:
+        return None
+    mean = sum(prefs) / len(prefs)
+    return int(mean) if mean in (1.0, 2.0) else mean
+
+
+def default_out_dir(pairs: list[Pair]) -> Path:
+    def safe(s: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:60] or "model"
+    return Path("eval") / "judge" / f"{safe(pairs[0].generator_2)}-vs-{safe(pairs[0].generator_1)}"
+
+
+class Judge:
+    def __init__(self, cfg: JudgeConfig):
+        from alpaca_ds.evaluate.api import api_key
+        self.cfg = cfg
+        self.pairs = pair_outputs(cfg.a, cfg.b, cfg.limit)
+        self.template = load_template(cfg.prompt_template)
+        self.out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(self.pairs)
+        self.key = api_key(cfg.api.api_key_env, "api.api_key_env")
+        self.orders = 2 if cfg.both_orders else 1
+
+    def prompt(self, pair: Pair, order: int) -> str:
+        a, b = (pair.output_1, pair.output_2) if order == 0 else (pair.output_2, pair.output_1)
+        return render(self.template, pair.instruction, a, b)
+
+    def run(self) -> dict:
+        from alpaca_ds.evaluate.api import ApiRunner, CallLedger
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.out}: another `alpaca-ds evaluate judge` is running on this folder") from None
+            ledger = CallLedger(self.out / "calls.jsonl")
+            try:
+                runner = ApiRunner(self.cfg.api, self.key, ledger, self.cfg.budget, say=self._say)
+                replies: dict[tuple[int, int], str] = {}
+                asyncio.run(self._main(runner, replies))
+            finally:
+                ledger.close()
+            return self._write(runner, replies)
+        finally:
+            os.close(lock)
+
+    def _say(self, message: str) -> None:
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    async def _main(self, runner, replies: dict) -> None:
+        from tqdm import tqdm
+        jobs = [(p.index, o) for p in self.pairs for o in range(self.orders)]
+        queue: asyncio.Queue = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        self._bar = tqdm(total=len(jobs), unit="call", desc="judge", file=sys.stderr, dynamic_ncols=True,
+                         disable=not self.cfg.progress, mininterval=0.5)
+
+        async def worker():
+            while not queue.empty() and runner.stopping is None:
+                i, order = queue.get_nowait()
+                choices = await runner.request([self.prompt(self.pairs[i], order)])
+                if choices is None:
+                    return
+                replies[(i, order)] = choices[0]["text"]
+                self._bar.update(1)
+                self._bar.set_postfix_str(f"${runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}",
+                                          refresh=False)
+        try:
+            async with runner:
+                # a second Ctrl-C cancels the workers (their calls are recorded as interrupted): not an error
+                done = await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)), return_exceptions=True)
+                for d in done:
+                    if isinstance(d, BaseException) and not isinstance(d, asyncio.CancelledError):
+                        raise d
+        finally:
+            self._bar.close()
+            self._bar = None
+
+    def _write(self, runner, replies: dict) -> dict:
+        annotations = []
+        no_verdict = 0
+        annotator = f"alpaca-ds judge ({self.cfg.api.model}, {'both orders' if self.orders == 2 else 'one order'})"
+        for p in self.pairs:
+            texts = [replies.get((p.index, o)) for o in range(self.orders)]
+            if any(t is None for t in texts):
+                continue  # not (fully) judged yet: a rerun completes it
+            verdicts = [parse_verdict(t) for t in texts]
+            no_verdict += sum(v is None for v in verdicts)
+            annotations.append({**p.annotation(), "annotator": annotator, "preference": combine(verdicts),
+                                "verdicts": verdicts, "raw_completion": texts})
+        atomic_write_json(self.out / "annotations.json", annotations)
+        cost = runner.cost_report()
+        atomic_write_json(self.out / "cost.json", cost)
+        rep = winrate.report(annotations, str(self.out / "annotations.json")) if annotations else None
+        if rep is not None:
+            winrate.write_report(rep, self.out)
+        stop = runner.stopping
+        return {"out_dir": str(self.out), "pairs": len(self.pairs), "judged": len(annotations),
+                "no_verdict_replies": no_verdict, "calls": runner.calls, "from_ledger": runner.cached,
+                "interrupted_before": runner.ledger.interrupted, "cost": cost, "report": rep,
+                "stop_reason": stop.reason if stop else None, "message": str(stop) if stop else "",
+                "exit_code": EXIT_CODES.get(stop.reason if stop else None, 1)}
+
+
+def run(cfg: JudgeConfig) -> dict:
+    return Judge(cfg).run()

@@ -1,0 +1,154 @@
+"""Win rates from pairwise annotations, with AlpacaEval's arithmetic.
+
+    alpaca-ds evaluate winrate eval/judge/alpaca-7b-vs-text_davinci_003/annotations.json
+    alpaca-ds evaluate winrate eval/human/judgments.jsonl --out eval/human
+
+An annotation is {"instruction", "output_1", "output_2", "preference", ...} (a JSON list or JSONL, extra keys
+kept out of the way); `preference` is 1 (output_1 better), 2 (output_2 better), 0 or 1.5 (a tie), or a float in
+[1, 2] (a weighted judge's probability-like preference). The win rate is output_2's over output_1, as AlpacaEval
+computes it (metrics/helpers.py: AbsoluteScoringRule and ZeroOneScoringRule):
+
+  * 0 is read as 1.5; values outside [1, 2], null and NaN are dropped (counted as `n_dropped`);
+  * win_rate = 100 x mean(preference - 1), standard_error = 100 x its standard error of the mean (ddof 1) --
+    for discrete preferences that is (wins + 1/2 ties) / n;
+  * discrete_win_rate: each preference rounded to 1 or 2 (1.5 stays a tie), then (wins + 1/2 ties) / n;
+  * n_wins / n_wins_base count preferences above / below 1.5, n_draws those equal to 1.5 (or 0).
+
+Reported overall and per `dataset` (AlpacaEval's subsets: helpful_base, koala, oasst, selfinstruct, vicuna).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+
+
+def read_annotations(path: str | Path) -> list[dict]:
+    """Annotations from a JSON list or a JSONL file (a torn last line of a JSONL being written is skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such annotations file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{path}: invalid JSON: {e}") from None
+        where = [f"{path}: record {i}" for i in range(len(rows))]
+    else:
+        lines = text.split("\n")
+        rows, where = [], []
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                if lineno == len(lines):  # the last line, without its newline: a write cut short
+                    break
+                raise UserError(f"{path}:{lineno}: invalid JSON: {e}") from None
+            where.append(f"{path}:{lineno}")
+    for w, row in zip(where, rows):
+        if not isinstance(row, dict):
+            raise UserError(f"{w}: expected an annotation object, got {type(row).__name__}")
+        if "preference" not in row:
+            raise UserError(f"{w}: no 'preference' key (expected AlpacaEval's annotation shape: instruction, "
+                            "output_1, output_2, preference)")
+    if not rows:
+        raise UserError(f"{path}: no annotations")
+    return rows
+
+
+def _number(x) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _describe(values: list[float | None]) -> dict:
+    """AlpacaEval's describe_head2head on already-preprocessed preferences (0 -> 1.5 done by the caller)."""
+    n_draws = sum(1 for v in values if v == 1.5)
+    kept = [v - 1 for v in values if v is not None and 1 <= v <= 2]
+    n = len(kept)
+    mean = sum(kept) / n if n else float("nan")
+    if n > 1:
+        var = sum((x - mean) ** 2 for x in kept) / (n - 1)
+        sem = math.sqrt(var / n)
+    else:
+        sem = float("nan")
+    return {"win_rate": mean * 100, "standard_error": sem * 100, "n_wins": sum(1 for x in kept if x > 0.5),
+            "n_wins_base": sum(1 for x in kept if x < 0.5), "n_draws": n_draws, "n_total": n}
+
+
+def head2head(preferences: list) -> dict:
+    """Win rate of output_2 over output_1 (percent), its standard error, counts, and the discrete win rate."""
+    raw = [_number(p) for p in preferences]
+    absolute = [1.5 if v == 0 else v for v in raw]
+    # ZeroOneScoringRule: a tie stays a tie, anything else is rounded to the nearer of 1 and 2
+    # (half-to-even rounding, as pandas; a value that rounds to 0 becomes a tie there, as it does in AlpacaEval)
+    discrete = [None if v is None else 1.5 if v == 1.5 or round(v) == 0 else float(round(v)) for v in absolute]
+    out = _describe(absolute)
+    out["discrete_win_rate"] = _describe(discrete)["win_rate"]
+    out["n_dropped"] = len(preferences) - out["n_total"]
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def report(annotations: list[dict], source: str = "") -> dict:
+    by: dict[str, list] = {}
+    for a in annotations:
+        by.setdefault(str(a.get("dataset") or "(none)"), []).append(a.get("preference"))
+    g1 = sorted({str(a["generator_1"]) for a in annotations if a.get("generator_1") is not None})
+    g2 = sorted({str(a["generator_2"]) for a in annotations if a.get("generator_2") is not None})
+    return {"source": source, "generator_1": ", ".join(g1) or "output_1", "generator_2": ", ".join(g2) or "output_2",
+            "overall": head2head([a.get("preference") for a in annotations]),
+            "by_dataset": {name: head2head(prefs) for name, prefs in sorted(by.items())}}
+
+
+def _fmt(x, digits=2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(rep: dict) -> str:
+    lines = [f"# Win rate of {rep['generator_2']} over {rep['generator_1']}", ""]
+    if rep["source"]:
+        lines += [f"Annotations: `{rep['source']}`", ""]
+    o = rep["overall"]
+    lines += [f"**{_fmt(o['win_rate'])}% ± {_fmt(o['standard_error'])}** (standard error) over {o['n_total']} "
+              f"pairs: {o['n_wins']} wins, {o['n_wins_base']} losses, {o['n_draws']} ties"
+              + (f"; {o['n_dropped']} without a preference dropped" if o["n_dropped"] else "") + ".", "",
+              "| dataset | n | win rate % | ± s.e. | discrete win rate % | wins | losses | ties |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [("**all**", o)] + list(rep["by_dataset"].items())
+    for name, r in rows:
+        lines.append(f"| {name} | {r['n_total']} | {_fmt(r['win_rate'])} | {_fmt(r['standard_error'])} | "
+                     f"{_fmt(r['discrete_win_rate'])} | {r['n_wins']} | {r['n_wins_base']} | {r['n_draws']} |")
+    lines += ["", "Win rate = 100 × mean(preference − 1) as in AlpacaEval (discrete preferences: "
+              "(wins + ½ ties) / n); "
+              "discrete win rate rounds each preference to a win, loss or tie first."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rep: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "winrate.md", out_dir / "winrate.json"
+    atomic_write_bytes(md, markdown(rep).encode("utf-8"))
+    atomic_write_json(js, rep)
+    return md, js
+
+
+def run(path: str | Path, out_dir: str | Path | None = None) -> tuple[dict, Path, Path]:
+    """`alpaca-ds evaluate winrate PATH`: read, compute, write winrate.md + winrate.json (beside PATH by default)."""
+    path = Path(path)
+    rep = report(read_annotations(path), str(path))
+    md, js = write_report(rep, Path(out_dir) if out_dir else path.parent)
+    return rep, md, js

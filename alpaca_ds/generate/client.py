@@ -1,0 +1,171 @@
+"""One attempt at one request to an OpenAI-compatible API, through the official async `openai` client.
+
+The client's own retries are off: run.py retries (with backoff, jitter and Retry-After) so that every attempt
+is reserved against the budget and logged before it is sent. An attempt never raises for an API or network
+problem; it returns an `Outcome` that says whether it may have been billed, whether to retry, and whether the
+whole run should stop (a rejected key, an unknown model, no quota).
+
+The API key lives only in the client object: error texts are scrubbed of it, and nothing here logs a request
+(whose headers carry it).
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from dataclasses import dataclass, field
+
+from alpaca_ds.config import ApiConfig
+
+
+@dataclass
+class Outcome:
+    kind: str                                   # ok | rate_limited | server_error | timeout | connection | malformed
+                                                # | bad_request | auth | not_found | quota
+    http: int | None = None
+    choices: list[dict] | None = None           # [{"prompt": p, "text": str, "finish_reason": str|None}]
+    usage: tuple[int, int] | None = None        # (prompt_tokens, completion_tokens) as the API reported them
+    maybe_billed: bool = False                  # no usage, but the API may have done (and billed) the work
+    retry_after: float | None = None
+    retryable: bool = False
+    fatal: bool = False                         # no later request can succeed: stop the run
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+class TeacherClient:
+    def __init__(self, api: ApiConfig, key: str | None):
+        from openai import AsyncOpenAI
+        self.api = api
+        self._secret = key
+        kwargs = {}
+        self.backend = "httpx"
+        if api.http_backend == "aiohttp":
+            # the openai package's own aiohttp transport: the same client, about a third less CPU per request
+            # than its default httpx transport, which matters with hundreds of requests in flight
+            try:
+                from openai import DefaultAioHttpClient
+                kwargs["http_client"] = DefaultAioHttpClient(timeout=api.timeout_s)
+                self.backend = "aiohttp"
+            except (ImportError, RuntimeError):  # an openai release without it, or without aiohttp
+                pass
+        self._client = AsyncOpenAI(base_url=api.base_url, api_key=key or "no-key", max_retries=0,
+                                   timeout=api.timeout_s, **kwargs)
+
+    def scrub(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return text[:500]
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def call(self, prompts: list[str], *, stop: list[str], logit_bias: dict[str, int] | None) -> Outcome:
+        api = self.api
+        kwargs = dict(model=api.model, max_tokens=api.max_tokens, temperature=api.temperature, top_p=api.top_p,
+                      n=api.n, stop=stop)
+        if logit_bias:
+            kwargs["logit_bias"] = logit_bias
+        try:
+            if api.mode == "completions":
+                call = self._client.completions.with_raw_response.create(prompt=prompts, **kwargs)
+            else:
+                assert len(prompts) == 1
+                call = self._client.chat.completions.with_raw_response.create(
+                    messages=[{"role": "user", "content": prompts[0]}], **kwargs)
+            # a hard cap beside the client's own timeout, in case a server trickles bytes forever
+            raw = await asyncio.wait_for(call, api.timeout_s + 5)
+            body = raw.http_response.text
+        except asyncio.TimeoutError:
+            return Outcome("timeout", maybe_billed=True, retryable=True, error=f"no answer within {api.timeout_s:g} s")
+        except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
+            return self._classify(e)
+        return self._parse(body, len(prompts))
+
+    def _parse(self, body: str, num_prompts: int) -> Outcome:
+        try:
+            data = json.loads(body)
+            usage = data.get("usage")
+            usage = (int(usage["prompt_tokens"]), int(usage["completion_tokens"])) if isinstance(usage, dict) else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return Outcome("malformed", http=200, maybe_billed=True, retryable=True,
+                           error=self.scrub(f"response is not valid JSON: {body[:200]!r}"))
+        try:
+            choices = []
+            for c in data["choices"]:
+                index = int(c.get("index", 0))
+                text = c["text"] if self.api.mode == "completions" else c["message"]["content"]
+                if not isinstance(text, str):
+                    raise TypeError("text is not a string")
+                choices.append({"prompt": index // self.api.n, "index": index, "text": text,
+                                "finish_reason": c.get("finish_reason")})
+            choices.sort(key=lambda c: c["index"])
+            if not choices or choices[-1]["prompt"] >= num_prompts:
+                raise ValueError("choices do not match the prompts sent")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return Outcome("malformed", http=200, usage=usage, maybe_billed=usage is None, retryable=True,
+                           error=self.scrub(f"unexpected response shape ({e}): {body[:200]!r}"))
+        return Outcome("ok", http=200, choices=choices, usage=usage, maybe_billed=usage is None)
+
+    def _classify(self, e: Exception) -> Outcome:
+        import openai
+        message = self.scrub(f"{type(e).__name__}: {e}")
+        if isinstance(e, openai.APIConnectionError) and _never_connected(e):
+            # refused before anything was sent: it cannot have been billed
+            return Outcome("connection", retryable=True, error=message)
+        if isinstance(e, openai.APITimeoutError):
+            return Outcome("timeout", maybe_billed=True, retryable=True, error=message)
+        if isinstance(e, openai.APIConnectionError):  # lost mid-answer: the API may have done the work
+            return Outcome("connection", maybe_billed=True, retryable=True, error=message)
+        if isinstance(e, openai.APIStatusError):
+            status = e.status_code
+            retry_after = _retry_after(e.response.headers)
+            code = (e.body.get("code") if isinstance(e.body, dict) else None) or getattr(e, "code", None)
+            if status == 429 and code == "insufficient_quota":
+                return Outcome("quota", http=status, fatal=True, error=message)
+            if status == 429:
+                return Outcome("rate_limited", http=status, retry_after=retry_after, retryable=True, error=message)
+            if status in (401, 403):
+                return Outcome("auth", http=status, fatal=True, error=message)
+            if status == 404:
+                return Outcome("not_found", http=status, fatal=True, error=message)
+            if status in (408, 409) or status >= 500:
+                return Outcome("server_error", http=status, retry_after=retry_after, retryable=True, error=message)
+            return Outcome("bad_request", http=status, error=message)
+        # the client could not make sense of what came back
+        return Outcome("malformed", maybe_billed=True, retryable=True, error=message)
+
+
+def _never_connected(e: BaseException) -> bool:
+    """Whether the exception chain says no connection was made (so the request never reached the API)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if type(e).__name__ in ("ConnectError", "ClientConnectorError", "ClientConnectorDNSError",
+                                "ConnectionRefusedError"):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds asked for by retry-after-ms / retry-after (a number or an HTTP date), as the openai client reads them."""
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None

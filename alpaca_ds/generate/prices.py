@@ -1,0 +1,59 @@
+"""Prices per model (an editable YAML table) and the dollar cost of token counts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.config import BudgetConfig
+
+
+@dataclass(frozen=True)
+class Price:
+    prompt_usd_per_1m: float
+    completion_usd_per_1m: float
+    source: str
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt_usd_per_1m + completion_tokens * self.completion_usd_per_1m) / 1e6
+
+
+def default_table_path() -> Path:
+    return Path(str(resources.files("alpaca_ds.generate") / "prices.yaml"))
+
+
+def load_table(path: str | Path | None) -> dict[str, tuple[float, float]]:
+    path = Path(path) if path else default_table_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the price table (budget.prices): {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML in the price table: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the price table must map model names to {{prompt: $, completion: $}} per 1M tokens")
+    table = {}
+    for model, entry in data.items():
+        ok = isinstance(entry, dict) and set(entry) == {"prompt", "completion"} and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in entry.values())
+        if not ok:
+            raise UserError(f"{path}: {model}: expected {{prompt: <$ per 1M>, completion: <$ per 1M>}}, got {entry!r}")
+        table[str(model)] = (float(entry["prompt"]), float(entry["completion"]))
+    return table
+
+
+def price_for(model: str, budget: BudgetConfig) -> Price:
+    """The config's explicit price, else the table's; an unknown model is refused before any request."""
+    if budget.prompt_usd_per_1m is not None and budget.completion_usd_per_1m is not None:
+        return Price(budget.prompt_usd_per_1m, budget.completion_usd_per_1m, "config (budget.*_usd_per_1m)")
+    table_path = budget.prices or default_table_path()
+    table = load_table(table_path)
+    if model not in table:
+        raise UserError(f"no price for model {model!r} in {table_path}: set budget.prompt_usd_per_1m and "
+                        "budget.completion_usd_per_1m (dollars per 1M tokens), or add the model to the price "
+                        "table (budget.prices). The budget cannot be enforced without a price.")
+    prompt, completion = table[model]
+    return Price(prompt, completion, str(table_path))

@@ -1,0 +1,186 @@
+"""Benchmarks of `alpaca-ds generate` against the local teacher simulator.
+
+    /work/venv/bin/python benchmarks/bench_generate.py                 # throughput at concurrency 1, 8, 64
+    /work/venv/bin/python benchmarks/bench_generate.py crash           # the crash-safety acceptance run
+
+throughput: the simulator answers after exactly --latency seconds (1 s), so N requests in flight can complete
+at most N / latency requests per second. For each concurrency the real command runs `rounds` x concurrency
+requests (max_requests) toward a target it cannot reach, and reports requests/s from the first request sent to
+the last answer (stats.json this_run; startup excluded) as a fraction of that bound. Every answer is parsed,
+filtered and ROUGE-L de-duplicated as in a real run. Two request shapes: 1 prompt per request, and Alpaca's 5
+(whose 5 x 16 candidates per answer make it CPU-bound on the processing side long before the network is).
+
+crash: a teacher failing >= 20% of requests in mixed ways (429 with Retry-After, 500, hangs past the client
+timeout, answers cut at max_tokens, malformed bodies), 5 SIGKILLs of the generator at random moments, then a
+run to the end; checks that accepted.jsonl equals the replay of the ledger (nothing lost, nothing written
+twice), no instruction repeats, the target is reached, regen.json matches, and spend <= budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
+if not SEEDS.is_file():
+    SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
+
+
+class Teacher:
+    def __init__(self, *flags: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "alpaca_ds.cli", "teacher", "serve", "--port", "0",
+                                      "--seeds", str(SEEDS), *flags], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stdout.readline()
+        self.url = re.search(r"http://127\.0\.0\.1:\d+/v1", line).group(0)
+
+    def stats(self) -> dict:
+        import urllib.request
+        with urllib.request.urlopen(self.url.replace("/v1", "/sim/stats")) as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def generate_args(out: Path, url: str, *extra: str) -> list[str]:
+    sets = [f"out_dir={out}", f"api.base_url={url}", "api.api_key_env=null", "progress=false",
+            f"seed_tasks={SEEDS}", *extra]
+    return [sys.executable, "-m", "alpaca_ds.cli", "generate", *[a for s in sets for a in ("--set", s)]]
+
+
+def throughput(args) -> list[dict]:
+    rows = []
+    teacher = Teacher("--latency", str(args.latency))
+    try:
+        for per_request in args.prompts_per_request:
+            for concurrency in args.concurrency:
+                rates = []
+                for _ in range(args.repeats):
+                    out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+                    requests = args.rounds * concurrency
+                    cmd = generate_args(out, teacher.url, "num_instructions=10000000", f"concurrency={concurrency}",
+                                        f"max_requests={requests}", "budget.max_usd=1000",
+                                        f"api.prompts_per_request={per_request}", f"api.http_backend={args.backend}")
+                    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+                    run = json.loads((out / "stats.json").read_text())["this_run"]
+                    rates.append(run["requests_per_s"])
+                    shutil.rmtree(out)
+                bound = concurrency / args.latency
+                rate = statistics.median(rates)
+                rows.append({"prompts": per_request, "concurrency": concurrency, "requests": requests,
+                             "req_s": rate, "bound": bound, "fraction": rate / bound, "runs": rates})
+                print(f"prompts/request {per_request:>2}  concurrency {concurrency:>3}: {rate:7.2f} req/s of "
+                      f"{bound:6.1f} = {rate / bound:6.1%}  (median of {[round(r, 2) for r in rates]})", flush=True)
+    finally:
+        teacher.close()
+    return rows
+
+
+def count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def crash(args) -> None:
+    sys.path.insert(0, str(ROOT))
+    from alpaca_ds.config import GenerateConfig, load_config
+    from alpaca_ds.generate import run as gen
+    from alpaca_ds.generate.journal import read_jsonl
+
+    rng = random.Random(args.seed)
+    out = Path(tempfile.mkdtemp(prefix="bench-crash-"))
+    faults = ["--fail-429", "0.06", "--retry-after", "0.2", "--fail-500", "0.06", "--fail-timeout", "0.03",
+              "--hang", "60", "--fail-truncate", "0.05", "--fail-malformed", "0.05"]
+    # small requests (1 prompt, tasks 4..7), so the run is hundreds of them and a kill lands mid-run
+    sets = [f"num_instructions={args.target}", "concurrency=16", "api.timeout_s=2", "api.max_retries=10",
+            f"budget.max_usd={args.budget}", "api.backoff_initial_s=0.1", "api.backoff_max_s=2",
+            "api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700"]
+    teacher = Teacher("--latency", "0.2", "--jitter", "0.15", *faults)
+    started = time.time()
+    try:
+        for k in range(args.kills):
+            at = count_lines(out / "responses.jsonl") + rng.randint(20, 250)
+            proc = subprocess.Popen(generate_args(out, teacher.url, *sets), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            while proc.poll() is None and count_lines(out / "responses.jsonl") < at:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.2))
+            assert proc.poll() is None, "the run finished before kill; raise --target"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            print(f"kill {k + 1}: SIGKILL with {count_lines(out / 'accepted.jsonl')} accepted on disk, "
+                  f"{count_lines(out / 'responses.jsonl')} ledger lines", flush=True)
+        final = subprocess.run(generate_args(out, teacher.url, *sets), cwd=ROOT, capture_output=True, text=True)
+        served = teacher.stats()
+    finally:
+        teacher.close()
+    print(final.stdout.strip() or final.stderr.strip())
+    assert final.returncode == 0, final.stderr
+
+    cfg = load_config(GenerateConfig, None, [s for s in generate_args(out, "http://x", *sets)[5::2]])
+    entries, _ = read_jsonl(out / gen.LEDGER)
+    led, orphans = gen.replay_ledger(entries)
+    proc = gen.Processor(gen.prepare(cfg, need_key=False))
+    i = 0
+    while not proc.done and led.complete(i):
+        proc.process(i, led.ok.get(i))
+        i += 1
+    accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]
+    regen = json.loads((out / "regen.json").read_text())
+    instructions = [r["instruction"] for r in accepted]
+    outcomes = Counter(e["kind"] for e in entries if e["t"] == "result")
+    failed = sum(v for k, v in served["by_outcome"].items() if k != "ok")
+    checks = {
+        "target reached": len(accepted) == args.target,
+        "accepted.jsonl == replay of the ledger": accepted == proc.accepted,
+        "no duplicated instruction": len(set(instructions)) == len(instructions),
+        "regen.json == accepted records": regen == [gen.alpaca_record(r) for r in accepted],
+        "every attempt sent has its result": not orphans,
+        f"spend ${led.spent.usd:.4f} <= budget ${args.budget}": led.spent.usd <= args.budget,
+        f"teacher failed {failed}/{served['requests']} = {failed / served['requests']:.0%} >= 20%":
+            failed / served["requests"] >= 0.2,
+    }
+    print(f"attempt outcomes in the ledger: {dict(outcomes)}; {time.time() - started:.0f} s")
+    for name, ok in checks.items():
+        print(f"  {'ok ' if ok else 'FAIL'} {name}")
+    shutil.rmtree(out)
+    if not all(checks.values()):
+        sys.exit(1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", default="throughput", choices=["throughput", "crash"])
+    ap.add_argument("--latency", type=float, default=1.0)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--prompts-per-request", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--rounds", type=int, default=10, help="requests per run = rounds x concurrency")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per point; the median is reported")
+    ap.add_argument("--backend", default="aiohttp", choices=["aiohttp", "httpx"])
+    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--target", type=int, default=1500)
+    ap.add_argument("--budget", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.mode == "crash":
+        crash(args)
+    else:
+        throughput(args)
+
+
+if __name__ == "__main__":
+    main()
