@@ -24,6 +24,7 @@ from tqdm import tqdm
 from alpaca_ds.common.download import fetch
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json, sha256_file
+from alpaca_ds.common.provenance import generation_summary
 from alpaca_ds.config import DataBuildConfig
 from alpaca_ds.dataset.encode import Encoder, Preprocess, init_worker, tokenize_in_worker
 from alpaca_ds.dataset.records import Invalid, read_records
@@ -93,6 +94,7 @@ def run(cfg: DataBuildConfig) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build": build_dir.name,
         "source": {"input": cfg.input, "path": str(source), "sha256": sha256_file(source)},
+        "generation": generation_summary(source),
         "tokenizer": {**tokenizer_identity(cfg.tokenizer), "class": type(tokenizer).__name__,
                       "encoder": encoder.backend, "vocab_size": len(tokenizer), "added_special_tokens": added,
                       "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,

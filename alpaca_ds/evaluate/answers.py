@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.common.io import atomic_write_bytes
+from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json, sha256_file
+from alpaca_ds.common.provenance import weights_sha256
 from alpaca_ds.config import AnswerConfig, ApiConfig
 from alpaca_ds.evaluate.eval_sets import EvalItem, load_eval_set, output_record
 
@@ -37,10 +38,20 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
-def write_outputs(path: Path, records: list[dict]) -> None:
+def write_outputs(path: Path, records: list[dict], model: str | None = None, cfg: AnswerConfig | None = None) -> None:
+    """The outputs, and beside them (OUTPUT.provenance.json) the model's identity they came from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # AlpacaEval writes its outputs with indent 4 and ensure_ascii=False; the same here, so diffs stay small
     atomic_write_bytes(path, (json.dumps(records, indent=4, ensure_ascii=False) + "\n").encode("utf-8"))
+    if cfg is not None:
+        atomic_write_json(provenance_path(path), {
+            "model": model, "model_sha256": weights_sha256(model) if model else None, "eval_set": cfg.eval_set,
+            "answers": len(records), "decoding": cfg.decoding.model_dump(mode="json"),
+            "outputs_sha256": sha256_file(path)})
+
+
+def provenance_path(outputs: Path) -> Path:
+    return outputs.with_name(outputs.stem + ".provenance.json")
 
 
 def run(cfg: AnswerConfig) -> dict:
@@ -97,7 +108,7 @@ def _run_local(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
                 _append(f, *lines)
                 bar.update(len(batch))
     records = [output_record(item, done[i], generator) for i, item in enumerate(items)]
-    write_outputs(output, records)
+    write_outputs(output, records, str(Path(cfg.model).expanduser().resolve()), cfg)
     partial.unlink(missing_ok=True)
     return {"output": str(output), "answers": len(records), "generator": generator, "answered_now": len(todo),
             "resumed": len(items) - len(todo), "prompts_truncated": truncated}
@@ -216,6 +227,6 @@ def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
         raise UserError(f"answers stopped with {len(answers)}/{len(items)} done: {why}. "
                         f"Rerun the same command to continue ({ledger.path} keeps every answered call).")
     records = [output_record(item, answers[i], generator) for i, item in enumerate(items)]
-    write_outputs(output, records)
+    write_outputs(output, records, cfg.model, cfg)
     return {"output": str(output), "answers": len(records), "generator": generator,
             "answered_now": runner.calls, "resumed": runner.cached, "cost": cost, "prompts_truncated": 0}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import re
 import sys
@@ -37,6 +38,7 @@ from alpaca_ds.common.io import atomic_write_json
 from alpaca_ds.config import JudgeConfig
 from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 from alpaca_ds.evaluate import winrate
+from alpaca_ds.evaluate.answers import provenance_path
 
 PLACEHOLDERS = ("instruction", "output_a", "output_b")
 EXIT_CODES = {None: 0, "budget": 3, "failures": 4, "fatal": 5, "interrupted": 130}
@@ -175,6 +177,9 @@ class Judge:
         atomic_write_json(self.out / "cost.json", cost)
         rep = winrate.report(annotations, str(self.out / "annotations.json")) if annotations else None
         if rep is not None:
+            # which models (by weights hash) the two outputs came from, when `evaluate answer` wrote them
+            rep["provenance"] = {side: json.loads(p.read_text()) if (p := provenance_path(Path(f))).is_file() else None
+                                 for side, f in (("output_1", self.cfg.a), ("output_2", self.cfg.b))}
             winrate.write_report(rep, self.out)
         stop = runner.stopping
         return {"out_dir": str(self.out), "pairs": len(self.pairs), "judged": len(annotations),

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json, sha256_file
+from alpaca_ds.common.provenance import PROVENANCE, weights_sha256
 from alpaca_ds.config import TrainConfig, dump_config, load_config
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
@@ -53,6 +54,7 @@ def preflight(cfg: TrainConfig, world_size: int) -> tuple[dict, dict, dict]:
 def train(cfg: TrainConfig) -> None:
     # ------------------------------------------------------------------ setup
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    started = time.time()
     rank, world = dist.get_rank(), dist.get_world_size()
     main = rank == 0
     ds_config, manifest, _ = preflight(cfg, world)
@@ -132,6 +134,15 @@ def train(cfg: TrainConfig) -> None:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
     diff = export_final(engine, cfg, run_dir)
     if main:
+        atomic_write_json(run_dir / PROVENANCE, {
+            "dataset": {"path": str(Path(cfg.data.path).resolve()),
+                        "manifest_sha256": sha256_file(Path(cfg.data.path) / "manifest.json")},
+            "model": {"name_or_path": cfg.model.name_or_path, "init_config": cfg.model.init_config},
+            "world_size": world, "accelerator": get_accelerator().device_name(),
+            "device": get_accelerator().get_device_name() if hasattr(get_accelerator(), "get_device_name") else None,
+            "steps": step, "seconds_this_launch": round(time.time() - started, 1),
+            "resumed_from_step": state["step"] if state else None,
+            "final_weights_sha256": weights_sha256(run_dir / "final"), "export_logits_max_diff": diff})
         print(f"done: {step} steps; exported {run_dir / 'final'} (reloaded logits within {diff:.2g} of the engine's)")
 
 
