@@ -1,5 +1,5 @@
-"""Calls to an OpenAI-compatible API for evaluation, on the generator's machinery: its client (one attempt,
-classified outcome), its rate limiter, its budget (reserve the worst case, settle on usage) and its journal.
+"""Calls to an OpenAI-compatible API for evaluation, on the generator's machinery: its retrying caller
+(generate/calls.py: client, rate limiter, budget that reserves the worst case and settles on usage, journal).
 
 What this adds is a call ledger that is also a cache, keyed by what a request asks (model, decoding, prompts):
 
@@ -18,13 +18,13 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import signal
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import ApiConfig, BudgetConfig
 from alpaca_ds.generate.budget import Budget, Cost
+from alpaca_ds.generate.calls import Caller, replay_attempts
 from alpaca_ds.generate.journal import Journal, read_jsonl
 
 CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one message (OpenAI: ~7); a safe margin
@@ -65,29 +65,14 @@ class CallLedger:
         self.prompt_tokens = self.completion_tokens = 0
         self.charged_worst_case_usd = 0.0
         self.interrupted = 0
-        sends, finished = {}, set()
-        for e in entries:
-            key = (e["k"], e["a"])
-            self.attempts[e["k"]] = max(self.attempts.get(e["k"], 0), e["a"])
-            if e["t"] == "send":
-                sends[key] = e
-            elif e["t"] == "result":
-                finished.add(key)
-                self._add(e)
-        orphans = []
-        for key, s in sends.items():
-            if key not in finished:
-                r = {"t": "result", "k": key[0], "a": key[1], "kind": "interrupted", "http": None, "usage": None,
-                     "charged": "worst_case", "usd": s["usd"], "tok": s["tok"],
-                     "error": "the process stopped while this call was in flight; the API may have billed it"}
-                self._add(r)
-                orphans.append(r)
+        orphans = replay_attempts(entries, "k", self, "the process stopped while this call was in flight; the API "
+                                                      "may have billed it")
         self.interrupted = len(orphans)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(path, good)
         self.journal.append_many(orphans)
 
-    def _add(self, r: dict) -> None:
+    def add_result(self, r: dict) -> None:
         self.spent = Cost(self.spent.usd + r["usd"], self.spent.tokens + r["tok"])
         if r["charged"] == "usage" and r.get("usage"):
             self.prompt_tokens += r["usage"][0]
@@ -96,6 +81,10 @@ class CallLedger:
             self.charged_worst_case_usd += r["usd"]
         if r["kind"] == "ok" and r["k"] not in self.cache:
             self.cache[r["k"]] = r["choices"]
+
+    def failed_attempts(self, key: str) -> int:
+        """What api.max_retries counts here: every attempt made for `key`, in any run."""
+        return self.attempts.get(key, 0)
 
     def close(self) -> None:
         self.journal.close()
@@ -106,7 +95,6 @@ class ApiRunner:
 
     def __init__(self, api: ApiConfig, key: str | None, ledger: CallLedger, budget: BudgetConfig | None,
                  say=print):
-        from alpaca_ds.generate.limits import RateLimiter
         self.api = api
         self.key = key
         self.ledger = ledger
@@ -124,20 +112,18 @@ class ApiRunner:
             self.enc = get_encoding(api.model, api.encoding)
         limit = budget.max_usd if budget is not None else float("inf")
         self.budget = Budget(limit, budget.max_tokens if budget is not None else None, ledger.spent)
-        self.limiter = RateLimiter(api.requests_per_minute, api.tokens_per_minute)
-        self.client = None
+        self.caller: Caller | None = None
         self.stopping: Stopped | None = None
         self.calls = 0            # attempts sent by this run
         self.cached = 0           # requests served from the ledger
-        self._jitter = random.Random()
         self._stop_event: asyncio.Event | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
     async def __aenter__(self):
-        from alpaca_ds.generate.client import TeacherClient
-        self.client = TeacherClient(self.api, self.key)
         self._stop_event = asyncio.Event()
+        self.caller = Caller(self.api, self.key, "k", self.ledger, self.ledger.journal, self.budget, self.price,
+                             self._stop_event, say=self.say, on_send=self._sent)
         loop = asyncio.get_running_loop()
         self._interrupts = 0
         try:
@@ -154,7 +140,10 @@ class ApiRunner:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         await self.ledger.journal.drain()
-        await self.client.close()
+        await self.caller.close()
+
+    def _sent(self) -> None:
+        self.calls += 1
 
     def _on_signal(self) -> None:
         self._interrupts += 1
@@ -184,15 +173,6 @@ class ApiRunner:
         usd = self.price.cost(prompt, completion) if self.price is not None else 0.0
         return Cost(usd, prompt + completion)
 
-    def _charge(self, outcome, reservation: Cost) -> tuple[Cost, str]:
-        if outcome.usage is not None:
-            p, c = outcome.usage
-            usd = self.price.cost(p, c) if self.price is not None else 0.0
-            return Cost(usd, p + c), "usage"
-        if outcome.maybe_billed:
-            return reservation, "worst_case"
-        return Cost(0.0, 0), "none"
-
     def budget_message(self, worst: Cost) -> str:
         b, c = self.budget, self.budget_cfg
         return (f"budget exhausted: spent ${b.spent_usd:.4f} of budget.max_usd ${c.max_usd:g}; the next call could "
@@ -213,86 +193,18 @@ class ApiRunner:
         if task is not None:
             task._alpaca_call = True  # cancellable by a second interrupt
         worst = self.worst_case(prompts)
-        while True:
-            if self.stopping is not None:
-                return None
-            reservation = await self._wait(self.budget.reserve_wait(worst))
-            if reservation is None:
-                if self.stopping is None:
-                    self.stop("budget", self.budget_message(worst))
-                return None
-            if not await self._wait(self.limiter.acquire(worst.tokens), default=False):
-                self.budget.settle(reservation, Cost(0.0, 0))
-                return None
-            attempt = self.ledger.attempts.get(key, 0) + 1
-            self.ledger.attempts[key] = attempt
-            await self.ledger.journal.commit({"t": "send", "k": key, "a": attempt, "usd": reservation.usd,
-                                              "tok": reservation.tokens})
-            self.calls += 1
-            try:
-                outcome = await self.client.call(prompts, stop=stop, logit_bias=None)
-            except asyncio.CancelledError:  # abandoned on the wire: it may still be billed
-                self._record_now(key, attempt, reservation)
-                raise
-            charge, how = self._charge(outcome, reservation)
-            if how == "usage" and (charge.tokens > reservation.tokens):
-                self.say(f"warning: a call was billed {charge.tokens} tokens, more than the {reservation.tokens} "
-                         "reserved (does the server honour max_tokens?)")
-            entry = {"t": "result", "k": key, "a": attempt, "kind": outcome.kind, "http": outcome.http,
-                     "usage": list(outcome.usage) if outcome.usage else None, "charged": how,
-                     "usd": charge.usd, "tok": charge.tokens}
-            if outcome.ok:
-                entry["choices"] = outcome.choices
-            else:
-                entry["error"] = outcome.error
-            durable = self.ledger.journal.enqueue(entry)
-            self.ledger._add(entry)
-            self.budget.settle(reservation, charge)
-            await asyncio.shield(durable)
-            if outcome.ok:
-                return outcome.choices
-            if outcome.fatal:
-                self.stop("fatal", f"the API refused the call ({outcome.kind}, HTTP {outcome.http}): {outcome.error}. "
-                          "Check api.base_url, api.model and the API key.")
-                return None
-            if not outcome.retryable or attempt > self.api.max_retries:
-                self.stop("failures", f"a call failed {attempt} times (last: {outcome.kind}: {outcome.error}); "
-                          "is the API healthy? Rerun the same command to continue.")
-                return None
-            if not await self._wait(asyncio.sleep(self._backoff(attempt, outcome.retry_after)), default=False):
-                return None
-
-    def _record_now(self, key: str, attempt: int, reservation: Cost) -> None:
-        entry = {"t": "result", "k": key, "a": attempt, "kind": "interrupted", "http": None, "usage": None,
-                 "charged": "worst_case", "usd": reservation.usd, "tok": reservation.tokens,
-                 "error": "abandoned in flight"}
-        self.ledger.journal.append(entry)
-        self.ledger._add(entry)
-        self.budget.settle(reservation, reservation)
-
-    async def _wait(self, aw, default=None):
-        """Await `aw` unless the run stops first; returns its result (True for a None result), else `default`."""
-        task = asyncio.ensure_future(aw)
-        stopper = asyncio.ensure_future(self._stop_event.wait())
-        try:
-            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if task in done:
-            result = task.result()
-            return True if result is None and default is False else result
-        task.cancel()
-        got = (await asyncio.gather(task, return_exceptions=True))[0]
-        if isinstance(got, Cost):  # a budget reservation that arrived just as the run stopped
-            self.budget.settle(got, Cost(0.0, 0))
-        return default
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self.api.backoff_max_s, self.api.backoff_initial_s * 2 ** (attempt - 1))
-        delay *= self._jitter.uniform(0.5, 1.0)
-        if retry_after is not None:
-            delay = max(delay, retry_after * self._jitter.uniform(1.0, 1.1))
-        return delay
+        how, outcome = await self.caller.call(key, prompts, worst, stop=stop)
+        if how == "ok":
+            return outcome.choices
+        if how == "fatal":
+            self.stop("fatal", f"the API refused the call ({outcome.kind}, HTTP {outcome.http}): {outcome.error}. "
+                      "Check api.base_url, api.model and the API key.")
+        elif how == "failed":
+            self.stop("failures", f"a call failed {self.ledger.attempts[key]} times (last: {outcome.kind}: "
+                      f"{outcome.error}); is the API healthy? Rerun the same command to continue.")
+        elif how == "budget":
+            self.stop("budget", self.budget_message(worst))
+        return None
 
     def cost_report(self) -> dict:
         led = self.ledger

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.serving import serve_until_interrupted
 from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 from alpaca_ds.evaluate.winrate import report as winrate_report
 from alpaca_ds.generate.journal import Journal, read_jsonl
@@ -142,30 +143,11 @@ def make_app(session: HumanSession):
 
 def serve(session: HumanSession, host: str = "127.0.0.1", port: int = 8088, announce=print) -> None:
     """Serve the page until interrupted; announces 'human A/B page: http://HOST:PORT/?t=TOKEN'."""
-    from aiohttp import web
-
-    async def main():
-        runner = web.AppRunner(make_app(session), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port "
-                            "(0 = any free)") from None
-        bound = runner.addresses[0][1]
+    def ready(bound: int) -> None:
         announce(f"human A/B page: http://{host}:{bound}/?t={session.token}  ({len(session.judged)}/"
                  f"{len(session.pairs)} judged; writing {session.out}; Ctrl-C to stop)")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
     try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+        serve_until_interrupted(make_app(session), host, port, ready)
     finally:
         session.close()
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 
-from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.serving import serve_until_interrupted
 from alpaca_ds.config import DecodingConfig, ServeConfig
 from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
@@ -226,27 +226,8 @@ class Server:
 
 def serve(cfg: ServeConfig, announce=print) -> None:
     """Load the model, then serve until interrupted; announces 'serving NAME on http://HOST:PORT/v1'."""
-    from aiohttp import web
     model = LocalModel(cfg.model, cfg.dtype, cfg.device)
     name = cfg.name or model_name(cfg.model)
     server = Server(model, name, cfg.decoding, cfg.max_new_tokens_cap)
-
-    async def main():
-        runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, cfg.host, cfg.port).start()
-        except OSError as e:
-            await runner.cleanup()
-            raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); set --port "
-                            "(0 = any free)") from None
-        announce(f"serving {name} on http://{cfg.host}:{runner.addresses[0][1]}/v1 (Ctrl-C to stop)")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    serve_until_interrupted(server.app(), cfg.host, cfg.port,
+                            lambda port: announce(f"serving {name} on http://{cfg.host}:{port}/v1 (Ctrl-C to stop)"))

@@ -1,6 +1,6 @@
 """One attempt at one request to an OpenAI-compatible API, through the official async `openai` client.
 
-The client's own retries are off: run.py retries (with backoff, jitter and Retry-After) so that every attempt
+The client's own retries are off: calls.py retries (with backoff, jitter and Retry-After) so that every attempt
 is reserved against the budget and logged before it is sent. An attempt never raises for an API or network
 problem; it returns an `Outcome` that says whether it may have been billed, whether to retry, and whether the
 whole run should stop (a rejected key, an unknown model, no quota).

@@ -42,6 +42,7 @@ from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json, sha256_fi
 from alpaca_ds.config import GenerateConfig
 from alpaca_ds.generate import prompts as P
 from alpaca_ds.generate.budget import Budget, Cost
+from alpaca_ds.generate.calls import Caller, backoff_delay, replay_attempts
 from alpaca_ds.generate.filters import Filters
 from alpaca_ds.generate.journal import Journal, read_jsonl
 from alpaca_ds.generate.prices import Price, price_for
@@ -238,6 +239,10 @@ class Ledger:
         if r["kind"] == "ok" and r["i"] not in self.ok:
             self.ok[r["i"]] = r["choices"] if self.keep_choices else None
 
+    def failed_attempts(self, i: int) -> int:
+        """What api.max_retries counts: failed answers (attempts cut off by a kill or interrupt are not)."""
+        return self.failures[i]
+
     def complete(self, i: int) -> bool:
         return i in self.ok or i in self.gave_up
 
@@ -245,27 +250,12 @@ class Ledger:
 def replay_ledger(entries: list[dict]) -> tuple[Ledger, list[dict]]:
     """(the ledger's state, results to append for attempts that were in flight when the last run died)."""
     led = Ledger()
-    sends: dict[tuple[int, int], dict] = {}
-    finished: set[tuple[int, int]] = set()
     for e in entries:
-        key = (e["i"], e["a"])
         led.max_index = max(led.max_index, e["i"])
-        led.attempts[e["i"]] = max(led.attempts[e["i"]], e["a"])
-        if e["t"] == "send":
-            sends[key] = e
-        elif e["t"] == "result":
-            finished.add(key)
-            led.add_result(e)
-        elif e["t"] == "gave_up":
+        if e["t"] == "gave_up":
             led.gave_up.add(e["i"])
-    orphans = []
-    for key, s in sends.items():
-        if key not in finished:
-            r = {"t": "result", "i": key[0], "a": key[1], "kind": "interrupted", "http": None, "usage": None,
-                 "charged": "worst_case", "usd": s["usd"], "tok": s["tok"],
-                 "error": "the process stopped while this attempt was in flight; the API may have billed it"}
-            led.add_result(r)
-            orphans.append(r)
+    orphans = replay_attempts(entries, "i", led, "the process stopped while this attempt was in flight; the API "
+                                                 "may have billed it")
     return led, orphans
 
 
@@ -287,7 +277,6 @@ class Generator:
         self._stopping = False      # no new requests, no more retries
         self._abandon = False
         self._bar = None
-        self._settling = 0          # requests answered whose result is being written
         self._first_send: float | None = None
         self._last_answer: float | None = None
         self._last_status = 0.0
@@ -402,7 +391,8 @@ class Generator:
         return self.specs[i]
 
     def _launch(self) -> None:
-        while not self._stopping and len(self.tasks) - self._settling < self.cfg.concurrency and self._need_more():
+        while (not self._stopping and len(self.tasks) - self.caller.settling < self.cfg.concurrency
+               and self._need_more()):
             i = self._peek_index()
             if i is None:
                 break
@@ -435,126 +425,39 @@ class Generator:
         """
         prompts, worst = self._spec(i)
         api = self.cfg.api
-        while True:
-            if self._stopping or (self.limiter.active and
-                                  not await self._unless_stopped(self.limiter.acquire(worst.tokens))):
-                self.budget.settle(reservation, Cost(0.0, 0))
-                return "incomplete", None
-            attempt = self.ledger.attempts[i] + 1
-            self.ledger.attempts[i] = attempt
-            try:  # the intent to spend is on disk before the request leaves
-                await self.journal.commit({"t": "send", "i": i, "a": attempt, "usd": reservation.usd,
-                                           "tok": reservation.tokens})
-            except asyncio.CancelledError:
-                self._record_sync(i, attempt, reservation, "abandoned before it was sent", Cost(0.0, 0), "none")
-                raise
-            self.attempts_this_run += 1
-            if self._first_send is None:
-                self._first_send = time.monotonic()
-            try:
-                outcome = await self.client.call(prompts, stop=self.s.stop, logit_bias=self.s.logit_bias)
-            except asyncio.CancelledError:  # it may still be billed
-                self._record_sync(i, attempt, reservation, "abandoned in flight", reservation, "worst_case")
-                raise
-            self._settling += 1  # off the wire: its slot may take the next request while this one is logged
-            try:
-                await self._record(i, attempt, reservation, outcome)
-            finally:
-                self._settling -= 1
-            if outcome.ok:
-                self.consecutive_failures = 0
-                return "ok", outcome.choices
-            if outcome.fatal:
-                self._stop("fatal", f"the API refused the request ({outcome.kind}, HTTP {outcome.http}): "
-                           f"{outcome.error}. Check api.base_url, api.model and the key in ${api.api_key_env}.")
-                return "incomplete", None
-            if not outcome.retryable or self.ledger.failures[i] > api.max_retries:
-                await self.journal.commit({"t": "gave_up", "i": i, "a": attempt, "kind": outcome.kind,
-                                           "error": outcome.error})
-                self.ledger.gave_up.add(i)
-                self.consecutive_failures += 1
-                if self.consecutive_failures >= api.max_consecutive_failures:
-                    self._stop("failures", f"{self.consecutive_failures} requests in a row failed all retries "
-                               f"(last: {outcome.kind}: {outcome.error}); is the API healthy?")
-                return "failed", None
-            if not await self._unless_stopped(asyncio.sleep(self._backoff(attempt, outcome.retry_after))):
-                return "incomplete", None
-            waiter = asyncio.get_running_loop().create_task(self.budget.reserve_wait(worst))
-            if not await self._unless_stopped(waiter, cancel=False):
-                waiter.cancel()
-                got = (await asyncio.gather(waiter, return_exceptions=True))[0]
-                if isinstance(got, Cost):  # it got its reservation just as the run stopped
-                    self.budget.settle(got, Cost(0.0, 0))
-                return "incomplete", None
-            reservation = waiter.result()
-            if reservation is None:
-                self._stop("budget", self._budget_message(worst))
-                return "incomplete", None
-
-    async def _unless_stopped(self, aw, cancel: bool = True) -> bool:
-        """Await `aw` unless the run stops first (then it is cancelled, when `cancel`); True if it finished."""
-        task = asyncio.ensure_future(aw)
-        stopper = asyncio.get_running_loop().create_task(self._stop_event.wait())
-        try:
-            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            stopper.cancel()
-        if task in done:
-            task.result()
-            return True
-        if cancel:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        return False
+        how, outcome = await self.caller.call(i, prompts, worst, stop=self.s.stop, logit_bias=self.s.logit_bias,
+                                              reservation=reservation, label=f"request {i}")
+        if how == "ok":
+            self.consecutive_failures = 0
+            return "ok", outcome.choices
+        if how == "fatal":
+            self._stop("fatal", f"the API refused the request ({outcome.kind}, HTTP {outcome.http}): "
+                       f"{outcome.error}. Check api.base_url, api.model and the key in ${api.api_key_env}.")
+        elif how == "budget":
+            self._stop("budget", self._budget_message(worst))
+        elif how == "failed":
+            await self.journal.commit({"t": "gave_up", "i": i, "a": self.ledger.attempts[i], "kind": outcome.kind,
+                                       "error": outcome.error})
+            self.ledger.gave_up.add(i)
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= api.max_consecutive_failures:
+                self._stop("failures", f"{self.consecutive_failures} requests in a row failed all retries "
+                           f"(last: {outcome.kind}: {outcome.error}); is the API healthy?")
+            return "failed", None
+        return "incomplete", None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        api = self.cfg.api
-        delay = min(api.backoff_max_s, api.backoff_initial_s * 2 ** (attempt - 1))
-        delay *= self._jitter.uniform(0.5, 1.0)  # "equal jitter": spread retries out without going near zero
-        if retry_after is not None:
-            delay = max(delay, retry_after * self._jitter.uniform(1.0, 1.1))
-        return delay
+        """The wait before a retry, as its requests wait (calls.backoff_delay)."""
+        return backoff_delay(self.cfg.api, attempt, retry_after, self._jitter)
 
-    def _result_entry(self, i: int, attempt: int, reservation: Cost, outcome) -> dict:
-        if outcome.usage is not None:
-            p, c = outcome.usage
-            charge, how = Cost(self.s.price.cost(p, c), p + c), "usage"
-            if charge.usd > reservation.usd + 1e-12 or charge.tokens > reservation.tokens:
-                self._say(f"warning: request {i} was billed {charge.tokens} tokens, more than the "
-                          f"{reservation.tokens} reserved (does the server honour max_tokens?)")
-        elif outcome.maybe_billed:
-            charge, how = reservation, "worst_case"
-        else:
-            charge, how = Cost(0.0, 0), "none"
-        entry = {"t": "result", "i": i, "a": attempt, "kind": outcome.kind, "http": outcome.http,
-                 "usage": list(outcome.usage) if outcome.usage else None, "charged": how,
-                 "usd": charge.usd, "tok": charge.tokens}
-        if outcome.ok:
-            entry["choices"] = outcome.choices
-        else:
-            entry["error"] = outcome.error
-        return entry
+    def _sent(self) -> None:
+        self.attempts_this_run += 1
+        if self._first_send is None:
+            self._first_send = time.monotonic()
 
-    async def _record(self, i: int, attempt: int, reservation: Cost, outcome) -> None:
-        """Log an attempt's result and settle its reservation; return once the line is on disk, so nothing
-        derived from it (processing, accepted records) can exist without it."""
-        entry = self._result_entry(i, attempt, reservation, outcome)
+    def _answered(self) -> None:
         self._last_answer = time.monotonic()
-        durable = self.journal.enqueue(entry)
-        self.ledger.add_result(entry)
-        self.budget.settle(reservation, Cost(entry["usd"], entry["tok"]))
         self._wake.set()
-        await asyncio.shield(durable)
-
-    def _record_sync(self, i: int, attempt: int, reservation: Cost, why: str, charge: Cost, how: str) -> None:
-        entry = {"t": "result", "i": i, "a": attempt, "kind": "interrupted", "http": None, "usage": None,
-                 "charged": how, "usd": charge.usd, "tok": charge.tokens, "error": why}
-        self.journal.append(entry)
-        self.ledger.add_result(entry)
-        self.budget.settle(reservation, charge)
 
     # ---- the loop -----------------------------------------------------------------------------------------------
 
@@ -619,15 +522,13 @@ class Generator:
             self._wake.set()
 
     async def _main(self) -> None:
-        from alpaca_ds.generate.client import TeacherClient
-        from alpaca_ds.generate.limits import RateLimiter
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
-        self.client = TeacherClient(self.cfg.api, self.s.key)
-        self.limiter = RateLimiter(self.cfg.api.requests_per_minute, self.cfg.api.tokens_per_minute)
+        self.caller = Caller(self.cfg.api, self.s.key, "i", self.ledger, self.journal, self.budget, self.s.price,
+                             self._stop_event, say=self._say, on_send=self._sent, on_answer=self._answered)
         from concurrent.futures import ThreadPoolExecutor
         self._proc_executor = ThreadPoolExecutor(1, thread_name_prefix="generate-process")
         self._processable = asyncio.Event()
@@ -674,7 +575,7 @@ class Generator:
             self._proc_executor.shutdown(wait=True)
             await self.journal.drain()
             await self.accepted_journal.drain()
-            await self.client.close()
+            await self.caller.close()
 
     # ---- reporting ----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,209 @@
+"""One request to an OpenAI-compatible API, retried, within a hard budget, every attempt in a ledger file.
+
+`generate` (run.py) and `evaluate` (evaluate/api.py) both send their requests through `Caller.call`. An attempt:
+
+    reserve its worst case (budget.py) -> the rate limiter (limits.py) -> a `send` line, fsync'd
+    -> one call (client.py) -> a `result` line (usage at the price; the worst case when it may have been billed
+    without usage), settled against the budget; returns once that line is on disk
+
+and between attempts an exponential backoff with jitter, never sooner than the server's Retry-After. The lines:
+
+    {"t": "send",   FIELD: KEY, "a": 1, "usd": <worst case>, "tok": <worst case>}
+    {"t": "result", FIELD: KEY, "a": 1, "kind": ..., "http": ..., "usage": [p, c] | null,
+     "charged": "usage" | "worst_case" | "none", "usd": ..., "tok": ..., "choices": [...] | "error": ...}
+
+where FIELD names the request as the caller's ledger does ("i": its index in generate, "k": a key in evaluate).
+Every wait ends early when the run stops (`stop_event`). Only cancelling the task (a second interrupt) abandons
+an attempt, and it is then recorded at once: charged its worst case if it was on the wire, nothing if not yet.
+What an ending means for the run (stop it, give the request up, ...) is the caller's to decide.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Callable
+
+from alpaca_ds.config import ApiConfig
+from alpaca_ds.generate.budget import Budget, Cost
+from alpaca_ds.generate.client import Outcome, TeacherClient
+from alpaca_ds.generate.journal import Journal
+from alpaca_ds.generate.limits import RateLimiter
+from alpaca_ds.generate.prices import Price
+
+NOTHING = Cost(0.0, 0)
+
+
+def backoff_delay(api: ApiConfig, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retrying after failed attempt number `attempt`."""
+    delay = min(api.backoff_max_s, api.backoff_initial_s * 2 ** (attempt - 1))
+    delay *= rng.uniform(0.5, 1.0)  # "equal jitter": spread retries out without going near zero
+    if retry_after is not None:
+        delay = max(delay, retry_after * rng.uniform(1.0, 1.1))
+    return delay
+
+
+def interrupted_result(field: str, key, attempt: int, charge: Cost, how: str, why: str) -> dict:
+    """The result line of an attempt that got no answer: abandoned, or in flight when a process died."""
+    return {"t": "result", field: key, "a": attempt, "kind": "interrupted", "http": None, "usage": None,
+            "charged": how, "usd": charge.usd, "tok": charge.tokens, "error": why}
+
+
+def replay_attempts(entries: list[dict], field: str, ledger, why: str) -> list[dict]:
+    """Replay a ledger file's lines into `ledger` (attempts made, every result); returns the result lines to append
+    for attempts sent without a result, which were in flight when a process died. They are charged their worst
+    case (the API may have billed them) and already added to `ledger`."""
+    sends, finished = {}, set()
+    for e in entries:
+        key = (e[field], e["a"])
+        ledger.attempts[e[field]] = max(ledger.attempts.get(e[field], 0), e["a"])
+        if e["t"] == "send":
+            sends[key] = e
+        elif e["t"] == "result":
+            finished.add(key)
+            ledger.add_result(e)
+    orphans = [interrupted_result(field, k, a, Cost(s["usd"], s["tok"]), "worst_case", why)
+               for (k, a), s in sends.items() if (k, a) not in finished]
+    for r in orphans:
+        ledger.add_result(r)
+    return orphans
+
+
+class Caller:
+    """Sends requests through one client, rate limiter, budget and ledger.
+
+    `ledger` is the caller's replay of its ledger file (replay_attempts): `attempts` (request -> attempts made so
+    far), `add_result(line)`, and `failed_attempts(request)`, what is counted against api.max_retries.
+    `on_send()` runs when an attempt leaves, `on_answer()` when its answer is settled (before it is on disk).
+    """
+
+    def __init__(self, api: ApiConfig, key: str | None, field: str, ledger, journal: Journal, budget: Budget,
+                 price: Price | None, stop_event: asyncio.Event, say: Callable[[str], None],
+                 on_send: Callable[[], None] | None = None, on_answer: Callable[[], None] | None = None):
+        self.api = api
+        self.client = TeacherClient(api, key)
+        self.limiter = RateLimiter(api.requests_per_minute, api.tokens_per_minute)
+        self.field = field
+        self.ledger = ledger
+        self.journal = journal
+        self.budget = budget
+        self.price = price
+        self.stop_event = stop_event
+        self.say = say
+        self.on_send = on_send
+        self.on_answer = on_answer
+        self.settling = 0                # answered attempts whose result line is being written
+        self.jitter = random.Random()    # timing only: never touches what is generated
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def call(self, key, prompts: list[str], worst: Cost, *, stop: list[str] | None,
+                   logit_bias: dict[str, int] | None = None, reservation: Cost | None = None,
+                   label: str = "a call") -> tuple[str, Outcome | None]:
+        """(how it ended, the last attempt's outcome). How: "ok"; "fatal" (the API refused, as no later call can
+        succeed); "failed" (not retryable, or out of retries); "budget" (its worst case can never fit: nothing is
+        in flight to free room); "stopped" (the run stopped first).
+
+        `reservation`: `worst`, already reserved by the caller for the first attempt. `label` names the request
+        in the warning about an answer billed beyond its reservation."""
+        outcome = None
+        while True:
+            if reservation is None:
+                if self.stop_event.is_set():
+                    return "stopped", outcome
+                waiter = asyncio.get_running_loop().create_task(self.budget.reserve_wait(worst))
+                if not await self._unless_stopped(waiter, cancel=False):
+                    waiter.cancel()
+                    got = (await asyncio.gather(waiter, return_exceptions=True))[0]
+                    if isinstance(got, Cost):  # it got its reservation just as the run stopped
+                        self.budget.settle(got, NOTHING)
+                    return "stopped", outcome
+                reservation = waiter.result()
+                if reservation is None:
+                    return "budget", outcome
+            if self.stop_event.is_set() or (self.limiter.active and
+                                            not await self._unless_stopped(self.limiter.acquire(worst.tokens))):
+                self.budget.settle(reservation, NOTHING)
+                return "stopped", outcome
+            attempt = self.ledger.attempts.get(key, 0) + 1
+            self.ledger.attempts[key] = attempt
+            try:  # the intent to spend is on disk before the request leaves
+                await self.journal.commit({"t": "send", self.field: key, "a": attempt, "usd": reservation.usd,
+                                           "tok": reservation.tokens})
+            except asyncio.CancelledError:
+                self._record_now(key, attempt, reservation, "abandoned before it was sent", NOTHING, "none")
+                raise
+            if self.on_send is not None:
+                self.on_send()
+            try:
+                outcome = await self.client.call(prompts, stop=stop, logit_bias=logit_bias)
+            except asyncio.CancelledError:  # it may still be billed
+                self._record_now(key, attempt, reservation, "abandoned in flight", reservation, "worst_case")
+                raise
+            self.settling += 1  # off the wire: its slot may take the next request while this one is logged
+            try:
+                await self._record(key, attempt, reservation, outcome, label)
+            finally:
+                self.settling -= 1
+            if outcome.ok:
+                return "ok", outcome
+            if outcome.fatal:
+                return "fatal", outcome
+            if not outcome.retryable or self.ledger.failed_attempts(key) > self.api.max_retries:
+                return "failed", outcome
+            if not await self._unless_stopped(asyncio.sleep(backoff_delay(self.api, attempt, outcome.retry_after,
+                                                                          self.jitter))):
+                return "stopped", outcome
+            reservation = None
+
+    async def _unless_stopped(self, aw, cancel: bool = True) -> bool:
+        """Await `aw` unless the run stops first (then it is cancelled, when `cancel`); True if it finished."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.get_running_loop().create_task(self.stop_event.wait())
+        try:
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if task in done:
+            task.result()
+            return True
+        if cancel:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return False
+
+    async def _record(self, key, attempt: int, reservation: Cost, outcome: Outcome, label: str) -> None:
+        """Log an attempt's result and settle its reservation; return once the line is on disk, so nothing
+        derived from it (processing, accepted records, answers) can exist without it."""
+        if outcome.usage is not None:
+            p, c = outcome.usage
+            charge, how = Cost(self.price.cost(p, c) if self.price is not None else 0.0, p + c), "usage"
+            if charge.usd > reservation.usd + 1e-12 or charge.tokens > reservation.tokens:
+                self.say(f"warning: {label} was billed {charge.tokens} tokens, more than the {reservation.tokens} "
+                         "reserved (does the server honour max_tokens?)")
+        elif outcome.maybe_billed:
+            charge, how = reservation, "worst_case"
+        else:
+            charge, how = NOTHING, "none"
+        entry = {"t": "result", self.field: key, "a": attempt, "kind": outcome.kind, "http": outcome.http,
+                 "usage": list(outcome.usage) if outcome.usage else None, "charged": how,
+                 "usd": charge.usd, "tok": charge.tokens}
+        if outcome.ok:
+            entry["choices"] = outcome.choices
+        else:
+            entry["error"] = outcome.error
+        durable = self.journal.enqueue(entry)
+        self.ledger.add_result(entry)
+        self.budget.settle(reservation, charge)
+        if self.on_answer is not None:
+            self.on_answer()
+        await asyncio.shield(durable)
+
+    def _record_now(self, key, attempt: int, reservation: Cost, why: str, charge: Cost, how: str) -> None:
+        entry = interrupted_result(self.field, key, attempt, charge, how, why)
+        self.journal.append(entry)
+        self.ledger.add_result(entry)
+        self.budget.settle(reservation, charge)
