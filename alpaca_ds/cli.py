@@ -212,9 +212,13 @@ def generate_command(config_path, overrides, dry_run):
         return
     result = gen.run(cfg)
     cost, stats = result["cost"], result["stats"]
-    line = (f"{result['accepted']}/{result['target']} instructions in {cfg.out_dir} (regen.json, accepted.jsonl); "
-            f"{stats['requests']['succeeded']} requests, {stats['requests']['retries']} retries, "
+    _finish(result, f"{result['accepted']}/{result['target']} instructions in {cfg.out_dir} (regen.json, "
+            f"accepted.jsonl); {stats['requests']['succeeded']} requests, {stats['requests']['retries']} retries, "
             f"{stats['requests']['failed']} failed; spent ${cost['spent_usd']:.4f} of ${cfg.budget.max_usd:g}")
+
+
+def _finish(result: dict, line: str) -> None:
+    """End a run that can stop early (generate, evaluate judge): its summary, why it stopped, its exit status."""
     if result["exit_code"] == 0:
         click.echo(f"done: {line}")
     else:
@@ -269,6 +273,30 @@ def teacher_serve(port, host, seeds_path, seed, latency, jitter, tasks, noise, f
 def _flags(**values) -> tuple[str, ...]:
     """Command-line shortcuts as `--set key=value` items (applied before the user's own --set items)."""
     return tuple(f"{key}={value}" for key, value in values.items() if value is not None)
+
+
+@cli.command("quickstart")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Quickstart YAML [default: launch/recipes/quickstart.yaml, paths from the repository].")
+@SET
+@click.option("--out", help="Run directory [default: runs/quickstart]; rerunning with it continues the run.")
+@click.option("--quick", is_flag=True, help="The smaller variant (the config's `quick` section): CI, tests.")
+def quickstart_command(config_path, overrides, out, quick):
+    """The whole pipeline offline on CPU in a few minutes: generate, data build, train, export, evaluate.
+
+    The local teacher simulator on a loopback port -> self-instruct data -> tokenized dataset -> the tiny recipe
+    with ZeRO-3 on 2 CPU ranks through the deepspeed launcher -> verified export -> answers and a judged win rate
+    -> OUT/report.md. Interrupted, the same command continues where it stopped. Exit status: 0 done,
+    130 interrupted.
+    """
+    from alpaca_ds.config import QuickstartConfig
+    from alpaca_ds.quickstart import pipeline
+    cfg = load_config(QuickstartConfig, config_path, (*_flags(out_dir=out), *overrides),
+                      defaults=None if config_path else pipeline.default_config())
+    result = pipeline.run(cfg.with_quick() if quick else cfg, echo=lambda m: click.echo(m), quick=quick)
+    if result["exit_code"]:
+        click.echo(f"stopped: {result['message']}", err=True)
+    sys.exit(result["exit_code"])
 
 
 @cli.group("evaluate")
@@ -339,12 +367,7 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
         wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.2f}%"
         se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.2f}"
         line += f"; win rate of {result['report']['generator_2']}: {wr} ± {se}"
-    if result["exit_code"] == 0:
-        click.echo(f"done: {line}")
-    else:
-        click.echo(f"stopped: {result['message']}", err=True)
-        click.echo(line, err=True)
-    sys.exit(result["exit_code"])
+    _finish(result, line)
 
 
 @evaluate_group.command("winrate")

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import (AnswerConfig, DataBuildConfig, GenerateConfig, JudgeConfig, TrainConfig, dump_config,
-                              load_config)
+from alpaca_ds.config import (AnswerConfig, DataBuildConfig, GenerateConfig, JudgeConfig, QuickstartConfig,
+                              TrainConfig, dump_config, load_config)
 from alpaca_ds.generate.prices import load_table as load_price_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +29,7 @@ SHIPPED = [
     ("launch/recipes/self_instruct_*.yaml", lambda p: load_config(GenerateConfig, p)),
     ("launch/recipes/eval_answer*.yaml", lambda p: load_config(AnswerConfig, p)),
     ("launch/recipes/eval_judge*.yaml", lambda p: load_config(JudgeConfig, p, ["a=a.json", "b=b.json"])),
+    ("launch/recipes/quickstart.yaml", lambda p: load_config(QuickstartConfig, p).with_quick()),
     ("launch/recipes/*.yaml", lambda p: load_config(TrainConfig, p)),
     ("ds_configs/*.yaml", load_engine_config),
     ("alpaca_ds/generate/prices.yaml", load_price_table),

@@ -14,6 +14,10 @@ Faults, drawn per request from --seed, the request body and how many times that 
 retry of the same request draws again): 429 with Retry-After, 500, a hang past the client's timeout, an answer
 cut at a random length with finish_reason "length", and a malformed body (a 200 whose JSON is cut short).
 --require-key makes it answer 401 to any other bearer token.
+
+Judge mode: a prompt laid out as `alpaca-ds evaluate judge`'s (alpaca_ds/evaluate/judge_prompt.txt: "## Instruction",
+"## Output (a)", "## Output (b)", "## Your verdict") gets a verdict, "Output (a)" or "Output (b)", instead of tasks
+(see judge_verdict: a fixed heuristic, not a judgment of quality), so the quickstart can judge offline.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from alpaca_ds.common.serving import serve_until_interrupted
 from alpaca_ds.generate.seeds import Example, load_seed_tasks
 
 DEFAULT_MODEL = "gpt-3.5-turbo-instruct"
@@ -122,6 +127,9 @@ class TeacherSim:
 
     def answer(self, model: str, prompt: str, choice: int, chat: bool) -> str:
         """The full answer to `prompt` before stop sequences and max_tokens are applied."""
+        verdict = judge_verdict(prompt, self.vocab)
+        if verdict is not None:  # a judge prompt (evaluate judge): answered in judge mode
+            return verdict
         rng = random.Random(f"{self.seed}/{model}/{choice}/{hashlib.sha256(prompt.encode()).hexdigest()}")
         found = re.search(r"(\d+)\. Instruction:\s*$", prompt)
         start = int(found.group(1)) if found else 1
@@ -260,29 +268,46 @@ class TeacherSim:
         return web.Response(text=text, content_type="application/json")
 
 
+# ---- judge mode ---------------------------------------------------------------------------------------------------
+
+_JUDGE_PROMPT = re.compile(r"## Instruction\n\n(.*?)\n\n## Output \(a\)\n\n(.*?)\n\n## Output \(b\)\n\n(.*)\n\n"
+                           r"## Your verdict", re.S)
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"[A-Za-z]+", text) if len(w) > 2]
+
+
+def judge_verdict(prompt: str, vocabulary: list[str]) -> str | None:
+    """The simulator's reply to a judge prompt ("Output (a)" or "Output (b)"), or None for any other prompt.
+
+    A SIMULATED judge: deterministic, and blind to position except on a full tie. The output that shares more
+    distinct words with the instruction wins; on equal overlap, the one with more words from `vocabulary` (the
+    seeds' words: real words rather than fragments; in practice, the longer fluent answer); on a full tie it says
+    "Output (a)", so asking in both orders, as `evaluate judge` does, gives a tie. It measures nothing about quality.
+    """
+    found = _JUDGE_PROMPT.search(prompt)
+    if not found:
+        return None
+    instruction, a, b = found.groups()
+    wanted = set(_words(instruction))
+    known = {w.lower() for w in vocabulary}
+
+    def score(output: str) -> tuple[int, int]:
+        words = _words(output)
+        return len(wanted & set(words)), sum(w in known for w in words)
+
+    return "Output (b)" if score(b) > score(a) else "Output (a)"
+
+
 def serve(port: int, seeds_path: str | Path, host: str = "127.0.0.1", seed: int = 0, latency: float = 0.0,
           jitter: float = 0.0, faults: Faults = Faults(), require_key: str | None = None, tasks: int = 20,
           noise: float = 0.2, announce=print) -> None:
     """Run the simulator until interrupted; announces 'teacher simulator listening on http://HOST:PORT/v1'."""
-    from aiohttp import web
     seeds = [t.example for t in load_seed_tasks(seeds_path)]
     sim = TeacherSim(seeds, seed=seed, latency=latency, jitter=jitter, faults=faults, require_key=require_key,
                      tasks=tasks, noise=noise)
     sim._enc(DEFAULT_MODEL)  # load tiktoken before announcing, so the first request is not slow
-
-    async def main():
-        runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
-        bound = runner.addresses[0][1]
-        announce(f"teacher simulator listening on http://{host}:{bound}/v1")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    serve_until_interrupted(sim.app(), host, port,
+                            lambda bound: announce(f"teacher simulator listening on http://{host}:{bound}/v1"),
+                            backlog=1024)

@@ -1,0 +1,515 @@
+"""`alpaca-ds quickstart`: the whole pipeline, offline, on CPU, in a few minutes, ending in a report.
+
+    alpaca-ds quickstart                          # -> runs/quickstart/report.md
+    alpaca-ds quickstart --quick --out /tmp/qs    # the smaller variant (CI, tests/test_quickstart.py)
+
+An orchestrator over the stages, each called as its command calls it (in-process, except training, which runs
+through DeepSpeed's own launcher), each in its own folder of the run directory:
+
+  1 generate  the local teacher SIMULATOR on a loopback port; self-instruct from seeds/  -> generated/
+  2 data      data build with the tokenizer shipped in data/tokenizer                     -> tokenized/
+  3 train     the tiny recipe, ZeRO-3 on 2 CPU ranks, deepspeed launcher                  -> run/
+  4 export    `alpaca-ds export` of the last checkpoint, reloaded and verified            -> export/
+  5 answer    `evaluate answer` on held-out tasks (the sample in data/, never trained on) -> eval/
+  6 judge     `evaluate judge` against the tasks' reference outputs, through the simulator's judge mode
+then report.md, from the run's own files. configs/ holds each step's config, for running it by hand.
+
+Resume: RUN/quickstart.json records each finished step. A rerun skips a finished step whose output is still
+there; once a step runs, every later step runs again. A step interrupted half-way continues where it stopped,
+since every stage resumes by itself (the generator's and judge's ledgers, the trainer's checkpoints, the
+answers' partial file). A different configuration in the same run directory is refused.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import sys
+import time
+from contextlib import ExitStack
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.config import (AnswerConfig, ApiConfig, BudgetConfig, DataBuildConfig, DecodingConfig, GenerateConfig,
+                              JudgeApiConfig, JudgeConfig, QuickstartConfig, Schema, TrainConfig, dump_config,
+                              load_config)
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "launch" / "recipes" / "quickstart.yaml"
+PATH_KEYS = (("generate", "seed_tasks"), ("data", "tokenizer"), ("train", "recipe"), ("train", "ds_config"),
+             ("evaluate", "eval_set"))
+STEPS = ("generate", "data", "train", "export", "answer", "judge")
+GENERATOR = "quickstart-tiny"    # the `generator` name of the model's answers
+REFERENCE = "reference"          # ... and of the eval set's own outputs
+HAND_PORT = 8765                 # the teacher port the configs in configs/ name (by hand: teacher serve --port 8765)
+STATE = "quickstart.json"
+
+
+def default_config() -> dict:
+    """launch/recipes/quickstart.yaml with its paths taken from the repository, so it runs from any directory."""
+    data = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
+    for section, key in PATH_KEYS:
+        value = data.get(section, {}).get(key)
+        if value is not None and not Path(value).is_absolute():
+            data[section][key] = str(REPO / value)
+    return data
+
+
+class Paths:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.configs = self.root / "configs"
+        self.generated = self.root / "generated"
+        self.tokenized = self.root / "tokenized"
+        self.run = self.root / "run"
+        self.export = self.root / "export"
+        self.eval = self.root / "eval"
+        self.answers = self.eval / GENERATOR / "model_outputs.json"
+        self.reference = self.eval / REFERENCE / "model_outputs.json"
+        self.judge = self.eval / "judge"
+        self.state = self.root / STATE
+        self.report = self.root / "report.md"
+        self.train_pid = self.root / "train.pid.json"
+        self.train_log = self.run / "train.log"
+
+    def output(self, step: str) -> Path:
+        """The file whose presence says a finished step's output is still there."""
+        return {"generate": self.generated / "regen.json", "data": self.tokenized / "manifest.json",
+                "train": self.run / "final" / "config.json", "export": self.export / "config.json",
+                "answer": self.answers, "judge": self.judge / "winrate.json"}[step]
+
+
+# ---------------------------------------------------------------------------------------------- stage configs
+
+def stage_configs(cfg: QuickstartConfig, paths: Paths, base_url: str) -> dict[str, Schema]:
+    """Each step's config, exactly as its command would load it (the teacher at `base_url`)."""
+    g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
+    generate = GenerateConfig(
+        out_dir=str(paths.generated), num_instructions=g.num_instructions, seed=g.seed, concurrency=g.concurrency,
+        seed_tasks=g.seed_tasks,
+        api=ApiConfig(base_url=base_url, model=g.teacher_model, mode="completions", api_key_env=None, timeout_s=30,
+                      max_retries=5, backoff_initial_s=0.2),
+        budget=BudgetConfig(max_usd=g.budget_usd))
+    data = DataBuildConfig(input=str(paths.generated / "regen.json"), output=str(paths.tokenized),
+                           tokenizer=d.tokenizer, max_length=d.max_length, val_fraction=d.val_fraction)
+    train = load_config(TrainConfig, t.recipe, [
+        f"output_dir={paths.run}", f"data.path={paths.tokenized}", f"model.tokenizer={d.tokenizer}",
+        f"ds_config={t.ds_config}", f"optim.epochs={t.epochs}",
+        f"optim.max_steps={'null' if t.max_steps is None else t.max_steps}"])
+    answer = AnswerConfig(model=str(paths.export), eval_set=e.eval_set, limit=e.tasks, output=str(paths.answers),
+                          generator=GENERATOR, device="cpu",
+                          decoding=DecodingConfig(temperature=e.temperature, max_new_tokens=e.max_new_tokens))
+    judge = JudgeConfig(a=str(paths.reference), b=str(paths.answers), out_dir=str(paths.judge),
+                        api=JudgeApiConfig(base_url=base_url, model=e.judge_model, api_key_env=None, timeout_s=30,
+                                           max_retries=3, backoff_initial_s=0.2),
+                        budget=BudgetConfig(max_usd=e.judge_budget_usd))
+    return {"generate": generate, "data": data, "train": train, "answer": answer, "judge": judge}
+
+
+_HEADERS = {
+    "generate": "# `alpaca-ds generate --config {path}`, against `alpaca-ds teacher serve --port {port}` (the local "
+                "teacher simulator)",
+    "data": "# `alpaca-ds data build --config {path}`",
+    "train": "# `DS_ACCELERATOR=cpu alpaca-ds train --config {path} --num-gpus {ranks}` (CPU ranks)",
+    "answer": "# `alpaca-ds evaluate answer --config {path}`",
+    "judge": "# `alpaca-ds evaluate judge --config {path}`, the judge being `alpaca-ds teacher serve --port {port}` "
+             "(its judge mode)",
+}
+
+
+def write_hand_configs(cfg: QuickstartConfig, paths: Paths) -> dict[str, Path]:
+    """configs/<step>.yaml: the configs of this run for running each step by hand (teacher on port 8765)."""
+    paths.configs.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, config in stage_configs(cfg, paths, f"http://127.0.0.1:{HAND_PORT}/v1").items():
+        path = paths.configs / f"{name}.yaml"
+        header = _HEADERS[name].format(path=path, port=HAND_PORT, ranks=cfg.train.ranks)
+        text = (f"{header}\n# Written by `alpaca-ds quickstart` for the run in {paths.root}; the quickstart itself "
+                "uses these settings with its own loopback port.\n" + dump_config(config))
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_bytes(path, text.encode("utf-8"))
+        written[name] = path
+    return written
+
+
+def hand_commands(cfg: QuickstartConfig, paths: Paths, checkpoint: str | None = None) -> list[str]:
+    """The commands that run each step by hand, with this run's paths."""
+    c = paths.configs
+    ckpt = checkpoint or str(paths.run / "checkpoints" / "step-NNNNNNNN")
+    return [
+        f"alpaca-ds teacher serve --port {HAND_PORT} --seeds {shlex.quote(cfg.generate.seed_tasks)} --seed "
+        f"{cfg.generate.seed} &   # the local teacher simulator (and judge)",
+        f"alpaca-ds generate --config {c / 'generate.yaml'}",
+        f"alpaca-ds data build --config {c / 'data.yaml'}",
+        f"DS_ACCELERATOR=cpu alpaca-ds train --config {c / 'train.yaml'} --num-gpus {cfg.train.ranks}",
+        f"alpaca-ds export {ckpt} {paths.export}",
+        f"alpaca-ds evaluate answer --config {c / 'answer.yaml'}",
+        f"# the judge's other side, {paths.reference}: the eval tasks' own outputs (the quickstart writes it)",
+        f"alpaca-ds evaluate judge --config {c / 'judge.yaml'}",
+        f"alpaca-ds evaluate winrate {paths.judge / 'annotations.json'}",
+        "kill %1   # the teacher simulator",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- the state file
+
+def _fingerprint(cfg: QuickstartConfig) -> dict:
+    data = cfg.model_dump(mode="json", exclude={"out_dir", "quick"})
+    for section, key in PATH_KEYS:
+        data[section][key] = str(Path(data[section][key]).expanduser().resolve())
+    return data
+
+
+def _diff_keys(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class State:
+    """RUN/quickstart.json: the settings of the run and the steps it has finished."""
+
+    def __init__(self, paths: Paths, cfg: QuickstartConfig):
+        self.path = paths.state
+        fingerprint = _fingerprint(cfg)
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text())
+            if self.data.get("config") != fingerprint:
+                keys = ", ".join(_diff_keys(self.data.get("config") or {}, fingerprint)) or "?"
+                raise UserError(f"{paths.root} holds a quickstart run with other settings ({keys}); rerun it with "
+                                "the same ones to continue it, or pick another --out (or delete it to start over)")
+        else:
+            self.data = {"config": fingerprint, "steps": {}, "invocations": []}
+
+    def done(self, step: str) -> dict | None:
+        return self.data["steps"].get(step)
+
+    def forget_from(self, step: str) -> None:
+        for later in STEPS[STEPS.index(step):]:
+            self.data["steps"].pop(later, None)
+
+    def finish(self, step: str, seconds: float, info: dict) -> None:
+        earlier = self.data.setdefault("interrupted", {}).pop(step, 0.0)
+        self.data["steps"][step] = {"seconds": round(seconds + earlier, 2), "interrupted_seconds": round(earlier, 2),
+                                    "finished": _now(), **info}
+        self.save()
+
+    def interrupted(self, step: str, seconds: float) -> None:
+        """Time spent in a step that was interrupted (it continues in the next run; its total counts both)."""
+        spent = self.data.setdefault("interrupted", {})
+        spent[step] = round(spent.get(step, 0.0) + seconds, 2)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, self.data)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ---------------------------------------------------------------------------------------------- the steps
+
+class Context:
+    def __init__(self, cfg: QuickstartConfig, paths: Paths, hand: dict[str, Path], echo, stack: ExitStack):
+        self.cfg, self.paths, self.hand, self.echo, self.stack = cfg, paths, hand, echo, stack
+        self._teacher = None
+
+    @property
+    def teacher(self):
+        """The local teacher simulator, started on first use and stopped when the quickstart ends."""
+        if self._teacher is None:
+            from alpaca_ds.quickstart.simulator import LocalTeacher
+            self._teacher = self.stack.enter_context(LocalTeacher(self.cfg.generate.seed_tasks, self.cfg.generate.seed))
+            self.echo(f"      local teacher simulator listening on {self._teacher.base_url}")
+        return self._teacher
+
+    def configs(self) -> dict[str, Schema]:
+        return stage_configs(self.cfg, self.paths, self.teacher.base_url)
+
+
+class Interrupted(Exception):
+    """A stage stopped on an interrupt and saved its progress."""
+
+
+def describe(step: str, ctx: Context) -> str:
+    cfg, p = ctx.cfg, ctx.paths
+    g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
+    if step == "generate":
+        return (f"generate: {g.num_instructions} instructions from {_short(g.seed_tasks)} by the local teacher "
+                f"SIMULATOR, budget ${g.budget_usd:.2f} at {g.teacher_model} prices -> {p.generated}")
+    if step == "data":
+        return (f"data build: tokenize {p.generated / 'regen.json'} with {_short(d.tokenizer)} (max length "
+                f"{d.max_length}, {d.val_fraction:.0%} validation) -> {p.tokenized}")
+    if step == "train":
+        stage = _zero_stage(t.ds_config)
+        return (f"train: {Path(t.recipe).stem} recipe, ZeRO-{stage} on {t.ranks} CPU ranks through the deepspeed "
+                f"launcher, {t.epochs} epochs" + (f" (at most {t.max_steps} steps)" if t.max_steps else "")
+                + f" -> {p.run}")
+    if step == "export":
+        return f"export: consolidate the last checkpoint of {p.run} into {p.export} and verify its logits"
+    if step == "answer":
+        return (f"evaluate answer: {e.tasks} held-out tasks from {_short(e.eval_set)} with {p.export} "
+                f"(at most {e.max_new_tokens} new tokens) -> {p.answers.parent}")
+    return (f"evaluate judge: {GENERATOR} vs the tasks' reference outputs, both orders, by the simulator's judge "
+            f"mode -> {p.judge}")
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return path
+
+
+def _zero_stage(ds_config: str):
+    try:
+        return yaml.safe_load(Path(ds_config).read_text())["zero_optimization"]["stage"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "?"
+
+
+def step_generate(ctx: Context) -> dict:
+    from alpaca_ds.generate import run as gen
+    result = gen.run(ctx.configs()["generate"])
+    if result["exit_code"] == 130:
+        raise Interrupted("generate")
+    if result["exit_code"] != 0:
+        raise UserError(f"generate stopped: {result['message']} (raise generate.budget_usd with --set if the "
+                        "budget stopped it, then rerun)")
+    ctx.echo(f"      {result['accepted']}/{result['target']} instructions accepted, "
+             f"{result['stats']['requests']['succeeded']} requests, ${result['cost']['spent_usd']:.4f} at "
+             f"{result['cost']['model']} prices")
+    return {"accepted": result["accepted"], "teacher": ctx.teacher.base_url}
+
+
+def step_data(ctx: Context) -> dict:
+    from alpaca_ds.dataset import build
+    manifest = build.run(ctx.configs()["data"])
+    splits = ", ".join(f"{n} {s['examples']} examples / {s['tokens']} tokens" for n, s in manifest["splits"].items())
+    ctx.echo(f"      {manifest['counts']['records']} records -> {splits}")
+    return {"examples": manifest["counts"]["examples"]}
+
+
+def extensions_dir() -> Path:
+    """Where torch keeps JIT-compiled extensions (torch.utils.cpp_extension's default, without importing torch)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+
+
+def comm_op_build() -> tuple[float, float] | None:
+    """(mtime of build.ninja, of the .so) of DeepSpeed's JIT-compiled CPU communication op, None before the first.
+
+    The ranks compile it at start when it is missing, and again when the cached one was built for another
+    environment (another virtualenv's include paths), e.g. the first quickstart in a fresh virtualenv.
+    """
+    root = extensions_dir()
+    for folder in [*root.glob("*/deepspeed_shm_comm"), root / "deepspeed_shm_comm"]:
+        so, ninja = folder / "deepspeed_shm_comm.so", folder / "build.ninja"
+        if so.is_file() and ninja.is_file():
+            return ninja.stat().st_mtime, so.stat().st_mtime
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def step_train(ctx: Context) -> dict:
+    from alpaca_ds.cluster.launch import launcher_command, train_args
+    from alpaca_ds.quickstart.training import run_launcher
+    cfg = ctx.cfg
+    before = comm_op_build()
+    if before is None:
+        ctx.echo("      first DeepSpeed run on this machine: the ranks compile its CPU communication op once (about "
+                 f"a minute on 2 cores; cached in {extensions_dir()})")
+    started = time.time()
+    config = ctx.hand["train"]
+    # a free rendezvous port: another DeepSpeed job on this machine (a test, a second quickstart) may hold 29500
+    command = launcher_command(train_args(str(config)), num_gpus=cfg.train.ranks, master_port=_free_port())
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore::FutureWarning",
+           "PYTHONUNBUFFERED": "1"}
+    ctx.echo(f"      + {shlex.join(command)}")
+    ctx.echo(f"      (the launcher's full output: {ctx.paths.train_log})")
+    code = run_launcher(command, env, ctx.paths.train_log, ctx.paths.train_pid, marker=str(config), say=ctx.echo)
+    if code != 0:
+        raise UserError(f"training failed (exit status {code}); the full log is {ctx.paths.train_log}")
+    after = comm_op_build()
+    compiled = after is not None and after != before and after[1] >= started
+    return {"ranks": cfg.train.ranks, "compiled_comm_op": compiled,
+            "compile_seconds": round(after[1] - max(after[0], started), 1) if compiled else 0.0}
+
+
+def step_export(ctx: Context) -> dict:
+    os.environ["DS_ACCELERATOR"] = "cpu"  # zero_to_fp32 imports deepspeed, which would look for a GPU
+    from alpaca_ds.train.checkpoint import latest_tag
+    from alpaca_ds.train.export import export_checkpoint
+    checkpoints = ctx.paths.run / "checkpoints"
+    tag = latest_tag(checkpoints)
+    if tag is None:
+        raise UserError(f"{checkpoints}: no complete checkpoint to export")
+    diff = export_checkpoint(checkpoints / tag, ctx.paths.export)
+    same = _max_tensor_diff(ctx.paths.export, ctx.paths.run / "final")
+    ctx.echo(f"      exported {checkpoints / tag} -> {ctx.paths.export}: reloaded logits within {diff:.2g} of the "
+             f"checkpoint's weights; tensors vs the trainer's own export run/final: max |diff| {same:.2g}")
+    return {"checkpoint": str(checkpoints / tag), "logits_max_diff": diff, "max_tensor_diff_vs_final": same}
+
+
+def _max_tensor_diff(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+    ta = {k: v for f in sorted(a.glob("*.safetensors")) for k, v in load_file(f).items()}
+    tb = {k: v for f in sorted(b.glob("*.safetensors")) for k, v in load_file(f).items()}
+    if set(ta) != set(tb):
+        return float("inf")
+    return max((float((ta[k].float() - tb[k].float()).abs().max()) for k in ta), default=0.0)
+
+
+def write_reference(cfg: QuickstartConfig, paths: Paths) -> int:
+    """The eval tasks' own outputs (written for the sample by people), as the reference model_outputs.json."""
+    from alpaca_ds.evaluate.answers import write_outputs
+    from alpaca_ds.evaluate.eval_sets import load_eval_set, output_record, read_records, set_path
+    path = set_path(cfg.evaluate.eval_set, ".")
+    items = load_eval_set(cfg.evaluate.eval_set, ".")[:cfg.evaluate.tasks]
+    records = [rec for _, rec in read_records(path)][:cfg.evaluate.tasks]
+    if any(not isinstance(r.get("output"), str) or not r["output"].strip() for r in records):
+        raise UserError(f"{path}: the quickstart judges against the eval set's own `output`s; every one of the first "
+                        f"{cfg.evaluate.tasks} records needs one")
+    write_outputs(paths.reference, [output_record(i, r["output"], REFERENCE) for i, r in zip(items, records)])
+    return len(records)
+
+
+def step_answer(ctx: Context) -> dict:
+    from alpaca_ds.evaluate import answers
+    n = write_reference(ctx.cfg, ctx.paths)
+    result = answers.run(stage_configs(ctx.cfg, ctx.paths, "http://unused/v1")["answer"])
+    ctx.echo(f"      {result['answers']} answers by {result['generator']} -> {result['output']}; {n} reference "
+             f"outputs -> {ctx.paths.reference}")
+    return {"answers": result["answers"]}
+
+
+def step_judge(ctx: Context) -> dict:
+    from alpaca_ds.evaluate import judge
+    result = judge.run(ctx.configs()["judge"])
+    if result["exit_code"] == 130:
+        raise Interrupted("judge")
+    if result["exit_code"] != 0 or result["report"] is None:
+        raise UserError(f"evaluate judge stopped: {result['message'] or 'no pair judged'}; rerun to continue")
+    o = result["report"]["overall"]
+    wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.1f}%"
+    se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.1f}"
+    ctx.echo(f"      {result['judged']}/{result['pairs']} pairs judged; win rate of {GENERATOR} over the reference: "
+             f"{wr} ± {se}")
+    return {"judged": result["judged"]}
+
+
+STEP_FUNCS = {"generate": step_generate, "data": step_data, "train": step_train, "export": step_export,
+              "answer": step_answer, "judge": step_judge}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def _lock(paths: Paths) -> int:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{paths.root}: another `alpaca-ds quickstart` is running in this directory") from None
+    return fd
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler) -> None:
+    """SIGTERM stops the quickstart as Ctrl-C does (only settable from the main thread; elsewhere left alone)."""
+    try:
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    except ValueError:
+        pass
+
+
+def environment() -> dict:
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "alpaca-ds": version("alpaca-ds"), "torch": version("torch"),
+            "deepspeed": version("deepspeed"), "transformers": version("transformers")}
+
+
+def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
+    """Run (or continue) the quickstart in cfg.out_dir; returns {exit_code, message, report, seconds, ran, skipped}."""
+    from alpaca_ds.quickstart.report import write_report
+    paths = Paths(cfg.out_dir)
+    started = time.monotonic()
+    fd = _lock(paths)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    current = state = None
+    t0 = started
+    ran, skipped = [], []
+    try:
+        state = State(paths, cfg)
+        from alpaca_ds.quickstart.training import stop_leftover
+        stop_leftover(paths.train_pid, str(paths.configs / "train.yaml"), say=echo)
+        hand = write_hand_configs(cfg, paths)
+        state.data["invocations"].append({"started": _now(), "quick": quick, "argv": sys.argv[1:],
+                                          "cwd": os.getcwd(), "environment": environment()})
+        state.save()
+        echo(f"alpaca-ds quickstart -> {paths.root}{' (--quick)' if quick else ''}: generate, data build, train, "
+             "export, evaluate, offline on CPU")
+        with ExitStack() as stack:
+            ctx = Context(cfg, paths, hand, echo, stack)
+            redo = False
+            for number, step in enumerate(STEPS, 1):
+                prefix = f"[{number}/{len(STEPS)}]"
+                finished = state.done(step)
+                if finished and not redo and paths.output(step).exists():
+                    echo(f"{prefix} {step}: done in an earlier run ({finished['seconds']:.1f} s), skipped")
+                    skipped.append(step)
+                    continue
+                redo = True  # every later step depends on this one's output
+                state.forget_from(step)
+                state.save()
+                echo(f"{prefix} {describe(step, ctx)}")
+                _on_sigterm(_raise_interrupt)  # the stages' own handlers (generate, judge) reset it to the default
+                current, t0 = step, time.monotonic()
+                info = STEP_FUNCS[step](ctx)
+                seconds = time.monotonic() - t0
+                current = None
+                state.finish(step, seconds, info)
+                ran.append(step)
+                echo(f"      done in {seconds:.1f} s")
+        seconds = time.monotonic() - started
+        state.data["invocations"][-1].update({"finished": _now(), "seconds": round(seconds, 2), "ran": ran,
+                                              "skipped": skipped})
+        state.save()
+        report = write_report(cfg, paths, state.data)
+        echo(f"report: {report} ({seconds:.0f} s{' this time' if skipped else ''}; "
+             f"{sum(s['seconds'] for s in state.data['steps'].values()):.0f} s over the steps)")
+        return {"exit_code": 0, "message": "", "report": str(report), "seconds": seconds, "ran": ran,
+                "skipped": skipped}
+    except (KeyboardInterrupt, Interrupted):
+        if current is not None and state is not None:
+            state.interrupted(current, time.monotonic() - t0)
+        where = f" during {current}" if current else ""
+        return {"exit_code": 130, "message": f"interrupted{where}; rerun the same command to continue (finished "
+                f"steps are kept, and {current or 'the step'} continues where it stopped)",
+                "report": None, "seconds": time.monotonic() - started, "ran": ran, "skipped": skipped}
+    finally:
+        _on_sigterm(previous_sigterm)
+        os.close(fd)

@@ -1,0 +1,357 @@
+"""Training throughput in real (non-padding) tokens/s of the tiny recipe on 2 CPU ranks, on data with the real
+Alpaca length distribution: Alpaca's pad-to-longest vs length-grouped vs packed batches under ZeRO-3, and
+ZeRO-3 vs torch FSDP (Alpaca's engine) on the same model, data and batches.
+
+    /work/venv/bin/python benchmarks/bench_train.py                    # ~25 min on 2 vCPUs
+    /work/venv/bin/python benchmarks/bench_train.py --reps 1 --steps 8 # a quick look
+
+Data: --records records drawn at random (seed 0) from ../shared/data/alpaca/alpaca_data.json, written as JSONL
+and built with `alpaca-ds data build` and the LLaMA tokenizer in ../shared/data/tokenizers/llama (max_length 512,
+as Alpaca). Without ../shared/data the script says so and exits 0.
+
+Model: launch/recipes/tiny.yaml's random LLaMA (hidden 64, 2 layers) with the LLaMA vocabulary (vocab_size 32000,
+resized to 32001 for [PAD] by the trainer); everything else from the recipe except the --set overrides printed.
+Each run is a fresh 2-rank launch of --steps optimizer steps; the first --warmup steps are dropped and the rate is
+sum(real_tokens) / sum(seconds) over the rest, from the run's metrics.jsonl (the trainer's per-step window:
+batch assembly, forward, backward, optimizer step). FSDP runs use a copy of tests/fsdp_reference.py's logic in this
+file (fully_shard per decoder layer + root, bf16 params, fp32 reduce, AdamW, clipping, the same sampler and
+collator), launched with torch.distributed.run, timed and counted the same way.
+
+Every optimizer step holds about the same number of examples (~32, ~4,000 real tokens) in every configuration, so
+per-step costs (optimizer, gradient reduction) weigh the same per real token:
+  pad modes      micro-batch 4 rows (Alpaca's per-device batch), global 32 rows (2 ranks x 4 accumulation)
+  packed 512     micro-batch 4 rows of <= 512 tokens (~4 examples each), global 8 rows (no accumulation)
+  packed 2048    micro-batch 1 row of <= 2048 tokens (~16 examples), global 2 rows (no accumulation)
+All micro-batches have the same worst-case size (2,048 token slots), the memory bound that sets a micro-batch.
+Configurations are interleaved round by round (the order rotates each round) and each round uses its own data
+seed; ratios are taken within a round, between runs minutes apart, and the table shows their median and range.
+OMP_NUM_THREADS=1 for every rank (torch.distributed.run's default; the deepspeed launcher sets none, which on this
+2-vCPU machine would run 2 ranks x 2 threads).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ALPACA = DATA / "alpaca" / "alpaca_data.json"
+LLAMA = DATA / "tokenizers" / "llama"
+RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
+GOAL_PACKED = 1.4
+
+# name, engine, batching, pack_length, micro-batch rows, global rows
+CONFIGS = {
+    "pad": ("zero3", "random", 2048, 4, 32),
+    "grouped": ("zero3", "length_grouped", 2048, 4, 32),
+    "packed512": ("zero3", "packed", 512, 4, 8),
+    "packed2048": ("zero3", "packed", 2048, 1, 2),
+    "fsdp": ("fsdp", "random", 2048, 4, 32),
+    # diagnostics, not run by default: packing with Alpaca's per-step micro-batch count; one big padded micro-batch
+    "packed512m1": ("zero3", "packed", 512, 1, 8),
+    "pad16": ("zero3", "random", 2048, 16, 32),
+}
+DEFAULT = ["pad", "grouped", "packed512", "packed2048", "fsdp"]
+LABELS = {
+    "pad": "random order, pad to longest (Alpaca)",
+    "grouped": "length-grouped, pad to longest",
+    "packed512": "packed to 512, micro 4",
+    "packed2048": "packed to 2048, micro 1",
+    "fsdp": "torch FSDP2, random, pad to longest",
+    "packed512m1": "packed to 512, micro 1 (4 accumulation)",
+    "pad16": "random order, pad to longest, micro 16",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(threads: int) -> dict:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _spin(n: int) -> float:
+    t = time.perf_counter()
+    s = 0
+    for j in range(n):
+        s += j
+    return time.perf_counter() - t
+
+
+def cpu_check(n: int = 5_000_000) -> float:
+    """How many cores' worth of work two CPU-bound processes get at once (2.0 = two free cores); bench_build's."""
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [1000, 1000])
+        one = min(pool.map(_spin, [n])[0] for _ in range(2))
+        t = time.perf_counter()
+        pool.map(_spin, [n, n], chunksize=1)
+        return 2 * one / (time.perf_counter() - t)
+
+
+def wait_for_quiet(threshold: float, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        cores = cpu_check()
+        if cores >= threshold or time.monotonic() >= deadline:
+            return cores
+        time.sleep(3)
+
+
+def build_dataset(work: Path, records: int) -> Path:
+    rows = json.loads(ALPACA.read_text(encoding="utf-8"))
+    subset = random.Random(0).sample(rows, min(records, len(rows)))
+    src = work / "alpaca-subset.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in subset), encoding="utf-8")
+    out = work / "alpaca-tokenized"
+    cmd = [sys.executable, "-m", "alpaca_ds.cli", "data", "build", "--set", f"input={src}", "--set",
+           f"tokenizer={LLAMA}", "--set", f"output={out}", "--set", "val_fraction=0", "--set", "workers=2",
+           "--set", "max_length=512"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env(1), capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"bench_train: data build failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return out
+
+
+def overrides(name: str, dataset: Path, run_dir: Path, steps: int, seed: int) -> list[str]:
+    import yaml
+    _, batching, pack, micro, glob = CONFIGS[name]
+    init = dict(yaml.safe_load(RECIPE.read_text())["model"]["init_config"], vocab_size=32000)
+    # A nested --set (model.init_config.vocab_size=32000) keeps the value as the text "32000" inside this
+    # free-form dict, so the whole init_config goes in as a flow mapping, whose values YAML types.
+    return [f"output_dir={run_dir}", f"data.path={dataset}", f"model.tokenizer={LLAMA}",
+            f"model.init_config={json.dumps(init)}", f"data.batching={batching}", f"data.pack_length={pack}",
+            f"data.seed={seed}", f"batch.micro_batch_size={micro}", f"batch.global_batch_size={glob}",
+            f"optim.max_steps={steps}", "log.every_steps=1", "log.eval_every_steps=0", "log.csv=false",
+            "checkpoint.every_steps=1000"]
+
+
+def run_one(name: str, dataset: Path, run_dir: Path, steps: int, seed: int, threads: int) -> list[dict]:
+    sets = overrides(name, dataset, run_dir, steps, seed)
+    if CONFIGS[name][0] == "zero3":
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(Path(__file__).resolve()), "--fsdp-worker", "--config", str(RECIPE)]
+    for item in sets:
+        cmd += ["--set", item]
+    result = subprocess.run(cmd, cwd=ROOT, env=env(threads), capture_output=True, text=True, timeout=1800)
+    metrics = run_dir / "metrics.jsonl"
+    if result.returncode or not metrics.is_file():
+        sys.exit(f"bench_train: {name} run failed ({result.returncode}): {' '.join(cmd)}\n"
+                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+
+
+def rate(rows: list[dict], warmup: int) -> dict:
+    kept = [r for r in rows if r["step"] > warmup]
+    real, slots, secs = (sum(r[k] for r in kept) for k in ("real_tokens", "tokens", "seconds"))
+    per_step = [r["real_tokens"] / r["seconds"] for r in kept]
+    return {"rate": real / secs, "s_per_step": secs / len(kept), "real_per_step": real / len(kept),
+            "efficiency": real / slots, "step_cv": statistics.pstdev(per_step) / statistics.mean(per_step)}
+
+
+def fmt_range(values: list[float], spec: str) -> str:
+    return f"{min(values):{spec}}..{max(values):{spec}}" if len(values) > 1 else "-"
+
+
+def bench(args) -> int:
+    names = args.configs
+    with tempfile.TemporaryDirectory(prefix="bench_train-") as td:
+        work = Path(td)
+        t = time.perf_counter()
+        dataset = build_dataset(work, args.records)
+        from alpaca_ds.dataset.shards import TokenizedDataset
+        import numpy as np
+        lengths = TokenizedDataset(dataset, "train").lengths
+        q = np.percentile(lengths, [50, 90, 99])
+        print(f"bench_train: {len(lengths)} Alpaca records (random sample, seed 0), LLaMA tokenizer, max_length 512, "
+              f"built in {time.perf_counter() - t:.0f} s")
+        print(f"lengths: mean {lengths.mean():.1f}, median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, "
+              f"max {lengths.max()} tokens")
+        print(f"model: tiny.yaml init_config with vocab_size 32000 (+[PAD] = 32001); {args.steps} steps per run, "
+              f"first {args.warmup} dropped; {args.reps} round(s), order rotated; OMP_NUM_THREADS={args.threads}; "
+              f"load average at start {os.getloadavg()[0]:.2f}")
+        print(f"per run: --set {' --set '.join(overrides(names[0], Path('DATASET'), Path('RUN'), args.steps, 42))}"
+              " (batching, pack_length, micro/global batch per configuration)", flush=True)
+        results: dict[str, list[dict]] = {n: [] for n in names}
+        for rep in range(args.reps):
+            order = names[rep % len(names):] + names[:rep % len(names)]
+            for name in order:
+                cores = wait_for_quiet(args.quiet, args.quiet_timeout)
+                load = os.getloadavg()[0]
+                t = time.perf_counter()
+                rows = run_one(name, dataset, work / f"run-{name}-{rep}", args.steps, 42 + rep, args.threads)
+                r = rate(rows, args.warmup)
+                r.update(load=load, cores=cores, wall=time.perf_counter() - t, rep=rep)
+                results[name].append(r)
+                print(f"  round {rep + 1} {name:10s} {r['rate']:8.0f} real tok/s  {r['s_per_step']:6.2f} s/step  "
+                      f"{r['real_per_step']:6.0f} real tok/step  efficiency {100 * r['efficiency']:5.1f}%  "
+                      f"step cv {100 * r['step_cv']:4.1f}%  cpu check {cores:.2f}  load {load:.2f}  ({r['wall']:.0f} s)", flush=True)
+        report(results, args)
+    return 0
+
+
+def report(results: dict[str, list[dict]], args) -> None:
+    def ratios(a: str, b: str) -> list[float]:
+        return [x["rate"] / y["rate"] for x, y in zip(results[a], results[b])]
+
+    def median_rate(name: str) -> float:
+        return statistics.median(r["rate"] for r in results[name])
+
+    print()
+    modes = [n for n in results if CONFIGS[n][0] == "zero3"]
+    if "pad" in results:
+        header = (f"{'batching (ZeRO-3)':40s} {'real tok/s':>10s} {'min..max':>11s} {'padding eff':>11s} "
+                  f"{'x pad':>6s} {'x pad min..max':>14s}")
+        print(header)
+        print("-" * len(header))
+        for n in modes:
+            rs = [r["rate"] for r in results[n]]
+            eff = statistics.mean(r["efficiency"] for r in results[n])
+            x = ratios(n, "pad")
+            print(f"{LABELS[n]:40s} {median_rate(n):10.0f} {fmt_range(rs, '.0f'):>11s} {100 * eff:10.1f}% "
+                  f"{statistics.median(x):5.2f}x {fmt_range(x, '.2f'):>14s}")
+        for n in ("packed512", "packed2048"):
+            if n in results:
+                x = statistics.median(ratios(n, "pad"))
+                print(f"goal: {LABELS[n]} >= {GOAL_PACKED}x pad-to-longest: {x:.2f}x "
+                      f"{'MET' if x >= GOAL_PACKED else 'NOT MET'}")
+        print()
+    if "fsdp" in results and "pad" in results:
+        header = f"{'engine (random, pad to longest)':40s} {'real tok/s':>10s} {'min..max':>11s} {'s/step':>7s}"
+        print(header)
+        print("-" * len(header))
+        for n, label in (("pad", "DeepSpeed ZeRO-3 (alpaca-ds trainer)"), ("fsdp", "torch FSDP2 (fully_shard)")):
+            rs = [r["rate"] for r in results[n]]
+            print(f"{label:40s} {median_rate(n):10.0f} {fmt_range(rs, '.0f'):>11s} "
+                  f"{statistics.median(r['s_per_step'] for r in results[n]):7.2f}")
+        x = ratios("pad", "fsdp")
+        print(f"ZeRO-3 / FSDP: {statistics.median(x):.2f}x (per round: {', '.join(f'{v:.2f}' for v in x)})")
+        print()
+    loads = [r["load"] for rs in results.values() for r in rs]
+    cores = [r["cores"] for rs in results.values() for r in rs]
+    cvs = [r["step_cv"] for rs in results.values() for r in rs]
+    print(f"noise: cpu check before each run {min(cores):.2f}..{max(cores):.2f} cores (2.00 = two free cores; a run "
+          f"starts once >= {args.quiet} or after {args.quiet_timeout:.0f} s); load average at run starts "
+          f"{min(loads):.2f}..{max(loads):.2f}; step-to-step cv of "
+          f"real tok/s within a run {100 * min(cvs):.0f}..{100 * max(cvs):.0f}% (includes the data: steps differ "
+          "in length)")
+    print("real tok/s = sum(real_tokens) / sum(seconds) over the kept steps, summed over both ranks; x pad = median "
+          "over rounds of the\nratio to the same round's pad-to-longest run; padding eff = real tokens / token slots "
+          "computed in the kept steps.")
+
+
+# ---------------------------------------------------------------------------------------------- FSDP worker
+def fsdp_worker(config: str, sets: list[str]) -> None:
+    """tests/fsdp_reference.py's trainer, from a TrainConfig, timed and counted as alpaca_ds/train/loop.py does."""
+    import math
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+
+    from alpaca_ds.config import TrainConfig, load_config
+    from alpaca_ds.dataset.collate import collate
+    from alpaca_ds.dataset.sampler import MicroBatchSampler
+    from alpaca_ds.dataset.shards import TokenizedDataset
+    from alpaca_ds.train.model import resize_with_mean_rows
+
+    cfg = load_config(TrainConfig, config, sets)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    micro, accum = cfg.batch.resolve(world)
+    data = TokenizedDataset(cfg.data.path, "train")
+    pad_id = data.manifest["tokenizer"]["pad_token_id"]
+    sampler = MicroBatchSampler(data.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
+                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    total = min(cfg.optim.epochs * (len(sampler) // accum), cfg.optim.max_steps or math.inf)
+    torch.manual_seed(cfg.model.init_seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg.model.init_config, attn_implementation=cfg.model.attn_implementation))
+    resize_with_mean_rows(model, data.manifest["tokenizer"]["vocab_size"], gathered=False)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model.model.layers:  # auto_wrap: one FSDP unit per decoder layer, as Alpaca's LlamaDecoderLayer
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(o.warmup_ratio * total), total)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.train()
+    losses, tokens, real, step, start = [], 0, 0, 0, time.time()
+    with open(run_dir / "metrics.jsonl", "w") if rank == 0 else open(os.devnull, "w") as f:
+        while step < total:
+            sampler.set_epoch(sampler.epoch if sampler.position < len(sampler) else sampler.epoch + 1)
+            for rows in sampler:
+                batch = collate([[data[i] for i in row] for row in rows], pad_id)
+                loss = model(**batch).loss
+                (loss / accum).backward()
+                losses.append(loss.item())
+                tokens += int(batch["input_ids"].numel())
+                real += sum(int(data.lengths[row].sum()) for row in rows)
+                if sampler.position % accum:
+                    continue
+                if o.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                sums = torch.tensor([sum(losses), len(losses), tokens, real], dtype=torch.float64)
+                dist.all_reduce(sums)
+                step += 1
+                seconds = time.time() - start
+                f.write(json.dumps({"step": step, "loss": float(sums[0] / sums[1]), "tokens": int(sums[2]),
+                                    "real_tokens": int(sums[3]), "tokens_per_s": round(float(sums[3]) / seconds, 1),
+                                    "seconds": round(seconds, 3)}) + "\n")
+                f.flush()
+                losses, tokens, real, start = [], 0, 0, time.time()
+                if step == total:
+                    break
+    dist.destroy_process_group()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=4000, help="Alpaca records to sample and build")
+    ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate")
+    ap.add_argument("--reps", type=int, default=4, help="rounds of all configurations, interleaved")
+    ap.add_argument("--quiet", type=float, default=1.7,
+                    help="before each run, wait until two CPU-bound processes get this many cores' worth of work")
+    ap.add_argument("--quiet-timeout", type=float, default=90, help="... or this many seconds")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)
+    ap.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.fsdp_worker:
+        fsdp_worker(args.config, args.sets)
+        return 0
+    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
+    if missing:
+        print(f"bench_train: skipped, shared data not found: {', '.join(map(str, missing))}")
+        return 0
+    if args.warmup >= args.steps:
+        ap.error("--warmup must be below --steps")
+    return bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
