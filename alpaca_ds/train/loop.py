@@ -144,6 +144,9 @@ def train(cfg: TrainConfig) -> None:
             "resumed_from_step": state["step"] if state else None,
             "final_weights_sha256": weights_sha256(run_dir / "final"), "export_logits_max_diff": diff})
         print(f"done: {step} steps; exported {run_dir / 'final'} (reloaded logits within {diff:.2g} of the engine's)")
+    # Leave together: a rank that exits while another still holds the gloo/NCCL group can abort the other's exit.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def evaluate(engine, dataset: TokenizedDataset, micro: int, world: int, rank: int, pad_id: int) -> float:
