@@ -13,9 +13,9 @@ Model: launch/recipes/tiny.yaml's random LLaMA (hidden 64, 2 layers) with the LL
 resized to 32001 for [PAD] by the trainer); everything else from the recipe except the --set overrides printed.
 Each run is a fresh 2-rank launch of --steps optimizer steps; the first --warmup steps are dropped and the rate is
 sum(real_tokens) / sum(seconds) over the rest, from the run's metrics.jsonl (the trainer's per-step window:
-batch assembly, forward, backward, optimizer step). FSDP runs use a copy of tests/fsdp_reference.py's logic in this
-file (fully_shard per decoder layer + root, bf16 params, fp32 reduce, AdamW, clipping, the same sampler and
-collator), launched with torch.distributed.run, timed and counted the same way.
+batch assembly, forward, backward, optimizer step). FSDP runs are tests/fsdp_reference.py (the
+FSDP-equivalence test's reference: fully_shard per decoder layer + root, bf16 params, fp32 reduce, AdamW, clipping,
+the same recipe, sampler and collator), launched with torch.distributed.run, timed and counted the same way.
 
 Every optimizer step holds about the same number of examples (~32, ~4,000 real tokens) in every configuration, so
 per-step costs (optimizer, gradient reduction) weigh the same per real token:
@@ -157,7 +157,7 @@ def _ranks(root: int) -> list[int]:
                 cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if ("alpaca_ds.train" in cmd or "--fsdp-worker" in cmd) and "launcher" not in cmd \
+            if ("alpaca_ds.train" in cmd or "fsdp_reference.py" in cmd) and "launcher" not in cmd \
                     and "torch.distributed.run" not in cmd:
                 found.append(child)
     return found
@@ -184,7 +184,7 @@ def run_one(name: str, dataset: Path, run_dir: Path, steps: int, seed: int, thre
                str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(Path(__file__).resolve()), "--fsdp-worker", "--config", str(RECIPE)]
+               str(free_port()), str(ROOT / "tests" / "fsdp_reference.py"), "--config", str(RECIPE)]
     for item in sets:
         cmd += ["--set", item]
     metrics = run_dir / "metrics.jsonl"
@@ -318,77 +318,6 @@ def report(results: dict[str, list[dict]], args) -> None:
           "from /proc, barely moved by other load, blind to waiting).")
 
 
-# ---------------------------------------------------------------------------------------------- FSDP worker
-def fsdp_worker(config: str, sets: list[str]) -> None:
-    """tests/fsdp_reference.py's trainer, from a TrainConfig, timed and counted as alpaca_ds/train/loop.py does."""
-    import math
-
-    import torch
-    import torch.distributed as dist
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
-
-    from alpaca_ds.config import TrainConfig, load_config
-    from alpaca_ds.dataset.collate import collate
-    from alpaca_ds.dataset.sampler import MicroBatchSampler
-    from alpaca_ds.dataset.shards import TokenizedDataset
-    from alpaca_ds.train.model import resize_with_mean_rows
-
-    cfg = load_config(TrainConfig, config, sets)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    micro, accum = cfg.batch.resolve(world)
-    data = TokenizedDataset(cfg.data.path, "train")
-    pad_id = data.manifest["tokenizer"]["pad_token_id"]
-    sampler = MicroBatchSampler(data.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
-                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
-    total = min(cfg.optim.epochs * (len(sampler) // accum), cfg.optim.max_steps or math.inf)
-    torch.manual_seed(cfg.model.init_seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg.model.init_config, attn_implementation=cfg.model.attn_implementation))
-    resize_with_mean_rows(model, data.manifest["tokenizer"]["vocab_size"], gathered=False)
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:  # auto_wrap: one FSDP unit per decoder layer, as Alpaca's LlamaDecoderLayer
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(o.warmup_ratio * total), total)
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model.train()
-    losses, tokens, real, step, start = [], 0, 0, 0, time.time()
-    with open(run_dir / "metrics.jsonl", "w") if rank == 0 else open(os.devnull, "w") as f:
-        while step < total:
-            sampler.set_epoch(sampler.epoch if sampler.position < len(sampler) else sampler.epoch + 1)
-            for rows in sampler:
-                batch = collate([[data[i] for i in row] for row in rows], pad_id)
-                loss = model(**batch).loss
-                (loss / accum).backward()
-                losses.append(loss.item())
-                tokens += int(batch["input_ids"].numel())
-                real += sum(int(data.lengths[row].sum()) for row in rows)
-                if sampler.position % accum:
-                    continue
-                if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                sums = torch.tensor([sum(losses), len(losses), tokens, real], dtype=torch.float64)
-                dist.all_reduce(sums)
-                step += 1
-                seconds = time.time() - start
-                f.write(json.dumps({"step": step, "loss": float(sums[0] / sums[1]), "tokens": int(sums[2]),
-                                    "real_tokens": int(sums[3]), "tokens_per_s": round(float(sums[3]) / seconds, 1),
-                                    "seconds": round(seconds, 3)}) + "\n")
-                f.flush()
-                losses, tokens, real, start = [], 0, 0, time.time()
-                if step == total:
-                    break
-    dist.barrier()  # both ranks done before teardown (a rank leaving early aborted once in gloo's teardown)
-    dist.destroy_process_group()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=4000, help="Alpaca records to sample and build")
@@ -400,13 +329,7 @@ def main() -> int:
     ap.add_argument("--quiet-timeout", type=float, default=90, help="... or this many seconds")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)
-    ap.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--config", help=argparse.SUPPRESS)
-    ap.add_argument("--set", dest="sets", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.fsdp_worker:
-        fsdp_worker(args.config, args.sets)
-        return 0
     missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
     if missing:
         print(f"bench_train: skipped, shared data not found: {', '.join(map(str, missing))}")

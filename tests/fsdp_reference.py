@@ -1,61 +1,101 @@
 """The engine Alpaca trained with — torch FSDP, full sharding, bf16 mixed precision — as a reference for ZeRO-3.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_reference.py INIT_DIR DATASET OUT.jsonl \
-        STEPS MICRO ACCUM LR WARMUP TOTAL SEED
+    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_reference.py --config RECIPE [--set KEY=VALUE ...]
 
-Same initial weights, same batches (alpaca-ds's sampler and collator: the input, not the thing under test), AdamW,
-Alpaca's cosine schedule with warmup and gradient clipping 1.0; writes the mean loss of every optimizer step.
+Reads the same recipe as `alpaca_ds.train` and trains what it describes the way Alpaca did: the model from
+`model.name_or_path` (fp32 masters) or a random one from `model.init_config`, one FSDP unit per decoder layer plus
+the root, bf16 parameters with fp32 gradient reduction, AdamW, the cosine schedule with warmup, gradient clipping.
+The batches come from alpaca-ds's sampler and collator (the input, not the thing under test). Rank 0 writes
+`output_dir/metrics.jsonl` with the trainer's per-step fields: step, loss (mean over the step's micro-batches),
+tokens, real_tokens and seconds (batch assembly, forward, backward and optimizer step). Used by
+tests/test_train.py (losses) and benchmarks/bench_train.py (throughput).
 """
+import argparse
 import json
-import sys
+import math
+import os
+import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
+from alpaca_ds.config import TrainConfig, load_config
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset
+from alpaca_ds.train.model import resize_with_mean_rows
 
 
-def main(init_dir, dataset, out, steps, micro, accum, lr, warmup, total, seed):
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32, attn_implementation="sdpa")
+def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
+    m = cfg.model
+    if m.name_or_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=torch.float32,
+                                                     attn_implementation=m.attn_implementation)
+    else:
+        torch.manual_seed(m.init_seed)
+        model = LlamaForCausalLM(LlamaConfig(**m.init_config, attn_implementation=m.attn_implementation))
+    resize_with_mean_rows(model, vocab_size, gathered=False)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.model.layers:  # auto_wrap: one FSDP unit per decoder layer, as Alpaca's LlamaDecoderLayer
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    data = TokenizedDataset(dataset)
+    return model
+
+
+def main(config: str, sets: list[str]) -> None:
+    cfg = load_config(TrainConfig, config, sets)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    micro, accum = cfg.batch.resolve(world)
+    data = TokenizedDataset(cfg.data.path, "train")
     pad_id = data.manifest["tokenizer"]["pad_token_id"]
-    sampler = MicroBatchSampler(data.lengths, micro, world_size=world, rank=rank, seed=seed, accumulation=accum)
-    losses, step = [], 0
-    with open(out, "w") if rank == 0 else open("/dev/null", "w") as f:
-        while step < steps:
+    sampler = MicroBatchSampler(data.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
+                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    o = cfg.optim
+    total = min(o.epochs * (len(sampler) // accum), o.max_steps or math.inf)
+    model = build_model(cfg, data.manifest["tokenizer"]["vocab_size"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(o.warmup_ratio * total), total)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.train()
+    losses, tokens, real, step, start = [], 0, 0, 0, time.time()
+    with open(run_dir / "metrics.jsonl", "w") if rank == 0 else open(os.devnull, "w") as f:
+        while step < total:
             sampler.set_epoch(sampler.epoch if sampler.position < len(sampler) else sampler.epoch + 1)
             for rows in sampler:
                 batch = collate([[data[i] for i in row] for row in rows], pad_id)
                 loss = model(**batch).loss
                 (loss / accum).backward()
                 losses.append(loss.item())
+                tokens += int(batch["input_ids"].numel())
+                real += sum(int(data.lengths[row].sum()) for row in rows)
                 if sampler.position % accum:
                     continue
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                if o.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-                mean = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
-                dist.all_reduce(mean)
-                losses, step = [], step + 1
-                f.write(json.dumps({"step": step, "loss": float(mean[0] / mean[1])}) + "\n")
-                if step == steps:
+                sums = torch.tensor([sum(losses), len(losses), tokens, real], dtype=torch.float64)
+                dist.all_reduce(sums)
+                step += 1
+                f.write(json.dumps({"step": step, "loss": float(sums[0] / sums[1]), "tokens": int(sums[2]),
+                                    "real_tokens": int(sums[3]), "seconds": round(time.time() - start, 3)}) + "\n")
+                f.flush()
+                losses, tokens, real, start = [], 0, 0, time.time()
+                if step == total:
                     break
+    dist.barrier()  # both ranks done before teardown (a rank leaving early can abort in gloo's teardown)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), float(a[6]), int(a[7]), int(a[8]), int(a[9]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    args = ap.parse_args()
+    main(args.config, args.sets)

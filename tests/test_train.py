@@ -146,19 +146,18 @@ def test_zero3_matches_torch_fsdp_from_the_same_weights(dataset, tmp_path):
     init = tmp_path / "init"
     model.save_pretrained(init)
     steps = 24
-    ours = tmp_path / "zero3"
-    result = launch(f"output_dir={ours}", f"data.path={dataset}", f"model.name_or_path={init}",
-                    "model.init_config=null", f"optim.max_steps={steps}", "log.eval_every_steps=0",
-                    "checkpoint.every_steps=1000")
+    sets = (f"data.path={dataset}", f"model.name_or_path={init}", "model.init_config=null", f"optim.max_steps={steps}",
+            "log.eval_every_steps=0", "checkpoint.every_steps=1000")
+    ours, theirs = tmp_path / "zero3", tmp_path / "fsdp"
+    result = launch(f"output_dir={ours}", *sets)
     assert result.returncode == 0, result.stderr[-3000:]
-    reference = tmp_path / "fsdp.jsonl"
-    fsdp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(ROOT / "tests" / "fsdp_reference.py"), str(init), str(dataset),
-                           str(reference), str(steps), "2", "2", "1e-3", "1", str(steps), "42"],
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(ROOT / "tests" / "fsdp_reference.py"), "--config", str(RECIPE)]
+    fsdp = subprocess.run(command + [a for item in (f"output_dir={theirs}", *sets) for a in ("--set", item)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     a = [r["loss"] for r in metrics(ours) if "loss" in r]
-    b = [json.loads(line)["loss"] for line in reference.read_text().splitlines()]
+    b = [r["loss"] for r in metrics(theirs)]
     assert len(a) == len(b) == steps
     worst = max(abs(x - y) / abs(y) for x, y in zip(a, b))
     assert worst < 0.01, list(zip(a, b))
