@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing as mp
 import os
 import resource
 import subprocess
@@ -40,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from quiet import wait_for_quiet  # benchmarks/quiet.py
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPACA = DATA / "alpaca" / "alpaca_data.json"
@@ -85,36 +86,6 @@ def alpaca_baseline(records: list[dict], tokenizer) -> dict:
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-def _spin(n: int) -> float:
-    t = time.perf_counter()
-    s = 0
-    for j in range(n):
-        s += j
-    return time.perf_counter() - t
-
-
-def cpu_check(n: int = 10_000_000) -> float:
-    """How many cores' worth of work two CPU-bound processes get at once (2.0 = two free cores)."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        pool.map(_spin, [1000, 1000])  # both started
-        one = min(pool.map(_spin, [n])[0] for _ in range(2))
-        t = time.perf_counter()
-        pool.map(_spin, [n, n], chunksize=1)
-        two = time.perf_counter() - t
-    return 2 * one / two
-
-
-def wait_for_quiet(threshold: float, timeout: float) -> float:
-    """Run the CPU check until two processes get `threshold` cores or `timeout` seconds pass; the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        cores = cpu_check()
-        if cores >= threshold or time.monotonic() >= deadline:
-            return cores
-        time.sleep(5)
-
-
 def build_cfg(input_path: Path, output: Path):
     from alpaca_ds.config import DataBuildConfig, load_config
     return load_config(DataBuildConfig, None, [f"input={input_path}", f"tokenizer={LLAMA}", f"output={output}",

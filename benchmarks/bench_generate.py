@@ -135,10 +135,7 @@ def crash(args) -> None:
     entries, _ = read_jsonl(out / gen.LEDGER)
     led, orphans = gen.replay_ledger(entries)
     proc = gen.Processor(gen.prepare(cfg, need_key=False))
-    i = 0
-    while not proc.done and led.complete(i):
-        proc.process(i, led.ok.get(i))
-        i += 1
+    gen.process_in_order(proc, led)
     accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]
     regen = json.loads((out / "regen.json").read_text())
     instructions = [r["instruction"] for r in accepted]

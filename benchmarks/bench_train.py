@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import random
 import socket
@@ -42,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from quiet import wait_for_quiet  # benchmarks/quiet.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -82,33 +83,6 @@ def free_port() -> int:
 def env(threads: int) -> dict:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads),
             "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _spin(n: int) -> float:
-    t = time.perf_counter()
-    s = 0
-    for j in range(n):
-        s += j
-    return time.perf_counter() - t
-
-
-def cpu_check(n: int = 5_000_000) -> float:
-    """How many cores' worth of work two CPU-bound processes get at once (2.0 = two free cores); bench_build's."""
-    with mp.get_context("spawn").Pool(2) as pool:
-        pool.map(_spin, [1000, 1000])
-        one = min(pool.map(_spin, [n])[0] for _ in range(2))
-        t = time.perf_counter()
-        pool.map(_spin, [n, n], chunksize=1)
-        return 2 * one / (time.perf_counter() - t)
-
-
-def wait_for_quiet(threshold: float, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        cores = cpu_check()
-        if cores >= threshold or time.monotonic() >= deadline:
-            return cores
-        time.sleep(3)
 
 
 def build_dataset(work: Path, records: int) -> Path:

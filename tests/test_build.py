@@ -77,7 +77,7 @@ def test_split_is_deterministic_and_by_content(tmp_path, records):
 
 
 def test_overlength_drop_counts_what_truncate_cuts(tmp_path):
-    keep = build_dataset(tmp_path / "keep", "max_length=4096")
+    build_dataset(tmp_path / "keep", "max_length=4096")
     full_lengths = TokenizedDataset(tmp_path / "keep").lengths
     drop = build_dataset(tmp_path / "drop", "max_length=200", "overlength=drop")
     trunc = build_dataset(tmp_path / "trunc", "max_length=200")

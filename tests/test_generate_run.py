@@ -30,10 +30,7 @@ def replay(out_dir, cfg):
     entries, _ = read_ledger(out_dir / gen.LEDGER)
     led, orphans = gen.replay_ledger(entries)
     proc = gen.Processor(gen.prepare(cfg, need_key=False))
-    i = 0
-    while not proc.done and led.complete(i):
-        proc.process(i, led.ok.get(i))
-        i += 1
+    gen.process_in_order(proc, led)
     return proc.accepted, led.spent, entries, orphans
 
 

@@ -17,19 +17,20 @@ _LLAMA1 = dict(model_type="llama", vocab_size=32000, max_position_embeddings=204
                hidden_act="silu", tie_word_embeddings=False)
 _LLAMA2 = {**_LLAMA1, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
 
+_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+           num_key_value_heads=32)
+_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+            num_key_value_heads=40)
+
 ARCHS: dict[str, dict] = {
-    "llama-7b": {**_LLAMA1, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                 "num_attention_heads": 32, "num_key_value_heads": 32},
-    "llama-13b": {**_LLAMA1, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                  "num_attention_heads": 40, "num_key_value_heads": 40},
+    "llama-7b": {**_LLAMA1, **_7B},
+    "llama-13b": {**_LLAMA1, **_13B},
     "llama-30b": {**_LLAMA1, "hidden_size": 6656, "intermediate_size": 17920, "num_hidden_layers": 60,
                   "num_attention_heads": 52, "num_key_value_heads": 52},
     "llama-65b": {**_LLAMA1, "hidden_size": 8192, "intermediate_size": 22016, "num_hidden_layers": 80,
                   "num_attention_heads": 64, "num_key_value_heads": 64},
-    "llama-2-7b": {**_LLAMA2, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                   "num_attention_heads": 32, "num_key_value_heads": 32},
-    "llama-2-13b": {**_LLAMA2, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                    "num_attention_heads": 40, "num_key_value_heads": 40},
+    "llama-2-7b": {**_LLAMA2, **_7B},
+    "llama-2-13b": {**_LLAMA2, **_13B},
     "llama-2-70b": {**_LLAMA2, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
                     "num_attention_heads": 64, "num_key_value_heads": 8},
     "llama-3-8b": {**_LLAMA1, "vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,

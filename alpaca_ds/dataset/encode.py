@@ -35,14 +35,16 @@ class Encoder:
         if sp_model_file is not None:
             import sentencepiece as spm
             sp = spm.SentencePieceProcessor(model_file=sp_model_file)
-            specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
-            self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
-            self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+            self._specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
+            self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in self._specials}
+            self._special_re = re.compile("(" + "|".join(map(re.escape, self._specials)) + ")")
             empty = tokenizer("")["input_ids"]
             self._prefix = empty[:1] if empty and tokenizer.bos_token_id == empty[0] else []
             self._suffix = empty[len(self._prefix):]
             self._sp, self._sp_proto = sp, sp.serialized_model_proto()
-            if self.encode(list(PROBES)) != tokenizer(list(PROBES))["input_ids"]:
+            with_eos = [t + self.eos_token for t in PROBES]
+            if (self.encode(list(PROBES)) != tokenizer(list(PROBES))["input_ids"]
+                    or self.encode(list(PROBES), eos=True) != tokenizer(with_eos)["input_ids"]):
                 self._sp = self._sp_proto = None
         if self._sp_proto is not None:
             self._hf = None  # workers need only SentencePiece; keeps the pickle small
@@ -54,15 +56,18 @@ class Encoder:
     def __getstate__(self):
         return {**self.__dict__, "_sp": None}
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], eos: bool = False) -> list[list[int]]:
+        """Each text's ids; with `eos`, those of the text followed by the EOS token, as Alpaca's examples are."""
         if self._sp_proto is None:
-            return self._hf(texts)["input_ids"]
+            return self._hf([t + self.eos_token for t in texts] if eos else texts)["input_ids"]
         if self._sp is None:
             import sentencepiece as spm
             self._sp = spm.SentencePieceProcessor(model_proto=self._sp_proto)
-        parts = [self._special_re.split(t) if self._special_re else [t] for t in texts]
+        # Special tokens inside a text are single ids; a substring test first, since few texts hold any.
+        parts = [self._special_re.split(t) if any(s in t for s in self._specials) else [t] for t in texts]
         chunks = [p for ps in parts for i, p in enumerate(ps) if i % 2 == 0 and p]
         encoded = iter(self._sp.encode(chunks, num_threads=1))
+        eos_ids = [self._special_ids[self.eos_token]] if eos else []
         out = []
         for ps in parts:
             ids = list(self._prefix)
@@ -71,6 +76,7 @@ class Encoder:
                     ids.append(self._special_ids[p])
                 elif p:
                     ids.extend(next(encoded))
+            ids.extend(eos_ids)
             ids.extend(self._suffix)
             out.append(ids)
         return out
@@ -99,9 +105,9 @@ class Batch:
 def tokenize_records(records: list[tuple[int, str, str, str]], pre: Preprocess) -> Batch:
     """records: (record index, instruction, input, output) -> Alpaca's input ids and label mask."""
     sources = [format_prompt(ins, inp) for _, ins, inp, _ in records]
-    examples = [s + out + pre.encoder.eos_token for s, (_, _, _, out) in zip(sources, records)]
+    examples = [s + out for s, (_, _, _, out) in zip(sources, records)]
     source_ids = pre.encoder.encode(sources)
-    example_ids = pre.encoder.encode(examples)
+    example_ids = pre.encoder.encode(examples, eos=True)
     counts = {"truncated": 0, "dropped_overlength": 0, "no_supervised_tokens": 0}
     ids, lengths, masked, kept, split = [], [], [], [], []
     for (index, ins, inp, out), src, ex in zip(records, source_ids, example_ids):

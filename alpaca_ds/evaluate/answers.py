@@ -181,8 +181,9 @@ async def served_model(base_url: str, key: str | None, timeout: float = 30.0) ->
 
 
 def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
-    from alpaca_ds.evaluate.api import ApiRunner, CallLedger, api_key
-    key = api_key(cfg.api.api_key_env, "api.api_key_env")
+    from alpaca_ds.evaluate.api import ApiRunner, CallLedger
+    from alpaca_ds.generate.client import api_key
+    key = api_key(cfg.api)
     model = cfg.api.model or asyncio.run(served_model(cfg.api.base_url, key))
     api = endpoint_api(cfg, model)
     generator = cfg.generator or model

@@ -17,18 +17,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import signal
 from pathlib import Path
 
-from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import ApiConfig, BudgetConfig
 from alpaca_ds.generate.budget import Budget, Cost
 from alpaca_ds.generate.calls import Caller, replay_attempts
+from alpaca_ds.generate.client import CHAT_PROMPT_OVERHEAD
 from alpaca_ds.generate.journal import Journal, read_jsonl
-
-CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one message (OpenAI: ~7); a safe margin
-
 
 class Stopped(Exception):
     """The run stops: budget exhausted, a fatal API answer (key, model), or an interrupt."""
@@ -42,17 +38,6 @@ def request_key(api: ApiConfig, prompts: list[str], stop: list[str] | None) -> s
     what = {"model": api.model, "mode": api.mode, "max_tokens": api.max_tokens, "temperature": api.temperature,
             "top_p": api.top_p, "n": api.n, "stop": stop, "prompts": prompts}
     return hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
-
-
-def api_key(env: str | None, setting: str) -> str | None:
-    if not env:
-        return None
-    key = os.environ.get(env, "").strip()
-    if not key:
-        raise UserError(f"the API key is read from the environment variable {env} ({setting}), which is not set: "
-                        f"export it, or name another variable with --set {setting}=NAME (null for a local server "
-                        "that needs no key)")
-    return key
 
 
 class CallLedger:

@@ -91,12 +91,12 @@ def default_out_dir(pairs: list[Pair]) -> Path:
 
 class Judge:
     def __init__(self, cfg: JudgeConfig):
-        from alpaca_ds.evaluate.api import api_key
+        from alpaca_ds.generate.client import api_key
         self.cfg = cfg
         self.pairs = pair_outputs(cfg.a, cfg.b, cfg.limit)
         self.template = load_template(cfg.prompt_template)
         self.out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(self.pairs)
-        self.key = api_key(cfg.api.api_key_env, "api.api_key_env")
+        self.key = api_key(cfg.api)
         self.orders = 2 if cfg.both_orders else 1
 
     def prompt(self, pair: Pair, order: int) -> str:

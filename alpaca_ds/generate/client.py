@@ -13,10 +13,26 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
+from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import ApiConfig
+
+CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message (OpenAI: ~7); a safe margin
+
+
+def api_key(api: ApiConfig) -> str | None:
+    """The key from the environment variable `api.api_key_env` names (None: a local server that needs none)."""
+    if not api.api_key_env:
+        return None
+    key = os.environ.get(api.api_key_env, "").strip()
+    if not key:
+        raise UserError(f"the API key is read from the environment variable {api.api_key_env} (api.api_key_env), "
+                        "which is not set: export it, or name another variable with --set api.api_key_env=NAME "
+                        "(null for a local server that needs no key)")
+    return key
 
 
 @dataclass

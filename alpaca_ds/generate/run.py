@@ -43,6 +43,7 @@ from alpaca_ds.config import GenerateConfig
 from alpaca_ds.generate import prompts as P
 from alpaca_ds.generate.budget import Budget, Cost
 from alpaca_ds.generate.calls import Caller, backoff_delay, replay_attempts
+from alpaca_ds.generate.client import CHAT_PROMPT_OVERHEAD, api_key
 from alpaca_ds.generate.filters import Filters
 from alpaca_ds.generate.journal import Journal, read_jsonl
 from alpaca_ds.generate.prices import Price, price_for
@@ -51,7 +52,6 @@ from alpaca_ds.generate.tokens import get_encoding
 
 LEDGER = "responses.jsonl"
 ACCEPTED = "accepted.jsonl"
-CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message (OpenAI: ~7); a safe margin
 
 # how a run ended -> the command's exit status
 EXIT_CODES = {"target": 0, "max_requests": 0, "budget": 3, "failures": 4, "fatal": 5, "interrupted": 130}
@@ -115,14 +115,7 @@ def prepare(cfg: GenerateConfig, need_key: bool = True) -> Setup:
     template = P.load_template(cfg.prompt_template)
     enc = get_encoding(cfg.api.model, cfg.api.encoding)
     price = price_for(cfg.api.model, cfg.budget)
-    key = None
-    if need_key and cfg.api.api_key_env:
-        key = os.environ.get(cfg.api.api_key_env, "")
-        if not key.strip():
-            raise UserError(f"the API key is read from the environment variable {cfg.api.api_key_env} "
-                            "(api.api_key_env), which is not set: export it, or name another variable with "
-                            "--set api.api_key_env=NAME (null for a local server that needs no key)")
-        key = key.strip()
+    key = api_key(cfg.api) if need_key else None
     return Setup(cfg, [t.example for t in tasks], sha256_file(cfg.seed_tasks), template, enc.name, enc, price, key,
                  P.stop_sequences(cfg.num_tasks), P.logit_bias(enc) if cfg.api.ban_end_of_text else None)
 
@@ -259,6 +252,15 @@ def replay_ledger(entries: list[dict]) -> tuple[Ledger, list[dict]]:
     return led, orphans
 
 
+def process_in_order(proc: Processor, ledger: Ledger) -> int:
+    """Feed `proc` the ledger's requests in request order while each is complete; returns the next index."""
+    i = 0
+    while not proc.done and ledger.complete(i):
+        proc.process(i, ledger.ok.get(i))
+        i += 1
+    return i
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The run.
 
@@ -320,11 +322,7 @@ class Generator:
 
         # rebuild the accepted set by processing the ledger in request order
         self.proc = Processor(self.s)
-        self.next_to_process = 0
-        while not self.proc.done and self.ledger.complete(self.next_to_process):
-            i = self.next_to_process
-            self.proc.process(i, self.ledger.ok.get(i))
-            self.next_to_process += 1
+        self.next_to_process = process_in_order(self.proc, self.ledger)
         replayed = self.proc.accepted
         on_disk, acc_good = read_jsonl(self.out / ACCEPTED)
         if len(on_disk) > len(replayed):

@@ -1,0 +1,34 @@
+"""Waiting for a quiet machine before a timed run: benchmarks on a shared 2-vCPU machine compare runs minutes apart."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+
+def _spin(n: int) -> float:
+    t = time.perf_counter()
+    s = 0
+    for j in range(n):
+        s += j
+    return time.perf_counter() - t
+
+
+def cpu_check(n: int = 10_000_000) -> float:
+    """How many cores' worth of work two CPU-bound processes get at once (2.0 = two free cores)."""
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [1000, 1000])  # both started
+        one = min(pool.map(_spin, [n])[0] for _ in range(2))
+        t = time.perf_counter()
+        pool.map(_spin, [n, n], chunksize=1)
+        two = time.perf_counter() - t
+    return 2 * one / two
+
+
+def wait_for_quiet(threshold: float, timeout: float, pause: float = 5) -> float:
+    """Run the CPU check until two processes get `threshold` cores or `timeout` seconds pass; the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cores = cpu_check()
+        if cores >= threshold or time.monotonic() >= deadline:
+            return cores
+        time.sleep(pause)
