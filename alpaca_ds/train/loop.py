@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -54,6 +55,7 @@ def preflight(cfg: TrainConfig, world_size: int) -> tuple[dict, dict, dict]:
 def train(cfg: TrainConfig) -> None:
     # ------------------------------------------------------------------ setup
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    unlink_cpu_allreduce_buffers()
     started = time.time()
     rank, world = dist.get_rank(), dist.get_world_size()
     main = rank == 0
@@ -147,6 +149,18 @@ def train(cfg: TrainConfig) -> None:
     # Leave together: a rank that exits while another still holds the gloo/NCCL group can abort the other's exit.
     dist.barrier()
     dist.destroy_process_group()
+
+
+def unlink_cpu_allreduce_buffers() -> None:
+    """DeepSpeed's CPU all-reduce (every rank on one machine) maps a 66 MiB /dev/shm file per rank and never
+    removes it, so each run would leave them behind until /dev/shm fills the RAM. Once every rank has mapped every
+    file (init_distributed returned on all ranks), the names can go: the mappings stay valid."""
+    if get_accelerator().device_name() != "cpu" or os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return
+    dist.barrier()
+    env = os.environ
+    Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_"
+         f"{env.get('MASTER_PORT', '')}_{dist.get_rank()}").unlink(missing_ok=True)
 
 
 def evaluate(engine, dataset: TokenizedDataset, micro: int, world: int, rank: int, pad_id: int) -> float:
