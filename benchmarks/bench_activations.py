@@ -44,8 +44,8 @@ def measure_peak(hidden: int, intermediate: int, layers: int, heads: int, vocab:
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.train()
     if checkpointing:
-        model.gradient_checkpointing_enable()  # what alpaca-ds's model.gradient_checkpointing switches on
-        model.config.use_cache = False
+        from alpaca_ds.train.model import enable_checkpointing  # what model.gradient_checkpointing switches on
+        enable_checkpointing(model)
     ids = torch.randint(0, vocab, (micro, seq))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model(**batch).loss.backward()  # warm-up: gradients allocated, lazy state built

@@ -29,9 +29,16 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
             model = LlamaForCausalLM(LlamaConfig(**cfg.init_config, attn_implementation=cfg.attn_implementation))
     resize_with_mean_rows(model, vocab_size, gathered=_zero3(ds_config))
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
+    # transformers 5 renamed gradient_checkpointing_enable (deprecated, to go in v6); earlier 5.x have only it
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.config.use_cache = False
 
 
 def resize_with_mean_rows(model: torch.nn.Module, vocab_size: int, gathered: bool) -> None:
