@@ -76,6 +76,21 @@ def test_local_run_outputs_and_stats(tmp_path):
     assert again["stop_reason"] == "target" and (tmp_path / "g" / "regen.json").read_bytes() == before
 
 
+def test_rerun_of_a_run_whose_last_request_reached_the_target(tmp_path):
+    # at concurrency 1 nothing is in flight past the request that reaches the target: the replay on a rerun ends
+    # exactly at the ledger's end, with nothing waiting to be processed
+    with Teacher("--latency", "0.01") as teacher:
+        first = gen.run(gen_config(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=1", *SMALL))
+    assert first["stop_reason"] == "target"
+    before = {f: (tmp_path / "g" / f).read_bytes() for f in ("accepted.jsonl", "regen.json", gen.LEDGER)}
+    with Teacher() as teacher:
+        result = run_generate_cli(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=1", *SMALL)
+        assert teacher.stats()["requests"] == 0
+    assert result.returncode == 0, result.stderr
+    assert "done: 40/40 instructions" in result.stdout + result.stderr
+    assert {f: (tmp_path / "g" / f).read_bytes() for f in before} == before
+
+
 def test_same_regen_at_concurrency_1_and_32(tmp_path):
     # deterministic faults (drawn from the request body and its retry count) do not change the data either
     faults = ("--fail-429", "0.05", "--retry-after", "0.05", "--fail-500", "0.05", "--fail-truncate", "0.05",

@@ -533,6 +533,8 @@ class Generator:
         self._processing = False
         self._final = False
         processor = loop.create_task(self._processor())
+        if self.proc.done:  # a finished run, rerun: replaying the ledger reached the target
+            self._stop("target", f"reached num_instructions = {self.cfg.num_instructions}")
         try:
             while True:
                 self._collect()
