@@ -37,7 +37,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     else:
         torch.manual_seed(m.init_seed)
         model = LlamaForCausalLM(LlamaConfig(**m.init_config, attn_implementation=m.attn_implementation))
-    resize_with_mean_rows(model, vocab_size, gathered=False)
+    resize_with_mean_rows(model, vocab_size)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.model.layers:  # auto_wrap: one FSDP unit per decoder layer, as Alpaca's LlamaDecoderLayer
         fully_shard(layer, mp_policy=policy)

@@ -212,23 +212,35 @@ def test_export_command_matches_the_final_export(reference_run, tmp_path):
         assert torch.equal(exported[name], final[name]), name
 
 
-def test_new_embedding_rows_are_the_mean_under_zero3(tmp_path):
-    # One rank, real ZeRO-3 partitioning: the resize runs on gathered parameters.
-    code = """
-import os, torch, deepspeed
+def test_model_setup_under_zero3(tmp_path):
+    # One rank, real ZeRO-3: a pretrained model loads partitioned and its new embedding rows are the mean of the
+    # old ones (set on gathered parameters); a random model is transformers' own initialisation of the config.
+    code = f"""
+import torch, deepspeed
+from transformers import LlamaConfig, LlamaForCausalLM
 from alpaca_ds.config import ModelConfig
 from alpaca_ds.train.model import build_model
 deepspeed.init_distributed(dist_backend="gloo")
-ds = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": False}, "zero_optimization": {"stage": 3}}
-cfg = ModelConfig(init_config=dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=1), tokenizer="unused")
-model = build_model(cfg, ds, 53)
+ds = {{"train_micro_batch_size_per_gpu": 1, "bf16": {{"enabled": False}}, "zero_optimization": {{"stage": 3}}}}
+shape = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+             num_key_value_heads=1)
+LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained({str(tmp_path / "pretrained")!r})
+model = build_model(ModelConfig(name_or_path={str(tmp_path / "pretrained")!r}, tokenizer="unused"), ds, 53)
+q = model.model.layers[0].self_attn.q_proj.weight
+assert q.numel() == 0 and tuple(q.ds_shape) == (16, 16), "not loaded partitioned"
 emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
 with deepspeed.zero.GatheredParameters([emb, head]):
     for w in (emb, head):
         assert w.shape == (53, 16), w.shape
         assert torch.allclose(w[50:], w[:50].mean(0, keepdim=True).expand(3, -1)), "new rows are not the mean"
         assert not torch.allclose(w[:50], w[:50].mean(0, keepdim=True).expand(50, -1))
+model = build_model(ModelConfig(init_config=shape, init_seed=3, tokenizer="unused"), ds, 50)
+torch.manual_seed(3)
+reference = LlamaForCausalLM(LlamaConfig(**shape)).state_dict()
+assert model.state_dict().keys() == reference.keys()
+for name, value in model.state_dict().items():
+    assert torch.equal(value, reference[name]), name
+assert 0.015 < float(model.get_input_embeddings().weight.std()) < 0.025  # initializer_range 0.02
 print("ok")
 """
     env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",

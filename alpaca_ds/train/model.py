@@ -1,4 +1,4 @@
-"""The model under ZeRO-3: loaded (or randomly initialised) already partitioned, with Alpaca's added tokens."""
+"""The model under ZeRO-3: loaded already partitioned (or a tiny random one), with Alpaca's added tokens."""
 from __future__ import annotations
 
 import deepspeed
@@ -24,10 +24,12 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
         except OSError as e:
             raise UserError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it ({e})") from None
     else:
+        # Built whole on every rank (deepspeed.initialize partitions it): under zero.Init, transformers' own
+        # initialisation would meet empty partitions and leave PyTorch's defaults (embeddings of std 1, not
+        # initializer_range), and the same init_seed would give other weights under ZeRO-3 than under ZeRO-2.
         torch.manual_seed(cfg.init_seed)
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=_zero3(ds_config)):
-            model = LlamaForCausalLM(LlamaConfig(**cfg.init_config, attn_implementation=cfg.attn_implementation))
-    resize_with_mean_rows(model, vocab_size, gathered=_zero3(ds_config))
+        model = LlamaForCausalLM(LlamaConfig(**cfg.init_config, attn_implementation=cfg.attn_implementation))
+    resize_with_mean_rows(model, vocab_size)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     return model
@@ -41,24 +43,23 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
     model.config.use_cache = False
 
 
-def resize_with_mean_rows(model: torch.nn.Module, vocab_size: int, gathered: bool) -> None:
+def resize_with_mean_rows(model: torch.nn.Module, vocab_size: int) -> None:
     """Alpaca's smart_tokenizer_and_embedding_resize: new input and output rows = mean of the old rows."""
-    old = model.get_input_embeddings().weight.ds_shape[0] if gathered else model.get_input_embeddings().num_embeddings
+    embeddings = model.get_input_embeddings().weight
+    old = embeddings.ds_shape[0] if hasattr(embeddings, "ds_shape") else embeddings.shape[0]  # ZeRO-3 partitioned
     if vocab_size < old:
         raise UserError(f"the dataset's tokenizer has {vocab_size} tokens but the model {old} embedding rows; "
                         "is the dataset built with this model's tokenizer?")
     if vocab_size == old:
         return
+    # transformers builds the resized matrices whole, even under ZeRO-3 (deepspeed.initialize partitions them)
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
     weights = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
     if output is not None and output.weight is not weights[0]:
         weights.append(output.weight)
-    with deepspeed.zero.GatheredParameters(weights, modifier_rank=0, enabled=gathered):
+    partitioned = any(hasattr(w, "ds_shape") for w in weights)
+    with deepspeed.zero.GatheredParameters(weights, modifier_rank=0, enabled=partitioned):
         with torch.no_grad():
             for w in weights:
                 w[old:] = w[:old].mean(dim=0, keepdim=True)
-
-
-def _zero3(ds_config: dict) -> bool:
-    return ds_config.get("zero_optimization", {}).get("stage", 0) == 3
