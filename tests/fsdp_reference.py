@@ -9,6 +9,9 @@ The batches come from alpaca-ds's sampler and collator (the input, not the thing
 `output_dir/metrics.jsonl` with the trainer's per-step fields: step, loss (mean over the step's micro-batches),
 tokens, real_tokens and seconds (batch assembly, forward, backward and optimizer step). Used by
 tests/test_train.py (losses) and benchmarks/bench_train.py (throughput).
+
+Not read from the recipe: ds_config (this is always FSDP full shard with bf16), model.gradient_checkpointing,
+validation, checkpoints, and log.every_steps (every step is written), so it refuses log.every_steps other than 1.
 """
 import argparse
 import json
@@ -47,6 +50,8 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
 
 def main(config: str, sets: list[str]) -> None:
     cfg = load_config(TrainConfig, config, sets)
+    if cfg.log.every_steps != 1:
+        raise SystemExit("fsdp_reference: writes every step; set log.every_steps=1 to compare with the trainer")
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     micro, accum = cfg.batch.resolve(world)

@@ -2,7 +2,8 @@
 
 One uninterrupted run of the tiny recipe is the reference for the resume test (kill, relaunch, identical losses)
 and for the export checks. From one saved set of weights, a ZeRO-3 run is compared with torch FSDP (Alpaca's
-engine) on the same batches, and with the other engine configs (zero3_offload, zero2_bf16).
+engine) on the same batches, with the other engine configs (zero3_offload, zero2_bf16) and with gradient
+checkpointing.
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*overrides: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+def launch(*overrides: str, wait: bool = True, port: int | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+               str(port or free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
     for item in overrides:
         command += ["--set", item]
     if wait:
@@ -60,11 +61,11 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference_run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "reference"
-    shm = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    result = launch(f"output_dir={run}", f"data.path={dataset}")
+    port = free_port()
+    result = launch(f"output_dir={run}", f"data.path={dataset}", port=port)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # DeepSpeed's CPU all-reduce leaves a 66 MiB /dev/shm file per rank unless the trainer removes it
-    assert not set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"))
     assert "done: 42 steps" in result.stdout
     return run
 
@@ -139,9 +140,9 @@ FROM_INIT_STEPS = 24
 
 
 @pytest.fixture(scope="module")
-def from_init(dataset, tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
-    """A saved tiny LLaMA and the recipe settings that train it for FROM_INIT_STEPS steps: every engine starts
-    from these weights (a random init under zero.Init is not the same draw as without it)."""
+def from_init(dataset, tmp_path_factory) -> tuple[str, ...]:
+    """The recipe settings that train a saved tiny LLaMA for FROM_INIT_STEPS steps: every engine starts from
+    these weights, loaded the way each loads a pretrained model."""
     from transformers import LlamaConfig, LlamaForCausalLM
     manifest = json.loads((dataset / "manifest.json").read_text())
     torch.manual_seed(0)
@@ -154,14 +155,14 @@ def from_init(dataset, tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
             p.copy_(p.to(torch.bfloat16).float())
     init = tmp_path_factory.mktemp("init") / "model"
     model.save_pretrained(init)
-    return init, (f"data.path={dataset}", f"model.name_or_path={init}", "model.init_config=null",
-                  f"optim.max_steps={FROM_INIT_STEPS}", "log.eval_every_steps=0", "checkpoint.every_steps=1000")
+    return (f"data.path={dataset}", f"model.name_or_path={init}", "model.init_config=null",
+            f"optim.max_steps={FROM_INIT_STEPS}", "log.eval_every_steps=0", "checkpoint.every_steps=1000")
 
 
 @pytest.fixture(scope="module")
 def zero3_from_init(from_init, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("zero3-from-init") / "run"
-    result = launch(f"output_dir={run}", *from_init[1])
+    result = launch(f"output_dir={run}", *from_init)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run
 
@@ -179,7 +180,7 @@ def test_zero3_matches_torch_fsdp_from_the_same_weights(from_init, zero3_from_in
     fsdp = tmp_path / "fsdp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(ROOT / "tests" / "fsdp_reference.py"), "--config", str(RECIPE)]
-    result = subprocess.run(command + [a for item in (f"output_dir={fsdp}", *from_init[1]) for a in ("--set", item)],
+    result = subprocess.run(command + [a for item in (f"output_dir={fsdp}", *from_init) for a in ("--set", item)],
                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     ours, theirs = losses(zero3_from_init), losses(fsdp)
@@ -193,7 +194,7 @@ def test_other_engine_settings_train_the_same_model(variant, from_init, zero3_fr
     # Offloading moves the optimizer and parameters to the CPU, ZeRO-2 shards less, gradient checkpointing
     # recomputes activations; none changes the maths, so every step's loss stays with the plain ZeRO-3 run's.
     run = tmp_path / "run"
-    result = launch(f"output_dir={run}", *from_init[1], variant)
+    result = launch(f"output_dir={run}", *from_init, variant)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"done: {FROM_INIT_STEPS} steps" in result.stdout and "reloaded logits within" in result.stdout
     ours, theirs = losses(run), losses(zero3_from_init)

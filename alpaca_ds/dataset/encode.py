@@ -16,7 +16,8 @@ from alpaca_ds.dataset.template import format_prompt
 # Strings where SentencePiece and a transformers tokenizer are most likely to part ways: leading, repeated and
 # trailing spaces, newlines, tabs, digits, bytes outside the vocabulary, special tokens inside text.
 PROBES = ("Hello world", "  two leading spaces", "a  b   c", "trailing ", "\n\nnewlines\n", "tab\tsep", "1234567",
-          "émoji 😀 中文", "x</s>y", "foo </s> bar", "<s>", "</s>", "", " ", "### Response:")
+          "émoji 😀 中文", "x</s>y", "foo </s> bar", "<s>", "</s>", "", " ", "### Response:", "x</", "<", "a [PAD",
+          "<unk")
 
 
 class Encoder:
@@ -37,7 +38,8 @@ class Encoder:
             sp = spm.SentencePieceProcessor(model_file=sp_model_file)
             self._specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
             self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in self._specials}
-            self._special_re = re.compile("(" + "|".join(map(re.escape, self._specials)) + ")")
+            self._special_re = (re.compile("(" + "|".join(map(re.escape, self._specials)) + ")")
+                                if self._specials else None)
             empty = tokenizer("")["input_ids"]
             self._prefix = empty[:1] if empty and tokenizer.bos_token_id == empty[0] else []
             self._suffix = empty[len(self._prefix):]

@@ -23,8 +23,9 @@ from pathlib import Path
 from alpaca_ds.config import ApiConfig, BudgetConfig
 from alpaca_ds.generate.budget import Budget, Cost
 from alpaca_ds.generate.calls import Caller, replay_attempts
-from alpaca_ds.generate.client import CHAT_PROMPT_OVERHEAD
+from alpaca_ds.generate.client import prompt_tokens
 from alpaca_ds.generate.journal import Journal, read_jsonl
+
 
 class Stopped(Exception):
     """The run stops: budget exhausted, a fatal API answer (key, model), or an interrupt."""
@@ -153,8 +154,7 @@ class ApiRunner:
         completion = self.api.max_tokens * self.api.n * len(prompts)
         if self.enc is None:
             return Cost(0.0, completion)
-        prompt = sum(len(self.enc.encode(p, disallowed_special=())) for p in prompts)
-        prompt += CHAT_PROMPT_OVERHEAD * len(prompts) if self.api.mode == "chat" else 0
+        prompt = prompt_tokens(self.enc, prompts, self.api.mode)
         usd = self.price.cost(prompt, completion) if self.price is not None else 0.0
         return Cost(usd, prompt + completion)
 

@@ -6,7 +6,8 @@ problem; it returns an `Outcome` that says whether it may have been billed, whet
 whole run should stop (a rejected key, an unknown model, no quota).
 
 The API key lives only in the client object: error texts are scrubbed of it, and nothing here logs a request
-(whose headers carry it).
+(whose headers carry it). `api_key` reads it from the environment and `prompt_tokens` counts what a request's
+prompts are billed for, for the generator and the evaluation calls alike.
 """
 from __future__ import annotations
 
@@ -18,12 +19,18 @@ import time
 from dataclasses import dataclass, field
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import ApiConfig
+from alpaca_ds.config import ApiConfig, EndpointConfig
 
 CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message (OpenAI: ~7); a safe margin
 
 
-def api_key(api: ApiConfig) -> str | None:
+def prompt_tokens(enc, prompts: list[str], mode: str) -> int:
+    """Prompt tokens of one request (tiktoken encoding `enc`); in chat mode each prompt is one user message."""
+    n = sum(len(enc.encode(p, disallowed_special=())) for p in prompts)
+    return n + (CHAT_PROMPT_OVERHEAD * len(prompts) if mode == "chat" else 0)
+
+
+def api_key(api: ApiConfig | EndpointConfig) -> str | None:
     """The key from the environment variable `api.api_key_env` names (None: a local server that needs none)."""
     if not api.api_key_env:
         return None

@@ -43,7 +43,7 @@ from alpaca_ds.config import GenerateConfig
 from alpaca_ds.generate import prompts as P
 from alpaca_ds.generate.budget import Budget, Cost
 from alpaca_ds.generate.calls import Caller, backoff_delay, replay_attempts
-from alpaca_ds.generate.client import CHAT_PROMPT_OVERHEAD, api_key
+from alpaca_ds.generate.client import api_key, prompt_tokens
 from alpaca_ds.generate.filters import Filters
 from alpaca_ds.generate.journal import Journal, read_jsonl
 from alpaca_ds.generate.prices import Price, price_for
@@ -81,8 +81,7 @@ class Setup:
                                  self.prompts_per_request)
 
     def prompt_tokens(self, prompts: list[str]) -> int:
-        n = sum(len(self.enc.encode(p, disallowed_special=())) for p in prompts)
-        return n + (CHAT_PROMPT_OVERHEAD if self.cfg.api.mode == "chat" else 0)
+        return prompt_tokens(self.enc, prompts, self.cfg.api.mode)
 
     def worst_case(self, prompt_tokens: int, num_prompts: int) -> Cost:
         completion = self.cfg.api.max_tokens * self.cfg.api.n * num_prompts
@@ -508,7 +507,10 @@ class Generator:
             self.next_to_process += 1
             self._wake.set()
         if self.proc.done and self.stop_reason is None:
-            self._stop("target", f"reached num_instructions = {self.cfg.num_instructions}")
+            self._stop_at_target()
+
+    def _stop_at_target(self) -> None:
+        self._stop("target", f"reached num_instructions = {self.cfg.num_instructions}")
 
     def _on_signal(self) -> None:
         if not self._stopping:
@@ -534,7 +536,7 @@ class Generator:
         self._final = False
         processor = loop.create_task(self._processor())
         if self.proc.done:  # a finished run, rerun: replaying the ledger reached the target
-            self._stop("target", f"reached num_instructions = {self.cfg.num_instructions}")
+            self._stop_at_target()
         try:
             while True:
                 self._collect()

@@ -155,7 +155,7 @@ def unlink_cpu_allreduce_buffers() -> None:
     """DeepSpeed's CPU all-reduce (every rank on one machine) maps a 66 MiB /dev/shm file per rank and never
     removes it, so each run would leave them behind until /dev/shm fills the RAM. Once every rank has mapped every
     file (init_distributed returned on all ranks), the names can go: the mappings stay valid."""
-    if get_accelerator().device_name() != "cpu" or os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+    if get_accelerator().device_name() != "cpu" or int(os.environ.get("LOCAL_SIZE") or 0) != dist.get_world_size():
         return
     dist.barrier()
     env = os.environ
