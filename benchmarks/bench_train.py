@@ -227,7 +227,7 @@ def bench(args) -> int:
         for rep in range(args.reps):
             order = names[rep % len(names):] + names[:rep % len(names)]
             for name in order:
-                cores = wait_for_quiet(args.quiet, args.quiet_timeout)
+                cores = wait_for_quiet(args.quiet, args.quiet_timeout, pause=3, n=5_000_000)
                 load = os.getloadavg()[0]
                 t = time.perf_counter()
                 rows = run_one(name, dataset, work / f"run-{name}-{rep}", args.steps, 42 + rep, args.threads)

@@ -24,11 +24,12 @@ def cpu_check(n: int = 10_000_000) -> float:
     return 2 * one / two
 
 
-def wait_for_quiet(threshold: float, timeout: float, pause: float = 5) -> float:
-    """Run the CPU check until two processes get `threshold` cores or `timeout` seconds pass; the last value."""
+def wait_for_quiet(threshold: float, timeout: float, pause: float = 5, n: int = 10_000_000) -> float:
+    """Run the CPU check (spinning `n` iterations) until two processes get `threshold` cores or `timeout` seconds
+    pass, `pause` seconds apart; the last value."""
     deadline = time.monotonic() + timeout
     while True:
-        cores = cpu_check()
+        cores = cpu_check(n)
         if cores >= threshold or time.monotonic() >= deadline:
             return cores
         time.sleep(pause)
