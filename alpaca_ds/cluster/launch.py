@@ -26,12 +26,12 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from alpaca_ds.cluster.runner import run_launcher
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import TrainConfig, dump_config, load_config
 
@@ -322,4 +322,4 @@ def run(launch: Launch, echo=print) -> int:
     (rank, command), = launch.commands  # prepare() leaves exactly one for a real launch
     echo(launch.arithmetic)
     echo("+ " + _shell(command))
-    return subprocess.run(command).returncode
+    return run_launcher(command, say=echo)

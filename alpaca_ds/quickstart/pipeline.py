@@ -327,7 +327,7 @@ def _free_port() -> int:
 
 def step_train(ctx: Context) -> dict:
     from alpaca_ds.cluster.launch import launcher_command, train_args
-    from alpaca_ds.quickstart.training import run_launcher
+    from alpaca_ds.cluster.runner import run_launcher
     cfg = ctx.cfg
     before = comm_op_build()
     if before is None:
@@ -341,7 +341,8 @@ def step_train(ctx: Context) -> dict:
            "PYTHONUNBUFFERED": "1"}
     ctx.echo(f"      + {shlex.join(command)}")
     ctx.echo(f"      (the launcher's full output: {ctx.paths.train_log})")
-    code = run_launcher(command, env, ctx.paths.train_log, ctx.paths.train_pid, marker=str(config), say=ctx.echo)
+    code = run_launcher(command, env, marker=str(config), log_path=ctx.paths.train_log,
+                        pid_file=ctx.paths.train_pid, say=ctx.echo)
     if code != 0:
         raise UserError(f"training failed (exit status {code}); the full log is {ctx.paths.train_log}")
     after = comm_op_build()
@@ -464,7 +465,7 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
     ran, skipped = [], []
     try:
         state = State(paths, cfg)
-        from alpaca_ds.quickstart.training import stop_leftover
+        from alpaca_ds.cluster.runner import stop_leftover
         stop_leftover(paths.train_pid, str(paths.configs / "train.yaml"), say=echo)
         hand = write_hand_configs(cfg, paths)
         state.data["invocations"].append({"started": _now(), "quick": quick, "argv": sys.argv[1:],

@@ -1,14 +1,15 @@
-"""The quickstart's training step: DeepSpeed's own launcher in a process group of its own, stopped cleanly.
+"""The one runner of DeepSpeed's launcher, for `train`, `launch` and the quickstart: a process group of its own,
+stopped cleanly.
 
 The launcher (`python -m deepspeed.launcher.runner`, command from alpaca_ds.cluster.launch.launcher_command) starts
 `deepspeed.launcher.launch`, which starts one process per rank. All of them are put in a new process group, so:
-  * an interrupt of the quickstart (Ctrl-C, SIGTERM) stops the whole group (SIGINT, then SIGTERM, then SIGKILL)
-    and no rank outlives it;
-  * a quickstart killed outright (SIGKILL) leaves the group running; the group is recorded in RUN/train.pid.json,
-    and the next quickstart in RUN stops what is left of it (only processes whose command line names this run's
-    train.yaml) before it resumes the training from its last checkpoint.
-Everything the launcher and the ranks print goes to RUN/run/train.log; the terminal gets the ranks' progress bar,
-warnings and errors, and the trainer's own lines, without DeepSpeed's INFO and WARNING log lines.
+  * an interrupt (Ctrl-C, or SIGTERM where the caller turns it into one) stops the whole group (SIGINT, then
+    SIGTERM, then SIGKILL) and no rank outlives it;
+  * a caller killed outright (SIGKILL) leaves the group running; with a pid file the group is recorded (the
+    quickstart's RUN/train.pid.json), and the next run stops what is left of it (only processes whose command line
+    names the run's config) before it resumes the training from its last checkpoint.
+With a log file (the quickstart), everything the launcher and the ranks print goes there, and the terminal gets the
+ranks' progress bar, warnings and errors, and the trainer's own lines, without DeepSpeed's INFO and WARNING lines.
 """
 from __future__ import annotations
 
@@ -22,34 +23,28 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 # DeepSpeed's logger lines below ERROR ("[2026-11-25 20:27:37,699] [INFO] [launch.py:285:main] ..."): the log only
 _DS_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|DEBUG|WARNING)\]")
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the live processes in process group `pgid`, from /proc."""
+    """(pid, command line) of the live processes in process group `pgid`."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-            if int(fields[2]) != pgid or fields[0] == "Z":
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != pgid:
                 continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
+        except (ProcessLookupError, PermissionError):
             continue
-        members.append((int(entry.name), cmdline))
+        members.append((proc.pid, " ".join(proc.info["cmdline"] or ())))
     return members
 
 
-def stop_group(pgid: int, marker: str, say=print, grace: float = 20.0) -> None:
+def stop_group(pgid: int, marker: str = "", say=print, grace: float = 20.0) -> None:
     """Stop the processes of group `pgid` whose command line contains `marker`: SIGINT (DeepSpeed's launcher stops
     its ranks on it), then SIGTERM, then SIGKILL, each after a grace period."""
-    if not Path("/proc").is_dir():  # no /proc to read command lines from (macOS): the group is the launch's own
-        _stop_whole_group(pgid, grace)
-        return
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         ours = [pid for pid, cmd in group_members(pgid) if marker in cmd]
         if not ours:
@@ -67,21 +62,6 @@ def stop_group(pgid: int, marker: str, say=print, grace: float = 20.0) -> None:
         say(f"warning: training processes {left} did not stop")
 
 
-def _stop_whole_group(pgid: int, grace: float) -> None:
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.2)
-
-
 def stop_leftover(pid_file: Path, marker: str, say=print) -> None:
     """Stop a training a killed quickstart left running (recorded in pid_file), then forget it."""
     if not pid_file.is_file():
@@ -91,11 +71,8 @@ def stop_leftover(pid_file: Path, marker: str, say=print) -> None:
     except (ValueError, KeyError, TypeError):
         pid_file.unlink(missing_ok=True)
         return
-    if not Path("/proc").is_dir():
-        pid_file.unlink(missing_ok=True)  # cannot tell whether the group is still ours: leave it alone
-        return
     if any(marker in cmd for _, cmd in group_members(pgid)):
-        say(f"stopping the training an interrupted quickstart left running (process group {pgid}); it resumes "
+        say(f"stopping the training an interrupted run left running (process group {pgid}); it resumes "
             "from its last checkpoint")
         stop_group(pgid, marker, say)
     pid_file.unlink(missing_ok=True)
@@ -140,14 +117,39 @@ def _binary(stream):
     return getattr(stream, "buffer", None) or _TextOut(stream)
 
 
-def run_launcher(command: list[str], env: dict, log_path: Path, pid_file: Path, marker: str, say=print) -> int:
-    """Run the launcher command to its end; its exit status. On an interrupt, stop the ranks and re-raise."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+def _sigterm_interrupts():
+    """While the launcher runs, SIGTERM (a scheduler's stop, `kill`) stops the group as Ctrl-C does, unless the
+    caller handles SIGTERM itself. Returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_launcher(command: list[str], env: dict | None = None, *, marker: str = "", log_path: Path | None = None,
+                 pid_file: Path | None = None, say=print) -> int:
+    """Run the launcher command to its end in a process group of its own; its exit status. On an interrupt, stop
+    the launcher and its ranks (those whose command line holds `marker`) and re-raise.
+
+    With `log_path`, everything goes to that file and the terminal gets only the ranks' progress, warnings and
+    errors; without it, the launcher writes to the terminal directly. `pid_file` records the group so that a run
+    killed outright can have its leftovers stopped (`stop_leftover`)."""
+    logged = log_path is not None
+    log = None
+    if logged:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
         log.write(f"\n+ {' '.join(command)}\n".encode())
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        pid_file.write_text(json.dumps({"pgid": proc.pid, "quickstart_pid": os.getpid(), "command": command}) + "\n")
+    pipe = subprocess.PIPE if logged else None
+    proc = subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe, start_new_session=True)
+    if pid_file is not None:
+        pid_file.write_text(json.dumps({"pgid": proc.pid, "runner_pid": os.getpid(), "command": command}) + "\n")
+    muted = threading.Event()  # once stopping: the ranks' and launcher's interrupt tracebacks go to the log only
+    pumps = []
+    if logged:
         lock = threading.Lock()
 
         class Locked:  # both pumps write to one log file
@@ -159,26 +161,31 @@ def run_launcher(command: list[str], env: dict, log_path: Path, pid_file: Path, 
                 with lock:
                     log.flush()
 
-        muted = threading.Event()  # once stopping: the ranks' and launcher's interrupt tracebacks go to the log only
         pumps = [threading.Thread(target=_pump, args=(proc.stdout, Locked(), _binary(sys.stdout),
                                                        lambda line: not muted.is_set() and not _DS_LOG.match(line)),
                                   daemon=True),
                  threading.Thread(target=_pump, args=(proc.stderr, Locked(), _binary(sys.stderr),
                                                        lambda chunk: not muted.is_set()), daemon=True)]
+    for p in pumps:
+        p.start()
+    restore = _sigterm_interrupts()
+    try:
+        code = proc.wait()
+    except BaseException:
+        muted.set()
+        say("stopping the training (rerun the same command to resume from its last checkpoint) ...")
+        stop_group(proc.pid, marker, say)
+        proc.wait()
+        raise
+    finally:
         for p in pumps:
-            p.start()
-        try:
-            code = proc.wait()
-        except BaseException:
-            muted.set()
-            say("stopping the training (it resumes from its last checkpoint when the quickstart is rerun) ...")
-            stop_group(proc.pid, marker, say)
-            proc.wait()
-            raise
-        finally:
-            for p in pumps:
-                p.join(10)
-        # the launcher has exited; a rank it could not stop would be left in the group
-        stop_group(proc.pid, marker, say, grace=5.0)
+            p.join(10)
+        if log is not None:
+            log.close()
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+    # the launcher has exited; a rank it could not stop would be left in the group
+    stop_group(proc.pid, marker, say, grace=5.0)
+    if pid_file is not None:
         pid_file.unlink(missing_ok=True)
-        return code
+    return code
