@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.io import atomic_write_bytes
+from alpaca_ds.train.metrics import read_metrics
 
 ALPACA_SIZE = 52_002
 
@@ -50,7 +51,7 @@ def _cell(text: str) -> str:
 
 
 def training_summary(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("val_loss") is not None]
     steady = [r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows]  # step 1 holds the warm-up
     resolved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())

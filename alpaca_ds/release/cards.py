@@ -19,6 +19,7 @@ import yaml
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, sha256_file
 from alpaca_ds.common.provenance import PROVENANCE
+from alpaca_ds.train.metrics import read_metrics
 
 ALPACA_DATA_SHA256 = "2eddafc6b977608d778aaab8dfc7e50e547b3af9826dfb9e909d9fc362e4a419"
 LIMITATIONS = """\
@@ -39,7 +40,7 @@ def read_chain(run_dir: Path, evals: list[Path] = ()) -> dict:
         raise UserError(f"{run_dir}: no {PROVENANCE}; cards need a training run that finished (alpaca-ds train)")
     prov = json.loads(prov_path.read_text())
     config = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(run_dir / "metrics.jsonl")
     manifest_path = Path(prov["dataset"]["path"]) / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: the run's dataset is gone; cards need it (rebuild it at that path)")
