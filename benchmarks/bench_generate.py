@@ -99,7 +99,8 @@ def crash(args) -> None:
     sys.path.insert(0, str(ROOT))
     from alpaca_ds.config import GenerateConfig, load_config
     from alpaca_ds.generate import run as gen
-    from alpaca_ds.generate.journal import read_jsonl
+    from alpaca_ds.api.journal import read_jsonl
+    from alpaca_ds.api.ledger import CallLedger
 
     rng = random.Random(args.seed)
     out = Path(tempfile.mkdtemp(prefix="bench-crash-"))
@@ -133,7 +134,8 @@ def crash(args) -> None:
 
     cfg = load_config(GenerateConfig, None, [s for s in generate_args(out, "http://x", *sets)[5::2]])
     entries, _ = read_jsonl(out / gen.LEDGER)
-    led, orphans = gen.replay_ledger(entries)
+    led = CallLedger(out / gen.LEDGER, "i", writable=False)
+    orphans = led.interrupted
     proc = gen.Processor(gen.prepare(cfg, need_key=False))
     gen.process_in_order(proc, led)
     accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]

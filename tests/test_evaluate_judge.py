@@ -15,7 +15,7 @@ import pytest
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import JudgeConfig, load_config
 from alpaca_ds.evaluate import judge
-from alpaca_ds.generate.journal import read_jsonl
+from alpaca_ds.api.journal import read_jsonl
 from eval_helpers import ROOT, JudgeSim, cli, run_cli, write_outputs
 
 SECRET = "sk-test-judge-0123456789abcdef"

@@ -80,7 +80,7 @@ class TeacherSim:
 
     def _enc(self, model: str):
         if model not in self._encodings:
-            from alpaca_ds.generate.tokens import get_encoding
+            from alpaca_ds.api.tokens import get_encoding
             try:
                 self._encodings[model] = get_encoding(model)
             except Exception:  # an unknown model name: count with cl100k_base

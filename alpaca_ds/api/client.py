@@ -61,7 +61,9 @@ class Outcome:
         return self.kind == "ok"
 
 
-class TeacherClient:
+class ApiClient:
+    """The async openai client for one API config: a teacher, a judge or a model's endpoint."""
+
     def __init__(self, api: ApiConfig, key: str | None):
         from openai import AsyncOpenAI
         self.api = api
