@@ -252,22 +252,41 @@ def teacher_group():
               help="Share of answers cut short with finish_reason 'length'.")
 @click.option("--fail-malformed", default=0.0, show_default=True, help="Share of answers with a broken JSON body.")
 @click.option("--require-key", default=None, help="Answer 401 unless the bearer token is this.")
+@click.option("--fail-first", default=0, show_default=True,
+              help="Answer 429 to the first N attempts of every distinct request.")
+@click.option("--fail-matching", default=None, help="Answer 500, always, to prompts matching this regex.")
+@click.option("--price", nargs=2, type=float, default=None,
+              help="Bill PROMPT COMPLETION dollars per 1M tokens [default: the price table's, for the model asked].")
+@click.option("--batch-seconds", default=1.0, show_default=True, help="Seconds a batch stays in progress.")
+@click.option("--batch-line-failure", default=0.0, show_default=True, help="Share of batch lines that fail (500).")
+@click.option("--batch-fail", default=0, show_default=True, help="The first N batches fail whole.")
+@click.option("--batch-expire", default=0, show_default=True, help="The next N batches expire, half answered.")
+@click.option("--no-batch", is_flag=True, help="Serve no Batch API (/v1/files, /v1/batches answer 404).")
 def teacher_serve(port, host, seeds_path, seed, latency, jitter, tasks, noise, fail_429, retry_after,
-                  fail_500, fail_timeout, hang, fail_truncate, fail_malformed, require_key):
-    """Serve a SIMULATED teacher (not a language model) on /v1/completions, /v1/chat/completions, /v1/models.
+                  fail_500, fail_timeout, hang, fail_truncate, fail_malformed, require_key, fail_first,
+                  fail_matching, price, batch_seconds, batch_line_failure, batch_fail, batch_expire, no_batch):
+    """Serve a SIMULATED teacher and judge (not a language model) on /v1/completions, /v1/chat/completions,
+    /v1/models, and the Batch API (/v1/files, /v1/batches).
 
-    It answers in Alpaca's response format by recombining seed tasks, deterministically per request, reports
-    token usage (tiktoken), and injects faults on demand: 429 + Retry-After, 500, hangs, answers cut at
-    max_tokens, malformed bodies. Point a generate config at it with api.base_url=http://127.0.0.1:PORT/v1.
+    It answers in Alpaca's response format by recombining seed tasks (a judge prompt gets a verdict),
+    deterministically per request, reports token usage (tiktoken) and bills it (the Batch API at its price), and
+    injects faults on demand: 429 + Retry-After, 500, hangs, answers cut at max_tokens, malformed bodies, failed
+    batch lines, failed and expired batches. Point a config at it with api.base_url=http://127.0.0.1:PORT/v1.
     """
-    from alpaca_ds.generate.teacher import Faults, serve
+    from alpaca_ds.api.prices import Price
+    from alpaca_ds.simulator.batch import BatchBehaviour
+    from alpaca_ds.simulator.local import build, serve
+    from alpaca_ds.simulator.server import Faults
     faults = Faults(rate_429=fail_429, rate_500=fail_500, rate_timeout=fail_timeout, rate_truncate=fail_truncate,
-                    rate_malformed=fail_malformed, retry_after=retry_after, hang_s=hang)
+                    rate_malformed=fail_malformed, retry_after=retry_after, hang_s=hang, fail_first=fail_first,
+                    fail_matching=fail_matching)
     if faults.total() > 1:
         raise UserError("the --fail-* rates add up to more than 1")
-    serve(port, seeds_path, host=host, seed=seed, latency=latency, jitter=jitter, faults=faults,
-          require_key=require_key, tasks=tasks, noise=noise,
-          announce=lambda msg: click.echo(msg))
+    batch = None if no_batch else BatchBehaviour(seconds=batch_seconds, line_failure=batch_line_failure,
+                                                 fail_batches=batch_fail, expire_batches=batch_expire)
+    sim = build(seeds_path, seed=seed, tasks=tasks, noise=noise, latency=latency, jitter=jitter, faults=faults,
+                require_key=require_key, price=Price(*price, "--price") if price else None, batch=batch)
+    serve(sim, port, host=host, announce=lambda msg: click.echo(msg))
 
 
 def _flags(**values) -> tuple[str, ...]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -37,21 +36,9 @@ if not SEEDS.is_file():
     SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
 
 
-class Teacher:
-    def __init__(self, *flags: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "alpaca_ds.cli", "teacher", "serve", "--port", "0",
-                                      "--seeds", str(SEEDS), *flags], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = self.proc.stdout.readline()
-        self.url = re.search(r"http://127\.0\.0\.1:\d+/v1", line).group(0)
-
-    def stats(self) -> dict:
-        import urllib.request
-        with urllib.request.urlopen(self.url.replace("/v1", "/sim/stats")) as r:
-            return json.loads(r.read())
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+def Teacher(*flags: str):
+    from alpaca_ds.simulator.local import SimulatorProcess
+    return SimulatorProcess(SEEDS, *flags, cwd=ROOT)
 
 
 def generate_args(out: Path, url: str, *extra: str) -> list[str]:

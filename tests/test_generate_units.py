@@ -22,7 +22,7 @@ from alpaca_ds.api.journal import Journal, read_jsonl
 from alpaca_ds.api.limits import RateLimiter
 from alpaca_ds.api.prices import load_table, price_for
 from alpaca_ds.generate.seeds import Example, load_seed_tasks
-from alpaca_ds.generate.teacher import TeacherSim
+from alpaca_ds.simulator.teacher import TeacherSim
 from alpaca_ds.api.tokens import _BUNDLED, get_encoding, seed_cache
 from conftest import SHARED
 from test_generate_helpers import ORIGINAL_SEEDS, seeds_path

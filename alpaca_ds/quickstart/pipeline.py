@@ -228,8 +228,9 @@ class Context:
     def teacher(self):
         """The local teacher simulator, started on first use and stopped when the quickstart ends."""
         if self._teacher is None:
-            from alpaca_ds.quickstart.simulator import LocalTeacher
-            self._teacher = self.stack.enter_context(LocalTeacher(self.cfg.generate.seed_tasks, self.cfg.generate.seed))
+            from alpaca_ds.simulator.local import LocalSimulator
+            self._teacher = self.stack.enter_context(LocalSimulator(self.cfg.generate.seed_tasks,
+                                                                    seed=self.cfg.generate.seed))
             self.echo(f"      local teacher simulator listening on {self._teacher.base_url}")
         return self._teacher
 
