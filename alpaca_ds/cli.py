@@ -371,7 +371,7 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
     """Ask a judge model which answer is better, in both orders, within a hard budget.
 
     Rerunning the same command pays only for calls not yet answered. Exit status: 0 all pairs judged, 3 the
-    budget stopped it, 4 a call failed all retries, 5 the API refused the key or model, 130 interrupted.
+    budget stopped it, 4 some calls failed all retries, 5 the API refused the key or model, 130 interrupted.
     """
     from alpaca_ds.config import JudgeConfig
     from alpaca_ds.evaluate import judge

@@ -16,6 +16,7 @@ from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import JudgeConfig, load_config
 from alpaca_ds.evaluate import judge
 from alpaca_ds.api.journal import read_jsonl
+from alpaca_ds.api.runner import request_key
 from alpaca_ds.simulator.server import Faults
 from eval_helpers import ROOT, cli, judge_simulator, run_cli, write_outputs
 
@@ -214,3 +215,33 @@ def test_errors_before_any_call(tmp_path):
         finally:
             os.environ.pop("JUDGE_TEST_KEY")
         assert not s.sim.seen
+
+
+def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_run(tmp_path):
+    """Pairs 3, 8, 13, ... always fail (the simulator fails their prompts); the budget stops the run while they
+    are being retried. Every pair whose two verdicts were paid for is annotated; a rerun with a larger budget
+    ends as an uninterrupted run does (those pairs left out, exit 4), with the same annotations."""
+    a, b, expected = make_pairs(tmp_path, 30)
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    extra = ("api.max_retries=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2", "concurrency=6")
+    os.environ.update(ENV)
+    try:
+        with judge_simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:")) as s:
+            first = judge.run(config(a, b, s.base_url, stopped, *extra, "budget.max_usd=2"))
+            assert first["stop_reason"] == "budget"
+            paid = {r["k"] for r in ledger_results(stopped) if r["kind"] == "ok"}
+            annotated = json.loads((stopped / "annotations.json").read_text())
+            assert 0 < len(annotated) < 24
+            resumed = judge.run(config(a, b, s.base_url, stopped, *extra))
+            uninterrupted = judge.run(config(a, b, s.base_url, whole, *extra))
+        j = judge.Judge(config(a, b, "http://unused", stopped))
+    finally:
+        os.environ.pop("JUDGE_TEST_KEY")
+    # every pair both of whose calls the ledger holds answered is in the stopped run's annotations, and only those
+    both = [p.instruction for p in j.pairs
+            if all(request_key(j.cfg.api, [j.prompt(p, o)], None) in paid for o in (0, 1))]
+    assert [x["instruction"] for x in annotated] == both
+    assert resumed["exit_code"] == uninterrupted["exit_code"] == 4 and resumed["judged"] == 24
+    assert (stopped / "annotations.json").read_bytes() == (whole / "annotations.json").read_bytes()
+    assert [x["preference"] for x in json.loads((whole / "annotations.json").read_text())] == \
+        [p for i, p in enumerate(expected) if i % 5 != 3]

@@ -72,6 +72,8 @@ class Runner:
         self.caller: Caller | None = None
         self.calls = 0            # attempts sent by this run
         self.cached = 0           # requests served from the ledger
+        self.given_up = 0         # requests that failed all their retries in this run
+        self.last_failure = ""
         self._on_stop, self._on_abandon = on_stop, on_abandon
         self._on_send, self._on_answer = on_send, on_answer
         self._interrupts = 0
@@ -189,10 +191,16 @@ class Runner:
             self.stop("budget", self.budget_message(worst))
         return how, outcome
 
-    async def request(self, prompts: list[str], stop: list[str] | None = None) -> list[dict] | None:
-        """The choices for `prompts` (from the ledger when it holds them), or None when the run stops first.
+    def answered(self, prompts: list[str], stop: list[str] | None = None) -> list[dict] | None:
+        """The ledger's answer to `prompts`, without asking the API (None: not answered yet)."""
+        return self.ledger.ok.get(request_key(self.api, prompts, stop))
 
-        A request that fails all its retries stops the run ("failures")."""
+    async def request(self, prompts: list[str], stop: list[str] | None = None,
+                      give_up: bool = False) -> list[dict] | None:
+        """The choices for `prompts` (from the ledger when it holds them), or None when it got none.
+
+        A request that fails all its retries stops the run ("failures"), or with `give_up` is recorded as given
+        up (a rerun tries it again) while the run goes on; the run then ends as "failures" (see `map`)."""
         key = request_key(self.api, prompts, stop)
         if key in self.ledger.ok:
             self.cached += 1
@@ -204,11 +212,30 @@ class Runner:
         if how == "ok":
             return outcome.choices
         if how == "failed":
-            self.stop("failures", f"a request failed {self.ledger.attempts[key]} times (last: {outcome.kind}: "
-                      f"{outcome.error}); is the API healthy? Rerun the same command to continue.")
+            what = f"{outcome.kind}: {outcome.error}"
+            if give_up:
+                await self.give_up(key, outcome.kind, outcome.error)
+                self.last_failure = what
+            else:
+                self.stop("failures", f"a request failed {self.ledger.attempts[key]} times (last: {what}); is the "
+                          "API healthy? Rerun the same command to continue.")
         return None
 
-    async def map(self, jobs: list, prompts_of: Callable, on_answer: Callable, concurrency: int) -> None:
+    async def give_up(self, key, kind: str, error: str | None) -> None:
+        """Record that request `key` failed all its retries."""
+        await self.ledger.journal.commit({"t": "gave_up", self.ledger.field: key, "a": self.ledger.attempts[key],
+                                          "kind": kind, "error": error})
+        self.ledger.gave_up.add(key)
+        self.given_up += 1
+
+    def end_failures(self) -> None:
+        """After the requests are done: the run ends as "failures" when some gave up."""
+        if self.given_up and not self.stopping:
+            self.stop("failures", f"{self.given_up} requests failed all their retries (last: {self.last_failure}); "
+                      "their results are missing. Rerun the same command to try them again.")
+
+    async def map(self, jobs: list, prompts_of: Callable, on_answer: Callable, concurrency: int,
+                  give_up: bool = False) -> None:
         """Send every job's request, `concurrency` at a time, until done or stopped; `on_answer(job, choices)`
         for each answer, in any order. A second Ctrl-C cancels the workers: not an error."""
         queue: asyncio.Queue = asyncio.Queue()
@@ -218,12 +245,12 @@ class Runner:
         async def worker():
             while not queue.empty() and not self.stopping:
                 job = queue.get_nowait()
-                choices = await self.request(prompts_of(job))
-                if choices is None:
-                    return
-                on_answer(job, choices)
+                choices = await self.request(prompts_of(job), give_up=give_up)
+                if choices is not None:
+                    on_answer(job, choices)
 
         done = await asyncio.gather(*(worker() for _ in range(concurrency)), return_exceptions=True)
         for d in done:
             if isinstance(d, BaseException) and not isinstance(d, asyncio.CancelledError):
                 raise d
+        self.end_failures()

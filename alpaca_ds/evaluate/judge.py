@@ -20,8 +20,8 @@ everything OUT has ever spent. A run that stops still writes every pair whose ve
 
 Writes OUT/annotations.json (AlpacaEval's shape: instruction, output_1, output_2, generator_1, generator_2,
 dataset, annotator, preference, plus raw_completion), OUT/cost.json and the win-rate report OUT/winrate.md +
-winrate.json. Exit status: 0 all pairs judged, 3 budget, 4 a call failed all retries, 5 key/model refused,
-130 interrupted.
+winrate.json. Exit status: 0 all pairs judged, 3 budget, 4 some calls failed all retries (their pairs are left
+out; a rerun asks again), 5 key/model refused, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -135,14 +135,16 @@ class Judge:
             await run_keyed(runner, jobs, prompts_of, on_answer)
             return
         async with runner:
-            await runner.map(jobs, prompts_of, on_answer, self.cfg.concurrency)
+            await runner.map(jobs, prompts_of, on_answer, self.cfg.concurrency, give_up=True)
 
     def _write(self, runner, replies: dict) -> dict:
         annotations = []
         no_verdict = 0
         annotator = f"alpaca-ds judge ({self.cfg.api.model}, {'both orders' if self.orders == 2 else 'one order'})"
         for p in self.pairs:
-            texts = [replies.get((p.index, o)) for o in range(self.orders)]
+            # what this run was told, else what the ledger holds (a run that stopped early did not ask for it)
+            texts = [replies.get((p.index, o)) or _text(runner.answered([self.prompt(p, o)]))
+                     for o in range(self.orders)]
             if any(t is None for t in texts):
                 continue  # not (fully) judged yet: a rerun completes it
             verdicts = [parse_verdict(t) for t in texts]
@@ -162,6 +164,10 @@ class Judge:
                 "no_verdict_replies": no_verdict, "calls": runner.calls, "from_ledger": runner.cached,
                 "interrupted_before": runner.ledger.interrupted, "cost": cost, "report": rep,
                 "stop_reason": runner.stop_reason, "message": runner.message, "exit_code": runner.exit_code}
+
+
+def _text(choices: list[dict] | None) -> str | None:
+    return choices[0]["text"] if choices else None
 
 
 def run(cfg: JudgeConfig) -> dict:

@@ -87,8 +87,8 @@ class RunDir:
         the requests that never got an answer. Those records reach regen.json but not accepted.jsonl, which stays
         the gapless prefix: a rerun answers the gaps and reprocesses everything from the ledger in request order,
         so its regen.json equals an uninterrupted run's."""
-        i = self.next_to_process
-        while not self.proc.done and i <= self.max_index:
+        i, last = self.next_to_process, max(self.ledger.keys, default=-1)
+        while not self.proc.done and i <= last:
             if i in answered:
                 self.proc.process(i, answered[i])
             else:
