@@ -196,8 +196,11 @@ def config_render(recipe, overrides, world_size):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Generation recipe (launch/recipes/self_instruct_*.yaml).")
 @SET
-@click.option("--dry-run", is_flag=True, help="Print the expected requests, tokens and dollars; send nothing.")
-def generate_command(config_path, overrides, dry_run):
+@click.option("--dry-run", is_flag=True, help="Print the expected requests, tokens and dollars (online and batch); "
+              "send nothing.")
+@click.option("--cancel-batches", is_flag=True, help="api.transport batch: cancel the batches a stopped run left "
+              "running, keep what they answered, and stop.")
+def generate_command(config_path, overrides, dry_run, cancel_batches):
     """Self-instruct data from a teacher model, as Alpaca made it, within a hard budget.
 
     Rerunning the same command continues an interrupted or killed run in the same out_dir. Exit status: 0 when
@@ -210,7 +213,7 @@ def generate_command(config_path, overrides, dry_run):
     if dry_run:
         click.echo(gen.format_dry_run(gen.dry_run(cfg)))
         return
-    result = gen.run(cfg)
+    result = gen.run(cfg, cancel_batches=cancel_batches)
     cost, stats = result["cost"], result["stats"]
     _finish(result, f"{result['accepted']}/{result['target']} instructions in {cfg.out_dir} (regen.json, "
             f"accepted.jsonl); {stats['requests']['succeeded']} requests, {stats['requests']['retries']} retries, "
@@ -367,7 +370,9 @@ def evaluate_reference(eval_set, data_dir, output):
 @click.option("--a", "a_path", help="Outputs 1, the baseline (model_outputs.json shape).")
 @click.option("--b", "b_path", help="Outputs 2, the model judged; the win rate is B's over A.")
 @click.option("--out-dir", help="Folder for annotations, the call ledger and the report.")
-def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
+@click.option("--cancel-batches", is_flag=True, help="api.transport batch: cancel the batches a stopped run left "
+              "running, keep what they answered, and stop.")
+def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batches):
     """Ask a judge model which answer is better, in both orders, within a hard budget.
 
     Rerunning the same command pays only for calls not yet answered. Exit status: 0 all pairs judged, 3 the
@@ -376,7 +381,7 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
     from alpaca_ds.config import JudgeConfig
     from alpaca_ds.evaluate import judge
     cfg = load_config(JudgeConfig, config_path, (*_flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
-    result = judge.run(cfg)
+    result = judge.run(cfg, cancel_batches=cancel_batches)
     cost = result["cost"]
     line = (f"{result['judged']}/{result['pairs']} pairs judged in {result['out_dir']} (annotations.json, winrate.md); "
             f"{result['calls']} calls now, {result['from_ledger']} from the ledger; spent ${cost['spent_usd']:.4f} "

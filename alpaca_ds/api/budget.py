@@ -50,6 +50,13 @@ class Budget:
         self.outstanding += 1
         return cost
 
+    def hold(self, cost: Cost) -> Cost:
+        """Reserve `cost` whether it fits or not: a batch already submitted in an earlier run (it fitted then)."""
+        self.reserved_usd += cost.usd
+        self.reserved_tokens += cost.tokens
+        self.outstanding += 1
+        return cost
+
     def settle(self, reservation: Cost, charge: Cost) -> None:
         """Release `reservation` and add the actual `charge` (Cost(0, 0) for an attempt that was not billed)."""
         self.reserved_usd = max(0.0, self.reserved_usd - reservation.usd)

@@ -148,6 +148,15 @@ class Caller:
     async def _record(self, key, attempt: int, reservation: Cost, outcome: Outcome, label: str) -> None:
         """Log an attempt's result and settle its reservation; return once the line is on disk, so nothing
         derived from it (processing, accepted records, answers) can exist without it."""
+        durable = self.journal.enqueue(self.result_entry(key, attempt, reservation, outcome, label))
+        if self.on_answer is not None:
+            self.on_answer()
+        await asyncio.shield(durable)
+
+    def result_entry(self, key, attempt: int, reservation: Cost, outcome: Outcome, label: str) -> dict:
+        """The result line of an answered attempt (online, or a batch line), added to the ledger's replay and
+        settled against the budget: its usage at the price; the worst case when it may have been billed without
+        usage; nothing when it was not billed. Writing it is the caller's."""
         if outcome.usage is not None:
             p, c = outcome.usage
             charge, how = Cost(self.price.cost(p, c) if self.price is not None else 0.0, p + c), "usage"
@@ -165,12 +174,9 @@ class Caller:
             entry["choices"] = outcome.choices
         else:
             entry["error"] = outcome.error
-        durable = self.journal.enqueue(entry)
         self.ledger.add_result(entry)
         self.budget.settle(reservation, charge)
-        if self.on_answer is not None:
-            self.on_answer()
-        await asyncio.shield(durable)
+        return entry
 
     def _record_now(self, key, attempt: int, reservation: Cost, why: str, charge: Cost, how: str) -> None:
         entry = interrupted_result(self.field, key, attempt, charge, how, why)

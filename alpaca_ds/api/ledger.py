@@ -51,6 +51,7 @@ class CallLedger:
         self.prompt_tokens = self.completion_tokens = 0
         self.charged_worst_case_usd = 0.0
         self.batch_entries: list[dict] = []
+        self.results: set = set()           # (request, attempt) of every result line
         self.keep_choices = True           # False once a run takes answers straight from its calls (memory)
         entries, good = read_jsonl(self.path)
         sends, finished = {}, set()
@@ -83,6 +84,7 @@ class CallLedger:
     def add_result(self, r: dict) -> None:
         key = r[self.field]
         self.keys.add(key)
+        self.results.add((key, r["a"]))
         self.outcomes[r["kind"]] += 1
         if r["kind"] not in ("ok", "interrupted"):
             self.failures[key] += 1

@@ -29,7 +29,8 @@ from alpaca_ds.api.progress import Progress
 from alpaca_ds.config import ApiConfig, BudgetConfig
 
 # how a run ended -> the command's exit status
-EXIT_CODES = {None: 0, "target": 0, "max_requests": 0, "budget": 3, "failures": 4, "fatal": 5, "interrupted": 130}
+EXIT_CODES = {None: 0, "target": 0, "max_requests": 0, "cancelled": 0, "budget": 3, "failures": 4, "fatal": 5,
+              "interrupted": 130}
 INTERRUPTED = "interrupted; rerun the same command to continue (answered requests are kept, not paid again)"
 
 

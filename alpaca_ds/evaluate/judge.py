@@ -92,8 +92,9 @@ def default_out_dir(pairs: list[Pair]) -> Path:
 
 
 class Judge:
-    def __init__(self, cfg: JudgeConfig):
+    def __init__(self, cfg: JudgeConfig, cancel_batches: bool = False):
         self.cfg = cfg
+        self.cancel_batches = cancel_batches
         self.pairs = pair_outputs(cfg.a, cfg.b, cfg.limit)
         self.template = load_template(cfg.prompt_template)
         self.out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(self.pairs)
@@ -132,7 +133,8 @@ class Judge:
     async def _main(self, runner: Runner, jobs: list, prompts_of, on_answer) -> None:
         if self.cfg.api.transport == "batch":
             from alpaca_ds.api.batch import run_keyed
-            await run_keyed(runner, jobs, prompts_of, on_answer)
+            await run_keyed(runner, jobs, prompts_of, on_answer, cancel=self.cancel_batches,
+                            metadata={"alpaca_ds": "evaluate judge", "out_dir": str(self.out)})
             return
         async with runner:
             await runner.map(jobs, prompts_of, on_answer, self.cfg.concurrency, give_up=True)
@@ -170,5 +172,5 @@ def _text(choices: list[dict] | None) -> str | None:
     return choices[0]["text"] if choices else None
 
 
-def run(cfg: JudgeConfig) -> dict:
-    return Judge(cfg).run()
+def run(cfg: JudgeConfig, cancel_batches: bool = False) -> dict:
+    return Judge(cfg, cancel_batches).run()

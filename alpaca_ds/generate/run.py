@@ -20,14 +20,16 @@ from alpaca_ds.generate.rundir import ACCEPTED, LEDGER, RunDir  # noqa: F401
 from alpaca_ds.generate.setup import prepare
 
 
-def run(cfg: GenerateConfig) -> dict:
-    """Generate until num_instructions are accepted (or the budget, max_requests or a signal stops it)."""
+def run(cfg: GenerateConfig, cancel_batches: bool = False) -> dict:
+    """Generate until num_instructions are accepted (or the budget, max_requests or a signal stops it).
+    `cancel_batches` (batch transport): cancel the batches an earlier run left running, collect what they
+    answered, and stop."""
     setup = prepare(cfg)
     rd = RunDir(setup)
     try:
         if cfg.api.transport == "batch":
             from alpaca_ds.generate.batch import BatchGenerator
-            return BatchGenerator(rd).run()
+            return BatchGenerator(rd, cancel=cancel_batches).run()
         from alpaca_ds.generate.online import OnlineGenerator
         return OnlineGenerator(rd).run()
     finally:
