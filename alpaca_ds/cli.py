@@ -195,8 +195,11 @@ def config_render(recipe, overrides, world_size):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Generation recipe (launch/recipes/self_instruct_*.yaml).")
 @SET
-@click.option("--dry-run", is_flag=True, help="Print the expected requests, tokens and dollars; send nothing.")
-def generate_command(config_path, overrides, dry_run):
+@click.option("--dry-run", is_flag=True, help="Print the expected requests, tokens and dollars (online and batch); "
+              "send nothing.")
+@click.option("--cancel-batches", is_flag=True, help="api.transport batch: cancel the batches a stopped run left "
+              "running, keep what they answered, and stop.")
+def generate_command(config_path, overrides, dry_run, cancel_batches):
     """Self-instruct data from a teacher model, as Alpaca made it, within a hard budget.
 
     Rerunning the same command continues an interrupted or killed run in the same out_dir. Exit status: 0 when
@@ -209,7 +212,7 @@ def generate_command(config_path, overrides, dry_run):
     if dry_run:
         click.echo(gen.format_dry_run(gen.dry_run(cfg)))
         return
-    result = gen.run(cfg)
+    result = gen.run(cfg, cancel_batches=cancel_batches)
     cost, stats = result["cost"], result["stats"]
     _finish(result, f"{result['accepted']}/{result['target']} instructions in {cfg.out_dir} (regen.json, "
             f"accepted.jsonl); {stats['requests']['succeeded']} requests, {stats['requests']['retries']} retries, "
@@ -251,22 +254,41 @@ def teacher_group():
               help="Share of answers cut short with finish_reason 'length'.")
 @click.option("--fail-malformed", default=0.0, show_default=True, help="Share of answers with a broken JSON body.")
 @click.option("--require-key", default=None, help="Answer 401 unless the bearer token is this.")
+@click.option("--fail-first", default=0, show_default=True,
+              help="Answer 429 to the first N attempts of every distinct request.")
+@click.option("--fail-matching", default=None, help="Answer 500, always, to prompts matching this regex.")
+@click.option("--price", nargs=2, type=float, default=None,
+              help="Bill PROMPT COMPLETION dollars per 1M tokens [default: the price table's, for the model asked].")
+@click.option("--batch-seconds", default=1.0, show_default=True, help="Seconds a batch stays in progress.")
+@click.option("--batch-line-failure", default=0.0, show_default=True, help="Share of batch lines that fail (500).")
+@click.option("--batch-fail", default=0, show_default=True, help="The first N batches fail whole.")
+@click.option("--batch-expire", default=0, show_default=True, help="The next N batches expire, half answered.")
+@click.option("--no-batch", is_flag=True, help="Serve no Batch API (/v1/files, /v1/batches answer 404).")
 def teacher_serve(port, host, seeds_path, seed, latency, jitter, tasks, noise, fail_429, retry_after,
-                  fail_500, fail_timeout, hang, fail_truncate, fail_malformed, require_key):
-    """Serve a SIMULATED teacher (not a language model) on /v1/completions, /v1/chat/completions, /v1/models.
+                  fail_500, fail_timeout, hang, fail_truncate, fail_malformed, require_key, fail_first,
+                  fail_matching, price, batch_seconds, batch_line_failure, batch_fail, batch_expire, no_batch):
+    """Serve a SIMULATED teacher and judge (not a language model) on /v1/completions, /v1/chat/completions,
+    /v1/models, and the Batch API (/v1/files, /v1/batches).
 
-    It answers in Alpaca's response format by recombining seed tasks, deterministically per request, reports
-    token usage (tiktoken), and injects faults on demand: 429 + Retry-After, 500, hangs, answers cut at
-    max_tokens, malformed bodies. Point a generate config at it with api.base_url=http://127.0.0.1:PORT/v1.
+    It answers in Alpaca's response format by recombining seed tasks (a judge prompt gets a verdict),
+    deterministically per request, reports token usage (tiktoken) and bills it (the Batch API at its price), and
+    injects faults on demand: 429 + Retry-After, 500, hangs, answers cut at max_tokens, malformed bodies, failed
+    batch lines, failed and expired batches. Point a config at it with api.base_url=http://127.0.0.1:PORT/v1.
     """
-    from alpaca_ds.generate.teacher import Faults, serve
+    from alpaca_ds.api.prices import Price
+    from alpaca_ds.simulator.batch import BatchBehaviour
+    from alpaca_ds.simulator.local import build, serve
+    from alpaca_ds.simulator.server import Faults
     faults = Faults(rate_429=fail_429, rate_500=fail_500, rate_timeout=fail_timeout, rate_truncate=fail_truncate,
-                    rate_malformed=fail_malformed, retry_after=retry_after, hang_s=hang)
+                    rate_malformed=fail_malformed, retry_after=retry_after, hang_s=hang, fail_first=fail_first,
+                    fail_matching=fail_matching)
     if faults.total() > 1:
         raise UserError("the --fail-* rates add up to more than 1")
-    serve(port, seeds_path, host=host, seed=seed, latency=latency, jitter=jitter, faults=faults,
-          require_key=require_key, tasks=tasks, noise=noise,
-          announce=lambda msg: click.echo(msg))
+    batch = None if no_batch else BatchBehaviour(seconds=batch_seconds, line_failure=batch_line_failure,
+                                                 fail_batches=batch_fail, expire_batches=batch_expire)
+    sim = build(seeds_path, seed=seed, tasks=tasks, noise=noise, latency=latency, jitter=jitter, faults=faults,
+                require_key=require_key, price=Price(*price, "--price") if price else None, batch=batch)
+    serve(sim, port, host=host, announce=lambda msg: click.echo(msg))
 
 
 def _flags(**values) -> tuple[str, ...]:
@@ -347,16 +369,18 @@ def evaluate_reference(eval_set, data_dir, output):
 @click.option("--a", "a_path", help="Outputs 1, the baseline (model_outputs.json shape).")
 @click.option("--b", "b_path", help="Outputs 2, the model judged; the win rate is B's over A.")
 @click.option("--out-dir", help="Folder for annotations, the call ledger and the report.")
-def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
+@click.option("--cancel-batches", is_flag=True, help="api.transport batch: cancel the batches a stopped run left "
+              "running, keep what they answered, and stop.")
+def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batches):
     """Ask a judge model which answer is better, in both orders, within a hard budget.
 
     Rerunning the same command pays only for calls not yet answered. Exit status: 0 all pairs judged, 3 the
-    budget stopped it, 4 a call failed all retries, 5 the API refused the key or model, 130 interrupted.
+    budget stopped it, 4 some calls failed all retries, 5 the API refused the key or model, 130 interrupted.
     """
     from alpaca_ds.config import JudgeConfig
     from alpaca_ds.evaluate import judge
     cfg = load_config(JudgeConfig, config_path, (*_flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
-    result = judge.run(cfg)
+    result = judge.run(cfg, cancel_batches=cancel_batches)
     cost = result["cost"]
     line = (f"{result['judged']}/{result['pairs']} pairs judged in {result['out_dir']} (annotations.json, winrate.md); "
             f"{result['calls']} calls now, {result['from_ledger']} from the ledger; spent ${cost['spent_usd']:.4f} "

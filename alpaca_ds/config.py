@@ -134,6 +134,19 @@ class TrainConfig(Schema):
     export_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
+class BatchApiConfig(Schema):
+    """The Batch API transport (api.transport: batch)."""
+
+    poll_s: float = Field(30.0, gt=0, description="seconds between two looks at the batches in flight")
+    max_requests_per_file: int = Field(50_000, ge=1, le=50_000, description="requests per batch input file "
+                                       "(the API's limit: 50,000)")
+    max_file_mb: float = Field(200.0, gt=0, le=200, description="size of a batch input file in MB at most (the "
+                               "API's limit: 200)")
+    completion_window: str = Field("24h", description="the batch's completion_window (the API accepts 24h)")
+    max_wave_requests: int | None = Field(None, ge=1, description="requests per wave at most; null = as many "
+                                          "as the target needs and the budget allows")
+
+
 class ApiConfig(Schema):
     """The teacher model behind an OpenAI-compatible API (`generate`)."""
 
@@ -162,6 +175,10 @@ class ApiConfig(Schema):
     tokens_per_minute: float = Field(0, ge=0, description="client-side token rate limit (worst case per request); 0 = none")
     max_consecutive_failures: int = Field(
         50, gt=0, description="stop the run after this many requests in a row failed all their retries")
+    transport: Literal["online", "batch"] = Field(
+        "online", description="online: one HTTP request per call; batch: the Batch API (/v1/files + /v1/batches), "
+        "half the price at OpenAI, answered within 24 h")
+    batch: BatchApiConfig = Field(BatchApiConfig(), description="api.transport: batch only")
 
 
 class BudgetConfig(Schema):
@@ -169,7 +186,7 @@ class BudgetConfig(Schema):
 
     max_usd: float = Field(ge=0, description="dollars this output directory may spend in total, over all restarts")
     max_tokens: int | None = Field(None, ge=0, description="total prompt + completion tokens; null = no token limit")
-    prices: str | None = Field(None, description="price table YAML; null = alpaca_ds/generate/prices.yaml")
+    prices: str | None = Field(None, description="price table YAML; null = alpaca_ds/api/prices.yaml")
     prompt_usd_per_1m: float | None = Field(None, ge=0, description="explicit prompt price ($/1M tokens) for api.model")
     completion_usd_per_1m: float | None = Field(None, ge=0, description="explicit completion price ($/1M tokens)")
 

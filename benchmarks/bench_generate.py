@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -37,21 +36,9 @@ if not SEEDS.is_file():
     SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
 
 
-class Teacher:
-    def __init__(self, *flags: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "alpaca_ds.cli", "teacher", "serve", "--port", "0",
-                                      "--seeds", str(SEEDS), *flags], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = self.proc.stdout.readline()
-        self.url = re.search(r"http://127\.0\.0\.1:\d+/v1", line).group(0)
-
-    def stats(self) -> dict:
-        import urllib.request
-        with urllib.request.urlopen(self.url.replace("/v1", "/sim/stats")) as r:
-            return json.loads(r.read())
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+def Teacher(*flags: str):
+    from alpaca_ds.simulator.local import SimulatorProcess
+    return SimulatorProcess(SEEDS, *flags, cwd=ROOT)
 
 
 def generate_args(out: Path, url: str, *extra: str) -> list[str]:
@@ -99,7 +86,8 @@ def crash(args) -> None:
     sys.path.insert(0, str(ROOT))
     from alpaca_ds.config import GenerateConfig, load_config
     from alpaca_ds.generate import run as gen
-    from alpaca_ds.generate.journal import read_jsonl
+    from alpaca_ds.api.journal import read_jsonl
+    from alpaca_ds.api.ledger import CallLedger
 
     rng = random.Random(args.seed)
     out = Path(tempfile.mkdtemp(prefix="bench-crash-"))
@@ -133,7 +121,8 @@ def crash(args) -> None:
 
     cfg = load_config(GenerateConfig, None, [s for s in generate_args(out, "http://x", *sets)[5::2]])
     entries, _ = read_jsonl(out / gen.LEDGER)
-    led, orphans = gen.replay_ledger(entries)
+    led = CallLedger(out / gen.LEDGER, "i", writable=False)
+    orphans = led.interrupted
     proc = gen.Processor(gen.prepare(cfg, need_key=False))
     gen.process_in_order(proc, led)
     accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]

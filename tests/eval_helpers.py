@@ -1,18 +1,14 @@
 """Helpers for the evaluation tests: a tiny random model folder shaped like the trainer's export, the shared data
-paths, a deterministic judge that speaks the OpenAI protocol over a real socket, and CLI subprocesses."""
+paths, the simulator as a judge over a real socket, and CLI subprocesses."""
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -110,95 +106,11 @@ class Background:
         self.stop()
 
 
-# --------------------------------------------------------------------------------------------------------------
-# A deterministic judge over a real socket
-
-
-_SECTION = re.compile(r"## Output \(a\)\n\n(.*?)\n\n## Output \(b\)\n\n(.*?)\n\n## Your verdict", re.S)
-
-
-class JudgeSim:
-    """An OpenAI-compatible judge (chat and completions) that prefers the longer answer; on equal lengths it
-    always says "Output (a)" (a pure position bias, so the two orders disagree: a tie); an answer containing
-    NOVERDICT makes it reply without a verdict. Usage: prompt chars / 4 prompt tokens, 3 completion tokens.
-    `fail_first` answers 429 (Retry-After 0) to that many first attempts of every distinct prompt."""
-
-    def __init__(self, latency: float = 0.0, fail_first: int = 0):
-        self.latency = latency
-        self.fail_first = fail_first
-        self.calls: Counter = Counter()      # prompt digest -> answered calls
-        self.attempts: Counter = Counter()   # prompt digest -> attempts (incl. 429s)
-        self.keys: set[str] = set()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def digest(prompt: str) -> str:
-        return hashlib.sha256(prompt.encode()).hexdigest()
-
-    def verdict(self, prompt: str) -> str:
-        m = _SECTION.search(prompt)
-        if not m:
-            return "I cannot tell."
-        a, b = m.group(1), m.group(2)
-        if "NOVERDICT" in a + b:
-            return "Both are fine."
-        if len(a) == len(b):
-            return "Output (a)"
-        return "Output (a)" if len(a) > len(b) else "Output (b)"
-
-    async def handle(self, request):
-        from aiohttp import web
-        body = await request.json()
-        chat = request.path.endswith("/chat/completions")
-        self.keys.add(request.headers.get("Authorization", ""))
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-        prompt = prompt[0] if isinstance(prompt, list) else prompt
-        d = self.digest(prompt)
-        with self._lock:
-            self.attempts[d] += 1
-            if self.attempts[d] <= self.fail_first:
-                return web.json_response({"error": {"message": "slow down (simulated)", "type": "requests",
-                                                    "code": "rate_limit_exceeded", "param": None}},
-                                         status=429, headers={"Retry-After": "0"})
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        text = self.verdict(prompt)
-        with self._lock:
-            self.calls[d] += 1
-        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": 3, "total_tokens": len(prompt) // 4 + 3}
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
-        return web.json_response({"id": "judge-" + d[:12], "object": "chat.completion" if chat else "text_completion",
-                                  "created": 0, "model": body["model"], "choices": [choice], "usage": usage})
-
-    def __enter__(self):
-        from aiohttp import web
-        ready = threading.Event()
-
-        async def main():
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self.handle)
-            app.router.add_post("/v1/completions", self.handle)
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
-            self._stop = asyncio.Event()
-            ready.set()
-            await self._stop.wait()
-            await self._runner.cleanup()
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+def judge_simulator(**kwargs):
+    """The project's simulator (alpaca_ds/simulator) as the judge, in this process on a loopback port: `.base_url`,
+    `.sim.answered` (prompt digest -> answers), `.sim.seen` (request body digest -> attempts), `.sim.keys`."""
+    from alpaca_ds.simulator.local import LocalSimulator
+    return LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl", **kwargs)
 
 
 def write_outputs(path: Path, records: list[dict]) -> Path:

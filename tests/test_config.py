@@ -11,7 +11,7 @@ import yaml
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import (AnswerConfig, DataBuildConfig, GenerateConfig, JudgeConfig, QuickstartConfig,
                               TrainConfig, dump_config, load_config)
-from alpaca_ds.generate.prices import load_table as load_price_table
+from alpaca_ds.api.prices import load_table as load_price_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ SHIPPED = [
     ("launch/recipes/quickstart.yaml", lambda p: load_config(QuickstartConfig, p).with_quick()),
     ("launch/recipes/*.yaml", lambda p: load_config(TrainConfig, p)),
     ("ds_configs/*.yaml", load_engine_config),
-    ("alpaca_ds/generate/prices.yaml", load_price_table),
+    ("alpaca_ds/api/prices.yaml", load_price_table),
 ]
 
 

@@ -1,6 +1,6 @@
-"""`alpaca-ds evaluate judge` against a deterministic judge over a real socket (the OpenAI protocol, the official
-client): verdicts in both orders, AlpacaEval's annotation shape, retries, the hard budget, and resuming after
-SIGKILL and Ctrl-C without paying twice."""
+"""`alpaca-ds evaluate judge` against the simulator's judge mode over a real socket (the OpenAI protocol, the
+official client): verdicts in both orders, AlpacaEval's annotation shape, retries, the hard budget, and resuming
+after SIGKILL and Ctrl-C without paying twice."""
 from __future__ import annotations
 
 import json
@@ -15,16 +15,18 @@ import pytest
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import JudgeConfig, load_config
 from alpaca_ds.evaluate import judge
-from alpaca_ds.generate.journal import read_jsonl
-from eval_helpers import ROOT, JudgeSim, cli, run_cli, write_outputs
+from alpaca_ds.api.journal import read_jsonl
+from alpaca_ds.api.runner import request_key
+from alpaca_ds.simulator.server import Faults
+from eval_helpers import ROOT, cli, judge_simulator, run_cli, write_outputs
 
 SECRET = "sk-test-judge-0123456789abcdef"
 ENV = {"JUDGE_TEST_KEY": SECRET}
 
 
 def make_pairs(tmp_path: Path, n: int) -> tuple[Path, Path, list]:
-    """n pairs whose preference under JudgeSim's rule is known: B longer -> 2, A longer -> 1, equal -> 1.5
-    (position bias cancelled), NOVERDICT -> null."""
+    """n pairs whose preference under the simulated judge's rule (alpaca_ds/simulator/judge.py) is known: B adds
+    words -> 2, B cut short -> 1, the same words -> 1.5 (its position bias cancelled), NOVERDICT -> null."""
     a, b, expected = [], [], []
     for i in range(n):
         kind = i % 5
@@ -79,15 +81,16 @@ def test_judge_annotations_retries_cache_and_no_secret(tmp_path):
     out = tmp_path / "judged"
     os.environ.update(ENV)
     try:
-        with JudgeSim(fail_first=1) as sim:  # every first attempt gets a 429: each call is retried once
-            result = judge.run(config(a, b, sim.url, out))
-            assert set(sim.calls.values()) == {1} and len(sim.calls) == 40
-            assert set(sim.attempts.values()) == {2}
-            assert sim.keys == {f"Bearer {SECRET}"}
-        with JudgeSim() as sim:  # a rerun is served from the ledger: no call at all, same file
+        # every first attempt gets a 429: each call is retried once
+        with judge_simulator(faults=Faults(fail_first=1, retry_after=0)) as s:
+            result = judge.run(config(a, b, s.base_url, out))
+            assert set(s.sim.answered.values()) == {1} and len(s.sim.answered) == 40
+            assert set(s.sim.seen.values()) == {2}
+            assert s.sim.keys == {f"Bearer {SECRET}"}
+        with judge_simulator() as s:  # a rerun is served from the ledger: no call at all, same file
             before = (out / "annotations.json").read_bytes()
-            again = judge.run(config(a, b, sim.url, out))
-            assert not sim.calls and again["calls"] == 0 and again["from_ledger"] == 40
+            again = judge.run(config(a, b, s.base_url, out))
+            assert not s.sim.answered and again["calls"] == 0 and again["from_ledger"] == 40
             assert (out / "annotations.json").read_bytes() == before
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
@@ -121,18 +124,18 @@ def test_budget_stops_within_it_and_a_rerun_pays_only_the_rest(tmp_path):
     out = tmp_path / "budget"
     os.environ.update(ENV)
     try:
-        with JudgeSim() as sim:
+        with judge_simulator() as s:
             # each call costs ~0.06-0.1 $ at these prices, and reserves up to ~0.12 $: room for a few only
-            cfg = config(a, b, sim.url, out, "budget.max_usd=0.8", "concurrency=3")
+            cfg = config(a, b, s.base_url, out, "budget.max_usd=0.8", "concurrency=3")
             result = judge.run(cfg)
-            first_calls = sum(sim.calls.values())
+            first_calls = sum(s.sim.answered.values())
         assert result["stop_reason"] == "budget" and result["exit_code"] == 3
         spent = json.loads((out / "cost.json").read_text())["spent_usd"]
         assert 0 < spent <= 0.8 and 0 < first_calls < 30
         assert result["judged"] < 15
-        with JudgeSim() as sim:
-            result = judge.run(config(a, b, sim.url, out, "budget.max_usd=100"))
-            assert sum(sim.calls.values()) == 30 - first_calls  # nothing paid twice
+        with judge_simulator() as s:
+            result = judge.run(config(a, b, s.base_url, out, "budget.max_usd=100"))
+            assert sum(s.sim.answered.values()) == 30 - first_calls  # nothing paid twice
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
     assert result["exit_code"] == 0
@@ -161,8 +164,8 @@ def _wait_results(out: Path, proc: subprocess.Popen, at_least: int, timeout: flo
 def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
     a, b, expected = make_pairs(tmp_path, 30)
     out = tmp_path / how
-    with JudgeSim(latency=0.15) as sim:
-        proc = _start(a, b, sim.url, out)
+    with judge_simulator(latency=0.15) as s:
+        proc = _start(a, b, s.base_url, out)
         _wait_results(out, proc, 12)
         if how == "SIGKILL":
             os.killpg(proc.pid, signal.SIGKILL)
@@ -175,15 +178,15 @@ def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
         done_before = len([r for r in ledger_results(out) if r["kind"] == "ok"])
         assert done_before < 60
         rerun = run_cli("evaluate", "judge", "--a", str(a), "--b", str(b),
-                        *[x for item in overrides(sim.url, out) for x in ("--set", item)], env=ENV)
+                        *[x for item in overrides(s.base_url, out) for x in ("--set", item)], env=ENV)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert "30/30 pairs judged" in rerun.stdout and f"{done_before} from the ledger" in rerun.stdout
     annotations = json.loads((out / "annotations.json").read_text())
     assert [x["preference"] for x in annotations] == expected  # the same result as an uninterrupted run
-    assert len(sim.calls) == 60  # every prompt answered
+    assert len(s.sim.answered) == 60  # every prompt answered
     results = ledger_results(out)
     interrupted = [r for r in results if r["kind"] == "interrupted"]
-    duplicates = sum(sim.calls.values()) - len(sim.calls)
+    duplicates = sum(s.sim.answered.values()) - len(s.sim.answered)
     if how == "SIGINT":
         assert duplicates == 0 and not interrupted  # nothing was left in flight
     else:
@@ -196,19 +199,49 @@ def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
 
 def test_errors_before_any_call(tmp_path):
     a, b, _ = make_pairs(tmp_path, 5)
-    with JudgeSim() as sim:
+    with judge_simulator() as s:
         with pytest.raises(UserError, match="JUDGE_TEST_KEY"):
-            judge.run(config(a, b, sim.url, tmp_path / "x"))  # the key's variable is not set
+            judge.run(config(a, b, s.base_url, tmp_path / "x"))  # the key's variable is not set
         os.environ.update(ENV)
         try:
             with pytest.raises(UserError, match="no price for model 'judge-sim'"):
                 judge.run(load_config(JudgeConfig, None, [f"a={a}", f"b={b}", f"out_dir={tmp_path / 'y'}",
-                                                          f"api.base_url={sim.url}", "api.model=judge-sim",
+                                                          f"api.base_url={s.base_url}", "api.model=judge-sim",
                                                           "api.api_key_env=JUDGE_TEST_KEY"]))
             other = write_outputs(tmp_path / "other.json", json.loads(b.read_text())[:2] + [
                 {"instruction": "unrelated", "output": "x"}])
             with pytest.raises(UserError, match="answer different instructions: 2 in common, 3 only in the first"):
-                judge.run(config(a, other, sim.url, tmp_path / "z"))
+                judge.run(config(a, other, s.base_url, tmp_path / "z"))
         finally:
             os.environ.pop("JUDGE_TEST_KEY")
-        assert not sim.attempts
+        assert not s.sim.seen
+
+
+def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_run(tmp_path):
+    """Pairs 3, 8, 13, ... always fail (the simulator fails their prompts); the budget stops the run while they
+    are being retried. Every pair whose two verdicts were paid for is annotated; a rerun with a larger budget
+    ends as an uninterrupted run does (those pairs left out, exit 4), with the same annotations."""
+    a, b, expected = make_pairs(tmp_path, 30)
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    extra = ("api.max_retries=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2", "concurrency=6")
+    os.environ.update(ENV)
+    try:
+        with judge_simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:")) as s:
+            first = judge.run(config(a, b, s.base_url, stopped, *extra, "budget.max_usd=2"))
+            assert first["stop_reason"] == "budget"
+            paid = {r["k"] for r in ledger_results(stopped) if r["kind"] == "ok"}
+            annotated = json.loads((stopped / "annotations.json").read_text())
+            assert 0 < len(annotated) < 24
+            resumed = judge.run(config(a, b, s.base_url, stopped, *extra))
+            uninterrupted = judge.run(config(a, b, s.base_url, whole, *extra))
+        j = judge.Judge(config(a, b, "http://unused", stopped))
+    finally:
+        os.environ.pop("JUDGE_TEST_KEY")
+    # every pair both of whose calls the ledger holds answered is in the stopped run's annotations, and only those
+    both = [p.instruction for p in j.pairs
+            if all(request_key(j.cfg.api, [j.prompt(p, o)], None) in paid for o in (0, 1))]
+    assert [x["instruction"] for x in annotated] == both
+    assert resumed["exit_code"] == uninterrupted["exit_code"] == 4 and resumed["judged"] == 24
+    assert (stopped / "annotations.json").read_bytes() == (whole / "annotations.json").read_bytes()
+    assert [x["preference"] for x in json.loads((whole / "annotations.json").read_text())] == \
+        [p for i, p in enumerate(expected) if i % 5 != 3]

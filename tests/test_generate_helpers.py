@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from alpaca_ds.config import GenerateConfig, load_config
+from alpaca_ds.simulator.local import SimulatorProcess
 from conftest import ROOT, SHARED
 
 OUR_SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
@@ -31,37 +30,9 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
-class Teacher:
-    """`alpaca-ds teacher serve --port 0 ...` in its own process (its own core, a real socket)."""
-
-    def __init__(self, *flags: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "alpaca_ds.cli", "teacher", "serve", "--port", "0", "--seeds", str(seeds_path()),
-             *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
-        line = self.proc.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-        if not found:
-            self.proc.kill()
-            raise RuntimeError(f"teacher did not start: {line!r} {self.proc.stderr.read()}")
-        self.url = found.group(0)
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url.replace("/v1", "/sim/stats"), timeout=10) as r:
-            return json.loads(r.read())
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+def Teacher(*flags: str) -> SimulatorProcess:
+    """The simulator (`alpaca-ds teacher serve --port 0 ...`) in its own process, writing from the test seeds."""
+    return SimulatorProcess(seeds_path(), *flags, env=cli_env(), cwd=ROOT)
 
 
 def overrides(out_dir: Path, url: str, *extra: str) -> list[str]:

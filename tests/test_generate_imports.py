@@ -5,10 +5,9 @@ import pytest
 
 from test_imports import modules_after_import
 
-MODULES = ["alpaca_ds.generate.run", "alpaca_ds.generate.client", "alpaca_ds.generate.teacher",
-           "alpaca_ds.generate.prompts", "alpaca_ds.generate.filters", "alpaca_ds.generate.seeds",
-           "alpaca_ds.generate.tokens", "alpaca_ds.generate.prices", "alpaca_ds.generate.budget",
-           "alpaca_ds.generate.limits", "alpaca_ds.generate.journal", "alpaca_ds.generate.rouge"]
+MODULES = ["alpaca_ds.generate.run", "alpaca_ds.generate.online", "alpaca_ds.generate.rundir",
+           "alpaca_ds.simulator.local", "alpaca_ds.generate.prompts", "alpaca_ds.generate.filters",
+           "alpaca_ds.generate.seeds", "alpaca_ds.generate.dryrun", "alpaca_ds.generate.rouge"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -20,5 +19,5 @@ def test_generate_imports_no_torch(module):
 def test_a_run_imports_no_torch():
     # what a generate run loads at run time too: the openai client, tiktoken, the ROUGE index, the HTTP server
     loaded = {m.split(".")[0] for m in modules_after_import(
-        "alpaca_ds.generate.run, openai, tiktoken, aiohttp, alpaca_ds.generate.rouge, alpaca_ds.generate.client")}
+        "alpaca_ds.generate.run, alpaca_ds.generate.online, openai, tiktoken, aiohttp, alpaca_ds.generate.rouge")}
     assert "openai" in loaded and not {"torch", "transformers", "deepspeed"} & loaded

@@ -13,8 +13,10 @@ from collections import Counter
 import pytest
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.api.calls import backoff_delay
+from alpaca_ds.api.ledger import CallLedger
 from alpaca_ds.generate import run as gen
-from alpaca_ds.generate.journal import read_jsonl as read_ledger
+from alpaca_ds.api.journal import read_jsonl as read_ledger
 from conftest import ROOT
 from test_generate_helpers import Teacher, cli_env, gen_config, overrides, read_jsonl, run_generate_cli
 
@@ -28,10 +30,10 @@ SMALL = ("api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700")
 def replay(out_dir, cfg):
     """What the ledger implies, recomputed from scratch: (accepted records, spend, ledger entries)."""
     entries, _ = read_ledger(out_dir / gen.LEDGER)
-    led, orphans = gen.replay_ledger(entries)
+    led = CallLedger(out_dir / gen.LEDGER, "i", writable=False)
     proc = gen.Processor(gen.prepare(cfg, need_key=False))
     gen.process_in_order(proc, led)
-    return proc.accepted, led.spent, entries, orphans
+    return proc.accepted, led.spent, entries, led.interrupted
 
 
 def check_consistent(out_dir, cfg, target_reached=True):
@@ -290,9 +292,10 @@ def test_requests_that_fail_all_retries_are_recorded_not_raised(tmp_path):
 
 
 def test_retry_waits_honour_retry_after(tmp_path):
-    g = gen.Generator(gen.prepare(gen_config(tmp_path, "http://unused", "num_instructions=1",
-                                             "api.backoff_initial_s=0.1", "api.backoff_max_s=0.5"), need_key=False))
-    assert all(0.05 <= g._backoff(1, None) <= 0.1 for _ in range(50))        # with jitter, never near zero
-    assert all(0.1 <= g._backoff(2, None) <= 0.2 for _ in range(50))         # doubles per retry
-    assert all(0.25 <= g._backoff(5, None) <= 0.5 for _ in range(50))        # up to backoff_max_s
-    assert all(2.0 <= g._backoff(1, 2.0) <= 2.2 for _ in range(50))        # never sooner than Retry-After
+    api = gen_config(tmp_path, "http://unused", "num_instructions=1", "api.backoff_initial_s=0.1",
+                     "api.backoff_max_s=0.5").api
+    rng = random.Random(0)
+    assert all(0.05 <= backoff_delay(api, 1, None, rng) <= 0.1 for _ in range(50))   # with jitter, never near zero
+    assert all(0.1 <= backoff_delay(api, 2, None, rng) <= 0.2 for _ in range(50))    # doubles per retry
+    assert all(0.25 <= backoff_delay(api, 5, None, rng) <= 0.5 for _ in range(50))   # up to backoff_max_s
+    assert all(2.0 <= backoff_delay(api, 1, 2.0, rng) <= 2.2 for _ in range(50))    # never sooner than Retry-After

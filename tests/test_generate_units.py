@@ -15,15 +15,15 @@ import pytest
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import BudgetConfig, FilterConfig, GenerateConfig, load_config
 from alpaca_ds.generate import prompts as P
-from alpaca_ds.generate.budget import Budget, Cost
-from alpaca_ds.generate.client import _retry_after
+from alpaca_ds.api.budget import Budget, Cost
+from alpaca_ds.api.client import _retry_after
 from alpaca_ds.generate.filters import Filters
-from alpaca_ds.generate.journal import Journal, read_jsonl
-from alpaca_ds.generate.limits import RateLimiter
-from alpaca_ds.generate.prices import load_table, price_for
+from alpaca_ds.api.journal import Journal, read_jsonl
+from alpaca_ds.api.limits import RateLimiter
+from alpaca_ds.api.prices import load_table, price_for
 from alpaca_ds.generate.seeds import Example, load_seed_tasks
-from alpaca_ds.generate.teacher import TeacherSim
-from alpaca_ds.generate.tokens import _BUNDLED, get_encoding, seed_cache
+from alpaca_ds.simulator.teacher import TeacherSim
+from alpaca_ds.api.tokens import _BUNDLED, get_encoding, seed_cache
 from conftest import SHARED
 from test_generate_helpers import ORIGINAL_SEEDS, seeds_path
 
@@ -198,9 +198,14 @@ def test_seed_files_and_their_errors(tmp_path):
 
 def test_prices(tmp_path):
     table = load_table(None)
-    assert table["gpt-3.5-turbo-instruct"] == (1.5, 2.0) and table["text-davinci-003"] == (20.0, 20.0)
+    assert table["gpt-3.5-turbo-instruct"] == {"prompt": 1.5, "completion": 2.0}
+    assert table["text-davinci-003"] == {"prompt": 20.0, "completion": 20.0}
     budget = BudgetConfig(max_usd=1)
     assert price_for("gpt-4o-mini", budget).cost(1_000_000, 1_000_000) == pytest.approx(0.75)
+    # the Batch API: the table's own batch price, else half the online one
+    assert price_for("gpt-4o-mini", budget).batch().cost(1_000_000, 1_000_000) == pytest.approx(0.375)
+    assert price_for("gpt-4", budget).for_transport("batch").cost(1_000_000, 0) == pytest.approx(15.0)
+    assert price_for("gpt-4", budget).for_transport("online").cost(1_000_000, 0) == pytest.approx(30.0)
     with pytest.raises(UserError, match="no price for model 'my-model'.*budget.prompt_usd_per_1m"):
         price_for("my-model", budget)
     explicit = BudgetConfig(max_usd=1, prompt_usd_per_1m=3, completion_usd_per_1m=4)
@@ -215,11 +220,15 @@ def test_price_table_agrees_with_tokencost():
     if not path.is_file():
         pytest.skip("../shared/data/prices/tokencost_model_prices.json is absent")
     theirs = json.loads(path.read_text())
-    for model, (prompt, completion) in load_table(None).items():
+    for model, entry in load_table(None).items():
         if model == "text-davinci-003":
             continue  # retired; not in that file (historical $0.02 / 1K, per ../shared/data/MANIFEST.md)
         assert (round(theirs[model]["input_cost_per_token"] * 1e6, 4),
-                round(theirs[model]["output_cost_per_token"] * 1e6, 4)) == (prompt, completion), model
+                round(theirs[model]["output_cost_per_token"] * 1e6, 4)) == (entry["prompt"], entry["completion"]), model
+        if "input_cost_per_token_batches" in theirs[model]:
+            assert (round(theirs[model]["input_cost_per_token_batches"] * 1e6, 4),
+                    round(theirs[model]["output_cost_per_token_batches"] * 1e6, 4)) == (
+                        entry["batch_prompt"], entry["batch_completion"]), model
 
 
 def test_budget_never_overruns():

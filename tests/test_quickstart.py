@@ -17,7 +17,7 @@ import yaml
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import (AnswerConfig, DataBuildConfig, GenerateConfig, JudgeConfig, QuickstartConfig,
                               TrainConfig, load_config)
-from alpaca_ds.generate.teacher import judge_verdict
+from alpaca_ds.simulator.judge import judge_verdict
 from alpaca_ds.quickstart import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,12 +198,12 @@ def test_simulator_judge_mode_is_deterministic_and_position_blind():
 
 def test_simulator_answers_judge_calls_through_evaluate_judge(tmp_path):
     from alpaca_ds.evaluate import judge
-    from alpaca_ds.quickstart.simulator import LocalTeacher
+    from alpaca_ds.simulator.local import LocalSimulator
     a = [{"instruction": f"Name a colour number {i}", "output": "Red is a colour.", "generator": "ref"} for i in range(3)]
     b = [{"instruction": f"Name a colour number {i}", "output": "qq", "generator": "model"} for i in range(3)]
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
-    with LocalTeacher(ROOT / "seeds" / "seed_tasks.jsonl") as teacher:
+    with LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl") as teacher:
         cfg = load_config(JudgeConfig, None, [f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
                                               f"out_dir={tmp_path / 'j'}", f"api.base_url={teacher.base_url}",
                                               "api.api_key_env=null", "progress=false"])

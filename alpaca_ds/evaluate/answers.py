@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
@@ -64,9 +63,8 @@ def run(cfg: AnswerConfig) -> dict:
 
 
 def _bar(cfg: AnswerConfig, total: int, initial: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="answer", desc=desc, file=sys.stderr, dynamic_ncols=True,
-                disable=not cfg.progress, mininterval=0.5)
+    from alpaca_ds.api.progress import Progress
+    return Progress(total, desc, "answer", initial=initial, enabled=cfg.progress)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -132,7 +130,7 @@ def _append(f, *objs: dict) -> None:
 def _read_partial(path: Path, fingerprint: dict) -> dict[int, str]:
     if not path.exists():
         return {}
-    from alpaca_ds.generate.journal import read_jsonl
+    from alpaca_ds.api.journal import read_jsonl
     entries, good = read_jsonl(path)
     if good < path.stat().st_size:  # a line torn by a kill: cut it before appending
         with open(path, "r+b") as f:
@@ -181,50 +179,41 @@ async def served_model(base_url: str, key: str | None, timeout: float = 30.0) ->
 
 
 def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
-    from alpaca_ds.evaluate.api import ApiRunner, CallLedger
-    from alpaca_ds.generate.client import api_key
+    from alpaca_ds.api.client import api_key
+    from alpaca_ds.api.ledger import CallLedger
+    from alpaca_ds.api.runner import Runner
     key = api_key(cfg.api)
     model = cfg.api.model or asyncio.run(served_model(cfg.api.base_url, key))
     api = endpoint_api(cfg, model)
     generator = cfg.generator or model
     output = Path(cfg.output) if cfg.output else default_output(generator, cfg.eval_set)
     output.parent.mkdir(parents=True, exist_ok=True)
-    ledger = CallLedger(output.with_name(output.name + ".calls.jsonl"))
+    ledger = CallLedger(output.with_name(output.name + ".calls.jsonl"), "k")
     chat = api.mode == "chat"
     per = 1 if chat else cfg.api.prompts_per_request
     prompts = [item.instruction if chat else item.alpaca_prompt() for item in items]
-    groups = [list(range(s, min(s + per, len(items)))) for s in range(0, len(items), per)]
+    groups = [tuple(range(s, min(s + per, len(items)))) for s in range(0, len(items), per)]
     answers: dict[int, str] = {}
+    progress = _bar(cfg, len(items), 0, f"answer {generator}")
 
-    async def main(runner: ApiRunner):
-        queue: asyncio.Queue = asyncio.Queue()
-        for g in groups:
-            queue.put_nowait(g)
-        with _bar(cfg, len(items), 0, f"answer {generator}") as bar:
-            async def worker():
-                while not queue.empty() and runner.stopping is None:
-                    group = queue.get_nowait()
-                    choices = await runner.request([prompts[i] for i in group])
-                    if choices is None:
-                        return
-                    for c in choices:
-                        answers[group[c["prompt"]]] = c["text"].strip()
-                    bar.update(len(group))
-            async with runner:
-                # a second Ctrl-C cancels the workers (their calls are recorded as interrupted): not an error
-                done = await asyncio.gather(*(worker() for _ in range(cfg.api.concurrency)), return_exceptions=True)
-                for d in done:
-                    if isinstance(d, BaseException) and not isinstance(d, asyncio.CancelledError):
-                        raise d
+    def on_answer(group, choices):
+        for c in choices:
+            answers[group[c["prompt"]]] = c["text"].strip()
+        progress.update(len(group))
 
-    runner = ApiRunner(api, key, ledger, cfg.budget, say=lambda m: print(m, file=sys.stderr))
+    async def main(runner: Runner):
+        async with runner:
+            await runner.map(groups, lambda g: [prompts[i] for i in g], on_answer, cfg.api.concurrency)
+
     try:
+        runner = Runner(api, key, ledger, cfg.budget, progress=progress)
         asyncio.run(main(runner))
     finally:
+        progress.close()
         ledger.close()
-    cost = runner.cost_report()
-    if runner.stopping is not None or len(answers) < len(items):
-        why = runner.stopping.args[0] if runner.stopping else "some answers are missing"
+    cost = {**runner.cost_report(), "this_run": {"calls": runner.calls, "from_ledger": runner.cached}}
+    if runner.stopping or len(answers) < len(items):
+        why = runner.message if runner.stopping else "some answers are missing"
         raise UserError(f"answers stopped with {len(answers)}/{len(items)} done: {why}. "
                         f"Rerun the same command to continue ({ledger.path} keeps every answered call).")
     records = [output_record(item, answers[i], generator) for i, item in enumerate(items)]

@@ -12,36 +12,38 @@ mapped to the original outputs -- 1 (both prefer --a), 2 (both prefer --b) or 1.
 reply that names neither (or both) counts as no verdict; a pair with one verdict takes it, a pair with none
 gets preference null (dropped by the win rate, counted as such).
 
-Calls go through the generator's client, rate limiter and hard budget (the worst case of a call is reserved
-before it is sent), and every call is kept in OUT/calls.jsonl, fsync'd as it is sent and as it returns. That
-ledger is the cache: a rerun (after a kill, an interrupt or the budget stopping it) pays only for calls not yet
-answered, and the budget counts everything OUT has ever spent.
+Calls go through the API layer (alpaca_ds/api: client, rate limiter, hard budget reserving a call's worst case
+before it is sent), online or, with api.transport: batch, through the Batch API at its lower price. Every call is
+kept in OUT/calls.jsonl, fsync'd as it is sent and as it returns. That ledger is the cache: a rerun (after a
+kill, an interrupt or the budget stopping it) pays only for calls not yet answered, and the budget counts
+everything OUT has ever spent. A run that stops still writes every pair whose verdicts it has.
 
 Writes OUT/annotations.json (AlpacaEval's shape: instruction, output_1, output_2, generator_1, generator_2,
 dataset, annotator, preference, plus raw_completion), OUT/cost.json and the win-rate report OUT/winrate.md +
-winrate.json. Exit status: 0 all pairs judged, 3 budget, 4 a call failed all retries, 5 key/model refused,
-130 interrupted.
+winrate.json. Exit status: 0 all pairs judged, 3 budget, 4 some calls failed all retries (their pairs are left
+out; a rerun asks again), 5 key/model refused, 130 interrupted.
 """
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import os
 import re
-import sys
 from importlib import resources
 from pathlib import Path
 
+from alpaca_ds.api.client import api_key
+from alpaca_ds.api.ledger import CallLedger
+from alpaca_ds.api.progress import Progress
+from alpaca_ds.api.runner import Runner
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json
+from alpaca_ds.common.lock import exclusive
 from alpaca_ds.config import JudgeConfig
 from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 from alpaca_ds.evaluate import winrate
 from alpaca_ds.evaluate.answers import provenance_path
 
 PLACEHOLDERS = ("instruction", "output_a", "output_b")
-EXIT_CODES = {None: 0, "budget": 3, "failures": 4, "fatal": 5, "interrupted": 130}
 _VERDICT = re.compile(r"output\s*\(?\s*([ab])\s*\)?", re.IGNORECASE)
 
 
@@ -90,9 +92,9 @@ def default_out_dir(pairs: list[Pair]) -> Path:
 
 
 class Judge:
-    def __init__(self, cfg: JudgeConfig):
-        from alpaca_ds.generate.client import api_key
+    def __init__(self, cfg: JudgeConfig, cancel_batches: bool = False):
         self.cfg = cfg
+        self.cancel_batches = cancel_batches
         self.pairs = pair_outputs(cfg.a, cfg.b, cfg.limit)
         self.template = load_template(cfg.prompt_template)
         self.out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(self.pairs)
@@ -104,68 +106,47 @@ class Judge:
         return render(self.template, pair.instruction, a, b)
 
     def run(self) -> dict:
-        from alpaca_ds.evaluate.api import ApiRunner, CallLedger
-        self.out.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = exclusive(self.out, "alpaca-ds evaluate judge")
         try:
+            ledger = CallLedger(self.out / "calls.jsonl", "k")
+            jobs = [(p.index, o) for p in self.pairs for o in range(self.orders)]
+            progress = Progress(len(jobs), "judge", "call", enabled=self.cfg.progress)
+            replies: dict[tuple[int, int], str] = {}
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"{self.out}: another `alpaca-ds evaluate judge` is running on this folder") from None
-            ledger = CallLedger(self.out / "calls.jsonl")
-            try:
-                runner = ApiRunner(self.cfg.api, self.key, ledger, self.cfg.budget, say=self._say)
-                replies: dict[tuple[int, int], str] = {}
-                asyncio.run(self._main(runner, replies))
+                runner = Runner(self.cfg.api, self.key, ledger, self.cfg.budget, progress=progress)
+
+                def prompts_of(job):
+                    return [self.prompt(self.pairs[job[0]], job[1])]
+
+                def on_answer(job, choices):
+                    replies[job] = choices[0]["text"]
+                    progress.update(1, f"${runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}")
+
+                asyncio.run(self._main(runner, jobs, prompts_of, on_answer))
             finally:
+                progress.close()
                 ledger.close()
             return self._write(runner, replies)
         finally:
-            os.close(lock)
+            lock.release()
 
-    def _say(self, message: str) -> None:
-        bar = getattr(self, "_bar", None)
-        if bar is not None:
-            bar.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    async def _main(self, runner, replies: dict) -> None:
-        from tqdm import tqdm
-        jobs = [(p.index, o) for p in self.pairs for o in range(self.orders)]
-        queue: asyncio.Queue = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
-        self._bar = tqdm(total=len(jobs), unit="call", desc="judge", file=sys.stderr, dynamic_ncols=True,
-                         disable=not self.cfg.progress, mininterval=0.5)
-
-        async def worker():
-            while not queue.empty() and runner.stopping is None:
-                i, order = queue.get_nowait()
-                choices = await runner.request([self.prompt(self.pairs[i], order)])
-                if choices is None:
-                    return
-                replies[(i, order)] = choices[0]["text"]
-                self._bar.update(1)
-                self._bar.set_postfix_str(f"${runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}",
-                                          refresh=False)
-        try:
-            async with runner:
-                # a second Ctrl-C cancels the workers (their calls are recorded as interrupted): not an error
-                done = await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)), return_exceptions=True)
-                for d in done:
-                    if isinstance(d, BaseException) and not isinstance(d, asyncio.CancelledError):
-                        raise d
-        finally:
-            self._bar.close()
-            self._bar = None
+    async def _main(self, runner: Runner, jobs: list, prompts_of, on_answer) -> None:
+        if self.cfg.api.transport == "batch":
+            from alpaca_ds.api.batch import run_keyed
+            await run_keyed(runner, jobs, prompts_of, on_answer, cancel=self.cancel_batches,
+                            metadata={"alpaca_ds": "evaluate judge", "out_dir": str(self.out)})
+            return
+        async with runner:
+            await runner.map(jobs, prompts_of, on_answer, self.cfg.concurrency, give_up=True)
 
     def _write(self, runner, replies: dict) -> dict:
         annotations = []
         no_verdict = 0
         annotator = f"alpaca-ds judge ({self.cfg.api.model}, {'both orders' if self.orders == 2 else 'one order'})"
         for p in self.pairs:
-            texts = [replies.get((p.index, o)) for o in range(self.orders)]
+            # what this run was told, else what the ledger holds (a run that stopped early did not ask for it)
+            texts = [replies.get((p.index, o)) or _text(runner.answered([self.prompt(p, o)]))
+                     for o in range(self.orders)]
             if any(t is None for t in texts):
                 continue  # not (fully) judged yet: a rerun completes it
             verdicts = [parse_verdict(t) for t in texts]
@@ -173,7 +154,7 @@ class Judge:
             annotations.append({**p.annotation(), "annotator": annotator, "preference": combine(verdicts),
                                 "verdicts": verdicts, "raw_completion": texts})
         atomic_write_json(self.out / "annotations.json", annotations)
-        cost = runner.cost_report()
+        cost = {**runner.cost_report(), "this_run": {"calls": runner.calls, "from_ledger": runner.cached}}
         atomic_write_json(self.out / "cost.json", cost)
         rep = winrate.report(annotations, str(self.out / "annotations.json")) if annotations else None
         if rep is not None:
@@ -181,13 +162,15 @@ class Judge:
             rep["provenance"] = {side: json.loads(p.read_text()) if (p := provenance_path(Path(f))).is_file() else None
                                  for side, f in (("output_1", self.cfg.a), ("output_2", self.cfg.b))}
             winrate.write_report(rep, self.out)
-        stop = runner.stopping
         return {"out_dir": str(self.out), "pairs": len(self.pairs), "judged": len(annotations),
                 "no_verdict_replies": no_verdict, "calls": runner.calls, "from_ledger": runner.cached,
                 "interrupted_before": runner.ledger.interrupted, "cost": cost, "report": rep,
-                "stop_reason": stop.reason if stop else None, "message": str(stop) if stop else "",
-                "exit_code": EXIT_CODES.get(stop.reason if stop else None, 1)}
+                "stop_reason": runner.stop_reason, "message": runner.message, "exit_code": runner.exit_code}
 
 
-def run(cfg: JudgeConfig) -> dict:
-    return Judge(cfg).run()
+def _text(choices: list[dict] | None) -> str | None:
+    return choices[0]["text"] if choices else None
+
+
+def run(cfg: JudgeConfig, cancel_batches: bool = False) -> dict:
+    return Judge(cfg, cancel_batches).run()

@@ -21,7 +21,6 @@ answers' partial file). A different configuration in the same run directory is r
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import yaml
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.common.lock import exclusive
 from alpaca_ds.config import (AnswerConfig, ApiConfig, BudgetConfig, DataBuildConfig, DecodingConfig, GenerateConfig,
                               JudgeApiConfig, JudgeConfig, QuickstartConfig, Schema, TrainConfig, dump_config,
                               load_config)
@@ -228,8 +228,9 @@ class Context:
     def teacher(self):
         """The local teacher simulator, started on first use and stopped when the quickstart ends."""
         if self._teacher is None:
-            from alpaca_ds.quickstart.simulator import LocalTeacher
-            self._teacher = self.stack.enter_context(LocalTeacher(self.cfg.generate.seed_tasks, self.cfg.generate.seed))
+            from alpaca_ds.simulator.local import LocalSimulator
+            self._teacher = self.stack.enter_context(LocalSimulator(self.cfg.generate.seed_tasks,
+                                                                    seed=self.cfg.generate.seed))
             self.echo(f"      local teacher simulator listening on {self._teacher.base_url}")
         return self._teacher
 
@@ -419,17 +420,6 @@ STEP_FUNCS = {"generate": step_generate, "data": step_data, "train": step_train,
 
 # ---------------------------------------------------------------------------------------------- the run
 
-def _lock(paths: Paths) -> int:
-    paths.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"{paths.root}: another `alpaca-ds quickstart` is running in this directory") from None
-    return fd
-
-
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -458,7 +448,7 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
     from alpaca_ds.quickstart.report import write_report
     paths = Paths(cfg.out_dir)
     started = time.monotonic()
-    fd = _lock(paths)
+    lock = exclusive(paths.root, "alpaca-ds quickstart")
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     current = state = None
     t0 = started
@@ -513,4 +503,4 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
                 "report": None, "seconds": time.monotonic() - started, "ran": ran, "skipped": skipped}
     finally:
         _on_sigterm(previous_sigterm)
-        os.close(fd)
+        lock.release()

@@ -143,7 +143,7 @@ def write_report(cfg, paths, state: dict) -> Path:
     # ---------------------------------------------------------------- cost
     add("## Cost")
     add("")
-    add("What the simulator's token counts would cost at the real models' prices (`alpaca_ds/generate/prices.yaml`); "
+    add("What the simulator's token counts would cost at the real models' prices (`alpaca_ds/api/prices.yaml`); "
         "this run itself cost nothing. Each budget is a hard limit, as it is against a paid API.")
     add("")
     add("| step | priced as | requests | prompt tokens | completion tokens | cost | budget |")

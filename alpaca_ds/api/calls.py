@@ -1,18 +1,14 @@
 """One request to an OpenAI-compatible API, retried, within a hard budget, every attempt in a ledger file.
 
-`generate` (run.py) and `evaluate` (evaluate/api.py) both send their requests through `Caller.call`. An attempt:
+`generate` and `evaluate` both send their online requests through `Caller.call`. An attempt:
 
     reserve its worst case (budget.py) -> the rate limiter (limits.py) -> a `send` line, fsync'd
     -> one call (client.py) -> a `result` line (usage at the price; the worst case when it may have been billed
     without usage), settled against the budget; returns once that line is on disk
 
-and between attempts an exponential backoff with jitter, never sooner than the server's Retry-After. The lines:
-
-    {"t": "send",   FIELD: KEY, "a": 1, "usd": <worst case>, "tok": <worst case>}
-    {"t": "result", FIELD: KEY, "a": 1, "kind": ..., "http": ..., "usage": [p, c] | null,
-     "charged": "usage" | "worst_case" | "none", "usd": ..., "tok": ..., "choices": [...] | "error": ...}
-
-where FIELD names the request as the caller's ledger does ("i": its index in generate, "k": a key in evaluate).
+and between attempts an exponential backoff with jitter, never sooner than the server's Retry-After. The lines
+are the call ledger's (api/ledger.py). A retry waits for its budget ahead of new requests (Budget.reserve_wait),
+so a run that runs out of money leaves as few unanswered requests as it can.
 Every wait ends early when the run stops (`stop_event`). Only cancelling the task (a second interrupt) abandons
 an attempt, and it is then recorded at once: charged its worst case if it was on the wire, nothing if not yet.
 What an ending means for the run (stop it, give the request up, ...) is the caller's to decide.
@@ -24,11 +20,11 @@ import random
 from typing import Callable
 
 from alpaca_ds.config import ApiConfig
-from alpaca_ds.generate.budget import Budget, Cost
-from alpaca_ds.generate.client import Outcome, TeacherClient
-from alpaca_ds.generate.journal import Journal
-from alpaca_ds.generate.limits import RateLimiter
-from alpaca_ds.generate.prices import Price
+from alpaca_ds.api.budget import Budget, Cost
+from alpaca_ds.api.client import ApiClient, Outcome
+from alpaca_ds.api.ledger import CallLedger, interrupted_result
+from alpaca_ds.api.limits import RateLimiter
+from alpaca_ds.api.prices import Price
 
 NOTHING = Cost(0.0, 0)
 
@@ -42,49 +38,21 @@ def backoff_delay(api: ApiConfig, attempt: int, retry_after: float | None, rng: 
     return delay
 
 
-def interrupted_result(field: str, key, attempt: int, charge: Cost, how: str, why: str) -> dict:
-    """The result line of an attempt that got no answer: abandoned, or in flight when a process died."""
-    return {"t": "result", field: key, "a": attempt, "kind": "interrupted", "http": None, "usage": None,
-            "charged": how, "usd": charge.usd, "tok": charge.tokens, "error": why}
-
-
-def replay_attempts(entries: list[dict], field: str, ledger, why: str) -> list[dict]:
-    """Replay a ledger file's lines into `ledger` (attempts made, every result); returns the result lines to append
-    for attempts sent without a result, which were in flight when a process died. They are charged their worst
-    case (the API may have billed them) and already added to `ledger`."""
-    sends, finished = {}, set()
-    for e in entries:
-        key = (e[field], e["a"])
-        ledger.attempts[e[field]] = max(ledger.attempts.get(e[field], 0), e["a"])
-        if e["t"] == "send":
-            sends[key] = e
-        elif e["t"] == "result":
-            finished.add(key)
-            ledger.add_result(e)
-    orphans = [interrupted_result(field, k, a, Cost(s["usd"], s["tok"]), "worst_case", why)
-               for (k, a), s in sends.items() if (k, a) not in finished]
-    for r in orphans:
-        ledger.add_result(r)
-    return orphans
-
-
 class Caller:
     """Sends requests through one client, rate limiter, budget and ledger.
 
-    `ledger` is the caller's replay of its ledger file (replay_attempts): `attempts` (request -> attempts made so
-    far), `add_result(line)`, and `failed_attempts(request)`, what is counted against api.max_retries.
     `on_send()` runs when an attempt leaves, `on_answer()` when its answer is settled (before it is on disk).
     """
 
-    def __init__(self, api: ApiConfig, key: str | None, field: str, ledger, journal: Journal, budget: Budget,
+    def __init__(self, api: ApiConfig, key: str | None, ledger: CallLedger, budget: Budget,
                  price: Price | None, stop_event: asyncio.Event, say: Callable[[str], None],
                  on_send: Callable[[], None] | None = None, on_answer: Callable[[], None] | None = None):
         self.api = api
-        self.client = TeacherClient(api, key)
+        self.client = ApiClient(api, key)
         self.limiter = RateLimiter(api.requests_per_minute, api.tokens_per_minute)
-        self.field = field
+        self.field = ledger.field
         self.ledger = ledger
-        self.journal = journal
+        self.journal = ledger.journal
         self.budget = budget
         self.price = price
         self.stop_event = stop_event
@@ -111,7 +79,9 @@ class Caller:
             if reservation is None:
                 if self.stop_event.is_set():
                     return "stopped", outcome
-                waiter = asyncio.get_running_loop().create_task(self.budget.reserve_wait(worst))
+                # a retry (an earlier attempt was sent) is served before new requests
+                waiter = asyncio.get_running_loop().create_task(
+                    self.budget.reserve_wait(worst, priority=outcome is not None or key in self.ledger.attempts))
                 if not await self._unless_stopped(waiter, cancel=False):
                     waiter.cancel()
                     got = (await asyncio.gather(waiter, return_exceptions=True))[0]
@@ -178,6 +148,15 @@ class Caller:
     async def _record(self, key, attempt: int, reservation: Cost, outcome: Outcome, label: str) -> None:
         """Log an attempt's result and settle its reservation; return once the line is on disk, so nothing
         derived from it (processing, accepted records, answers) can exist without it."""
+        durable = self.journal.enqueue(self.result_entry(key, attempt, reservation, outcome, label))
+        if self.on_answer is not None:
+            self.on_answer()
+        await asyncio.shield(durable)
+
+    def result_entry(self, key, attempt: int, reservation: Cost, outcome: Outcome, label: str) -> dict:
+        """The result line of an answered attempt (online, or a batch line), added to the ledger's replay and
+        settled against the budget: its usage at the price; the worst case when it may have been billed without
+        usage; nothing when it was not billed. Writing it is the caller's."""
         if outcome.usage is not None:
             p, c = outcome.usage
             charge, how = Cost(self.price.cost(p, c) if self.price is not None else 0.0, p + c), "usage"
@@ -195,12 +174,9 @@ class Caller:
             entry["choices"] = outcome.choices
         else:
             entry["error"] = outcome.error
-        durable = self.journal.enqueue(entry)
         self.ledger.add_result(entry)
         self.budget.settle(reservation, charge)
-        if self.on_answer is not None:
-            self.on_answer()
-        await asyncio.shield(durable)
+        return entry
 
     def _record_now(self, key, attempt: int, reservation: Cost, why: str, charge: Cost, how: str) -> None:
         entry = interrupted_result(self.field, key, attempt, charge, how, why)

@@ -5,6 +5,9 @@ reservation (the reservation is prompt tokens + max_tokens x completions, the mo
 can never pass the limit, whatever the concurrency. A request the remaining budget cannot cover waits until
 in-flight requests settle (they usually cost less than reserved); when nothing is in flight and it still does
 not fit, the budget is exhausted.
+
+Retries come first: while a retry of a request already sent waits for room (`reserve_wait(priority=True)`), no
+new request gets any, so a budget that runs out leaves as few requests half done (sent, unanswered) as it can.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ class Budget:
         self.reserved_usd = 0.0
         self.reserved_tokens = 0
         self.outstanding = 0
+        self.priority_waiting = 0
         self._changed: asyncio.Condition | None = None
 
     def fits(self, cost: Cost) -> bool:
@@ -36,10 +40,18 @@ class Budget:
             return False
         return True
 
-    def reserve(self, cost: Cost) -> Cost | None:
-        """Reserve `cost` now if it fits (returns it, to be settled), else None."""
-        if not self.fits(cost):
+    def reserve(self, cost: Cost, priority: bool = False) -> Cost | None:
+        """Reserve `cost` now if it fits (returns it, to be settled), else None. Without `priority` (a new
+        request) nothing is reserved while a retry waits for room."""
+        if not self.fits(cost) or (self.priority_waiting and not priority):
             return None
+        self.reserved_usd += cost.usd
+        self.reserved_tokens += cost.tokens
+        self.outstanding += 1
+        return cost
+
+    def hold(self, cost: Cost) -> Cost:
+        """Reserve `cost` whether it fits or not: a batch already submitted in an earlier run (it fitted then)."""
         self.reserved_usd += cost.usd
         self.reserved_tokens += cost.tokens
         self.outstanding += 1
@@ -56,16 +68,25 @@ class Budget:
         self.spent_tokens += charge.tokens
         self._notify()
 
-    async def reserve_wait(self, cost: Cost) -> Cost | None:
-        """Reserve `cost`, waiting while in-flight requests may still free room; None when it can never fit."""
+    async def reserve_wait(self, cost: Cost, priority: bool = False) -> Cost | None:
+        """Reserve `cost`, waiting while in-flight requests may still free room; None when it can never fit.
+        `priority`: a retry, served before any new request."""
         if self._changed is None:
             self._changed = asyncio.Condition()
-        async with self._changed:
-            while True:
-                got = self.reserve(cost)
-                if got is not None or self.outstanding == 0:
-                    return got
-                await self._changed.wait()
+        self.priority_waiting += priority
+        try:
+            async with self._changed:
+                while True:
+                    got = self.reserve(cost, priority)
+                    if got is not None:
+                        return got
+                    if self.outstanding == 0 and (priority or not self.priority_waiting):
+                        return None
+                    await self._changed.wait()
+        finally:
+            self.priority_waiting -= priority
+            if priority:
+                self._notify()
 
     def _notify(self) -> None:
         cond = self._changed

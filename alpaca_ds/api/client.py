@@ -61,7 +61,9 @@ class Outcome:
         return self.kind == "ok"
 
 
-class TeacherClient:
+class ApiClient:
+    """The async openai client for one API config: a teacher, a judge or a model's endpoint."""
+
     def __init__(self, api: ApiConfig, key: str | None):
         from openai import AsyncOpenAI
         self.api = api
@@ -88,29 +90,43 @@ class TeacherClient:
     async def close(self) -> None:
         await self._client.close()
 
+    @property
+    def openai(self):
+        """The underlying AsyncOpenAI client (the Batch API's files and batches)."""
+        return self._client
+
+    def request(self, prompts: list[str], stop: list[str] | None,
+                logit_bias: dict[str, int] | None) -> tuple[str, dict]:
+        """(endpoint, body) of one request: what is sent online, and what a batch input line holds."""
+        api = self.api
+        body = dict(model=api.model, max_tokens=api.max_tokens, temperature=api.temperature, top_p=api.top_p,
+                    n=api.n, stop=stop)
+        if logit_bias:
+            body["logit_bias"] = logit_bias
+        if api.mode == "completions":
+            return "/v1/completions", {**body, "prompt": prompts}
+        assert len(prompts) == 1
+        return "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": prompts[0]}]}
+
     async def call(self, prompts: list[str], *, stop: list[str], logit_bias: dict[str, int] | None) -> Outcome:
         api = self.api
-        kwargs = dict(model=api.model, max_tokens=api.max_tokens, temperature=api.temperature, top_p=api.top_p,
-                      n=api.n, stop=stop)
-        if logit_bias:
-            kwargs["logit_bias"] = logit_bias
+        url, body = self.request(prompts, stop, logit_bias)
         try:
-            if api.mode == "completions":
-                call = self._client.completions.with_raw_response.create(prompt=prompts, **kwargs)
+            if url == "/v1/completions":
+                call = self._client.completions.with_raw_response.create(**body)
             else:
-                assert len(prompts) == 1
-                call = self._client.chat.completions.with_raw_response.create(
-                    messages=[{"role": "user", "content": prompts[0]}], **kwargs)
+                call = self._client.chat.completions.with_raw_response.create(**body)
             # a hard cap beside the client's own timeout, in case a server trickles bytes forever
             raw = await asyncio.wait_for(call, api.timeout_s + 5)
-            body = raw.http_response.text
+            text = raw.http_response.text
         except asyncio.TimeoutError:
             return Outcome("timeout", maybe_billed=True, retryable=True, error=f"no answer within {api.timeout_s:g} s")
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
             return self._classify(e)
-        return self._parse(body, len(prompts))
+        return self.parse(text, len(prompts))
 
-    def _parse(self, body: str, num_prompts: int) -> Outcome:
+    def parse(self, body: str, num_prompts: int) -> Outcome:
+        """The outcome of a 200 answer's body (online, or a batch output line's response body)."""
         try:
             data = json.loads(body)
             usage = data.get("usage")

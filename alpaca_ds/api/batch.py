@@ -1,0 +1,332 @@
+"""The Batch API transport (api.transport: batch): the same requests as online, answered within 24 h at the
+batch price, through the official client's files.create(purpose="batch"), batches.create / retrieve / cancel /
+list and files.content.
+
+A part is one input file (at most api.batch.max_requests_per_file lines and max_file_mb; line `custom_id` = the
+request's key, `url` = /v1/completions or /v1/chat/completions, `body` = what would be sent online) and the batch
+that answers it. Each step is in the call ledger (fsync'd) before the next one is taken:
+
+    {"t": "upload", "n": PART, FIELD+"s": [...], "a": [attempt...], "worst": [[usd, tok]...]}   before the upload
+    {"t": "file",   "n": PART, "file": FILE_ID}                                                  before the create
+    {"t": "batch",  "n": PART, "batch": BATCH_ID}                                                 before polling
+    {"t": "result", FIELD: KEY, "a": ..., "batch": BATCH_ID, ...}     one per line, settled by the output's usage
+    {"t": "batch_end", "n": PART, "status": ...}                      once every line is settled
+
+so a process killed at any moment resumes its parts instead of sending their requests again: an upload without
+its file is uploaded again (no batch can exist for it); a file without its batch is looked for among the
+server's batches (batches.list) before one is created; a batch is polled; a finished batch is downloaded again
+and only its unsettled lines are settled. A part's worst case stays reserved against the budget until its lines
+settle, over restarts too. Lines that failed or expired, and the requests of a batch that failed or expired
+whole, are returned for a later wave, each at most api.max_retries times, then given up.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from alpaca_ds.api.budget import Cost
+from alpaca_ds.api.client import ApiClient, Outcome
+from alpaca_ds.common.errors import UserError
+
+TERMINAL = ("completed", "expired", "failed", "cancelled")
+NOTHING = Cost(0.0, 0)
+
+
+@dataclass
+class Part:
+    n: str
+    keys: list
+    attempts: list[int]
+    worst: list[Cost]
+    file: str | None = None
+    batch: str | None = None
+    at: float = 0.0                 # when its upload began (the batches to look through after a kill)
+    status: str = "uploading"
+    counts: dict = field(default_factory=dict)
+
+
+class BatchTransport:
+    """The parts of one ledger; `submit` new requests, `wait` for parts to end."""
+
+    def __init__(self, runner, prompts_of, stop: list[str] | None = None, logit_bias: dict[str, int] | None = None,
+                 metadata: dict | None = None):
+        self.r = runner
+        self.prompts_of = prompts_of     # key -> the request's prompts
+        self.led = runner.ledger
+        self.api = runner.api
+        self.cfg = runner.api.batch
+        self.stop, self.logit_bias = stop, logit_bias
+        self.metadata = {k: str(v)[:500] for k, v in (metadata or {}).items()}
+        self.client = ApiClient(self.api, runner.key)
+        self.parts: dict[str, Part] = {}
+        self.retry: list = []      # keys whose line failed or expired, to send again
+        self.given_up: list = []
+        self._recover()
+
+    def _recover(self) -> None:
+        f, ended = self.led.field, set()
+        for e in self.led.batch_entries:
+            if e["t"] == "upload":
+                self.parts[e["n"]] = Part(e["n"], e[f + "s"], e["a"], [Cost(*w) for w in e["worst"]], at=e["at"])
+                for k, a in zip(e[f + "s"], e["a"]):
+                    self.led.keys.add(k)
+                    self.led.attempts[k] = max(self.led.attempts[k], a)
+            elif e["t"] == "file":
+                self.parts[e["n"]].file = e["file"]
+            elif e["t"] == "batch":
+                self.parts[e["n"]].batch, self.parts[e["n"]].status = e["batch"], "submitted"
+            elif e["t"] == "batch_end":
+                ended.add(e["n"])
+        for n in ended:
+            del self.parts[n]
+        for p in self.parts.values():  # still reserved: what its unsettled lines may cost
+            for k, a, w in zip(p.keys, p.attempts, p.worst):
+                if (k, a) not in self.led.results:
+                    self.r.budget.hold(w)
+
+    @property
+    def pending(self) -> set:
+        """Keys in parts not yet ended."""
+        return {k for p in self.parts.values() for k in p.keys}
+
+    async def check_endpoints(self) -> None:
+        """Refuse a server without the Batch API before anything is uploaded or spent."""
+        import openai
+        try:
+            await self.client.openai.batches.list(limit=1)
+        except openai.NotFoundError:
+            raise UserError(f"api.base_url {self.api.base_url} serves no Batch API (/v1/batches answered 404): set "
+                            "api.transport: online, or use a server that has /v1/files and /v1/batches") from None
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403):
+                raise UserError(f"api.base_url {self.api.base_url} refused the key ({e.status_code}); check "
+                                f"${self.api.api_key_env}") from None
+            raise
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ---- submitting -------------------------------------------------------------------------------------------
+
+    def _line(self, key) -> bytes:
+        url, body = self.client.request(self.prompts_of(key), self.stop, self.logit_bias)
+        return json.dumps({"custom_id": str(key), "method": "POST", "url": url, "body": body},
+                          ensure_ascii=False).encode("utf-8") + b"\n"
+
+    async def submit(self, keys_wanted: list) -> int:
+        """Submit requests (by key) in as many parts as the file limits need, each only once its worst case at
+        the batch price is reserved; stops at the first that does not fit. Returns how many were submitted."""
+        lines, keys, worst = [], [], []
+        for key in keys_wanted:
+            cost = self.r.worst_case(self.prompts_of(key))
+            if self.r.budget.reserve(cost) is None:
+                break
+            lines.append(self._line(key))
+            keys.append(key)
+            worst.append(cost)
+        start, limit = 0, int(self.cfg.max_file_mb * 1e6)
+        while start < len(lines):
+            end, size = start, 0
+            while end < len(lines) and end - start < self.cfg.max_requests_per_file and size + len(lines[end]) <= limit:
+                size += len(lines[end])
+                end += 1
+            end = max(end, start + 1)
+            await self._new_part(keys[start:end], worst[start:end], b"".join(lines[start:end]))
+            start = end
+        self.r.calls += len(keys)
+        return len(keys)
+
+    async def _new_part(self, keys: list, worst: list[Cost], data: bytes) -> None:
+        attempts = []
+        for k in keys:
+            self.led.attempts[k] += 1
+            attempts.append(self.led.attempts[k])
+            self.led.keys.add(k)
+        p = Part(uuid.uuid4().hex[:16], keys, attempts, worst, at=time.time())
+        await self.led.journal.commit({"t": "upload", "n": p.n, self.led.field + "s": keys, "a": attempts,
+                                       "worst": [[w.usd, w.tokens] for w in worst], "at": p.at})
+        self.parts[p.n] = p
+        await self._start(p, data)
+
+    async def _start(self, p: Part, data: bytes | None = None) -> None:
+        """Take part `p` from wherever it stopped to a batch at the API."""
+        c = self.client.openai
+        if p.file is None:
+            if data is None:
+                data = await asyncio.get_running_loop().run_in_executor(None, self._rebuild, p)
+            f = await c.files.create(file=(f"alpaca-ds-{p.n}.jsonl", data), purpose="batch")
+            await self.led.journal.commit({"t": "file", "n": p.n, "file": f.id})
+            p.file = f.id
+        if p.batch is None:
+            found = await self._find_batch(p.file, p.at)
+            if found is None:
+                url = "/v1/completions" if self.api.mode == "completions" else "/v1/chat/completions"
+                found = await c.batches.create(input_file_id=p.file, endpoint=url,
+                                               completion_window=self.cfg.completion_window,
+                                               metadata={**self.metadata, "part": p.n})
+            await self.led.journal.commit({"t": "batch", "n": p.n, "batch": found.id})
+            p.batch, p.status = found.id, found.status
+
+    def _rebuild(self, p: Part) -> bytes:
+        """The input file of a part whose upload a kill interrupted: the same lines again."""
+        return b"".join(self._line(k) for k in p.keys)
+
+    async def _find_batch(self, file_id: str, since: float):
+        """The batch created for `file_id` by a run killed before it could record it, if any (the list is newest
+        first: it is looked through back to shortly before the file was uploaded)."""
+        async for b in self.client.openai.batches.list(limit=100):
+            if b.input_file_id == file_id:
+                return b
+            if b.created_at < since - 600:
+                break
+        return None
+
+    # ---- collecting -------------------------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """Parts an earlier run left before their batch existed: upload / create them now."""
+        for p in list(self.parts.values()):
+            if p.batch is None:
+                await self._start(p)
+
+    async def wait(self) -> int:
+        """Poll until at least one part ends (or the run stops); settle the ended ones; returns how many ended."""
+        return await self._poll(lambda: not self.r.stopping)
+
+    async def _wait_even_if_stopped(self) -> int:
+        return await self._poll(lambda: True)
+
+    async def _poll(self, go_on) -> int:
+        while self.parts and go_on():
+            ended = 0
+            for p in list(self.parts.values()):
+                b = await self.client.openai.batches.retrieve(p.batch)
+                p.status, p.counts = b.status, (b.request_counts.model_dump() if b.request_counts else {})
+                if b.status in TERMINAL:
+                    await self._settle(p, b)
+                    ended += 1
+            self._show()
+            if ended:
+                return ended
+            if self.r.stop_event.is_set():
+                await asyncio.sleep(self.api.batch.poll_s)
+            else:
+                try:  # a stop (Ctrl-C) ends the wait at once
+                    await asyncio.wait_for(self.r.stop_event.wait(), self.api.batch.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+        return 0
+
+    def _show(self) -> None:
+        total = sum(len(p.keys) for p in self.parts.values())
+        done = sum(p.counts.get("completed", 0) for p in self.parts.values())
+        failed = sum(p.counts.get("failed", 0) for p in self.parts.values())
+        status = ",".join(sorted({p.status for p in self.parts.values()})) or "-"
+        self.r.progress.update(0, f"{len(self.parts)} batches {status}: {done}/{total} done, {failed} failed; "
+                                  f"${self.r.budget.reserved_usd:.4f} reserved, ${self.r.budget.spent_usd:.4f} spent")
+
+    async def _lines(self, file_id: str | None) -> list[dict]:
+        if not file_id:
+            return []
+        content = await self.client.openai.files.content(file_id)
+        return [json.loads(x) for x in content.text.splitlines() if x.strip()]
+
+    async def _settle(self, p: Part, b) -> None:
+        """Every line of an ended batch into the ledger (its usage at the batch price), then its end."""
+        got = {}
+        for line in await self._lines(b.output_file_id) + await self._lines(b.error_file_id):
+            got[line["custom_id"]] = line
+        waits = []
+        for key, a, worst in zip(p.keys, p.attempts, p.worst):
+            if (key, a) in self.led.results:
+                continue  # settled before a kill
+            outcome = self._outcome(got.get(str(key)), b.status, len(self.prompts_of(key)))
+            entry = self.r.caller.result_entry(key, a, worst, outcome, f"request {key}")
+            entry["batch"] = p.batch
+            waits.append(self.led.journal.enqueue(entry))
+            if not outcome.ok:
+                self.retry.append(key)
+        await asyncio.gather(*waits)
+        if b.status in ("failed", "expired"):
+            why = "; ".join(e.message for e in (b.errors.data or [])) if b.errors else ""
+            self.r.say(f"batch {p.batch} {b.status} ({why or 'no reason given'}): its unanswered requests go "
+                       "into the next wave")
+        await self.led.journal.commit({"t": "batch_end", "n": p.n, "status": b.status})
+        del self.parts[p.n]
+        for key in [k for k in self.retry if self.led.failed_attempts(k) > self.api.max_retries]:
+            self.retry.remove(key)
+            self.given_up.append(key)
+            await self.r.give_up(key, "batch", "failed in every batch it was sent in")
+
+    def _outcome(self, line: dict | None, status: str, num_prompts: int) -> Outcome:
+        if line is None:  # the batch failed or was cancelled before answering it
+            return Outcome(f"batch_{status}", error=f"the batch {status} without answering it")
+        resp, err = line.get("response"), line.get("error")
+        if resp and resp.get("status_code") == 200:
+            return self.client.parse(json.dumps(resp["body"]), num_prompts)
+        if err:
+            return Outcome("expired" if err.get("code") == "batch_expired" else "batch_error",
+                           error=self.client.scrub(f"{err.get('code')}: {err.get('message')}"))
+        return Outcome("server_error", http=resp.get("status_code") if resp else None,
+                       error=self.client.scrub(json.dumps(resp)[:300] if resp else "no response"))
+
+    async def cancel(self) -> int:
+        """Cancel every part still running at the API; returns how many."""
+        n = 0
+        for p in self.parts.values():
+            if p.batch is not None:
+                await self.client.openai.batches.cancel(p.batch)
+                n += 1
+        return n
+
+    async def finish(self, cancel: bool) -> None:
+        """The end of a run: with `cancel`, cancel the batches still running and settle what they answered;
+        else, if the run stopped with batches still running (Ctrl-C), say how to collect them."""
+        if cancel:
+            n = await self.cancel()
+            while self.parts:
+                await self._wait_even_if_stopped()
+            self.r.stop("cancelled", f"cancelled {n} batches; what they had answered is in the ledger")
+            if n:
+                self.r.say(f"cancelled {n} batches; what they had answered is in the ledger")
+        elif self.parts:
+            self.r.say(f"{len(self.parts)} batches are still running at the API (they are paid when they finish): "
+                       "rerun the same command to collect them, or add --cancel-batches to cancel them")
+
+
+async def run_keyed(runner, jobs: list, prompts_of, on_answer, metadata: dict | None = None,
+                    cancel: bool = False) -> None:
+    """`evaluate`'s requests through the Batch API: every job's request (keyed by what it asks, as online, so
+    the ledger serves both transports), in waves as the budget allows, failed lines again first; then
+    `on_answer(job, choices)` for every job the ledger has answered."""
+    from alpaca_ds.api.runner import request_key
+    keyed: dict = {}
+    for job in jobs:
+        keyed.setdefault(request_key(runner.api, prompts_of(job), None), []).append(job)
+    prompts = {k: prompts_of(js[0]) for k, js in keyed.items()}
+    led = runner.ledger
+    async with runner:
+        t = BatchTransport(runner, prompts.__getitem__, metadata=metadata)
+        try:
+            await t.check_endpoints()
+            await t.resume()
+            while not runner.stopping and not cancel:
+                todo = [k for k in keyed if k not in led.ok and k not in t.pending and k not in t.given_up]
+                todo.sort(key=lambda k: k not in t.retry)  # failed lines first: their pairs are half paid for
+                t.retry.clear()
+                if todo and await t.submit(todo) == 0 and not t.parts:
+                    runner.stop("budget", runner.budget_message(runner.worst_case(prompts[todo[0]])))
+                if not t.parts:
+                    break
+                await t.wait()
+            await t.finish(cancel)
+        finally:
+            await t.close()
+    for k, js in keyed.items():
+        if k in led.ok:
+            for job in js:
+                on_answer(job, led.ok[k])
+    runner.end_failures()

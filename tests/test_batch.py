@@ -1,0 +1,142 @@
+"""The Batch API transport (api.transport: batch) against the simulator's /v1/files and /v1/batches, through the
+official openai client over a real socket: the same regen.json as online at half the price, failed lines and an
+expired batch sent again, SIGKILLs at random moments without a request in two batches, a server without the
+Batch API refused before anything is spent, and judging with the same annotations as online."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alpaca_ds.api.journal import read_jsonl
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.evaluate import judge
+from alpaca_ds.generate import run as gen
+from alpaca_ds.simulator.batch import BatchBehaviour
+from alpaca_ds.simulator.local import LocalSimulator
+from conftest import ROOT
+from test_evaluate_judge import config as judge_config, make_pairs, ENV
+from test_generate_helpers import Teacher, cli_env, gen_config, overrides, seeds_path
+
+BATCH = ("api.transport=batch", "api.batch.poll_s=0.05")
+
+
+def ledger(out) -> list[dict]:
+    return read_jsonl(out / gen.LEDGER)[0]
+
+
+def simulator(**batch) -> LocalSimulator:
+    return LocalSimulator(seeds_path(), batch=BatchBehaviour(**{"seconds": 0.1, **batch}))
+
+
+def test_batch_generation_equals_online_at_half_the_price(tmp_path):
+    online, batch = tmp_path / "online", tmp_path / "batch"
+    with simulator() as s:
+        first = gen.run(gen_config(online, s.base_url, "num_instructions=2000"))
+        sent = json.loads((online / "stats.json").read_text())["requests"]["sent"]
+        # the batch run may buy no more answers than the online run did, so the two bills compare directly
+        second = gen.run(gen_config(batch, s.base_url, "num_instructions=2000", *BATCH, f"max_requests={sent}"))
+        billed = s.stats()["billed_usd"]
+    assert first["stop_reason"] == second["stop_reason"] == "target"
+    assert (online / "regen.json").read_bytes() == (batch / "regen.json").read_bytes()
+    assert len(json.loads((batch / "regen.json").read_text())) == 2000
+    cost_online = json.loads((online / "cost.json").read_text())
+    cost_batch = json.loads((batch / "cost.json").read_text())
+    assert cost_batch["transport"] == "batch" and cost_batch["prompt_tokens"] == cost_online["prompt_tokens"]
+    assert cost_batch["spent_usd"] == pytest.approx(cost_online["spent_usd"] / 2, rel=1e-9)
+    # what each side paid is what the server billed it
+    assert cost_online["spent_usd"] == pytest.approx(billed["online"], rel=1e-9)
+    assert cost_batch["spent_usd"] == pytest.approx(billed["batch"], rel=1e-9)
+
+
+def test_failed_lines_and_an_expired_batch_are_sent_again_and_end_answered(tmp_path):
+    with simulator(line_failure=0.2, expire_batches=1, fail_batches=1) as s:
+        result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH))
+        stats = s.stats()
+    assert result["stop_reason"] == "target"
+    assert stats["batches"]["by_status"]["failed"] == 1 and stats["batches"]["by_status"]["expired"] == 1
+    results = [e for e in ledger(tmp_path / "b") if e["t"] == "result"]
+    kinds = {e["kind"] for e in results}
+    assert {"batch_failed", "expired", "server_error", "ok"} <= kinds
+    failed = {e["i"] for e in results if e["kind"] != "ok"}
+    answered = {e["i"] for e in results if e["kind"] == "ok"}
+    processed = json.loads((tmp_path / "b" / "stats.json").read_text())["requests"]["processed"]
+    assert failed and all(i in answered for i in failed if i < processed)  # each was sent again until answered
+    with simulator() as s:  # the same answers online, without faults
+        gen.run(gen_config(tmp_path / "o", s.base_url, "num_instructions=300"))
+    assert (tmp_path / "b" / "regen.json").read_bytes() == (tmp_path / "o" / "regen.json").read_bytes()
+
+
+def test_a_server_without_the_batch_api_is_refused_before_anything_is_spent(tmp_path):
+    with LocalSimulator(seeds_path(), batch=None) as s:
+        with pytest.raises(UserError, match="serves no Batch API.*api.transport: online"):
+            gen.run(gen_config(tmp_path / "g", s.base_url, "num_instructions=50", *BATCH))
+        assert not s.sim.counts and s.stats()["billed_usd"] == {"online": 0.0, "batch": 0.0}
+    assert not ledger(tmp_path / "g")
+
+
+def test_three_sigkills_at_random_moments_lose_nothing_and_submit_nothing_twice(tmp_path):
+    out = tmp_path / "g"
+    # ~600 small requests in waves of 24, 6 to a file: a run of ~25 waves, each ~0.4 s at the API
+    args = ("num_instructions=1500", "api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700", *BATCH,
+            "api.batch.max_requests_per_file=6", "api.batch.max_wave_requests=24", "budget.max_usd=3")
+    command = [sys.executable, "-m", "alpaca_ds.cli", "generate",
+               *[x for o in overrides(out, "URL", *args) for x in ("--set", o)]]
+    rng = random.Random(os.getpid())
+    with Teacher("--batch-seconds", "0.3") as teacher:
+        command = [c.replace("URL", teacher.url) for c in command]
+        open_parts = []
+        for _ in range(3):
+            before = len(ledger(out))
+            proc = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            deadline = time.time() + 120
+            while len(ledger(out)) <= before:  # the run is under way: its first line
+                assert proc.poll() is None and time.time() < deadline
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.5))  # then somewhere in uploads, creates, polls, downloads
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait() == -signal.SIGKILL
+            steps = [e for e in ledger(out) if e["t"] in ("upload", "batch_end")]
+            open_parts.append(sum(1 if e["t"] == "upload" else -1 for e in steps))
+        assert any(open_parts), open_parts  # the kills left parts half way (uploaded, running, downloading)
+        final = subprocess.run(command, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+        served = teacher.stats()
+    assert final.returncode == 0, final.stderr[-3000:]
+    cfg = gen_config(out, teacher.url, *args)
+    accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]
+    replayed = gen.Processor(gen.prepare(cfg, need_key=False))
+    from alpaca_ds.api.ledger import CallLedger
+    gen.process_in_order(replayed, CallLedger(out / gen.LEDGER, "i", writable=False))
+    assert accepted == replayed.accepted and len(accepted) == 1500  # nothing lost, nothing written twice
+    seen = [c for ids in served["batches"]["custom_ids"].values() for c in ids]
+    assert len(seen) == len(set(seen))  # no request in two batches
+    entries = ledger(out)
+    results = [e for e in entries if e["t"] == "result"]
+    assert len(results) == len({e["i"] for e in results}) == len(seen)  # one settled line per request sent
+    spent = json.loads((out / "cost.json").read_text())["spent_usd"]
+    assert spent == pytest.approx(sum(e["usd"] for e in results))
+    assert served["billed_usd"]["batch"] - 1e-9 <= spent <= 3.0
+
+
+def test_judge_in_batch_gives_the_online_annotations_at_half_the_price(tmp_path):
+    a, b, expected = make_pairs(tmp_path, 20)
+    os.environ.update(ENV)
+    try:
+        with simulator(line_failure=0.2) as s:
+            online = judge.run(judge_config(a, b, s.base_url, tmp_path / "online"))
+            batch = judge.run(judge_config(a, b, s.base_url, tmp_path / "batch", *BATCH))
+            again = judge.run(judge_config(a, b, s.base_url, tmp_path / "batch", *BATCH))
+    finally:
+        os.environ.pop("JUDGE_TEST_KEY")
+    assert online["exit_code"] == batch["exit_code"] == 0 and again["calls"] == 0
+    assert (tmp_path / "online" / "annotations.json").read_bytes() == \
+        (tmp_path / "batch" / "annotations.json").read_bytes()
+    assert [x["preference"] for x in json.loads((tmp_path / "batch" / "annotations.json").read_text())] == expected
+    assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
