@@ -371,13 +371,23 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir):
 
 
 @evaluate_group.command("winrate")
-@click.argument("annotations", type=click.Path(dir_okay=False))
+@click.argument("annotations", type=click.Path(dir_okay=False), required=False)
+@CONFIG
+@SET
 @click.option("--out", "out_dir", help="Folder for winrate.md and winrate.json [default: beside ANNOTATIONS].")
-def evaluate_winrate(annotations, out_dir):
-    """Win rate of output_2 over output_1 from AlpacaEval-format annotations (JSON or JSONL), as AlpacaEval does."""
+@click.option("--difficulty", help="CSV of instruction_difficulty (by index or instruction) for the LC win rate.")
+@click.option("--gamed", help="CSV of gamed-baseline rows (AlpacaEval's df_gamed.csv shape) for the LC win rate.")
+def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, gamed):
+    """Raw and length-controlled win rates of output_2 over output_1 from AlpacaEval-format annotations (JSON or
+    JSONL), as AlpacaEval 1.0 and 2.0 compute them."""
+    from alpaca_ds.config import WinrateConfig
     from alpaca_ds.evaluate import winrate
-    rep, md, js = winrate.run(annotations, out_dir)
+    flags = _flags(annotations=annotations, out=out_dir, difficulty=difficulty, gamed=gamed)
+    rep, md, js = winrate.run(load_config(WinrateConfig, config_path, (*flags, *overrides)))
     click.echo(winrate.markdown(rep), nl=False)
+    warning = rep["length_controlled"].get("warning")
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {md} and {js}", err=True)
 
 

@@ -305,6 +305,19 @@ class JudgeConfig(Schema):
                                  "(judging AlpacaEval's 805 with gpt-4o-mini in both orders costs about $0.3)")
 
 
+class WinrateConfig(Schema):
+    """`alpaca-ds evaluate winrate`: raw and length-controlled win rates of AlpacaEval-format annotations."""
+
+    annotations: str = Field(description="annotations: a JSON list or JSONL (AlpacaEval's shape)")
+    out: str | None = Field(None, description="folder for winrate.md and winrate.json; null = beside the annotations")
+    difficulty: str | None = Field(None, description="CSV of instruction_difficulty by index or instruction for the "
+                                   "length-controlled GLM; null = length and ψ only")
+    gamed: str | None = Field(None, description="CSV of gamed-baseline rows (AlpacaEval's df_gamed.csv shape) that "
+                              "regularise the GLM; null = none")
+    gamed_weight: float = Field(0.2, gt=0, description="total weight of the gamed rows (AlpacaEval's "
+                                "regularize_to_baseline_lambda)")
+
+
 class ServeConfig(Schema):
     """`alpaca-ds serve` and `alpaca-ds chat`: a fine-tuned model, locally."""
 
