@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +29,26 @@ needs_eval_data = pytest.mark.skipif(
     not (SELFINSTRUCT.is_file() and DAVINCI.is_file() and ALPACA_7B.is_file()),
     reason=f"the public eval sets are not at {SHARED} (self-instruct/user_oriented_instructions.jsonl, "
            "alpaca_eval/*_outputs.json; they are never committed)")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and importlib.util.find_spec("selenium")),
+    reason="a browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+           ".ci/run installs them) and selenium (pip install -e '.[test]')")
+
+
+def browser():
+    """Headless chromium driven by Selenium through chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1200,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 def make_tiny_model(folder: Path, seed: int = 0, layers: int = 1, hidden: int = 32) -> Path:
