@@ -139,7 +139,42 @@ class Background:
 _SECTION = re.compile(r"## Output \(a\)\n\n(.*?)\n\n## Output \(b\)\n\n(.*?)\n\n## Your verdict", re.S)
 
 
-class JudgeSim:
+class LoopbackServer:
+    """An aiohttp app on a free loopback port, run in a thread: `with Server() as s:` serves `routes()` (POST)
+    at `s.url` (http://127.0.0.1:PORT/v1)."""
+
+    def routes(self) -> list:
+        raise NotImplementedError
+
+    def __enter__(self):
+        from aiohttp import web
+        ready = threading.Event()
+
+        async def main():
+            app = web.Application()
+            for path, handler in self.routes():
+                app.router.add_post(path, handler)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+            self._stop = asyncio.Event()
+            ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+class JudgeSim(LoopbackServer):
     """An OpenAI-compatible judge (chat and completions) that prefers the longer answer; on equal lengths it
     always says "Output (a)" (a pure position bias, so the two orders disagree: a tie); an answer containing
     NOVERDICT makes it reply without a verdict. Usage: prompt chars / 4 prompt tokens, 3 completion tokens.
@@ -195,32 +230,8 @@ class JudgeSim:
         return web.json_response({"id": "judge-" + d[:12], "object": "chat.completion" if chat else "text_completion",
                                   "created": 0, "model": body["model"], "choices": [choice], "usage": usage})
 
-    def __enter__(self):
-        from aiohttp import web
-        ready = threading.Event()
-
-        async def main():
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self.handle)
-            app.router.add_post("/v1/completions", self.handle)
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
-            self._stop = asyncio.Event()
-            ready.set()
-            await self._stop.wait()
-            await self._runner.cleanup()
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+    def routes(self):
+        return [("/v1/chat/completions", self.handle), ("/v1/completions", self.handle)]
 
 
 def write_outputs(path: Path, records: list[dict]) -> Path:

@@ -5,10 +5,8 @@ endpoint as its filter. The model is a tiny random LLaMA; its answers are checke
 directly."""
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import threading
 import urllib.error
 import urllib.request
 
@@ -17,7 +15,7 @@ import pytest
 from alpaca_ds.config import DecodingConfig
 from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.demo import REFUSAL
-from eval_helpers import Background, browser, make_tiny_model, needs_browser, run_cli
+from eval_helpers import Background, LoopbackServer, browser, make_tiny_model, needs_browser, run_cli
 
 GREEDY = DecodingConfig(temperature=0, top_p=1, max_new_tokens=16)
 READY = r"demo of (\S+): (http://127\.0\.0\.1:\d+/)\?t=(\S+)"
@@ -139,7 +137,7 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path):
     assert "| Name three colours. |" in r.stdout and "Repeats itself." in r.stdout
 
 
-class Moderation:
+class Moderation(LoopbackServer):
     """An OpenAI-compatible /v1/moderations that flags texts containing "violent" and wants a key."""
 
     def __init__(self):
@@ -156,31 +154,8 @@ class Moderation:
             {"flagged": flagged, "categories": {"violence": flagged, "hate": False},
              "category_scores": {"violence": 0.9 if flagged else 0.01, "hate": 0.0}}]})
 
-    def __enter__(self):
-        from aiohttp import web
-        ready = threading.Event()
-
-        async def main():
-            app = web.Application()
-            app.router.add_post("/v1/moderations", self.handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-            self._stop = asyncio.Event()
-            ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+    def routes(self):
+        return [("/v1/moderations", self.handle)]
 
 
 def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypatch):

@@ -38,7 +38,7 @@ from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.content_filter import ContentFilter
 from alpaca_ds.evaluate.feedback import RATINGS, FeedbackLog
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
-from alpaca_ds.evaluate.serve import BadRequest
+from alpaca_ds.evaluate.serve import BadRequest, json_object
 
 MAX_TEXT = 20_000   # characters of an instruction + input, or of a comment
 REFUSAL = "Sorry, this demo does not answer that request: it did not pass the content filter."
@@ -112,13 +112,7 @@ class Demo:
 
     async def _body(self, request) -> dict:
         self._authorised(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise BadRequest("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        return body
+        return await json_object(request)
 
     def _decoding(self, body: dict) -> DecodingConfig:
         d = self.cfg.decoding

@@ -32,6 +32,17 @@ class BadRequest(Exception):
         self.status, self.code, self.param = status, code, param
 
 
+async def json_object(request) -> dict:
+    """A request's JSON object body, or a BadRequest saying what is wrong with it."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
 def chat_prompt(messages) -> str:
     """Alpaca's prompt for a chat request: the last user message is the instruction."""
     if not isinstance(messages, list) or not messages:
@@ -123,12 +134,7 @@ class Server:
 
     async def _handle(self, request, chat: bool):
         try:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise BadRequest("the body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
+            body = await json_object(request)
             decoding, max_tokens, stop, n, seed = self._params(body)
             if chat:
                 prompts = [chat_prompt(body.get("messages"))]
