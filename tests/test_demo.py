@@ -6,6 +6,7 @@ directly."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import urllib.error
 import urllib.request
@@ -26,9 +27,11 @@ def model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("demo") / "tiny" / "final")
 
 
-def expected_answer(model, instruction: str, input_: str = "") -> str:
+def expected_answer(model, instruction: str, input_: str = "", seed: int | None = None) -> str:
+    """The model's answer run directly: greedy, or sampled at temperature 1 with `seed`."""
     from alpaca_ds.evaluate.local import LocalModel
-    return LocalModel(model).generate([format_prompt(instruction, input_)], GREEDY)[0].text
+    decoding = GREEDY if seed is None else GREEDY.model_copy(update={"temperature": 1.0})
+    return LocalModel(model).generate([format_prompt(instruction, input_)], decoding, seed=seed)[0].text
 
 
 def lines(path) -> list[dict]:
@@ -137,10 +140,19 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path):
     assert "| Name three colours. |" in r.stdout and "Repeats itself." in r.stdout
 
 
-class Moderation(LoopbackServer):
-    """An OpenAI-compatible /v1/moderations that flags texts containing "violent" and wants a key."""
+def word_only_in(text: str, *others: str) -> str:
+    """A whole word of `text` that none of `others` holds (case-insensitive)."""
+    for w in re.findall(r"(?<!\w)[A-Za-z]{3,}(?!\w)", text):
+        if not any(re.search(rf"(?<!\w){w}(?!\w)", o, re.IGNORECASE) for o in others):
+            return w
+    raise AssertionError(f"no word of {text!r} is missing from the others")
 
-    def __init__(self):
+
+class Moderation(LoopbackServer):
+    """An OpenAI-compatible /v1/moderations that flags texts holding one of `words` (as violence); wants a key."""
+
+    def __init__(self, words: list[str]):
+        self.words = words
         self.inputs: list[str] = []
 
     async def handle(self, request):
@@ -149,7 +161,7 @@ class Moderation(LoopbackServer):
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         text = (await request.json())["input"]
         self.inputs.append(text)
-        flagged = "violent" in text.lower()
+        flagged = any(re.search(rf"(?<!\w){w}(?!\w)", text, re.IGNORECASE) for w in self.words)
         return web.json_response({"id": "modr-1", "model": "omni-moderation-latest", "results": [
             {"flagged": flagged, "categories": {"violence": flagged, "hate": False},
              "category_scores": {"violence": 0.9 if flagged else 0.01, "hate": 0.0}}]})
@@ -159,26 +171,44 @@ class Moderation(LoopbackServer):
 
 
 def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypatch):
+    """In front of `alpaca-ds serve`, the moderation endpoint refuses a prompt and withholds an answer it flags;
+    the word list withholds an answer as it streams, before the listed word is sent."""
+    asked = ["Name three colours.", "Describe a sunny day.", "List two fruits."]
+    # sampled with a seed each: a random model's greedy answers hardly depend on the prompt
+    answers = [expected_answer(model, q, seed=seed) for seed, q in enumerate(asked, start=1)]
+    flagged = word_only_in(answers[1], *asked, answers[0], answers[2])   # the moderation endpoint flags it
+    listed = word_only_in(answers[2], *asked, answers[0], answers[1])    # the word list holds it
+    words = tmp_path / "words.txt"
+    words.write_text(listed + "\n")
     monkeypatch.setenv("MOD_KEY", "mod-key")
     feedback = tmp_path / "feedback.jsonl"
-    with Moderation() as moderation, \
+    with Moderation(["violent", flagged]) as moderation, \
             Background("serve", "--model", str(model), "--port", "0", ready=r"serving \S+ on (http://\S+/v1)") as api:
         demo = Background("demo", "--model", api.match.group(1), "--port", "0", "--feedback", str(feedback),
                           "--set", f"filter.moderation_url={moderation.url}", "--set", "filter.api_key_env=MOD_KEY",
-                          ready=READY)
+                          "--set", f"filter.words={words}", ready=READY)
         name, base, token = demo.match.groups()
         assert name == "tiny"  # the endpoint's /v1/models
-        status, text = post(base, "api/generate", {"instruction": "Name three colours.", "temperature": 0,
-                                                   "max_new_tokens": 16}, token)
-        events = [json.loads(x) for x in text.splitlines()]
-        assert status == 200 and [e["type"] for e in events][0] == "start" and events[-1]["type"] == "done"
-        answer = "".join(e["text"] for e in events if e["type"] == "text")
-        assert answer == expected_answer(model, "Name three colours.") and len(events) > 3
-        status, text = post(base, "api/generate", {"instruction": "Write something violent."}, token)
-        assert [json.loads(x) for x in text.splitlines()] == [{"type": "refused", "message": REFUSAL}]
+        streams = []
+        for seed, instruction in [(1, asked[0]), (0, "Write something violent."), (2, asked[1]), (3, asked[2])]:
+            status, text = post(base, "api/generate", {"instruction": instruction, "temperature": 1.0, "seed": seed,
+                                                       "max_new_tokens": 16}, token)
+            assert status == 200
+            streams.append([json.loads(x) for x in text.splitlines()])
         output, errors = demo.stop(signal.SIGINT)
-    assert moderation.inputs == ["Name three colours.\n\n", answer, "Write something violent.\n\n"]
+    shown = ["".join(e["text"] for e in events if e["type"] == "text") for events in streams]
+    assert [e["type"] for e in streams[0]][0] == "start" and streams[0][-1]["type"] == "done"
+    assert shown[0] == answers[0] and len(streams[0]) > 3  # the endpoint's streamed answer: the model's own
+    assert streams[1] == [{"type": "refused", "message": REFUSAL}]
+    assert shown[2] == answers[1] and streams[2][-1]["type"] == "withheld"  # judged once complete
+    assert streams[3][-1]["type"] == "withheld" and listed not in shown[3] and answers[2].startswith(shown[3])
+    assert moderation.inputs == [asked[0] + "\n\n", answers[0], "Write something violent.\n\n",
+                                 asked[1] + "\n\n", answers[1], asked[2] + "\n\n"]
     rows = lines(feedback)
-    assert rows[0]["answer"] == answer and rows[0]["withheld"] is None and rows[0]["model"] == "tiny"
-    assert rows[1]["refused"] == "moderation: violence"
+    assert rows[0]["answer"] == answers[0] and rows[0]["withheld"] is None and rows[0]["model"] == "tiny"
+    assert rows[0]["decoding"] == {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16, "seed": 1}
+    assert rows[1]["refused"] == "moderation: violence" and rows[2]["withheld"] == "moderation: violence"
+    assert rows[3]["withheld"] == f"word list: {listed!r}"
     assert "Traceback" not in errors, errors
+    s = json.loads(run_cli("demo", "summary", str(feedback), "--json").stdout)
+    assert (s["overall"]["answers"], s["overall"]["withheld"], s["refused_prompts"]) == (3, 2, 1)

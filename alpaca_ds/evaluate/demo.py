@@ -14,13 +14,14 @@ refuses prompts and withholds answers. Bind to 127.0.0.1 (the default) unless yo
 HTTP API (the X-Token header carries the token; errors are {"error": message} with a 4xx status):
   GET  /api/info                  model name, decoding defaults, the cap, whether a filter is on
   GET  /api/history?client=ID     this browser's recent answers
-  POST /api/generate {instruction, input?, temperature?, top_p?, max_new_tokens?, client?}
+  POST /api/generate {instruction, input?, temperature?, top_p?, max_new_tokens?, seed?, client?}
        -> NDJSON: {"type": "start", "id"}, {"type": "text", "text"}..., {"type": "done", "finish_reason"};
           or {"type": "refused" | "withheld" | "error", "message"}
   POST /api/feedback {id, rating?: "up" | "down" | null, comment?: str} -> the saved rating and comment
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -63,18 +64,20 @@ class EndpointModel:
                 raise UserError(f"model {self.base_url}: cannot list its models ({type(e).__name__}: {e}); is it "
                                 "an OpenAI-compatible endpoint ending in /v1? Or set name=...") from None
 
-    async def astream(self, prompt: str, decoding: DecodingConfig, max_new_tokens: int) -> AsyncIterator[str | Answer]:
+    async def astream(self, prompt: str, decoding: DecodingConfig, max_new_tokens: int,
+                      seed: int | None = None) -> AsyncIterator[str | Answer]:
         stream = await self.client.completions.create(
             model=self.name, prompt=prompt, temperature=decoding.temperature, top_p=decoding.top_p,
-            max_tokens=max_new_tokens, stream=True, stream_options={"include_usage": True})
+            max_tokens=max_new_tokens, seed=seed, stream=True, stream_options={"include_usage": True})
         text, reason, usage = "", "stop", None
-        async for chunk in stream:
-            for choice in chunk.choices:
-                if choice.text:
-                    text += choice.text
-                    yield choice.text
-                reason = choice.finish_reason or reason
-            usage = chunk.usage or usage
+        async with stream:  # closes the response when the consumer stops early (an answer withheld)
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.text:
+                        text += choice.text
+                        yield choice.text
+                    reason = choice.finish_reason or reason
+                usage = chunk.usage or usage
         yield Answer(text, reason, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
 
     async def close(self) -> None:
@@ -94,11 +97,10 @@ def _text(body: dict, key: str, required: bool = False) -> str:
 
 
 class Demo:
-    def __init__(self, cfg: DemoConfig, model, name: str | None, log: FeedbackLog, content_filter: ContentFilter,
-                 token: str | None = None):
+    def __init__(self, cfg: DemoConfig, model, name: str | None, log: FeedbackLog, content_filter: ContentFilter):
         self.cfg, self.model, self.log, self.filter = cfg, model, log, content_filter
-        self._name = name
-        self.token = token or secrets.token_urlsafe(16)
+        self._name = name  # None for an endpoint until its /models answers
+        self.token = secrets.token_urlsafe(16)
 
     @property
     def name(self) -> str:
@@ -114,19 +116,23 @@ class Demo:
         self._authorised(request)
         return await json_object(request)
 
-    def _decoding(self, body: dict) -> DecodingConfig:
+    def _decoding(self, body: dict) -> tuple[DecodingConfig, int | None]:
+        """The request's decoding, and its seed: reproducible sampling when given, a fresh draw when None."""
         d = self.cfg.decoding
         values = {k: body.get(k) if body.get(k) is not None else getattr(d, k)
                   for k in ("temperature", "top_p", "max_new_tokens")}
-        if any(isinstance(v, (bool, str)) for v in values.values()):
-            raise BadRequest("temperature, top_p and max_new_tokens must be numbers")
+        seed = body.get("seed")
+        if any(isinstance(v, (bool, str)) for v in (*values.values(), seed)):
+            raise BadRequest("temperature, top_p, max_new_tokens and seed must be numbers")
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2 ** 32):
+            raise BadRequest("seed must be a whole number in [0, 2^32)")
         try:
-            decoding = DecodingConfig(**values, seed=d.seed)
+            decoding = DecodingConfig(**values, seed=d.seed if seed is None else seed)
         except ValidationError as e:
             raise BadRequest("; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
         if decoding.max_new_tokens > self.cfg.max_new_tokens_cap:
             raise BadRequest(f"max_new_tokens: at most {self.cfg.max_new_tokens_cap} (the demo's max_new_tokens_cap)")
-        return decoding
+        return decoding, seed
 
     # ---- handlers ---------------------------------------------------------------------------------------------
 
@@ -168,11 +174,12 @@ class Demo:
         body = await self._body(request)
         instruction, input_ = _text(body, "instruction", required=True), _text(body, "input")
         client = body.get("client") if isinstance(body.get("client"), str) else ""
-        decoding = self._decoding(body)
+        decoding, seed = self._decoding(body)
         prompt = format_prompt(instruction, input_)
         record = {"id": uuid.uuid4().hex, "client": client[:64], "model": self.name, "instruction": instruction,
                   "input": input_, "prompt": prompt, "answer": None,
-                  "decoding": decoding.model_dump(exclude={"seed"}), "rating": None, "comment": ""}
+                  "decoding": decoding.model_dump(exclude=set() if seed is not None else {"seed"}), "rating": None,
+                  "comment": ""}
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
         await response.prepare(request)
 
@@ -187,16 +194,18 @@ class Demo:
                 return response
             await send(type="start", id=record["id"])
             text, final, withheld = "", None, None
-            async for piece in self.model.astream(prompt, decoding, decoding.max_new_tokens):
-                if isinstance(piece, Answer):
-                    final = piece
-                    continue
-                # checked before the piece is sent, so a listed word never reaches the page
-                withheld = self.filter.listed(text + piece)
-                if withheld:
-                    break
-                text += piece
-                await send(type="text", text=piece)
+            async with contextlib.aclosing(self.model.astream(prompt, decoding, decoding.max_new_tokens,
+                                                              seed=seed)) as pieces:
+                async for piece in pieces:
+                    if isinstance(piece, Answer):
+                        final = piece
+                        continue
+                    # checked before the piece is sent, so a listed word never reaches the page
+                    withheld = self.filter.listed(text + piece)
+                    if withheld:
+                        break
+                    text += piece
+                    await send(type="text", text=piece)
             if final is not None:
                 text = final.text
             withheld = withheld or await self.filter.check(text)

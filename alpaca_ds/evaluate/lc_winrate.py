@@ -7,7 +7,8 @@ answers been as long. Per annotation i (Δlen_i = len(output_1) − len(output_2
 
     logit P(output_2 wins) = θ·tanh(Δlen_i / std(Δlen)) + φ·difficulty_i + ψ
 
-fitted to the soft labels preference − 1 (0, a tie, counts as 1.5), each annotation as two weighted rows
+fitted to the soft labels preference − 1 (0, a tie, counts as 1.5; annotations without a preference in [1, 2]
+stay out of the fit but are predicted), each annotation as two weighted rows
 (label 1 with weight p, label 0 with weight 1 − p), by L1-penalised logistic regression without intercept
 (liblinear), C chosen among 10 values by 5-fold cross-validation with both rows of an annotation in one fold.
 Then LC = 100 · mean_i σ(ψ + φ·difficulty_i): the prediction at Δlen = 0. Its standard error is AlpacaEval's:

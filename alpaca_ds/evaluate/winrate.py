@@ -14,7 +14,9 @@ computes it (metrics/helpers.py: AbsoluteScoringRule and ZeroOneScoringRule):
   * discrete_win_rate: each preference rounded to 1 or 2 (1.5 stays a tie), then (wins + 1/2 ties) / n;
   * n_wins / n_wins_base count preferences above / below 1.5, n_draws those equal to 1.5 (or 0).
 
-Reported overall and per `dataset` (AlpacaEval's subsets: helpful_base, koala, oasst, selfinstruct, vicuna).
+Reported overall and per `dataset` (AlpacaEval's subsets: helpful_base, koala, oasst, selfinstruct, vicuna),
+with AlpacaEval 2.0's length-controlled win rate beside the raw one (lc_winrate.py; `--difficulty CSV` and
+`--gamed CSV` are its optional inputs).
 """
 from __future__ import annotations
 
