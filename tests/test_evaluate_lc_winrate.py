@@ -1,7 +1,8 @@
 """The length-controlled win rate against AlpacaEval's own `get_length_controlled_winrate` (the alpaca-eval package,
 run offline), on AlpacaEval's 805 instructions with text-davinci-003 and Alpaca 7B's real outputs, judged by
-seeded rules: a judge that strongly favours length with soft preferences, and a discrete one with ties. Every
-variant of the GLM is compared: length only, with instruction difficulty, with gamed-baseline rows, with both."""
+seeded rules: a judge that strongly favours length with soft preferences, a discrete one with ties, and one
+that all but follows length (AlpacaEval's warning). Every variant of the GLM is compared: length only, with
+instruction difficulty, with gamed-baseline rows, with both."""
 from __future__ import annotations
 
 import csv
@@ -78,6 +79,8 @@ def annotations(pairs, difficulty, judge: str, seed: int) -> list[dict]:
         longer_2 = math.tanh((len(y["output"]) - len(x["output"])) / 300)
         if judge == "length":  # soft preferences, as a weighted judge gives, that mostly follow length
             pref = 1 + float(sigmoid(3.0 * longer_2 - 0.5 * difficulty[i] + rng.normal(0, .5)))
+        elif judge == "extreme":  # discrete verdicts that all but follow length alone
+            pref = 2 if rng.random() < sigmoid(8.0 * longer_2 - 1.5) else 1
         else:  # discrete verdicts, a mild length bias, 10% ties written 0 (and one without a verdict)
             u = rng.random()
             pref = 0 if u < .1 else 2 if rng.random() < sigmoid(0.8 * longer_2 - 0.3 * difficulty[i]) else 1
@@ -108,7 +111,7 @@ def reference(rows, files, variant, monkeypatch) -> dict:
     return glm.get_length_controlled_winrate(df, glm_name=glm_name, glm_info=glm_info, save_weights_dir=None)
 
 
-@pytest.mark.parametrize("judge,seed", [("length", 1), ("discrete", 2)])
+@pytest.mark.parametrize("judge,seed", [("length", 1), ("discrete", 2), ("extreme", 5)])
 def test_agrees_with_alpaca_eval(pairs, files, judge, seed, monkeypatch):
     rows = annotations(pairs, files["values"], judge, seed)
     raw = winrate.head2head([r["preference"] for r in rows])
@@ -126,6 +129,8 @@ def test_agrees_with_alpaca_eval(pairs, files, judge, seed, monkeypatch):
             alpaca_eval_glm().get_is_extreme_changes(ref["win_rate"], ref["length_controlled_winrate"]))
         assert ours["n_gamed"] == (2 * 805 if with_gamed else 0) and ours["n_fit"] == 805 - (judge == "discrete")
         seen.append(ours["win_rate"])
+        # AlpacaEval's warning (LC far from raw) fires for the judge that all but follows length, and only there
+        assert (ours["warning"] is not None) == (judge == "extreme"), (judge, variant, raw, ours)
     if judge == "length":
         # Alpaca 7B's answers are longer than text-davinci-003's for 70% of the instructions: the length-loving
         # judge's raw rate is 62%, while without length it is a coin flip (its σ(−0.5·difficulty + noise)): LC ≈ 50
