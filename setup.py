@@ -31,11 +31,14 @@ setup(
         # api: token buckets for the rate limits, the run directories' locks
         "aiolimiter>=1.1",
         "filelock>=3.12",
+        # evaluate winrate: the length-controlled GLM (l1_ratios and use_legacy_attributes of LogisticRegressionCV)
+        "scikit-learn>=1.9",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test
         # rouge-score: the independent reference the ROUGE-L index and the seed set are checked against
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.20", "rouge-score>=0.1.2"],
+        # alpaca-eval: the reference the length-controlled win rate is checked against (its metrics, offline)
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.20", "rouge-score>=0.1.2", "alpaca-eval>=0.6.6"],
     },
     entry_points={"console_scripts": ["alpaca-ds=alpaca_ds.cli:main"]},
 )

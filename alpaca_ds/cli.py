@@ -394,13 +394,23 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
 
 
 @evaluate_group.command("winrate")
-@click.argument("annotations", type=click.Path(dir_okay=False))
+@click.argument("annotations", type=click.Path(dir_okay=False), required=False)
+@CONFIG
+@SET
 @click.option("--out", "out_dir", help="Folder for winrate.md and winrate.json [default: beside ANNOTATIONS].")
-def evaluate_winrate(annotations, out_dir):
-    """Win rate of output_2 over output_1 from AlpacaEval-format annotations (JSON or JSONL), as AlpacaEval does."""
+@click.option("--difficulty", help="CSV of instruction_difficulty (by index or instruction) for the LC win rate.")
+@click.option("--gamed", help="CSV of gamed-baseline rows (AlpacaEval's df_gamed.csv shape) for the LC win rate.")
+def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, gamed):
+    """Raw and length-controlled win rates of output_2 over output_1 from AlpacaEval-format annotations (JSON or
+    JSONL), as AlpacaEval 1.0 and 2.0 compute them."""
+    from alpaca_ds.config import WinrateConfig
     from alpaca_ds.evaluate import winrate
-    rep, md, js = winrate.run(annotations, out_dir)
+    flags = _flags(annotations=annotations, out=out_dir, difficulty=difficulty, gamed=gamed)
+    rep, md, js = winrate.run(load_config(WinrateConfig, config_path, (*flags, *overrides)))
     click.echo(winrate.markdown(rep), nl=False)
+    warning = rep["length_controlled"].get("warning")
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {md} and {js}", err=True)
 
 
@@ -446,6 +456,38 @@ def serve_command(config_path, overrides, model, port, host):
     from alpaca_ds.evaluate import serve
     cfg = load_config(ServeConfig, config_path, (*_flags(model=model, port=port, host=host), *overrides))
     serve.serve(cfg, announce=lambda m: click.echo(m))
+
+
+@cli.group("demo", invoke_without_command=True)
+@CONFIG
+@SET
+@click.option("--model", help="Exported model folder (RUN/final), or an OpenAI-compatible endpoint URL ending in /v1.")
+@click.option("--feedback", help="JSONL the answers and ratings are appended to [default: demo/feedback.jsonl].")
+@click.option("--port", type=int, help="TCP port [default: 7860]; 0 picks a free one (printed).")
+@click.option("--host", help="Address to bind [default: 127.0.0.1].")
+@click.pass_context
+def demo_group(ctx, config_path, overrides, model, feedback, port, host):
+    """A web page to talk to a model and rate its answers (thumbs up/down, comments) into a feedback file.
+
+    `alpaca-ds demo summary FILE` summarises the feedback.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from alpaca_ds.config import DemoConfig
+    from alpaca_ds.evaluate import demo
+    flags = _flags(model=model, feedback=feedback, port=port, host=host)
+    demo.serve(load_config(DemoConfig, config_path, (*flags, *overrides)), announce=lambda m: click.echo(m))
+
+
+@demo_group.command("summary")
+@click.argument("feedback_file", type=click.Path(dir_okay=False))
+@click.option("--worst", default=10, show_default=True, help="How many thumbs-down answers to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo_summary(feedback_file, worst, as_json):
+    """Counts, share of thumbs up and the thumbs-down answers of a demo's feedback file."""
+    from alpaca_ds.evaluate import feedback
+    s = feedback.summarize(feedback_file, worst)
+    click.echo(json.dumps(s, indent=2, ensure_ascii=False) if as_json else feedback.markdown(s), nl=as_json)
 
 
 @cli.group("release")

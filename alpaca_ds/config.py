@@ -322,6 +322,19 @@ class JudgeConfig(Schema):
                                  "(judging AlpacaEval's 805 with gpt-4o-mini in both orders costs about $0.3)")
 
 
+class WinrateConfig(Schema):
+    """`alpaca-ds evaluate winrate`: raw and length-controlled win rates of AlpacaEval-format annotations."""
+
+    annotations: str = Field(description="annotations: a JSON list or JSONL (AlpacaEval's shape)")
+    out: str | None = Field(None, description="folder for winrate.md and winrate.json; null = beside the annotations")
+    difficulty: str | None = Field(None, description="CSV of instruction_difficulty by index or instruction for the "
+                                   "length-controlled GLM; null = length and ψ only")
+    gamed: str | None = Field(None, description="CSV of gamed-baseline rows (AlpacaEval's df_gamed.csv shape) that "
+                              "regularise the GLM; null = none")
+    gamed_weight: float = Field(0.2, gt=0, description="total weight of the gamed rows (AlpacaEval's "
+                                "regularize_to_baseline_lambda)")
+
+
 class ServeConfig(Schema):
     """`alpaca-ds serve` and `alpaca-ds chat`: a fine-tuned model, locally."""
 
@@ -333,6 +346,36 @@ class ServeConfig(Schema):
     device: str = "auto"
     max_new_tokens_cap: int = Field(2048, gt=0, description="serve: the most a request's max_tokens may ask for")
     decoding: DecodingConfig = DecodingConfig()
+
+
+class ContentFilterConfig(Schema):
+    """The demo's optional content filter on prompts and answers, as Alpaca's demo had."""
+
+    words: str | None = Field(None, description="file of words or phrases (one a line, # comments) that a prompt "
+                              "or answer may not contain, matched as whole words, case-insensitively")
+    moderation_url: str | None = Field(None, description="OpenAI-compatible endpoint ending in /v1 whose "
+                                       "/moderations judges each prompt and answer")
+    moderation_model: str | None = Field(None, description="model to ask the moderation endpoint for; null = its "
+                                         "default")
+    api_key_env: str | None = Field(None, description="environment variable holding the moderation endpoint's key")
+
+
+class DemoConfig(Schema):
+    """`alpaca-ds demo`: a web page to talk to a model and rate its answers; ratings go to a JSONL file."""
+
+    model: str = Field(description="exported HF folder (RUN/final), or an OpenAI-compatible endpoint ending in /v1 "
+                       "(alpaca-ds serve, vLLM) that answers Alpaca's prompt on /completions")
+    name: str | None = Field(None, description="model name recorded with feedback (and asked of an endpoint); "
+                             "null = the folder's run name, or the endpoint's first /models entry")
+    api_key_env: str | None = Field(None, description="environment variable holding the endpoint's key")
+    feedback: str = Field("demo/feedback.jsonl", description="JSONL each answer and rating is appended to (fsync)")
+    host: str = Field("127.0.0.1", description="address to bind; anything else shares the demo with the network")
+    port: int = Field(7860, ge=0, le=65535, description="TCP port; 0 picks a free one (printed)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    decoding: DecodingConfig = Field(DecodingConfig(), description="the page's initial decoding settings")
+    max_new_tokens_cap: int = Field(1024, gt=0, description="the most max_new_tokens the page may ask for")
+    filter: ContentFilterConfig = ContentFilterConfig()
 
 
 class QuickstartGenerateConfig(Schema):

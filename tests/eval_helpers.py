@@ -2,12 +2,16 @@
 paths, the simulator as a judge over a real socket, and CLI subprocesses."""
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +27,26 @@ needs_eval_data = pytest.mark.skipif(
     not (SELFINSTRUCT.is_file() and DAVINCI.is_file() and ALPACA_7B.is_file()),
     reason=f"the public eval sets are not at {SHARED} (self-instruct/user_oriented_instructions.jsonl, "
            "alpaca_eval/*_outputs.json; they are never committed)")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and importlib.util.find_spec("selenium")),
+    reason="a browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+           ".ci/run installs them) and selenium (pip install -e '.[test]')")
+
+
+def browser():
+    """Headless chromium driven by Selenium through chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1200,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 def make_tiny_model(folder: Path, seed: int = 0, layers: int = 1, hidden: int = 32) -> Path:
@@ -111,6 +135,41 @@ def judge_simulator(**kwargs):
     `.sim.answered` (prompt digest -> answers), `.sim.seen` (request body digest -> attempts), `.sim.keys`."""
     from alpaca_ds.simulator.local import LocalSimulator
     return LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl", **kwargs)
+
+
+class LoopbackServer:
+    """An aiohttp app on a free loopback port, run in a thread: `with Server() as s:` serves `routes()` (POST)
+    at `s.url` (http://127.0.0.1:PORT/v1)."""
+
+    def routes(self) -> list:
+        raise NotImplementedError
+
+    def __enter__(self):
+        from aiohttp import web
+        ready = threading.Event()
+
+        async def main():
+            app = web.Application()
+            for path, handler in self.routes():
+                app.router.add_post(path, handler)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+            self._stop = asyncio.Event()
+            ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
 
 
 def write_outputs(path: Path, records: list[dict]) -> Path:

@@ -4,33 +4,15 @@ as soon as the page moves on, and the same win-rate report reads the file."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import urllib.error
 import urllib.request
 
 import pytest
 
-from eval_helpers import Background, run_cli, write_outputs
+from eval_helpers import Background, browser, needs_browser, run_cli, write_outputs
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; "
-           ".ci/run installs them)")
-
-
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+pytestmark = needs_browser
 
 
 def wait_progress(driver, done: int, total: int):

@@ -7,10 +7,11 @@ on the left so every answer starts right after its prompt.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import DecodingConfig
@@ -194,6 +195,27 @@ class LocalModel:
         if len(final) > len(sent) and final.startswith(sent):
             yield final[len(sent):]
         yield Answer(final, reason, len(ids), used, truncated)
+
+
+    async def astream(self, prompt: str, decoding: DecodingConfig, max_new_tokens: int | None = None,
+                      stop: list[str] | None = None, seed: int | None = None) -> AsyncIterator[str | Answer]:
+        """stream() on a worker thread, for an event loop that keeps serving other requests meanwhile."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def work():
+            try:
+                for piece in self.stream(prompt, decoding, max_new_tokens, stop, seed):
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except BaseException as e:  # noqa: BLE001 - raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (piece := await queue.get()) is not None:
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
 
 
 def first_stop(text: str, stop: list[str]) -> int | None:

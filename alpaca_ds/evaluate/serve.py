@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 
@@ -31,6 +30,17 @@ class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
         super().__init__(message)
         self.status, self.code, self.param = status, code, param
+
+
+async def json_object(request) -> dict:
+    """A request's JSON object body, or a BadRequest saying what is wrong with it."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
 
 
 def chat_prompt(messages) -> str:
@@ -124,12 +134,7 @@ class Server:
 
     async def _handle(self, request, chat: bool):
         try:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise BadRequest("the body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
+            body = await json_object(request)
             decoding, max_tokens, stop, n, seed = self._params(body)
             if chat:
                 prompts = [chat_prompt(body.get("messages"))]
@@ -180,28 +185,14 @@ class Server:
             await response.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode("utf-8"))
 
         prompt_tokens = completion_tokens = 0
-        loop = asyncio.get_running_loop()
         for p_index, prompt in enumerate(prompts):
             for j in range(n):
                 index = p_index * n + j
                 if chat:
                     await send([{"index": index, "delta": {"role": "assistant", "content": ""},
                                  "finish_reason": None, "logprobs": None}])
-                queue: asyncio.Queue = asyncio.Queue()
-
-                def work(prompt=prompt):
-                    try:
-                        for piece in self.model.stream(prompt, decoding, max_tokens, stop, seed):
-                            loop.call_soon_threadsafe(queue.put_nowait, piece)
-                    except BaseException as e:  # noqa: BLE001 - reported in the stream
-                        loop.call_soon_threadsafe(queue.put_nowait, e)
-                    loop.call_soon_threadsafe(queue.put_nowait, None)
-
-                threading.Thread(target=work, daemon=True).start()
                 final: Answer | None = None
-                while (piece := await queue.get()) is not None:
-                    if isinstance(piece, BaseException):
-                        raise piece
+                async for piece in self.model.astream(prompt, decoding, max_tokens, stop, seed):
                     if isinstance(piece, Answer):
                         final = piece
                         continue

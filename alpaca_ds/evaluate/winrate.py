@@ -14,7 +14,9 @@ computes it (metrics/helpers.py: AbsoluteScoringRule and ZeroOneScoringRule):
   * discrete_win_rate: each preference rounded to 1 or 2 (1.5 stays a tie), then (wins + 1/2 ties) / n;
   * n_wins / n_wins_base count preferences above / below 1.5, n_draws those equal to 1.5 (or 0).
 
-Reported overall and per `dataset` (AlpacaEval's subsets: helpful_base, koala, oasst, selfinstruct, vicuna).
+Reported overall and per `dataset` (AlpacaEval's subsets: helpful_base, koala, oasst, selfinstruct, vicuna),
+with AlpacaEval 2.0's length-controlled win rate beside the raw one (lc_winrate.py; `--difficulty CSV` and
+`--gamed CSV` are its optional inputs).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.config import WinrateConfig
 
 
 def read_annotations(path: str | Path) -> list[dict]:
@@ -65,7 +68,7 @@ def read_annotations(path: str | Path) -> list[dict]:
     return rows
 
 
-def _number(x) -> float | None:
+def as_number(x) -> float | None:
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -92,7 +95,7 @@ def _describe(values: list[float | None]) -> dict:
 
 def head2head(preferences: list) -> dict:
     """Win rate of output_2 over output_1 (percent), its standard error, counts, and the discrete win rate."""
-    raw = [_number(p) for p in preferences]
+    raw = [as_number(p) for p in preferences]
     absolute = [1.5 if v == 0 else v for v in raw]
     # ZeroOneScoringRule: a tie stays a tie, anything else is rounded to the nearer of 1 and 2
     # (half-to-even rounding, as pandas; a value that rounds to 0 becomes a tie there, as it does in AlpacaEval)
@@ -103,15 +106,18 @@ def head2head(preferences: list) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-def report(annotations: list[dict], source: str = "") -> dict:
+def report(annotations: list[dict], source: str = "", length_controlled: dict | None = None) -> dict:
     by: dict[str, list] = {}
     for a in annotations:
         by.setdefault(str(a.get("dataset") or "(none)"), []).append(a.get("preference"))
     g1 = sorted({str(a["generator_1"]) for a in annotations if a.get("generator_1") is not None})
     g2 = sorted({str(a["generator_2"]) for a in annotations if a.get("generator_2") is not None})
-    return {"source": source, "generator_1": ", ".join(g1) or "output_1", "generator_2": ", ".join(g2) or "output_2",
-            "overall": head2head([a.get("preference") for a in annotations]),
-            "by_dataset": {name: head2head(prefs) for name, prefs in sorted(by.items())}}
+    rep = {"source": source, "generator_1": ", ".join(g1) or "output_1", "generator_2": ", ".join(g2) or "output_2",
+           "overall": head2head([a.get("preference") for a in annotations]),
+           "by_dataset": {name: head2head(prefs) for name, prefs in sorted(by.items())}}
+    if length_controlled is not None:
+        rep["length_controlled"] = length_controlled
+    return rep
 
 
 def _fmt(x, digits=2) -> str:
@@ -135,7 +141,32 @@ def markdown(rep: dict) -> str:
     lines += ["", "Win rate = 100 × mean(preference − 1) as in AlpacaEval (discrete preferences: "
               "(wins + ½ ties) / n); "
               "discrete win rate rounds each preference to a win, loss or tie first."]
+    if "length_controlled" in rep:
+        lines += _lc_markdown(o, rep["length_controlled"])
     return "\n".join(lines) + "\n"
+
+
+def _lc_markdown(raw: dict, lc: dict) -> list[str]:
+    lines = ["", "## Length-controlled win rate (AlpacaEval 2.0)", ""]
+    if "skipped" in lc:
+        return lines + [f"Not computed: {lc['skipped']}."]
+    lines += ["| | win rate % | ± s.e. | n |", "|---|---:|---:|---:|",
+              f"| raw | {_fmt(raw['win_rate'])} | {_fmt(raw['standard_error'])} | {raw['n_total']} |",
+              f"| length-controlled | {_fmt(lc['win_rate'])} | {_fmt(lc['standard_error'])} | {lc['n_total']} |", ""]
+    if lc["C"] is None:
+        lines.append("output_1 and output_2 come from the same generator: 50 by construction.")
+    else:
+        weights = ", ".join(f"{k} {v:+.3f}" for k, v in lc["coefficients"].items())
+        lines.append(f"GLM fitted on {lc['n_fit']} annotations" + (f" and {lc['n_gamed']} gamed-baseline rows"
+                                                                    if lc["n_gamed"] else "")
+                     + f" (C = {lc['C']:.4g}): {weights}.")
+    if "difficulty" not in lc["terms"]:
+        lines.append("Without an instruction-difficulty file the model has only the length term and ψ, so every "
+                     "prediction is σ(ψ) and the standard error (AlpacaEval's: of the mean of the per-instruction "
+                     "predictions) is 0.")
+    if lc["warning"]:
+        lines += ["", f"**Warning**: {lc['warning']}"]
+    return lines
 
 
 def write_report(rep: dict, out_dir: Path) -> tuple[Path, Path]:
@@ -146,9 +177,16 @@ def write_report(rep: dict, out_dir: Path) -> tuple[Path, Path]:
     return md, js
 
 
-def run(path: str | Path, out_dir: str | Path | None = None) -> tuple[dict, Path, Path]:
-    """`alpaca-ds evaluate winrate PATH`: read, compute, write winrate.md + winrate.json (beside PATH by default)."""
-    path = Path(path)
-    rep = report(read_annotations(path), str(path))
-    md, js = write_report(rep, Path(out_dir) if out_dir else path.parent)
+def run(cfg: WinrateConfig) -> tuple[dict, Path, Path]:
+    """`alpaca-ds evaluate winrate PATH`: read, compute raw and length-controlled win rates, write winrate.md +
+    winrate.json (beside PATH by default)."""
+    from alpaca_ds.evaluate import lc_winrate
+    path = Path(cfg.annotations)
+    annotations = read_annotations(path)
+    difficulty = lc_winrate.read_difficulty(cfg.difficulty, annotations) if cfg.difficulty else None
+    gamed = lc_winrate.read_gamed(cfg.gamed, difficulty is not None, cfg.gamed_weight) if cfg.gamed else None
+    raw = head2head([a.get("preference") for a in annotations])["win_rate"]
+    lc = lc_winrate.length_controlled(annotations, raw, difficulty, gamed)
+    rep = report(annotations, str(path), lc)
+    md, js = write_report(rep, Path(cfg.out) if cfg.out else path.parent)
     return rep, md, js
