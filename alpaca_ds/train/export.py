@@ -25,11 +25,13 @@ def write_skeleton(model: torch.nn.Module, tokenizer, run_dir: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, dtype: str) -> None:
-    """Save `state_dict` as an HF model with the run's config and tokenizer (rank 0 only)."""
-    skeleton = run_dir / SKELETON
-    config = AutoConfig.from_pretrained(skeleton)
-    with torch.device("meta"):
+def model_from_state(state_dict: dict[str, torch.Tensor], run_dir: Path, dtype: str) -> torch.nn.Module:
+    """The run's HF model holding `state_dict` (in `dtype`, sharing its tensors where the dtype is the same)."""
+    from accelerate import init_empty_weights
+    config = AutoConfig.from_pretrained(run_dir / SKELETON)
+    # parameters on the meta device (state_dict replaces them), buffers real: the rotary tables are computed,
+    # not saved, and the model may run (the LoRA export's logits)
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
     missing, unexpected = model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in state_dict.items()},
                                                 strict=False, assign=True)
@@ -39,6 +41,14 @@ def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Pat
                         f"unexpected {unexpected[:3]})")
     if _tied(model):
         model.tie_weights()
+    model.eval()
+    return model
+
+
+def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, dtype: str) -> None:
+    """Save `state_dict` as an HF model with the run's config and tokenizer (rank 0 only)."""
+    skeleton = run_dir / SKELETON
+    model = model_from_state(state_dict, run_dir, dtype)
     tokenizer = AutoTokenizer.from_pretrained(skeleton)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
@@ -48,10 +58,35 @@ def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Pat
 
 
 def reload_logits(out: Path, batch: dict[str, torch.Tensor], dtype: str) -> torch.Tensor:
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=DTYPES[dtype])
+    return logits(AutoModelForCausalLM.from_pretrained(out, dtype=DTYPES[dtype]), batch)
+
+
+def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+
+def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, dtype: str, merged: bool,
+                batch: dict[str, torch.Tensor], reference: torch.Tensor) -> tuple[dict[str, float], dict[str, str]]:
+    """A LoRA run's exports from its consolidated peft state dict (rank 0 only): the adapter folder, loaded back
+    with peft onto the run's base, and, if `merged`, final/ (base + B·A·alpha/r) reloaded with transformers;
+    each one's logits checked against the engine's (`reference`). Returns the differences, and the sha256 of
+    each base tensor as the engine holds it after training (the base an adapter needs, for the provenance)."""
+    from alpaca_ds.common.provenance import tensor_sha256
+    from alpaca_ds.train import lora
+    adapter_dir = run_dir / lora.ADAPTER
+    lora.write_adapter(model, lora.adapter_state(model, state_dict), adapter_dir, DTYPES[dtype])
+    AutoTokenizer.from_pretrained(run_dir / SKELETON).save_pretrained(adapter_dir)
+    base = lora.base_state(state_dict)
+    base_sha256 = {name: tensor_sha256(t) for name, t in sorted(base.items())}  # before merging changes them
+    with_adapter = lora.load_with_adapter(model_from_state(base, run_dir, dtype), adapter_dir)
+    mask = batch["attention_mask"]
+    diffs = {"adapter": check_logits(logits(with_adapter, batch), reference, mask)}
+    if merged:
+        write_hf_folder(with_adapter.merge_and_unload().state_dict(), run_dir, run_dir / "final", dtype)
+        diffs["merged"] = check_logits(reload_logits(run_dir / "final", batch, dtype), reference, mask)
+    return diffs, base_sha256
 
 
 def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
