@@ -82,19 +82,26 @@ def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, dtype
     base_sha256 = {name: tensor_sha256(t) for name, t in sorted(base.items())}  # before merging changes them
     with_adapter = lora.load_with_adapter(model_from_state(base, run_dir, dtype), adapter_dir)
     mask = batch["attention_mask"]
-    diffs = {"adapter": check_logits(logits(with_adapter, batch), reference, mask)}
+    diffs = {"adapter": check_logits(logits(with_adapter, batch), reference, mask, LORA_ULPS)}
     if merged:
         write_hf_folder(with_adapter.merge_and_unload().state_dict(), run_dir, run_dir / "final", dtype)
-        diffs["merged"] = check_logits(reload_logits(run_dir / "final", batch, dtype), reference, mask)
+        diffs["merged"] = check_logits(reload_logits(run_dir / "final", batch, dtype), reference, mask, LORA_ULPS)
     return diffs, base_sha256
 
 
-def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
-    """Max |difference| over real tokens; raises unless within bf16 tolerance of the logits' scale."""
+# LoRA adds a second bf16 product to each targeted output, and the merged export rounds each W + B·A·alpha/r to
+# bf16, a rounding the engine (W and B·A apart) never makes: the engine, the adapter reloaded with peft and the
+# merged model each round differently, by a few more units than one model reloaded (tiny model: 1.4 units
+# between bf16 and fp32 with lm_head targeted). A missing or wrong adapter moves logits by far more.
+LORA_ULPS = 4
+
+
+def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, ulps: int = 1) -> float:
+    """Max |difference| over real tokens; raises unless within `ulps` x bf16 tolerance of the logits' scale."""
     keep = mask.bool()
     diff = float((exported[keep] - reference[keep]).abs().max())
     scale = float(reference[keep].abs().max())
-    tolerance = 2 ** -7 * max(scale, 1.0)  # a few units in the last place of bf16
+    tolerance = ulps * 2 ** -7 * max(scale, 1.0)  # a few units in the last place of bf16
     if not diff <= tolerance:
         raise UserError(f"export verification failed: reloaded logits differ by {diff:.3g} "
                         f"(tolerance {tolerance:.3g}); the exported folder is not the trained model")

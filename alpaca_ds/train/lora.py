@@ -75,10 +75,12 @@ def adapter_state(model, state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     """The adapter's tensors, in peft's file naming, from a consolidated state dict of the peft model; refuses
     a missing or empty one (the known failure: ZeRO-3 partitions saved without gathering, 0 elements each)."""
     from peft import get_peft_model_state_dict
-    adapter = get_peft_model_state_dict(model, state_dict=state_dict)
+    # Only trained tensors: peft would add a targeted lm_head's frozen base weight (the resized vocabulary), which
+    # the base the adapter is loaded onto has anyway.
+    adapter = get_peft_model_state_dict(model, state_dict=state_dict, save_embedding_layers=False)
     # what must be there: the adapter's share of the trainable parameters' names
     expected = set(get_peft_model_state_dict(model, state_dict={
-        name: torch.ones(1) for name, p in model.named_parameters() if p.requires_grad}))
+        name: torch.ones(1) for name, p in model.named_parameters() if p.requires_grad}, save_embedding_layers=False))
     problems = sorted(expected - set(adapter)) + sorted(k for k, v in adapter.items() if v.numel() == 0)
     if problems or not adapter:
         raise UserError(f"adapter export: tensor {problems[0] if problems else '(none at all)'} is missing or empty; "
