@@ -151,6 +151,20 @@ def test_lora_zero2_packed_with_modules_to_save(from_init, dataset, tmp_path):
     ours = losses(run)
     assert ours[-1] < ours[0] - 0.3, ours
     check_frozen_base_and_trained_adapter(run, settings(run, from_init, *extra), dataset)
+    # released as it is: the adapter needs no weight diff; the card says what it is and which base it needs
+    from alpaca_ds.release.cards import pack
+    out = pack(run, tmp_path / "release", None, False)
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert not (out / "weight-diff").exists() and not (out / "model").exists()
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    card = (out / "MODEL_CARD.md").read_text()
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert "A LoRA adapter for" in card and provenance["lora"]["adapter_sha256"] in card
+    assert "trained in full: embed_tokens, lm_head" in card and "prompt tokens masked from the loss" in card
+    assert "adapter/adapter_model.safetensors" in (out / "SHA256SUMS").read_text()
+    with pytest.raises(UserError, match="merged_export false"):
+        pack(run, tmp_path / "release-2", None, True)
 
 
 # ---------------------------------------------------------------- before any work
