@@ -121,8 +121,8 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> 
     cfg = load_config(TrainConfig, run_dir / "config.resolved.yaml")
     if cfg.model.lora is not None:
         raise UserError(f"{checkpoint}: a LoRA run's checkpoint holds the adapter and its optimizer state only; "
-                        f"the run writes {run_dir / 'adapter'} (and final/, merged) when it ends: relaunch it to "
-                        "finish, or lower optim.max_steps to end it at this checkpoint")
+                        f"the run writes {run_dir / 'adapter'} (and final/, merged) when it ends: relaunch the same "
+                        "command to finish it")
     dtype = dtype or cfg.export_dtype
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     write_hf_folder(state_dict, run_dir, out, dtype)
