@@ -20,6 +20,7 @@ setup(
         "torch>=2.3",
         "transformers>=5.0",
         "accelerate>=1.0",  # transformers' HfDeepSpeedConfig needs it
+        "peft>=0.15",  # LoRA (model.lora); QLoRA also needs bitsandbytes, on a CUDA machine
         "deepspeed>=0.16",
         "matplotlib>=3.8",
         # generate: the official async client, token counting, offline tiktoken files, the local teacher server

@@ -546,7 +546,8 @@ def release_card(run_dir, evals, out):
 @click.option("--eval", "evals", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="winrate.json of a judge run on this model's answers (repeatable).")
 def release_pack(run_dir, out, base, full_weights, evals):
-    """Gather weights (diff or full), tokenizer, cards, data and configs into a folder with SHA256SUMS."""
+    """Gather weights (diff or full; a LoRA run's adapter always), tokenizer, cards, data and configs into a folder
+    with SHA256SUMS. A LoRA run's adapter needs neither --base nor --full-weights."""
     from pathlib import Path
 
     from alpaca_ds.release.cards import pack

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,6 +39,23 @@ class DataBuildConfig(Schema):
     download_dir: str = Field("~/.cache/alpaca-ds/downloads", description="where URL inputs are cached")
 
 
+class LoraConfig(Schema):
+    """Low-rank adapters (peft's LoRA) on a frozen base: only these, and modules_to_save, are trained."""
+
+    r: int = Field(8, gt=0, description="rank of each adapter (B·A with A r x in, B out x r)")
+    alpha: float = Field(16, gt=0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1,
+                                            description="Linear layers (name suffixes) that get an adapter")
+    modules_to_save: tuple[str, ...] = Field(
+        (), description="modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head] to "
+        "train the rows of added tokens")
+    quantize: Literal["none", "nf4"] = Field(
+        "none", description="nf4: QLoRA, the frozen base in 4 bits (bitsandbytes; needs a CUDA GPU)")
+    merged_export: bool = Field(True, description="also write final/ (base + B·A·alpha/r merged, an HF folder) "
+                                "beside adapter/; false writes the adapter only")
+
+
 class ModelConfig(Schema):
     name_or_path: str | None = Field(None, description="pretrained weights: a folder or hub id")
     init_config: dict[str, Any] | None = Field(None, description="random init from these LlamaConfig keys (tiny runs)")
@@ -46,6 +63,8 @@ class ModelConfig(Schema):
     tokenizer: str | None = Field(None, description="the model's tokenizer; defaults to name_or_path")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
+    lora: LoraConfig | None = Field(None, description="train low-rank adapters on a frozen base instead of "
+                                    "every weight; null = full fine-tuning")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -66,6 +85,8 @@ class TrainDataConfig(Schema):
         "random", description="random: pad to longest, as Alpaca; length_grouped; packed: several examples per row")
     pack_length: int = Field(2048, gt=0, description="tokens per packed row")
     seed: int = Field(42, description="shuffling seed")
+    train_on_prompt: bool = Field(False, description="compute the loss on the prompt tokens too (alpaca-lora's "
+                                  "default); false masks them with -100, as Alpaca does")
 
 
 class BatchConfig(Schema):
@@ -526,6 +547,9 @@ def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = getattr(field, "annotation", None)
+        # an optional section (`lora: LoraConfig | None`) lists the keys of its schema
+        annotation = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
+                          annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

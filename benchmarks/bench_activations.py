@@ -32,8 +32,9 @@ CASES = [
 
 
 def measure_peak(hidden: int, intermediate: int, layers: int, heads: int, vocab: int, micro: int, seq: int,
-                 attention: str = "sdpa", checkpointing: bool = False) -> int:
-    """Peak bytes allocated during one forward + backward beyond the parameters and their gradients."""
+                 attention: str = "sdpa", checkpointing: bool = False, lora: dict | None = None) -> int:
+    """Peak bytes allocated during one forward + backward beyond the parameters and their gradients; `lora`
+    (target_modules, lora_dropout, ... of peft's LoraConfig) trains adapters on the frozen model instead."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -46,6 +47,11 @@ def measure_peak(hidden: int, intermediate: int, layers: int, heads: int, vocab:
     if checkpointing:
         from alpaca_ds.train.model import enable_checkpointing  # what model.gradient_checkpointing switches on
         enable_checkpointing(model)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+        if checkpointing:
+            model.enable_input_require_grads()  # as alpaca_ds.train.lora.add_adapters does
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, **lora)).to(torch.bfloat16)
     ids = torch.randint(0, vocab, (micro, seq))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model(**batch).loss.backward()  # warm-up: gradients allocated, lazy state built

@@ -50,12 +50,13 @@ import numpy as np
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import TrainConfig
 from alpaca_ds.cluster import alpaca_lengths
+from alpaca_ds.cluster.memory import (DS_BUFFER_FACTOR, Dims, activation_bytes, zero2_model_states,
+                                      zero3_model_states)
 from alpaca_ds.cluster.presets import ALIASES, ARCHS, GPUS, PAD_ADDED, Gpu
 
 GIB = 2**30
 DEFAULT_MFU = 0.4
 DEFAULT_RESERVE_GIB = 2.0
-DS_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor default (CPU memory estimates)
 # DeepSpeed's defaults for the bucket keys when the engine YAML leaves them out
 BUCKET_DEFAULTS = {"reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8, "stage3_prefetch_bucket_size": 5e7}
 
@@ -71,42 +72,6 @@ SHORT = {"zero2": "ZeRO-2", "zero2_offload_optimizer": "Z2 off.opt", "zero3": "Z
          "zero3_offload_optimizer": "Z3 off.opt", "zero3_offload_all": "Z3 off.all"}
 
 
-# ---------------------------------------------------------------- model states (DeepSpeed's estimators)
-
-def zero3_model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int,
-                       offload_optimizer: bool, offload_params: bool, zero_init: bool = True,
-                       buffer_factor: float = DS_BUFFER_FACTOR) -> tuple[int, int]:
-    """(CPU bytes per node, GPU bytes) exactly as deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs."""
-    total_gpus = nodes * gpus_per_node
-    gpus_factor = 1 / nodes
-    largest_layer_memory = 4 * largest_layer_params  # the gathered fp16 layer and its gradient
-    if offload_optimizer:
-        if offload_params:
-            gpu = largest_layer_memory
-            cpu = total_params * (18 * gpus_factor if zero_init else max(4 * gpus_per_node, 18 * gpus_factor))
-        else:
-            gpu = largest_layer_memory + int(2 * total_params / total_gpus)
-            cpu = total_params * (16 * gpus_factor if zero_init else max(4 * gpus_per_node, 16 * gpus_factor))
-    else:
-        # 18 bytes per parameter, sharded: bf16 parameter + bf16 gradient + fp32 gradient + fp32 master + Adam's 2
-        gpu = largest_layer_memory + int(18 * total_params / total_gpus)
-        cpu = (largest_layer_params if zero_init else total_params) * 4 * gpus_per_node
-    return int(cpu * buffer_factor), int(gpu)
-
-
-def zero2_model_states(total_params: int, gpus_per_node: int, nodes: int, offload_optimizer: bool,
-                       buffer_factor: float = DS_BUFFER_FACTOR) -> tuple[int, int]:
-    """(CPU bytes per node, GPU bytes) exactly as deepspeed.runtime.zero.stage_1_and_2.estimate_zero2_model_states_mem_needs."""
-    total_gpus = nodes * gpus_per_node
-    if offload_optimizer:
-        gpu = 2 * total_params
-        cpu = total_params * max(4 * total_gpus, 16) * buffer_factor
-    else:
-        gpu = 2 * total_params + int(18 * total_params / total_gpus)  # replicated bf16 parameters + sharded rest
-        cpu = total_params * 4 * gpus_per_node * buffer_factor
-    return int(cpu), int(gpu)
-
-
 def model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int) -> dict[str, dict]:
     out = {}
     for key, label, stage, opt, params in ENGINES:
@@ -116,31 +81,6 @@ def model_states(total_params: int, largest_layer_params: int, gpus_per_node: in
             cpu, gpu = zero2_model_states(total_params, gpus_per_node, nodes, opt)
         out[key] = {"label": label, "gpu_bytes": gpu, "cpu_bytes_per_node": cpu}
     return out
-
-
-# ---------------------------------------------------------------- activations
-
-@dataclass(frozen=True)
-class Dims:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    vocab: int
-
-
-def activation_bytes(d: Dims, micro: int, seq: int, *, checkpointing: bool, attention: str = "sdpa",
-                     packed: bool = False) -> int:
-    """Peak activation memory of one forward + backward on one GPU (see the module docstring)."""
-    sb = seq * micro
-    attn = 6 * d.heads * seq * seq * micro if attention == "eager" else 4 * d.heads * sb
-    layer = sb * (24 * d.hidden + 8 * d.intermediate) + attn
-    after = sb * (8 * d.hidden + 4 * d.vocab)
-    loss_peak = 8 * sb * d.vocab
-    mask = 4 * micro * seq * seq if packed else 0
-    if not checkpointing:
-        return d.layers * layer + after + loss_peak + mask
-    return d.layers * 2 * sb * d.hidden + max(after + loss_peak, layer + after) + mask
 
 
 # ---------------------------------------------------------------- the model's architecture

@@ -23,6 +23,15 @@ def weights_sha256(folder: str | Path) -> str | None:
     return hashlib.sha256("".join(f"{f.name}\0{sha256_file(f)}\n" for f in files).encode()).hexdigest()
 
 
+def tensor_sha256(t) -> str:
+    """One tensor's identity: dtype, shape and bytes (torch imported here only: generate and evaluate read this
+    module without it)."""
+    import torch
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def generation_summary(regen: Path) -> dict | None:
     """What a dataset's input owes to `alpaca-ds generate`, when it is a generation run's regen.json."""
     out = regen.parent

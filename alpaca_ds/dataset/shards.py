@@ -93,10 +93,13 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 class TokenizedDataset:
-    """One split of a built dataset; item i is {"input_ids", "labels"} as int64 arrays, labels -100 on prompt."""
+    """One split of a built dataset; item i is {"input_ids", "labels"} as int64 arrays, labels -100 on the prompt
+    (unless train_on_prompt)."""
 
-    def __init__(self, folder: str | Path, split: str = "train", tokenizer_sha256: str | None = None):
+    def __init__(self, folder: str | Path, split: str = "train", tokenizer_sha256: str | None = None,
+                 train_on_prompt: bool = False):
         self.folder = Path(folder)
+        self.train_on_prompt = train_on_prompt  # labels on the prompt tokens too (alpaca-lora's default)
         self.manifest = read_manifest(self.folder)
         if tokenizer_sha256 is not None:
             check_tokenizer(self.manifest, self.folder, tokenizer_sha256)
@@ -128,7 +131,7 @@ class TokenizedDataset:
         shard, j = self._shards[k], i - self._first[k]
         start, end = shard["offsets"][j], shard["offsets"][j + 1]
         ids = np.asarray(shard["ids"][start:end], dtype=np.int64)
-        labels = np.where(shard["mask"][start:end] == 1, ids, IGNORE_INDEX)
+        labels = ids.copy() if self.train_on_prompt else np.where(shard["mask"][start:end] == 1, ids, IGNORE_INDEX)
         return {"input_ids": ids, "labels": labels}
 
     def record_index(self, i: int) -> int:

@@ -10,6 +10,7 @@ matches is reported on the card, not hidden.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -58,7 +59,7 @@ def read_chain(run_dir: Path, evals: list[Path] = ()) -> dict:
         judged = [side for side, p in sides.items() if p and p.get("model_sha256") == prov["final_weights_sha256"]]
         if not judged:
             raise UserError(f"{path}: this evaluation did not judge this run's weights (no side has model_sha256 "
-                            f"{prov['final_weights_sha256'][:12]}); pass the winrate.json of a judge run on "
+                            f"{(prov['final_weights_sha256'] or 'none')[:12]}); pass the winrate.json of a judge run on "
                             "answers `alpaca-ds evaluate answer` wrote from this run's final/ folder")
         evaluations.append({"path": str(path), "side": judged[0], "report": report})
     return {"run_dir": run_dir, "provenance": prov, "config": config, "metrics": metrics, "manifest": manifest,
@@ -71,12 +72,17 @@ def model_card(chain: dict) -> str:
     val = [r["val_loss"] for r in chain["metrics"] if "val_loss" in r]
     base = cfg["model"]["name_or_path"] or f"random init ({json.dumps(cfg['model']['init_config'])})"
     b, o = cfg["batch"], cfg["optim"]
+    lora = prov.get("lora")
     lines = [f"# Model card: {chain['run_dir'].name}", "",
-             f"Fine-tuned from **{base}** on {m['counts']['examples']:,} instruction-following examples with alpaca-ds "
-             "(DeepSpeed ZeRO-3, Alpaca's recipe).", "",
-             "## Weights", "",
-             f"- final weights sha256 (safetensors files): `{prov['final_weights_sha256']}`",
-             f"- export check: reloaded logits within {prov['export_logits_max_diff']:.3g} of the training engine's",
+             f"{'A LoRA adapter for' if lora else 'Fine-tuned from'} **{base}**, trained on {m['counts']['examples']:,} "
+             "instruction-following examples with alpaca-ds (DeepSpeed ZeRO-3, Alpaca's recipe).", "",
+             "## Weights", ""]
+    if lora:
+        lines += _adapter_lines(lora, base)
+    if prov["final_weights_sha256"]:
+        lines.append(f"- {'merged ' if lora else ''}final weights sha256 (safetensors files): "
+                     f"`{prov['final_weights_sha256']}`")
+    lines += [f"- export check: reloaded logits within {prov['export_logits_max_diff']:.3g} of the training engine's",
              "", "## Training data", "",
              f"- dataset: `{prov['dataset']['path']}` (manifest sha256 `{prov['dataset']['manifest_sha256']}`)",
              f"- {m['counts']['examples']:,} examples from {m['counts']['records']:,} records of `{m['source']['input']}` "
@@ -93,8 +99,9 @@ def model_card(chain: dict) -> str:
               f"AdamW {tuple(o['betas'])}, eps {o['eps']}, gradient clipping {o['grad_clip']}",
               f"- {prov['steps']} optimizer steps; {prov['seconds_this_launch']} s in the last launch"
               + (f" (resumed from step {prov['resumed_from_step']})" if prov.get("resumed_from_step") else ""),
-              f"- batching: {cfg['data']['batching']}; max length {m['max_length']} tokens; prompt tokens masked from "
-              "the loss (Alpaca's template)"]
+              f"- batching: {cfg['data']['batching']}; max length {m['max_length']} tokens; "
+              + ("prompt tokens trained on too (alpaca-lora's default)" if cfg["data"].get("train_on_prompt")
+                 else "prompt tokens masked from the loss") + " (Alpaca's template)"]
     if train_rows:
         lines.append(f"- training loss {train_rows[0]['loss']:.4f} at step {train_rows[0]['step']} → "
                      f"{train_rows[-1]['loss']:.4f} at step {train_rows[-1]['step']}"
@@ -110,7 +117,7 @@ def model_card(chain: dict) -> str:
         lines.append(f"- win rate **{'n/a' if rate is None else f'{rate:.2f}'}% ± {se}** over {o_['n_total']} pairs against "
                      f"`{e['report'].get('generator_1' if ours == 'output_2' else 'generator_2')}` "
                      f"(`{e['path']}`)")
-    lines += ["", "## Licences", "", _model_licence(base), _data_licence(chain), "",
+    lines += ["", "## Licences", "", _model_licence(base, bool(lora)), _data_licence(chain), "",
               "## Known limitations", "", LIMITATIONS, "", "## Provenance checks", ""]
     lines += [f"- {name}: {'yes' if ok else '**NO — the file changed after the stage that recorded it**'}"
               for name, ok in chain["checks"].items()]
@@ -167,24 +174,33 @@ def write_cards(run_dir: Path, out: Path, evals: list[Path] = ()) -> dict:
 
 
 def pack(run_dir: Path, out: Path, base: Path | None, full_weights: bool, evals: list[Path] = ()) -> Path:
-    """A release folder: weights (a diff against `base`, or the full weights), tokenizer, cards, data, configs,
-    and SHA256SUMS over all of it."""
+    """A release folder: weights (a diff against `base`, or the full weights; a LoRA run's adapter, which holds no
+    base weight, needs neither), tokenizer, cards, data, configs, and SHA256SUMS over all of it."""
     from alpaca_ds.release.weights import COPIED, make_diff
-    if (base is None) == (not full_weights):
+    adapter = Path(run_dir) / "adapter"  # alpaca_ds.train.lora.ADAPTER (release does not import train)
+    final = Path(run_dir) / "final"
+    if base is not None and full_weights:
+        raise UserError("release pack: give --base BASE (publish a weight diff) or --full-weights, not both")
+    if base is None and not full_weights and not adapter.is_dir():
         raise UserError("release pack: give --base BASE (publish a weight diff) or --full-weights (only when the "
-                        "base model's licence allows redistributing its weights), not both")
+                        "base model's licence allows redistributing its weights)")
+    if (base is not None or full_weights) and not final.is_dir():
+        raise UserError(f"{final}: missing (a LoRA run with model.lora.merged_export false); pack its adapter alone "
+                        "(without --base or --full-weights)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: exists and is not empty; choose another --out")
     chain = read_chain(run_dir, evals)  # before anything is written: a broken chain fails here
-    final = Path(run_dir) / "final"
+    if adapter.is_dir():
+        shutil.copytree(adapter, out / "adapter")
     if base is not None:
         make_diff(base, final, out / "weight-diff")
-    else:
+    elif full_weights:
         shutil.copytree(final, out / "model")
+    tokenizer = final if final.is_dir() else adapter
     (out / "tokenizer").mkdir(parents=True, exist_ok=True)
     for name in COPIED[2:]:  # the tokenizer files
-        if (final / name).is_file():
-            shutil.copy2(final / name, out / "tokenizer" / name)
+        if (tokenizer / name).is_file():
+            shutil.copy2(tokenizer / name, out / "tokenizer" / name)
     write_cards(run_dir, out, evals)
     data = Path(chain["manifest"]["source"]["path"])
     if sha256_file(data) != chain["manifest"]["source"]["sha256"]:
@@ -206,7 +222,24 @@ def pack(run_dir: Path, out: Path, base: Path | None, full_weights: bool, evals:
     return out
 
 
-def _model_licence(base: str) -> str:
+def _adapter_lines(lora: dict, base: str) -> list[str]:
+    trained = ", ".join(lora["target_modules"]) + (f"; trained in full: {', '.join(lora['modules_to_save'])}"
+                                                   if lora["modules_to_save"] else "")
+    base_id = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in sorted(lora["base_tensors_sha256"].items()))
+                             .encode()).hexdigest()
+    return [f"- LoRA rank {lora['r']}, alpha {lora['alpha']}, dropout {lora['dropout']} on {trained}"
+            + (" (QLoRA: 4-bit NF4 base)" if lora["quantize"] != "none" else ""),
+            f"- adapter sha256 (safetensors files): `{lora['adapter_sha256']}`; load it with "
+            "`PeftModel.from_pretrained(base, ADAPTER_DIR)`, the base resized to the tokenizer's length with the new "
+            "rows set to the mean of the old ones, as Alpaca adds [PAD]",
+            f"- the base it was trained on: {len(lora['base_tensors_sha256'])} tensors, combined sha256 `{base_id}` "
+            f"(each tensor's in the run's provenance.json; {base})"]
+
+
+def _model_licence(base: str, adapter: bool = False) -> str:
+    if adapter:
+        return (f"- **Model**: the adapter holds no weight of {base}, only low-rank updates trained on it; using it "
+                "needs the base, under the base's own licence.")
     if "llama" in base.lower():
         return (f"- **Model**: derived from {base}, under Meta's LLaMA licence, which does not allow redistributing "
                 "its weights: publish a weight diff (`alpaca-ds release diff`), as Alpaca did.")

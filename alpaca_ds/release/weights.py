@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json
+from alpaca_ds.common.provenance import tensor_sha256
 
 DIFF_INDEX = "weight_diff.json"
 SHARD_BYTES = 2 * 2**30  # diff shards of at most 2 GiB: one is the most held in memory at once
@@ -53,12 +54,6 @@ class Weights:
     def get(self, name: str) -> torch.Tensor:
         with safe_open(self.folder / self.where[name], "pt") as f:
             return f.get_tensor(name)
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def make_diff(base: Path, tuned: Path, out: Path, shard_bytes: int = SHARD_BYTES) -> dict:

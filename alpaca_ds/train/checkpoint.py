@@ -30,7 +30,10 @@ def latest_tag(checkpoints: Path) -> str | None:
 def save(engine, checkpoints: Path, step: int, client_state: dict, keep_last: int) -> None:
     """Save on every rank; `latest` moves to this tag only once all ranks have finished writing it."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(checkpoints), tag=tag, client_state=client_state, save_latest=False)
+    # A frozen base (LoRA) is not saved: it is the model loaded at start, and a checkpoint of a 7B base + adapter
+    # would be 13 GB instead of a few MB. Full fine-tuning has no frozen parameter, so this changes nothing there.
+    engine.save_checkpoint(str(checkpoints), tag=tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=True)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(rng, checkpoints / tag / f"rng-rank{dist.get_rank()}.pt")
     dist.barrier()
@@ -42,13 +45,17 @@ def save(engine, checkpoints: Path, step: int, client_state: dict, keep_last: in
     dist.barrier()
 
 
+def _frozen(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
 def load_latest(engine, checkpoints: Path) -> dict | None:
     """Restore the newest complete checkpoint into `engine` and this rank's RNGs; returns its client state."""
     tag = latest_tag(checkpoints)
     if tag is None:
         return None
     _, client_state = engine.load_checkpoint(str(checkpoints), tag=tag, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True)
+                                             load_lr_scheduler_states=True, load_module_strict=not _frozen(engine))
     rng = torch.load(checkpoints / tag / f"rng-rank{dist.get_rank()}.pt", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

@@ -25,11 +25,13 @@ def write_skeleton(model: torch.nn.Module, tokenizer, run_dir: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, dtype: str) -> None:
-    """Save `state_dict` as an HF model with the run's config and tokenizer (rank 0 only)."""
-    skeleton = run_dir / SKELETON
-    config = AutoConfig.from_pretrained(skeleton)
-    with torch.device("meta"):
+def model_from_state(state_dict: dict[str, torch.Tensor], run_dir: Path, dtype: str) -> torch.nn.Module:
+    """The run's HF model holding `state_dict` (in `dtype`, sharing its tensors where the dtype is the same)."""
+    from accelerate import init_empty_weights
+    config = AutoConfig.from_pretrained(run_dir / SKELETON)
+    # parameters on the meta device (state_dict replaces them), buffers real: the rotary tables are computed,
+    # not saved, and the model may run (the LoRA export's logits)
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
     missing, unexpected = model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in state_dict.items()},
                                                 strict=False, assign=True)
@@ -39,6 +41,14 @@ def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Pat
                         f"unexpected {unexpected[:3]})")
     if _tied(model):
         model.tie_weights()
+    model.eval()
+    return model
+
+
+def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, dtype: str) -> None:
+    """Save `state_dict` as an HF model with the run's config and tokenizer (rank 0 only)."""
+    skeleton = run_dir / SKELETON
+    model = model_from_state(state_dict, run_dir, dtype)
     tokenizer = AutoTokenizer.from_pretrained(skeleton)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
@@ -48,18 +58,50 @@ def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Pat
 
 
 def reload_logits(out: Path, batch: dict[str, torch.Tensor], dtype: str) -> torch.Tensor:
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=DTYPES[dtype])
+    return logits(AutoModelForCausalLM.from_pretrained(out, dtype=DTYPES[dtype]), batch)
+
+
+def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
 
 
-def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
-    """Max |difference| over real tokens; raises unless within bf16 tolerance of the logits' scale."""
+def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, dtype: str, merged: bool,
+                batch: dict[str, torch.Tensor], reference: torch.Tensor) -> tuple[dict[str, float], dict[str, str]]:
+    """A LoRA run's exports from its consolidated peft state dict (rank 0 only): the adapter folder, loaded back
+    with peft onto the run's base, and, if `merged`, final/ (base + B·A·alpha/r) reloaded with transformers;
+    each one's logits checked against the engine's (`reference`). Returns the differences, and the sha256 of
+    each base tensor as the engine holds it after training (the base an adapter needs, for the provenance)."""
+    from alpaca_ds.common.provenance import tensor_sha256
+    from alpaca_ds.train import lora
+    adapter_dir = run_dir / lora.ADAPTER
+    lora.write_adapter(model, lora.adapter_state(model, state_dict), adapter_dir, DTYPES[dtype])
+    AutoTokenizer.from_pretrained(run_dir / SKELETON).save_pretrained(adapter_dir)
+    base = lora.base_state(state_dict)
+    base_sha256 = {name: tensor_sha256(t) for name, t in sorted(base.items())}  # before merging changes them
+    with_adapter = lora.load_with_adapter(model_from_state(base, run_dir, dtype), adapter_dir)
+    mask = batch["attention_mask"]
+    diffs = {"adapter": check_logits(logits(with_adapter, batch), reference, mask, LORA_ULPS)}
+    if merged:
+        write_hf_folder(with_adapter.merge_and_unload().state_dict(), run_dir, run_dir / "final", dtype)
+        diffs["merged"] = check_logits(reload_logits(run_dir / "final", batch, dtype), reference, mask, LORA_ULPS)
+    return diffs, base_sha256
+
+
+# LoRA adds a second bf16 product to each targeted output, and the merged export rounds each W + B·A·alpha/r to
+# bf16, a rounding the engine (W and B·A apart) never makes: the engine, the adapter reloaded with peft and the
+# merged model each round differently, by a few more units than one model reloaded (tiny model: 1.4 units
+# between bf16 and fp32 with lm_head targeted). A missing or wrong adapter moves logits by far more.
+LORA_ULPS = 4
+
+
+def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, ulps: int = 1) -> float:
+    """Max |difference| over real tokens; raises unless within `ulps` x bf16 tolerance of the logits' scale."""
     keep = mask.bool()
     diff = float((exported[keep] - reference[keep]).abs().max())
     scale = float(reference[keep].abs().max())
-    tolerance = 2 ** -7 * max(scale, 1.0)  # a few units in the last place of bf16
+    tolerance = ulps * 2 ** -7 * max(scale, 1.0)  # a few units in the last place of bf16
     if not diff <= tolerance:
         raise UserError(f"export verification failed: reloaded logits differ by {diff:.3g} "
                         f"(tolerance {tolerance:.3g}); the exported folder is not the trained model")
@@ -77,6 +119,10 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> 
         raise UserError(f"{checkpoint}: not a checkpoint of an alpaca-ds run (expected "
                         "RUN/checkpoints/step-NNNNNNNN with RUN/model and RUN/config.resolved.yaml)")
     cfg = load_config(TrainConfig, run_dir / "config.resolved.yaml")
+    if cfg.model.lora is not None:
+        raise UserError(f"{checkpoint}: a LoRA run's checkpoint holds the adapter and its optimizer state only; "
+                        f"the run writes {run_dir / 'adapter'} (and final/, merged) when it ends: relaunch the same "
+                        "command to finish it")
     dtype = dtype or cfg.export_dtype
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     write_hf_folder(state_dict, run_dir, out, dtype)

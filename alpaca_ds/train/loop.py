@@ -31,7 +31,7 @@ from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset, check_tokenizer, read_manifest
 from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer, tokenizer_identity
-from alpaca_ds.train import checkpoint, export
+from alpaca_ds.train import checkpoint, export, lora
 from alpaca_ds.train.ds_config import batch_arithmetic, build_ds_config
 from alpaca_ds.train.metrics import MetricsLog, plot_loss_curve
 from alpaca_ds.train.model import build_model
@@ -40,6 +40,7 @@ from alpaca_ds.train.model import build_model
 def preflight(cfg: TrainConfig, world_size: int) -> tuple[dict, dict, dict]:
     """Everything that can be wrong before a model loads: returns (ds_config, dataset manifest, tokenizer identity)."""
     ds_config = build_ds_config(cfg, world_size)
+    lora.check_quantization(cfg.model)
     manifest = read_manifest(cfg.data.path)
     identity = tokenizer_identity(cfg.model.tokenizer_path)
     check_tokenizer(manifest, Path(cfg.data.path), identity["sha256"])
@@ -62,8 +63,9 @@ def train(cfg: TrainConfig) -> None:
     ds_config, manifest, _ = preflight(cfg, world)
     micro, accum = cfg.batch.resolve(world)
     run_dir, checkpoints = Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"
-    train_set = TokenizedDataset(cfg.data.path, "train")
-    val_set = TokenizedDataset(cfg.data.path, "validation") if manifest["splits"]["validation"]["examples"] else None
+    train_set = TokenizedDataset(cfg.data.path, "train", train_on_prompt=cfg.data.train_on_prompt)
+    val_set = (TokenizedDataset(cfg.data.path, "validation", train_on_prompt=cfg.data.train_on_prompt)
+               if manifest["splits"]["validation"]["examples"] else None)
     pad_id = manifest["tokenizer"]["pad_token_id"]
     sampler = MicroBatchSampler(train_set.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
                                 mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
@@ -134,7 +136,7 @@ def train(cfg: TrainConfig) -> None:
     if main:
         log.close()
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    diff = export_final(engine, cfg, run_dir)
+    diffs, base_sha256 = export_final(engine, cfg, run_dir)
     if main:
         atomic_write_json(run_dir / PROVENANCE, {
             "dataset": {"path": str(Path(cfg.data.path).resolve()),
@@ -144,8 +146,14 @@ def train(cfg: TrainConfig) -> None:
             "device": get_accelerator().get_device_name() if hasattr(get_accelerator(), "get_device_name") else None,
             "steps": step, "seconds_this_launch": round(time.time() - started, 1),
             "resumed_from_step": state["step"] if state else None,
-            "final_weights_sha256": weights_sha256(run_dir / "final"), "export_logits_max_diff": diff})
-        print(f"done: {step} steps; exported {run_dir / 'final'} (reloaded logits within {diff:.2g} of the engine's)")
+            "final_weights_sha256": weights_sha256(run_dir / "final"),
+            "export_logits_max_diff": max(diffs.values()),
+            **({"lora": {**cfg.model.lora.model_dump(mode="json"), "adapter_sha256": weights_sha256(
+                run_dir / lora.ADAPTER), "base_tensors_sha256": base_sha256}} if cfg.model.lora else {})})
+        folders = {"merged": "final", "adapter": lora.ADAPTER}
+        exported = ", ".join(f"{run_dir / folders[kind]} (reloaded logits within {diff:.2g} of the engine's)"
+                             for kind, diff in diffs.items())
+        print(f"done: {step} steps; exported {exported}")
     # Leave together: a rank that exits while another still holds the gloo/NCCL group can abort the other's exit.
     dist.barrier()
     dist.destroy_process_group()
@@ -178,21 +186,29 @@ def evaluate(engine, dataset: TokenizedDataset, micro: int, world: int, rank: in
     return float(total[0] / total[1])
 
 
-def export_final(engine, cfg: TrainConfig, run_dir: Path) -> float:
-    """Consolidate the weights into run_dir/final and check the reloaded model's logits against the engine's."""
+def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, float], dict | None]:
+    """Consolidate the weights into run_dir/final (with LoRA: run_dir/adapter, and final/ merged unless switched
+    off) and check each reloaded model's logits against the engine's. Returns {"merged"/"adapter": max diff} and,
+    on rank 0 of a LoRA run, the sha256 of each frozen base tensor."""
     zero3 = engine.zero_optimization_stage() == 3
     state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
     batch = export.fixed_batch(engine.module.config.vocab_size)
     engine.eval()
     with torch.no_grad():
         reference = engine(**batch).logits.float()
-    diff = torch.zeros(1)
+    kinds = ["merged"] if cfg.model.lora is None else ["adapter"] + (["merged"] if cfg.model.lora.merged_export else [])
+    diff, base_sha256 = torch.zeros(len(kinds)), None
     if dist.get_rank() == 0:
-        export.write_hf_folder(state_dict, run_dir, run_dir / "final", cfg.export_dtype)
-        diff[0] = export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype), reference,
-                                      batch["attention_mask"])
+        if cfg.model.lora is None:
+            export.write_hf_folder(state_dict, run_dir, run_dir / "final", cfg.export_dtype)
+            diffs = {"merged": export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype),
+                                                   reference, batch["attention_mask"])}
+        else:
+            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, cfg.export_dtype,
+                                                    cfg.model.lora.merged_export, batch, reference)
+        diff[:] = torch.tensor([diffs[k] for k in kinds])
     dist.broadcast(diff, 0)
-    return float(diff[0])
+    return dict(zip(kinds, diff.tolist())), base_sha256
 
 
 class _Window:

@@ -1,4 +1,5 @@
-"""The model under ZeRO-3: loaded already partitioned (or a tiny random one), with Alpaca's added tokens."""
+"""The model under ZeRO-3: loaded already partitioned (or a tiny random one), with Alpaca's added tokens, and
+LoRA adapters when the recipe asks for them (lora.py)."""
 from __future__ import annotations
 
 import deepspeed
@@ -10,6 +11,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import ModelConfig
+from alpaca_ds.train import lora
 
 
 def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.Module:
@@ -20,7 +22,8 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
     if cfg.name_or_path is not None:
         try:
             model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
-                                                         attn_implementation=cfg.attn_implementation)
+                                                         attn_implementation=cfg.attn_implementation,
+                                                         quantization_config=lora.quantization_config(cfg))
         except OSError as e:
             raise UserError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it ({e})") from None
     else:
@@ -32,7 +35,7 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
     resize_with_mean_rows(model, vocab_size)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    return model
+    return model if cfg.lora is None else lora.add_adapters(model, cfg)
 
 
 def enable_checkpointing(model: torch.nn.Module) -> None:

@@ -1,0 +1,250 @@
+"""LoRA under the DeepSpeed trainer for real: peft adapters on a frozen tiny LLaMA, 2 CPU ranks over gloo.
+
+One ZeRO-3 run from test_train.py's saved weights is the reference for everything else: its losses against
+LoRA written out in plain torch (tests/lora_reference.py), its base tensors against the saved ones, its
+adapter folder loaded with peft onto the saved base, its checkpoints (adapter and optimizer state only), and a
+run killed with SIGKILL and relaunched. A ZeRO-2 run with packing and modules_to_save checks the same freezing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.provenance import tensor_sha256
+from alpaca_ds.config import TrainConfig, load_config
+from alpaca_ds.train.loop import preflight
+from test_train import (FROM_INIT_STEPS, RECIPE, dataset, from_init, launch, losses,  # noqa: F401 (fixtures)
+                        metrics, worst_relative)
+import lora_reference
+
+# lm_head among the targets: on a random model, adapters on attention alone barely move the loss in 24 steps
+LORA = ("model.lora.r=8", "model.lora.alpha=16", "model.lora.dropout=0", "optim.lr=1e-2",
+        "model.lora.target_modules=[q_proj, v_proj, lm_head]")
+
+
+def initial_adapters(cfg: TrainConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    """The adapter the trainer starts from, by peft's own initialisation from the same seed (file naming)."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    model = lora_reference.base_model(cfg, vocab_size)
+    torch.manual_seed(cfg.model.init_seed)
+    lc = cfg.model.lora
+    peft_model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                  target_modules=list(lc.target_modules),
+                                                  modules_to_save=list(lc.modules_to_save) or None))
+    return {k: v.clone() for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+
+
+def base_hashes(cfg: TrainConfig, vocab_size: int) -> dict[str, str]:
+    return {k: tensor_sha256(v) for k, v in lora_reference.base_model(cfg, vocab_size).state_dict().items()}
+
+
+def settings(run: Path, from_init, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, RECIPE, [f"output_dir={run}", *from_init, *LORA, *extra])
+
+
+def vocab(dataset: Path) -> int:
+    return json.loads((dataset / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(from_init, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("lora-zero3") / "run"
+    result = launch(f"output_dir={run}", *from_init, *LORA)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"done: {FROM_INIT_STEPS} steps" in result.stdout
+    assert "adapter (reloaded logits within" in result.stdout and "final (reloaded logits within" in result.stdout
+    return run
+
+
+def check_frozen_base_and_trained_adapter(run: Path, cfg: TrainConfig, dataset: Path) -> None:
+    """Every base tensor bit-identical to the saved one; every adapter tensor present, non-empty and changed."""
+    lora = json.loads((run / "provenance.json").read_text())["lora"]
+    expected = base_hashes(cfg, vocab(dataset))
+    assert lora["base_tensors_sha256"].keys() == expected.keys()
+    changed = [name for name, h in expected.items() if lora["base_tensors_sha256"][name] != h]
+    assert not changed, f"base tensors changed by training: {changed}"
+    start, trained = initial_adapters(cfg, vocab(dataset)), load_file(run / "adapter" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys() and trained
+    for name, tensor in trained.items():
+        assert tensor.shape == start[name].shape and tensor.numel() > 0, name
+        assert not torch.equal(tensor.float(), start[name].float()), f"{name} did not train"
+
+
+def test_lora_zero3_trains_only_the_adapter(lora_run, from_init, dataset):
+    ours = losses(lora_run)
+    assert sum(ours[-5:]) / 5 < sum(ours[:5]) / 5 - 0.3, ours
+    check_frozen_base_and_trained_adapter(lora_run, settings(lora_run, from_init), dataset)
+
+
+def test_lora_matches_a_hand_built_reference(lora_run, from_init, dataset):
+    cfg = settings(lora_run, from_init)
+    start = initial_adapters(cfg, vocab(dataset))
+    init = {name.removeprefix("base_model.model.").removesuffix(".lora_A.weight"):
+            (a, start[name.replace("lora_A", "lora_B")]) for name, a in start.items() if name.endswith(".lora_A.weight")}
+    assert len(init) == 2 * 2 + 1  # q_proj and v_proj in 2 layers, lm_head
+    theirs = lora_reference.train(cfg, init, world=2)
+    ours = losses(lora_run)
+    assert worst_relative(ours, theirs) < 0.01, list(zip(ours, theirs))
+
+
+def test_lora_checkpoint_holds_only_the_adapter_and_its_optimizer_state(lora_run, from_init, dataset):
+    adapter = sum(t.numel() for t in initial_adapters(settings(lora_run, from_init), vocab(dataset)).values())
+    tag = lora_run / "checkpoints" / (lora_run / "checkpoints" / "latest").read_text()
+    fp32 = 0
+    for rank in range(2):
+        states = torch.load(tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", weights_only=False)
+        assert states["module"] and all(".lora_" in name for name in states["module"]), list(states["module"])
+        assert not states["frozen_param_fragments"]
+        optim = torch.load(tag / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", weights_only=False)
+        fp32 += sum(t.numel() for t in optim["optimizer_state_dict"]["fp32_flat_groups"])
+    assert adapter <= fp32 < adapter + 64  # the adapter's fp32 masters (and Adam's states beside them), padded
+
+
+def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from alpaca_ds.train.export import LORA_ULPS, check_logits, fixed_batch, logits
+    cfg = settings(lora_run, from_init)
+    peft_model = PeftModel.from_pretrained(lora_reference.base_model(cfg, vocab(dataset)), lora_run / "adapter")
+    batch = fixed_batch(vocab(dataset))
+    merged = AutoModelForCausalLM.from_pretrained(lora_run / "final", dtype=torch.bfloat16)
+    check_logits(logits(peft_model, batch), logits(merged, batch), batch["attention_mask"], LORA_ULPS)
+
+
+def test_lora_resume_after_kill_gives_identical_losses(lora_run, from_init, tmp_path):
+    run = tmp_path / "resumed"
+    args = (f"output_dir={run}", *from_init, *LORA, "checkpoint.every_steps=3")
+    proc = launch(*args, wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = [r for r in metrics(run) if "loss" in r] if (run / "metrics.jsonl").exists() else []
+        if done and done[-1]["step"] >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r["step"] for r in metrics(run) if "loss" in r)
+    assert 8 <= killed_at < FROM_INIT_STEPS
+    result = launch(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed from step-000000" in result.stdout
+    assert [(r["step"], r["loss"]) for r in metrics(run)] == [(r["step"], r["loss"]) for r in metrics(lora_run)]
+
+
+def test_lora_zero2_packed_with_modules_to_save(from_init, dataset, tmp_path):
+    run = tmp_path / "run"
+    extra = ("ds_config=ds_configs/zero2_bf16.yaml", "data.batching=packed", "data.pack_length=512",
+             "model.lora.target_modules=[q_proj, v_proj]", "model.lora.modules_to_save=[embed_tokens, lm_head]",
+             "model.lora.merged_export=false")
+    result = launch(f"output_dir={run}", *from_init, *LORA, *extra)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "adapter (reloaded logits within" in result.stdout and not (run / "final").exists()
+    ours = losses(run)
+    assert ours[-1] < ours[0] - 0.3, ours
+    check_frozen_base_and_trained_adapter(run, settings(run, from_init, *extra), dataset)
+    # released as it is: the adapter needs no weight diff; the card says what it is and which base it needs
+    from alpaca_ds.release.cards import pack
+    out = pack(run, tmp_path / "release", None, False)
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert not (out / "weight-diff").exists() and not (out / "model").exists()
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    card = (out / "MODEL_CARD.md").read_text()
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert "A LoRA adapter for" in card and provenance["lora"]["adapter_sha256"] in card
+    assert "trained in full: embed_tokens, lm_head" in card and "prompt tokens masked from the loss" in card
+    assert "adapter/adapter_model.safetensors" in (out / "SHA256SUMS").read_text()
+    with pytest.raises(UserError, match="merged_export false"):
+        pack(run, tmp_path / "release-2", None, True)
+
+
+# ---------------------------------------------------------------- before any work
+
+def test_qlora_is_refused_without_a_gpu(dataset, from_init, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: QLoRA is allowed here")
+    cfg = settings(tmp_path / "run", from_init, "model.lora.quantize=nf4")
+    with pytest.raises(UserError, match="model.lora.quantize nf4: QLoRA's 4-bit base needs a CUDA GPU"):
+        preflight(cfg, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); "
+                    "this machine has none")
+def test_qlora_builds_a_4bit_base_with_bf16_storage(from_init, tmp_path):
+    from alpaca_ds.train.lora import quantization_config
+    cfg = settings(tmp_path / "run", from_init, "model.lora.quantize=nf4")
+    q = quantization_config(cfg.model)
+    assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16  # what ZeRO-3 partitions
+
+
+def test_lora_settings_are_checked(dataset, tmp_path):
+    with pytest.raises(UserError, match=r"unknown key 'model.lora.target_module'; did you mean 'model.lora.target_modules'"):
+        load_config(TrainConfig, RECIPE, ["model.lora.target_module=[q_proj]"])
+    with pytest.raises(UserError, match="model.lora.r"):
+        load_config(TrainConfig, RECIPE, ["model.lora.r=0"])
+
+
+def test_train_on_prompt_labels_every_token(dataset):
+    from alpaca_ds.dataset.shards import TokenizedDataset
+    masked, full = TokenizedDataset(dataset, "train"), TokenizedDataset(dataset, "train", train_on_prompt=True)
+    for i in range(5):
+        assert (full[i]["labels"] == full[i]["input_ids"]).all()
+        assert (masked[i]["labels"] == -100).sum() > 0
+        keep = masked[i]["labels"] != -100
+        assert (masked[i]["labels"][keep] == full[i]["labels"][keep]).all()
+
+
+def test_adapter_folder_round_trips_every_tensor(tmp_path):
+    # Saved from a consolidated state dict, reloaded by peft: every tensor comes back equal; a state dict
+    # with an empty (ungathered ZeRO-3 partition) or missing adapter tensor is refused before anything is written.
+    from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from alpaca_ds.config import LoraConfig
+    from alpaca_ds.train import lora
+
+    def base():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, num_key_value_heads=1))
+    model = get_peft_model(base(), lora.peft_config(LoraConfig(modules_to_save=("lm_head",)), None))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_()
+    state = model.state_dict()
+    adapter = lora.adapter_state(model, state)
+    assert len(adapter) == 2 * 2 * 2 + 1  # A and B of q_proj and v_proj in 2 layers, and lm_head
+    lora.write_adapter(model, adapter, tmp_path / "adapter", torch.float32)
+    loaded = get_peft_model_state_dict(PeftModel.from_pretrained(base(), tmp_path / "adapter"))
+    assert loaded.keys() == adapter.keys()
+    for name, tensor in adapter.items():
+        assert tensor.numel() > 0 and torch.equal(loaded[name], tensor), name
+    name = next(k for k in state if ".lora_B." in k)
+    with pytest.raises(UserError, match="is missing or empty"):
+        lora.adapter_state(model, {**state, name: torch.empty(0)})
+    with pytest.raises(UserError, match="is missing or empty"):
+        lora.adapter_state(model, {k: v for k, v in state.items() if k != name})
+
+
+@pytest.mark.parametrize("name, world", [("alpaca_lora_7b", 2), ("alpaca_lora_7b", 8), ("alpaca_lora_7b_1gpu", 1)])
+def test_alpaca_lora_recipes_hold_its_published_settings(name, world):
+    from alpaca_ds.config import DataBuildConfig
+    from alpaca_ds.train.ds_config import build_ds_config
+    cfg = load_config(TrainConfig, RECIPE.parent / f"{name}.yaml")
+    ds = build_ds_config(cfg, world)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"]) == (128, 4)
+    assert ds["gradient_accumulation_steps"] == 128 // (4 * world)
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.data.train_on_prompt) == (3e-4, 3, True)
+    lc = cfg.model.lora
+    assert (lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.quantize) == (8, 16, 0.05, ("q_proj", "v_proj"), "none")
+    built = load_config(DataBuildConfig, RECIPE.parents[2] / "data" / "alpaca_lora.yaml")
+    assert built.max_length == 256 and built.output == cfg.data.path
