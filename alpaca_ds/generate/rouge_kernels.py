@@ -1,0 +1,244 @@
+"""The compiled loops of `RougeIndex` (alpaca_ds/generate/rouge.py): posting lists, bit-parallel LCS, top-k.
+
+numba compiles these on first use and caches the machine code next to this file (or in the user's cache when
+that folder is read-only), so only the first process after an install pays the compile. Every float they
+produce is rouge_score's: scores of instructions of <= 64 tokens are read from rouge.py's table and those of
+longer ones use `_f_measure`, which does rouge_l_f's operations in its order (numba, like CPython, rounds each
+IEEE operation and never fuses them without fastmath).
+
+Storage, all numpy arrays owned by the index:
+  * posting lists in fixed blocks of `BLOCK` entries: `blk_ids[b]` / `blk_masks[b]` hold instruction ids
+    (ascending) and the bit masks of the token's positions in them, `blk_next[b]` chains a token's blocks;
+    per token id `head`, `tail`, `plen` (entries) and `df` (instructions containing it, all lengths).
+    Growable per-token arrays would cost a Python object per token; blocks keep appends inside numba;
+  * per instruction `lens`, `base` = 65 * n (score-table row; 0 when n > 64), `low` = (1 << n) - 1
+    (0 when n > 64) and `tokmat`, its token ids padded with -1 (n <= 64);
+  * instructions of > 64 tokens in CSR form: `long_ids[k]`, tokens `long_tok[long_start[k]:long_start[k+1]]`;
+  * work arrays that are restored before returning: `v` (all ones), `acc` (zeros), `lut` (zeros, one entry per
+    token id).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+BLOCK = 32
+WORD = 64
+ROW = WORD + 1
+ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """The CPU's popcount instruction (LLVM ctpop); numba has no builtin for it."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return types.int64(types.uint64), codegen
+
+
+@njit(cache=True)
+def _f_measure(lcs, m, n):
+    # rouge_l_f: precision = lcs / prediction (n), recall = lcs / target (m), 0.0 when a side is empty
+    if m == 0 or n == 0 or lcs == 0:
+        return 0.0
+    precision = lcs / n
+    recall = lcs / m
+    return 2 * precision * recall / (precision + recall)
+
+
+@njit(cache=True)
+def add_postings(i, tids, blk_ids, blk_masks, blk_next, n_blk, head, tail, plen, df, lut):
+    """Append instruction `i` (token ids `tids`, <= 64 of them) to its tokens' posting lists; returns n_blk."""
+    for j in range(len(tids)):
+        lut[tids[j]] |= np.uint64(1) << np.uint64(j)
+    for j in range(len(tids)):
+        t = tids[j]
+        mask = lut[t]
+        if mask == 0:
+            continue  # a repeated token, already appended with all its positions
+        lut[t] = 0
+        df[t] += 1
+        slot = plen[t] % BLOCK
+        if slot == 0:
+            blk_next[n_blk] = -1
+            if plen[t] == 0:
+                head[t] = n_blk
+            else:
+                blk_next[tail[t]] = n_blk
+            tail[t] = n_blk
+            n_blk += 1
+        blk_ids[tail[t], slot] = i
+        blk_masks[tail[t], slot] = mask
+        plen[t] += 1
+    return n_blk
+
+
+@njit(cache=True)
+def _set_lut(q, lut):
+    """lut[token] = bit mask of its positions in the query q (<= 64 tokens; -1 = unknown token, skipped)."""
+    for j in range(len(q)):
+        if q[j] >= 0:
+            lut[q[j]] |= np.uint64(1) << np.uint64(j)
+
+
+@njit(cache=True)
+def _clear_lut(q, lut):
+    for j in range(len(q)):
+        if q[j] >= 0:
+            lut[q[j]] = 0
+
+
+@njit(cache=True)
+def _lcs_lut(toks, lut, m):
+    """LCS of the query (its positions are the bits of lut, m <= 64) and the token sequence `toks`: Hyyro's
+    recurrence fed one token of `toks` at a time; padding (-1) ends the sequence."""
+    v = ONES
+    for t in toks:
+        if t < 0:
+            break
+        u = v & lut[t]
+        v = (v + u) | (v ^ u)
+    low = ONES if m == WORD else (np.uint64(1) << np.uint64(m)) - np.uint64(1)
+    return _popcount(~v & low)
+
+
+@njit(cache=True)
+def _lcs_dp(a, b):
+    """Textbook LCS for the rare pair where both sides exceed 64 tokens."""
+    prev = np.zeros(len(b) + 1, dtype=np.int64)
+    cur = np.zeros(len(b) + 1, dtype=np.int64)
+    for x in a:
+        for j in range(len(b)):
+            cur[j + 1] = prev[j] + 1 if x == b[j] else max(prev[j + 1], cur[j])
+        prev, cur = cur, prev
+    return prev[len(b)]
+
+
+@njit(cache=True)
+def _long_lcs(q, k, long_start, long_tok, lut):
+    toks = long_tok[long_start[k]:long_start[k + 1]]
+    if len(q) <= WORD:
+        return _lcs_lut(toks, lut, len(q))
+    return _lcs_dp(q, toks)
+
+
+@njit(cache=True)
+def all_scores(q, n_total, blk_ids, blk_masks, blk_next, head, plen, lens, base, low, table,
+               long_ids, long_start, long_tok, v, lut, f, top):
+    """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
+    descending, earlier first on ties), k = len(top). Returns (number of top entries filled, max score)."""
+    # Hyyro's step for every instruction containing each query token, in query order (bits = their positions)
+    for t in q:
+        if t < 0:
+            continue  # a token the index has never seen: the identity update everywhere
+        b = head[t]
+        left = plen[t]
+        while left > 0:
+            cnt = min(BLOCK, left)
+            for e in range(cnt):
+                i = blk_ids[b, e]
+                g = v[i]
+                u = g & blk_masks[b, e]
+                v[i] = (g + u) | (g ^ u)
+            left -= cnt
+            b = blk_next[b]
+    m = len(q)
+    if len(long_ids):
+        if m <= WORD:
+            _set_lut(q, lut)
+        for k in range(len(long_ids)):
+            i = long_ids[k]
+            f[i] = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, lens[i])
+        if m <= WORD:
+            _clear_lut(q, lut)
+    k = len(top)
+    filled = 0
+    best = 0.0
+    for i in range(n_total):
+        if lens[i] <= WORD:
+            s = table[base[i] + _popcount(~v[i] & low[i])]
+            f[i] = s
+            v[i] = ONES
+        else:
+            s = f[i]
+        if s > best:
+            best = s
+        # insertion into the running top-k: strictly better than the k-th, placed after equal scores
+        if filled < k or (k > 0 and s > f[top[k - 1]]):
+            p = min(filled, k - 1)
+            while p > 0 and f[top[p - 1]] < s:
+                top[p] = top[p - 1]
+                p -= 1
+            top[p] = i
+            filled = min(filled + 1, k)
+    return filled, best
+
+
+@njit(cache=True)
+def any_above(q, thr, n_total, blk_ids, blk_masks, blk_next, head, plen, df, lens, tokmat, table,
+              long_ids, long_start, long_tok, acc, touched, lut):
+    """Whether some instruction scores > thr against the query q (1..64 tokens, thr >= 0.01): the length,
+    prefix and overlap filters of rouge.py's docstring, then the exact score of the survivors."""
+    m = len(q)
+    tl = thr - 1e-9
+    x = tl * m / (2.0 - tl)       # any duplicate has lcs > x and n > x
+    n_hi = m * (2.0 - tl) / tl    # and n < n_hi
+    need = int(np.floor(x)) + 1   # matched query positions a duplicate needs
+    # the distinct known tokens and how often each occurs in the query (lut as a scratch counter)
+    uniq = np.empty(m, dtype=np.int64)
+    n_uniq = 0
+    m_known = 0
+    for t in q:
+        if t >= 0:
+            if lut[t] == 0:
+                uniq[n_uniq] = t
+                n_uniq += 1
+            lut[t] += 1
+            m_known += 1
+    uniq = uniq[:n_uniq]
+    counts = np.empty(n_uniq, dtype=np.int64)
+    for j in range(n_uniq):
+        counts[j] = lut[uniq[j]]
+        lut[uniq[j]] = 0
+    if m_known < need:
+        return False  # too few query tokens occur in the index at all
+    # whole tokens, rarest first, until m_known - need + 1 positions are covered (pigeonhole)
+    order = np.argsort(df[uniq], kind="mergesort")
+    covered = 0
+    n_prefix = 0
+    while covered < m_known - need + 1:
+        covered += counts[order[n_prefix]]
+        n_prefix += 1
+    rest = m_known - covered
+    n_touched = 0
+    for j in range(n_prefix):
+        t = uniq[order[j]]
+        c = counts[order[j]]
+        b = head[t]
+        left = plen[t]
+        while left > 0:
+            cnt = min(BLOCK, left)
+            for e in range(cnt):
+                i = blk_ids[b, e]
+                if acc[i] == 0:
+                    touched[n_touched] = i
+                    n_touched += 1
+                acc[i] += min(_popcount(blk_masks[b, e]), c)
+            left -= cnt
+            b = blk_next[b]
+    _set_lut(q, lut)
+    found = False
+    for j in range(n_touched):
+        i = touched[j]
+        po = acc[i]
+        acc[i] = 0
+        n = lens[i]
+        if not found and x < n < n_hi and 2.0 * (po + rest) > tl * (m + n):
+            found = table[ROW * n + _lcs_lut(tokmat[i], lut, m)] > thr
+    for k in range(len(long_ids)):
+        n = lens[long_ids[k]]
+        if not found and x < n < n_hi:
+            found = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, n) > thr
+    _clear_lut(q, lut)
+    return found
