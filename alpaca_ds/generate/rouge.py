@@ -138,13 +138,12 @@ class Match:
 
 
 # Arrays grown by doubling, per group: name -> (dtype, fill of new entries, trailing shape).
-_PER_TEXT = {"_lens": (np.int64, 0, ()), "_base": (np.int64, 0, ()), "_low": (np.uint64, 0, ()),
+_PER_TEXT = {"_lens": (np.int32, 0, ()),
              "_tokmat": (np.int32, -1, (_WORD,)), "_v": (np.uint64, K.ONES, ()), "_f": (np.float64, 0.0, ()),
              "_acc": (np.uint8, 0, ()), "_touched": (np.int64, 0, ())}
-_PER_TOKEN = {"_head": (np.int32, -1, ()), "_tail": (np.int32, -1, ()), "_plen": (np.int64, 0, ()),
+_PER_TOKEN = {"_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
               "_df": (np.int64, 0, ()), "_lut": (np.uint64, 0, ())}
-_PER_BLOCK = {"_blk_ids": (np.int32, 0, (K.BLOCK,)), "_blk_masks": (np.uint64, 0, (K.BLOCK,)),
-              "_blk_next": (np.int32, -1, ())}
+_ARENA = {"_p_ids": (np.int32, 0, ()), "_p_masks": (np.uint64, 0, ())}
 
 
 class RougeIndex:
@@ -172,12 +171,12 @@ class RougeIndex:
         self._seen: set[tuple[str, ...]] = set()    # token sequences added (an exact repeat scores 1.0)
         self._tables: dict[int, np.ndarray] = {}    # query length -> score table
         self._top = np.empty(self.top_k, dtype=np.int64)
-        self._n_blk = 0
+        self._arena_top = 0
         # instructions of > 64 tokens (rouge_kernels.py), appended rarely
         self._long_ids = np.empty(0, dtype=np.int64)
         self._long_start = np.zeros(1, dtype=np.int64)
         self._long_tok = np.empty(0, dtype=np.int32)
-        for group, cap in ((_PER_TEXT, 1024), (_PER_TOKEN, 1024), (_PER_BLOCK, 1024)):
+        for group, cap in ((_PER_TEXT, 1024), (_PER_TOKEN, 1024), (_ARENA, 1 << 16)):
             self._resize(group, cap)
 
     def __len__(self) -> int:
@@ -207,18 +206,16 @@ class RougeIndex:
             self._resize(_PER_TEXT, 2 * i)
         vocab = self._vocab
         tids = [vocab.setdefault(tok, len(vocab)) for tok in tokens]  # a new token gets the next id
-        if len(vocab) > len(self._head):
+        if len(vocab) > len(self._df):
             self._resize(_PER_TOKEN, 2 * len(vocab))
         self._lens[i] = n
         if n <= _WORD:
-            if self._n_blk + n > len(self._blk_next):  # each distinct token may open one block
-                self._resize(_PER_BLOCK, 2 * len(self._blk_next))
             q = np.array(tids, dtype=np.int32)
-            self._base[i] = _ROW * n
-            self._low[i] = (1 << n) - 1
             self._tokmat[i, :n] = q
-            self._n_blk = K.add_postings(i, q, self._blk_ids, self._blk_masks, self._blk_next, self._n_blk,
-                                         self._head, self._tail, self._plen, self._df, self._lut)
+            while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
+                                         self._cap, self._plen, self._df, self._lut)) < 0:
+                self._resize(_ARENA, 2 * len(self._p_ids))
+            self._arena_top = top
         else:
             for tid in set(tids):
                 self._df[tid] += 1
@@ -251,8 +248,8 @@ class RougeIndex:
             return Match(0.0, [], 0.0 if self.compute_mean else None)
         q = self._ids(tokenize(text))
         f = self._f
-        filled, best = K.all_scores(q, n_total, self._blk_ids, self._blk_masks, self._blk_next, self._head,
-                                    self._plen, self._lens, self._base, self._low, self._table(len(q)),
+        filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start,
+                                    self._plen, self._lens, self._table(len(q)),
                                     self._long_ids, self._long_start, self._long_tok, self._v, self._lut, f,
                                     self._top)
         texts = self._texts
@@ -272,7 +269,7 @@ class RougeIndex:
             return True   # an exact token-sequence repeat scores 1.0 > thr
         if m > _WORD or thr < _MIN_PREFIX_THRESHOLD:
             return self.query(text).max_score > thr
-        return K.any_above(self._ids(tokens), thr, len(self._texts), self._blk_ids, self._blk_masks,
-                           self._blk_next, self._head, self._plen, self._df, self._lens, self._tokmat,
+        return K.any_above(self._ids(tokens), thr, len(self._texts), self._p_ids, self._p_masks,
+                           self._start, self._plen, self._df, self._lens, self._tokmat,
                            self._table(m), self._long_ids, self._long_start, self._long_tok, self._acc,
                            self._touched, self._lut)
