@@ -138,7 +138,7 @@ class Match:
 
 
 # Arrays grown by doubling, per group: name -> (dtype, fill of new entries, trailing shape).
-_PER_TEXT = {"_lens": (np.int32, 0, ()),
+_PER_TEXT = {"_lens": (np.int32, 0, ()), "_short": (np.uint8, 0, ()),
              "_tokmat": (np.int32, -1, (_WORD,)), "_v": (np.uint64, K.ONES, ()), "_f": (np.float64, 0.0, ()),
              "_acc": (np.uint8, 0, ()), "_touched": (np.int64, 0, ())}
 _PER_TOKEN = {"_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
@@ -211,6 +211,7 @@ class RougeIndex:
         self._lens[i] = n
         if n <= _WORD:
             q = np.array(tids, dtype=np.int32)
+            self._short[i] = n
             self._tokmat[i, :n] = q
             while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
                                          self._cap, self._plen, self._df, self._lut)) < 0:
@@ -249,11 +250,12 @@ class RougeIndex:
         q = self._ids(tokenize(text))
         f = self._f
         filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start,
-                                    self._plen, self._lens, self._table(len(q)),
+                                    self._plen, self._lens, self._short, self._table(len(q)),
                                     self._long_ids, self._long_start, self._long_tok, self._v, self._lut, f,
                                     self._top)
         texts = self._texts
-        top = [(texts[i], float(f[i])) for i in self._top[:filled].tolist()]
+        ids = self._top[:filled]
+        top = list(zip([texts[i] for i in ids.tolist()], f[ids].tolist()))
         # np.mean over the insertion-ordered float64 scores, exactly what np.mean(list_of_scores) computes
         mean = float(f[:n_total].mean()) if self.compute_mean else None
         return Match(float(best), top, mean)

@@ -12,7 +12,8 @@ Storage, all numpy arrays owned by the index:
     full list moves to the arena's end with twice the room (so at most ~3x the live entries are ever held).
     Each list is contiguous because the scan over it is the hot loop: fixed-size blocks chained per token
     were 3x slower there (a cache miss per block). `df[t]` counts the instructions containing t (all lengths);
-  * per instruction `lens` (token count) and `tokmat`, its token ids padded with -1 (n <= 64);
+  * per instruction `lens` (token count), `short` (the same as uint8, 0 when n > 64) and `tokmat`, its token
+    ids padded with -1 (n <= 64);
   * instructions of > 64 tokens in CSR form: `long_ids[k]`, tokens `long_tok[long_start[k]:long_start[k+1]]`;
   * work arrays that are restored before returning: `v` (all ones), `acc` (zeros), `lut` (zeros, one entry per
     token id).
@@ -131,8 +132,21 @@ def _long_lcs(q, k, long_start, long_tok, lut):
 
 
 @njit(cache=True)
-def all_scores(q, n_total, p_ids, p_masks, start, plen, lens, table,
-               long_ids, long_start, long_tok, v, lut, f, top):
+def _long_scores(q, lens, long_ids, long_start, long_tok, lut, f):
+    """f[i] = exact score of query q against each instruction i of > 64 tokens."""
+    m = len(q)
+    if m <= WORD:
+        _set_lut(q, lut)
+    for k in range(len(long_ids)):
+        i = long_ids[k]
+        f[i] = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, lens[i])
+    if m <= WORD:
+        _clear_lut(q, lut)
+
+
+@njit(cache=True)
+def all_scores(q, n_total, p_ids, p_masks, start, plen, lens, short, table, long_ids, long_start, long_tok, v,
+               lut, f, top):
     """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
     descending, earlier first on ties), k = len(top). Returns (number of top entries filled, max score)."""
     # Hyyro's step for every instruction containing each query token, in query order (bits = their positions)
@@ -144,31 +158,22 @@ def all_scores(q, n_total, p_ids, p_masks, start, plen, lens, table,
             g = v[i]
             u = g & p_masks[e]
             v[i] = (g + u) | (g ^ u)
-    m = len(q)
-    if len(long_ids):  # their scores go to f first; the pass below reads them from there
-        if m <= WORD:
-            _set_lut(q, lut)
-        for k in range(len(long_ids)):
-            i = long_ids[k]
-            f[i] = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, lens[i])
-        if m <= WORD:
-            _clear_lut(q, lut)
-    # every score, the max and the running top-k in one pass (lens, v and f are all it streams through)
-    k = len(top)
-    filled = 0
-    kth = -1.0 if k else 2.0  # the k-th best score so far: below any score until k are held, above all if k = 0
-    best = 0.0
+    # LCS -> score for all, branch-free so that it vectorises (AVX-512 popcount and gathers); short[i] is n,
+    # or 0 for the instructions of > 64 tokens, which so score 0.0 here and are patched in just after
     for i in range(n_total):
-        n = lens[i]
-        if n <= WORD:
-            s = table[ROW * n + _popcount(~v[i] & LOW[n])]
-            f[i] = s
-            v[i] = ONES
-        else:
-            s = f[i]
-        if s > best:
-            best = s
-        if s > kth:  # into the top-k, after the equal scores already held (earlier ids first)
+        n = short[i]
+        f[i] = table[ROW * n + _popcount(~v[i] & LOW[n])]
+        v[i] = ONES
+    _long_scores(q, lens, long_ids, long_start, long_tok, lut, f)
+    k = len(top)
+    if k == 0:
+        return 0, f[:n_total].max()
+    # the running top-k: strictly better than the k-th goes in after the equal scores held (earlier ids first)
+    filled = 0
+    kth = -1.0  # below any score until k are held
+    for i in range(n_total):
+        s = f[i]
+        if s > kth:
             p = min(filled, k - 1)
             while p > 0 and f[top[p - 1]] < s:
                 top[p] = top[p - 1]
@@ -177,7 +182,7 @@ def all_scores(q, n_total, p_ids, p_masks, start, plen, lens, table,
             filled = min(filled + 1, k)
             if filled == k:
                 kth = f[top[k - 1]]
-    return filled, best
+    return filled, f[top[0]]
 
 
 @njit(cache=True)
