@@ -97,6 +97,7 @@ __all__ = ["Match", "RougeIndex", "tokenize", "rouge_l_f"]
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 _WORD = K.WORD             # instructions of <= 64 tokens live in one machine word per bit-parallel step
 _ROW = K.ROW               # score table row length: lcs in 0..64
+_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py)
 _MIN_PREFIX_THRESHOLD = 0.01  # below this the prefix filter would probe (almost) everything: use query()
 
 
@@ -141,7 +142,7 @@ class Match:
 _PER_TEXT = {"_lens": (np.int32, 0, ()), "_short": (np.uint8, 0, ()),
              "_tokmat": (np.int32, -1, (_WORD,)), "_v": (np.uint64, K.ONES, ()), "_f": (np.float64, 0.0, ()),
              "_acc": (np.uint8, 0, ()), "_touched": (np.int64, 0, ())}
-_PER_TOKEN = {"_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
+_PER_TOKEN = {"_slot": (np.int64, -1, ()), "_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
               "_df": (np.int64, 0, ()), "_lut": (np.uint64, 0, ())}
 _ARENA = {"_p_ids": (np.int32, 0, ()), "_p_masks": (np.uint64, 0, ())}
 
@@ -178,6 +179,8 @@ class RougeIndex:
         self._long_tok = np.empty(0, dtype=np.int32)
         for group, cap in ((_PER_TEXT, 1024), (_PER_TOKEN, 1024), (_ARENA, 1 << 16)):
             self._resize(group, cap)
+        self._n_dense = np.zeros(1, dtype=np.int64)  # dense columns in use (an array: the kernel updates it)
+        self._dense = np.zeros((_DENSE_COLUMNS, len(self._lens)), dtype=np.uint64)
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -204,6 +207,9 @@ class RougeIndex:
         n = len(tokens)
         if i == len(self._lens):
             self._resize(_PER_TEXT, 2 * i)
+            dense = np.zeros((_DENSE_COLUMNS, 2 * i), dtype=np.uint64)
+            dense[:, :i] = self._dense
+            self._dense = dense
         vocab = self._vocab
         tids = [vocab.setdefault(tok, len(vocab)) for tok in tokens]  # a new token gets the next id
         if len(vocab) > len(self._df):
@@ -214,7 +220,8 @@ class RougeIndex:
             self._short[i] = n
             self._tokmat[i, :n] = q
             while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
-                                         self._cap, self._plen, self._df, self._lut)) < 0:
+                                         self._cap, self._plen, self._df, self._lut, self._slot,
+                                         self._dense, self._n_dense)) < 0:
                 self._resize(_ARENA, 2 * len(self._p_ids))
             self._arena_top = top
         else:
@@ -250,7 +257,7 @@ class RougeIndex:
         q = self._ids(tokenize(text))
         f = self._f
         filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start,
-                                    self._plen, self._lens, self._short, self._table(len(q)),
+                                    self._plen, self._slot, self._dense, self._lens, self._short, self._table(len(q)),
                                     self._long_ids, self._long_start, self._long_tok, self._v, self._lut, f,
                                     self._top)
         texts = self._texts
