@@ -170,6 +170,7 @@ class RougeIndex:
         self._texts: list[str] = []
         self._vocab: dict[str, int] = {}            # token -> token id
         self._seen: set[tuple[str, ...]] = set()    # token sequences added (an exact repeat scores 1.0)
+        self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
         self._tables: dict[int, np.ndarray] = {}    # query length -> score table
         self._top = np.empty(self.top_k, dtype=np.int64)
         self._arena_top = 0
@@ -202,7 +203,7 @@ class RougeIndex:
 
     def add(self, text: str) -> None:
         """Index an accepted (or seed) instruction."""
-        tokens = tokenize(text)
+        tokens = self._tokens(text)
         i = len(self._texts)
         n = len(tokens)
         if i == len(self._lens):
@@ -236,6 +237,12 @@ class RougeIndex:
 
     # ------------------------------------------------------------------ queries
 
+    def _tokens(self, text: str) -> list[str]:
+        """tokenize(text), remembered for one call: the generator adds the text it has just queried."""
+        if text != self._last[0]:
+            self._last = (text, tokenize(text))
+        return self._last[1]
+
     def _ids(self, tokens: list[str]) -> np.ndarray:
         """Token ids of a query, -1 for tokens the index has never seen."""
         vocab = self._vocab
@@ -254,23 +261,25 @@ class RougeIndex:
         n_total = len(self._texts)
         if n_total == 0:
             return Match(0.0, [], 0.0 if self.compute_mean else None)
-        q = self._ids(tokenize(text))
+        tokens = self._tokens(text)
+        q = self._ids(tokens)
         f = self._f
-        filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start,
-                                    self._plen, self._slot, self._dense, self._lens, self._short, self._table(len(q)),
-                                    self._long_ids, self._long_start, self._long_tok, self._v, self._lut, f,
-                                    self._top)
+        filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start, self._plen, self._slot,
+                                    self._dense, self._lens, self._short, self._table(len(q)), self._long_ids,
+                                    self._long_start, self._long_tok, self._v, self._lut, f, self._top)
         texts = self._texts
-        ids = self._top[:filled]
-        top = list(zip([texts[i] for i in ids.tolist()], f[ids].tolist()))
-        # np.mean over the insertion-ordered float64 scores, exactly what np.mean(list_of_scores) computes
-        mean = float(f[:n_total].mean()) if self.compute_mean else None
+        ids = self._top[:filled].tolist()
+        top = list(zip([texts[i] for i in ids], f[ids].tolist()))
+        # np.mean over the insertion-ordered float64 scores, exactly what np.mean(list_of_scores) computes: its
+        # sum (np.add.reduce, the pairwise summation) divided by the count; called directly, as np.mean's
+        # Python wrapper costs more than the sum
+        mean = float(np.add.reduce(f[:n_total])) / n_total if self.compute_mean else None
         return Match(float(best), top, mean)
 
     def is_duplicate(self, text: str) -> bool:
         """query(text).max_score > threshold, decided with length, prefix and overlap filters (module docstring)."""
         thr = self.threshold
-        tokens = tokenize(text)
+        tokens = self._tokens(text)
         m = len(tokens)
         if not self._texts or m == 0 or thr >= 1.0:
             return False  # every score is 0.0, or no score can exceed 1.0
