@@ -43,16 +43,19 @@ How `query` avoids N LCS tables — a bit-parallel LCS (Allison-Dix / Hyyro) for
   Afterwards LCS(query, B) = the number of zero bits among the low n bits of V. Carries only move towards
   higher bits, so bits at and above n never disturb the low n bits and need no masking until the popcount.
   If M == 0 the update is the identity (U = 0), so a step only touches the instructions that contain token a:
-  an inverted index maps each token to the (ids, masks) of the instructions containing it, and one step is a
-  gather, four vectorised integer ops and a scatter over that posting list. The work per query is the sum of
-  the posting-list lengths of its tokens (~1.3 N for Alpaca's instructions, mostly "the", "a", "of"), with no
-  per-pair Python, and it yields the exact LCS of *every* pair (LCS 0 for pairs sharing no token).
+  an inverted index maps each token to the (ids, masks) of the instructions containing it, and one step is
+  four integer ops on each entry of that posting list. The work per query is the sum of the posting-list
+  lengths of its tokens (~1.3 N for Alpaca's instructions, mostly "the", "a", "of"), and it yields the exact
+  LCS of *every* pair (LCS 0 for pairs sharing no token).
   Scores then come from a table: F depends only on (lcs, n) for a fixed query length m, so the 65 x 65 table
-  of rouge_score's floats is built once per m (same float operations, so same bits) and the N scores are one
-  gather `table[65*n + lcs]`. The exact max, top-k and mean all come from that array, which is why the mean is
-  on by default: `compute_mean=False` only skips one O(N) summation and leaves `Match.mean` as None.
-  Instructions longer than 64 tokens (7 of Alpaca's 52,002) do not fit a word; they are kept aside and run
-  through the same recurrence on Python's arbitrary-precision ints.
+  of rouge_score's floats is built once per m (same float operations, so same bits) and each of the N scores
+  is one lookup `table[65*n + lcs]`; the same pass keeps the running max and top-k. The mean is np.mean over
+  that array, which is why it is on by default: `compute_mean=False` only skips one O(N) summation and leaves
+  `Match.mean` as None. Instructions longer than 64 tokens (7 of Alpaca's 52,002) do not fit a word; they are
+  kept aside and scored with the roles swapped (the query's positions are the bits), or by the textbook
+  dynamic programme when the query is longer than 64 tokens too.
+  The loops are compiled with numba (alpaca_ds/generate/rouge_kernels.py, which also describes the storage):
+  as numpy calls over each posting list they cost ~5x more, mostly in per-call overhead and fancy indexing.
 
 How `is_duplicate` prunes (only max_score > threshold is needed). Let t' = threshold - 1e-9: rouge_score's
 float F is within a few ulps of the real 2*lcs/(m+n) (m query tokens, n existing tokens), far inside the
@@ -67,8 +70,8 @@ of evaluating the bounds below in floats). Hence:
   * overlap bound: lcs <= multiset overlap <= po + s, where po = sum over the probed tokens of
     min(count in query, count in B) (read from the posting masks) and s = the known positions not probed;
     a candidate survives only if 2*(po + s) > t'*(m+n);
-  * the survivors get the exact LCS, vectorised over them with the roles swapped (the query's positions are
-    the bits, each survivor's tokens are fed column by column), and the exact rouge_score float is compared.
+  * the survivors get the exact LCS with the roles swapped (the query's positions are the bits, the
+    survivor's tokens are fed one by one), and the exact rouge_score float is compared.
   An exact token-sequence repeat (score 1.0) is answered from a hash set first. A query longer than 64 tokens
   or a threshold below 0.01 (where the prefix is the whole query anyway) goes through `query`.
 
@@ -78,26 +81,24 @@ runs and spaces remain, so it is exactly `re.findall("[a-z0-9]+", text.lower())`
 without importing rouge_score or nltk at run time. Non-ASCII letters are dropped ("café" -> ["caf"]) except
 where str.lower() itself yields ASCII (the Kelvin sign lowers to "k"), exactly as in rouge_score.
 
-This module imports numpy only (no torch, no rouge_score).
+This module imports numpy and numba only (no torch, no rouge_score).
 """
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from alpaca_ds.generate import rouge_kernels as K
+
 __all__ = ["Match", "RougeIndex", "tokenize", "rouge_l_f"]
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
-_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-_WORD = 64                  # instructions of <= 64 tokens live in one machine word per bit-parallel step
-_ROW = _WORD + 1            # score table row length: lcs in 0..64
+_WORD = K.WORD             # instructions of <= 64 tokens live in one machine word per bit-parallel step
+_ROW = K.ROW               # score table row length: lcs in 0..64
+_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py)
 _MIN_PREFIX_THRESHOLD = 0.01  # below this the prefix filter would probe (almost) everything: use query()
-_SLACK = 1e-9               # real-valued bounds are loosened by this so float rounding can never prune a duplicate
-_TOPK_CUTS = (0.5, 0.25)    # top-k looks among scores >= these first (cheap), then among all
 
 
 def tokenize(text: str) -> list[str]:
@@ -137,42 +138,13 @@ class Match:
     mean: float | None                   # mean score over all added texts, or None when not computed
 
 
-class _Grow:
-    """An append-only 1-D numpy array with amortised O(1) appends; `buf[:n]` is the filled part."""
-
-    __slots__ = ("buf", "n")
-
-    def __init__(self, dtype, capacity: int = 4):
-        self.buf = np.empty(capacity, dtype=dtype)
-        self.n = 0
-
-    def append(self, value) -> None:
-        if self.n == len(self.buf):
-            self.buf = np.concatenate([self.buf, np.empty_like(self.buf)])
-        self.buf[self.n] = value
-        self.n += 1
-
-
-class _Postings:
-    """The instructions (of <= 64 tokens) containing one token: ids (ascending) and bit masks of its positions."""
-
-    __slots__ = ("ids", "masks", "_view")
-
-    def __init__(self):
-        self.ids = _Grow(np.intp)
-        self.masks = _Grow(np.uint64)
-        self._view = None
-
-    def append(self, i: int, mask: int) -> None:
-        self.ids.append(i)
-        self.masks.append(mask)
-        self._view = None
-
-    def view(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, masks) without copying; cached until the next append (slicing costs as much as a small step)."""
-        if self._view is None:
-            self._view = (self.ids.buf[: self.ids.n], self.masks.buf[: self.masks.n])
-        return self._view
+# Arrays grown by doubling, per group: name -> (dtype, fill of new entries, trailing shape).
+_PER_TEXT = {"_lens": (np.int32, 0, ()), "_short": (np.uint8, 0, ()),
+             "_tokmat": (np.int32, -1, (_WORD,)), "_v": (np.uint64, K.ONES, ()), "_f": (np.float64, 0.0, ()),
+             "_acc": (np.uint8, 0, ()), "_touched": (np.int64, 0, ())}
+_PER_TOKEN = {"_slot": (np.int64, -1, ()), "_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
+              "_df": (np.int64, 0, ()), "_lut": (np.uint64, 0, ())}
+_ARENA = {"_p_ids": (np.int32, 0, ()), "_p_masks": (np.uint64, 0, ())}
 
 
 class RougeIndex:
@@ -197,26 +169,19 @@ class RougeIndex:
         self.compute_mean = bool(compute_mean)
         self._texts: list[str] = []
         self._vocab: dict[str, int] = {}            # token -> token id
-        self._postings: list[_Postings] = []        # by token id (instructions of <= 64 tokens only)
-        self._df: list[int] = []                    # by token id: instructions containing it (all lengths)
-        self._long: list[tuple[int, int, dict[int, int]]] = []  # (id, n, token id -> position mask), n > 64
         self._seen: set[tuple[str, ...]] = set()    # token sequences added (an exact repeat scores 1.0)
+        self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
         self._tables: dict[int, np.ndarray] = {}    # query length -> score table
-        # per instruction, sized to the capacity (grown by doubling in _grow)
-        self._cap = 0
-        self._lens = np.empty(0, dtype=np.intp)     # token count
-        self._base = np.empty(0, dtype=np.intp)     # 65 * n (0 for n > 64: their scores are patched in)
-        self._low = np.empty(0, dtype=np.uint64)    # (1 << n) - 1 (0 for n > 64)
-        self._tokmat = np.empty((0, _WORD), dtype=np.int32)  # token ids, padded with -1 (n <= 64)
-        # work arrays; _v is all ones between queries
-        self._v = np.empty(0, dtype=np.uint64)
-        self._z = self._v
-        self._c = np.empty(0, dtype=np.uint8)
-        self._key = np.empty(0, dtype=np.intp)
-        self._f = np.empty(0, dtype=np.float64)
-        self._acc = np.empty(0, dtype=np.uint8)
-        # by token id, plus spare entries that stay 0 (index -1, the token matrix padding, reads one)
-        self._lut = np.zeros(1024, dtype=np.uint64)
+        self._top = np.empty(self.top_k, dtype=np.int64)
+        self._arena_top = 0
+        # instructions of > 64 tokens (rouge_kernels.py), appended rarely
+        self._long_ids = np.empty(0, dtype=np.int64)
+        self._long_start = np.zeros(1, dtype=np.int64)
+        self._long_tok = np.empty(0, dtype=np.int32)
+        for group, cap in ((_PER_TEXT, 1024), (_PER_TOKEN, 1024), (_ARENA, 1 << 16)):
+            self._resize(group, cap)
+        self._n_dense = np.zeros(1, dtype=np.int64)  # dense columns in use (an array: the kernel updates it)
+        self._dense = np.zeros((_DENSE_COLUMNS, len(self._lens)), dtype=np.uint64)
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -226,67 +191,62 @@ class RougeIndex:
         """The added texts in insertion order (do not modify)."""
         return self._texts
 
+    def _resize(self, group: dict, cap: int) -> None:
+        for name, (dtype, fill, shape) in group.items():
+            new = np.full((cap, *shape), fill, dtype=dtype)
+            old = getattr(self, name, None)
+            if old is not None:
+                new[:len(old)] = old
+            setattr(self, name, new)
+
     # ------------------------------------------------------------------ adding
 
     def add(self, text: str) -> None:
         """Index an accepted (or seed) instruction."""
-        tokens = tokenize(text)
+        tokens = self._tokens(text)
         i = len(self._texts)
         n = len(tokens)
-        if i == self._cap:
-            self._grow()
-        tids = []
-        for tok in tokens:
-            tid = self._vocab.get(tok)
-            if tid is None:
-                tid = len(self._postings)
-                self._vocab[tok] = tid
-                self._postings.append(_Postings())
-                self._df.append(0)
-            tids.append(tid)
-        if len(self._lut) < len(self._postings) + 1:
-            # all zero at rest, so nothing to copy
-            self._lut = np.zeros(max(2 * len(self._lut), len(self._postings) + 1024), dtype=np.uint64)
-        masks: dict[int, int] = {}
-        for j, tid in enumerate(tids):
-            masks[tid] = masks.get(tid, 0) | (1 << j)
-        for tid in masks:
-            self._df[tid] += 1
+        if i == len(self._lens):
+            self._resize(_PER_TEXT, 2 * i)
+            dense = np.zeros((_DENSE_COLUMNS, 2 * i), dtype=np.uint64)
+            dense[:, :i] = self._dense
+            self._dense = dense
+        vocab = self._vocab
+        tids = [vocab.setdefault(tok, len(vocab)) for tok in tokens]  # a new token gets the next id
+        if len(vocab) > len(self._df):
+            self._resize(_PER_TOKEN, 2 * len(vocab))
         self._lens[i] = n
         if n <= _WORD:
-            for tid, mask in masks.items():
-                self._postings[tid].append(i, mask)
-            self._base[i] = _ROW * n
-            self._low[i] = (1 << n) - 1
-            self._tokmat[i, :n] = tids
+            q = np.array(tids, dtype=np.int32)
+            self._short[i] = n
+            self._tokmat[i, :n] = q
+            while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
+                                         self._cap, self._plen, self._df, self._lut, self._slot,
+                                         self._dense, self._n_dense)) < 0:
+                self._resize(_ARENA, 2 * len(self._p_ids))
+            self._arena_top = top
         else:
-            self._long.append((i, n, masks))
-            self._base[i] = 0
-            self._low[i] = 0
+            for tid in set(tids):
+                self._df[tid] += 1
+            self._long_ids = np.append(self._long_ids, i)
+            self._long_tok = np.concatenate([self._long_tok, np.array(tids, dtype=np.int32)])
+            self._long_start = np.append(self._long_start, len(self._long_tok))
         self._texts.append(text)
         if tokens:
             self._seen.add(tuple(tokens))
 
-    def _grow(self) -> None:
-        old, cap = self._cap, max(1024, 2 * self._cap)
+    # ------------------------------------------------------------------ queries
 
-        def grown(arr, fill=None):
-            new = np.empty((cap,) + arr.shape[1:], dtype=arr.dtype) if fill is None else \
-                np.full((cap,) + arr.shape[1:], fill, dtype=arr.dtype)
-            new[:old] = arr[:old]
-            return new
+    def _tokens(self, text: str) -> list[str]:
+        """tokenize(text), remembered for one call: the generator adds the text it has just queried."""
+        if text != self._last[0]:
+            self._last = (text, tokenize(text))
+        return self._last[1]
 
-        self._lens, self._base, self._low = grown(self._lens), grown(self._base), grown(self._low)
-        self._tokmat = grown(self._tokmat, -1)
-        self._v = np.full(cap, _ONES, dtype=np.uint64)
-        self._z = np.empty(cap, dtype=np.uint64)
-        self._c = np.empty(cap, dtype=np.uint8)
-        self._key = np.empty(cap, dtype=np.intp)
-        self._f = np.empty(cap, dtype=np.float64)
-        self._acc = np.zeros(cap, dtype=np.uint8)   # overlap counts <= 64
-        self._cap = cap
-
-    # ------------------------------------------------------------------ exact scores
+    def _ids(self, tokens: list[str]) -> np.ndarray:
+        """Token ids of a query, -1 for tokens the index has never seen."""
+        vocab = self._vocab
+        return np.array([vocab.get(tok, -1) for tok in tokens], dtype=np.int32)
 
     def _table(self, m: int) -> np.ndarray:
         table = self._tables.get(m)
@@ -296,158 +256,38 @@ class RougeIndex:
                 self._tables[m] = table
         return table
 
-    def _long_scores(self, tids: list[int | None], n_lo: float = -1.0, n_hi: float = math.inf):
-        """(id, exact score) of the instructions of > 64 tokens with n_lo < n < n_hi: Hyyro on Python ints."""
-        m = len(tids)
-        for i, n, masks in self._long:
-            if not n_lo < n < n_hi:
-                continue
-            full = (1 << n) - 1
-            v = full
-            for tid in tids:
-                bits = masks.get(tid, 0) if tid is not None else 0
-                if bits:
-                    u = v & bits
-                    v = ((v + u) | (v ^ u)) & full
-            yield i, rouge_l_f(n - v.bit_count(), m, n)
-
-    def _all_scores(self, tokens: list[str]) -> np.ndarray:
-        """The exact score of `tokens` (non-empty) against every added instruction, in insertion order."""
-        n_total = len(self._texts)
-        tids = [self._vocab.get(tok) for tok in tokens]
-        v, postings = self._v, self._postings
-        for tid in tids:
-            if tid is None:
-                continue  # a token the index has never seen: M = 0 everywhere, the identity update
-            idx, mask = postings[tid].view()
-            g = v[idx]              # (an empty posting list, a token only long texts have, is a no-op)
-            u = g & mask
-            s = g + u
-            g ^= u
-            g |= s
-            v[idx] = g
-        vn = v[:n_total]
-        z = np.invert(vn, out=self._z[:n_total])
-        np.bitwise_and(z, self._low[:n_total], out=z)          # zero bits of V among the low n = LCS
-        lcs = np.bitwise_count(z, out=self._c[:n_total])
-        vn.fill(_ONES)                                           # ready for the next query
-        key = np.add(self._base[:n_total], lcs, out=self._key[:n_total])
-        f = self._table(len(tokens)).take(key, out=self._f[:n_total], mode="clip")
-        if self._long:
-            for i, score in self._long_scores(tids):
-                f[i] = score
-        return f
-
-    # ------------------------------------------------------------------ public queries
-
     def query(self, text: str) -> Match:
         """Exact max score, top-k and (if enabled) mean of `text` against everything added so far."""
         n_total = len(self._texts)
         if n_total == 0:
             return Match(0.0, [], 0.0 if self.compute_mean else None)
-        tokens = tokenize(text)
-        if tokens:
-            f = self._all_scores(tokens)
-        else:
-            f = self._f[:n_total]
-            f.fill(0.0)  # rouge_score scores an empty token list 0 against anything
-        k = self.top_k
-        max_score = float(f.max())
-        sel = None
-        if k:
-            for cut in _TOPK_CUTS:
-                if cut <= max_score:
-                    sel = np.flatnonzero(f >= cut)
-                    if len(sel) >= k:
-                        break
-            else:
-                sel = np.arange(n_total)
-            if len(sel) > k:
-                fs = f[sel]
-                kth = np.partition(fs, len(sel) - k)[len(sel) - k]
-                sel = sel[fs >= kth]
-            # sel is ascending, so the stable sort breaks ties by insertion order
-            sel = sel[np.argsort(-f[sel], kind="stable")[:k]]
-            texts = self._texts
-            top = [(texts[i], s) for i, s in zip(sel.tolist(), f[sel].tolist())]
-        else:
-            top = []
-        # np.mean over the insertion-ordered float64 scores, exactly what np.mean(list_of_scores) computes
-        mean = float(f.mean()) if self.compute_mean else None
-        return Match(max_score, top, mean)
+        tokens = self._tokens(text)
+        q = self._ids(tokens)
+        f = self._f
+        filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start, self._plen, self._slot,
+                                    self._dense, self._lens, self._short, self._table(len(q)), self._long_ids,
+                                    self._long_start, self._long_tok, self._v, self._lut, f, self._top)
+        texts = self._texts
+        ids = self._top[:filled].tolist()
+        top = list(zip([texts[i] for i in ids], f[ids].tolist()))
+        # np.mean over the insertion-ordered float64 scores, exactly what np.mean(list_of_scores) computes: its
+        # sum (np.add.reduce, the pairwise summation) divided by the count; called directly, as np.mean's
+        # Python wrapper costs more than the sum
+        mean = float(np.add.reduce(f[:n_total])) / n_total if self.compute_mean else None
+        return Match(float(best), top, mean)
 
     def is_duplicate(self, text: str) -> bool:
         """query(text).max_score > threshold, decided with length, prefix and overlap filters (module docstring)."""
-        n_total = len(self._texts)
         thr = self.threshold
-        tokens = tokenize(text)
+        tokens = self._tokens(text)
         m = len(tokens)
-        if n_total == 0 or m == 0 or thr >= 1.0:
+        if not self._texts or m == 0 or thr >= 1.0:
             return False  # every score is 0.0, or no score can exceed 1.0
         if tuple(tokens) in self._seen:
             return True   # an exact token-sequence repeat scores 1.0 > thr
         if m > _WORD or thr < _MIN_PREFIX_THRESHOLD:
             return self.query(text).max_score > thr
-        tl = thr - _SLACK
-        x = tl * m / (2.0 - tl)      # any duplicate has lcs > x and x < n
-        n_hi = m * (2.0 - tl) / tl   # and n < n_hi
-        need = math.floor(x) + 1     # matched query positions a duplicate needs
-        vocab, df = self._vocab, self._df
-        tids = [vocab.get(tok) for tok in tokens]
-        counts = Counter(tid for tid in tids if tid is not None)
-        m_known = sum(counts.values())
-        if m_known < need:
-            return False  # too few query tokens occur in the index at all
-        # whole tokens, rarest first, until at least m_known - need + 1 positions are covered
-        covered, prefix = 0, []
-        for tid in sorted(counts, key=df.__getitem__):
-            prefix.append(tid)
-            covered += counts[tid]
-            if covered >= m_known - need + 1:
-                break
-        rest = m_known - covered     # known positions not probed: bound their matches by their count
-        acc = self._acc[:n_total]    # all zero at rest
-        for tid in prefix:
-            idx, masks = self._postings[tid].view()
-            q = counts[tid]
-            if q == 1:
-                acc[idx] += 1        # ids are unique within a posting list, so fancy += is exact
-            else:
-                acc[idx] += np.minimum(np.bitwise_count(masks), q)
-        cand = np.flatnonzero(acc != 0)   # (much faster than on the integers)
-        po = acc[cand]
-        acc[cand] = 0
-        lens = self._lens[cand]
-        keep = (lens > x) & (lens < n_hi) & (2.0 * (po + rest) > tl * (m + lens))
-        cand, lens = cand[keep], lens[keep]
-        if self._long and any(score > thr for _, score in self._long_scores(tids, x, n_hi)):
-            return True
-        if not len(cand):
-            return False
-        return bool((self._verify(tids, cand, lens) > thr).any())
-
-    def _verify(self, tids: list[int | None], cand: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """Exact scores of the query (<= 64 tokens) against `cand` (<= 64 tokens each); bits = query positions."""
-        m = len(tids)
-        lut = self._lut
-        used = [tid for tid in tids if tid is not None]
-        for j, tid in enumerate(tids):
-            if tid is not None:
-                lut[tid] |= np.uint64(1 << j)
-        try:
-            cols = self._tokmat[cand, : int(lens.max())]   # padding -1 reads a spare, always-zero LUT entry
-            masks = lut[cols.T]                           # (columns, candidates), rows contiguous
-        finally:
-            lut[used] = 0
-        v = np.full(len(cand), _ONES, dtype=np.uint64)
-        u = np.empty_like(v)
-        s = np.empty_like(v)
-        for row in masks:            # M = 0 past a candidate's end: the identity update
-            np.bitwise_and(v, row, out=u)
-            np.add(v, u, out=s)
-            np.bitwise_xor(v, u, out=v)
-            np.bitwise_or(v, s, out=v)
-        np.invert(v, out=v)
-        np.bitwise_and(v, np.uint64((1 << m) - 1), out=v)
-        lcs = np.bitwise_count(v)
-        return self._table(m).take(_ROW * lens + lcs)
+        return K.any_above(self._ids(tokens), thr, len(self._texts), self._p_ids, self._p_masks,
+                           self._start, self._plen, self._df, self._lens, self._tokmat,
+                           self._table(m), self._long_ids, self._long_start, self._long_tok, self._acc,
+                           self._touched, self._lut)

@@ -1,0 +1,269 @@
+"""The compiled loops of `RougeIndex` (alpaca_ds/generate/rouge.py): posting lists, bit-parallel LCS, top-k.
+
+numba compiles these on first use and caches the machine code next to this file (or in the user's cache when
+that folder is read-only), so only the first process after an install pays the compile. Every float they
+produce is rouge_score's: scores of instructions of <= 64 tokens are read from rouge.py's table and those of
+longer ones use `_f_measure`, which does rouge_l_f's operations in its order (numba, like CPython, rounds each
+IEEE operation and never fuses them without fastmath).
+
+Storage, all numpy arrays owned by the index:
+  * posting lists in one arena: token t's list is `p_ids[start[t]:start[t] + plen[t]]` (instruction ids,
+    ascending) with `p_masks` (the bit masks of t's positions in them) alongside, `cap[t]` slots reserved; a
+    full list moves to the arena's end with twice the room (so at most ~3x the live entries are ever held).
+    Each list is contiguous because the scan over it is the hot loop: fixed-size blocks chained per token
+    were 3x slower there (a cache miss per block). `df[t]` counts the instructions containing t (all lengths);
+  * the few most frequent tokens ("the", "a", "of": each in over 1/8 of Alpaca's instructions) also get a dense
+    column of masks, `dense[slot[t], i]` (0 where t is absent): a step over a whole column vectorises and costs
+    less than the scattered step over a list holding more than ~1/6 of the instructions;
+  * per instruction `lens` (token count), `short` (the same as uint8, 0 when n > 64) and `tokmat`, its token
+    ids padded with -1 (n <= 64);
+  * instructions of > 64 tokens in CSR form: `long_ids[k]`, tokens `long_tok[long_start[k]:long_start[k+1]]`;
+  * work arrays that are restored before returning: `v` (all ones), `acc` (zeros), `lut` (zeros, one entry per
+    token id).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+WORD = 64
+ROW = WORD + 1
+ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+DENSE_MIN, DENSE_SHARE = 256, 8  # a token in >= 256 and >= 1/8 of the instructions gets a dense column
+LOW = np.array([(1 << n) - 1 for n in range(ROW)], dtype=np.uint64)  # the low n bits set, n = 0..64
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """The CPU's popcount instruction (LLVM ctpop); numba has no builtin for it."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return types.int64(types.uint64), codegen
+
+
+@njit(cache=True)
+def _f_measure(lcs, m, n):
+    # rouge_l_f: precision = lcs / prediction (n), recall = lcs / target (m), 0.0 when a side is empty
+    if m == 0 or n == 0 or lcs == 0:
+        return 0.0
+    precision = lcs / n
+    recall = lcs / m
+    return 2 * precision * recall / (precision + recall)
+
+
+@njit(cache=True)
+def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, dense, n_dense):
+    """Append instruction `i` (token ids `tids`, <= 64 of them) to its tokens' posting lists; returns the new
+    arena top, or -1 (and changes nothing) when the arena has no room for the lists that must move."""
+    need = 0
+    for t in tids:
+        if plen[t] == cap[t] and lut[t] == 0:
+            need += max(4, 2 * cap[t])
+        lut[t] = 1
+    for t in tids:
+        lut[t] = 0
+    if top + need > len(p_ids):
+        return -1
+    for j in range(len(tids)):
+        lut[tids[j]] |= np.uint64(1) << np.uint64(j)
+    for t in tids:
+        mask = lut[t]
+        if mask == 0:
+            continue  # a repeated token, already appended with all its positions
+        lut[t] = 0
+        df[t] += 1
+        if plen[t] == cap[t]:  # full: move the list to the arena's end with twice the room
+            new_cap = max(4, 2 * cap[t])
+            p_ids[top:top + plen[t]] = p_ids[start[t]:start[t] + plen[t]]
+            p_masks[top:top + plen[t]] = p_masks[start[t]:start[t] + plen[t]]
+            start[t] = top
+            cap[t] = new_cap
+            top += new_cap
+        p_ids[start[t] + plen[t]] = i
+        p_masks[start[t] + plen[t]] = mask
+        plen[t] += 1
+        if slot[t] >= 0:
+            dense[slot[t], i] = mask
+        elif plen[t] >= DENSE_MIN and plen[t] * DENSE_SHARE > i and n_dense[0] < len(dense):
+            slot[t] = n_dense[0]  # a free column left: the token is frequent enough to be scanned densely
+            n_dense[0] += 1
+            for e in range(start[t], start[t] + plen[t]):
+                dense[slot[t], p_ids[e]] = p_masks[e]
+    return top
+
+
+@njit(cache=True)
+def _set_lut(q, lut):
+    """lut[token] = bit mask of its positions in the query q (<= 64 tokens; -1 = unknown token, skipped)."""
+    for j in range(len(q)):
+        if q[j] >= 0:
+            lut[q[j]] |= np.uint64(1) << np.uint64(j)
+
+
+@njit(cache=True)
+def _clear_lut(q, lut):
+    for j in range(len(q)):
+        if q[j] >= 0:
+            lut[q[j]] = 0
+
+
+@njit(cache=True)
+def _lcs_lut(toks, lut, m):
+    """LCS of the query (its positions are the bits of lut, m <= 64) and the token sequence `toks`: Hyyro's
+    recurrence fed one token of `toks` at a time; padding (-1) ends the sequence."""
+    v = ONES
+    for t in toks:
+        if t < 0:
+            break
+        u = v & lut[t]
+        v = (v + u) | (v ^ u)
+    low = ONES if m == WORD else (np.uint64(1) << np.uint64(m)) - np.uint64(1)
+    return _popcount(~v & low)
+
+
+@njit(cache=True)
+def _lcs_dp(a, b):
+    """Textbook LCS for the rare pair where both sides exceed 64 tokens."""
+    prev = np.zeros(len(b) + 1, dtype=np.int64)
+    cur = np.zeros(len(b) + 1, dtype=np.int64)
+    for x in a:
+        for j in range(len(b)):
+            cur[j + 1] = prev[j] + 1 if x == b[j] else max(prev[j + 1], cur[j])
+        prev, cur = cur, prev
+    return prev[len(b)]
+
+
+@njit(cache=True)
+def _long_lcs(q, k, long_start, long_tok, lut):
+    toks = long_tok[long_start[k]:long_start[k + 1]]
+    if len(q) <= WORD:
+        return _lcs_lut(toks, lut, len(q))
+    return _lcs_dp(q, toks)
+
+
+@njit(cache=True)
+def _long_scores(q, lens, long_ids, long_start, long_tok, lut, f):
+    """f[i] = exact score of query q against each instruction i of > 64 tokens."""
+    m = len(q)
+    if m <= WORD:
+        _set_lut(q, lut)
+    for k in range(len(long_ids)):
+        i = long_ids[k]
+        f[i] = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, lens[i])
+    if m <= WORD:
+        _clear_lut(q, lut)
+
+
+@njit(cache=True)
+def all_scores(q, n_total, p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids, long_start,
+               long_tok, v, lut, f, top):
+    """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
+    descending, earlier first on ties), k = len(top). Returns (number of top entries filled, max score)."""
+    # Hyyro's step for every instruction containing each query token, in query order (bits = their positions)
+    for t in q:
+        if t < 0:
+            continue  # a token the index has never seen: the identity update everywhere
+        if slot[t] >= 0:
+            col = dense[slot[t]]
+            for i in range(n_total):  # (vectorises; M = 0 is the identity update)
+                g = v[i]
+                u = g & col[i]
+                v[i] = (g + u) | (g ^ u)
+            continue
+        for e in range(start[t], start[t] + plen[t]):
+            i = p_ids[e]
+            g = v[i]
+            u = g & p_masks[e]
+            v[i] = (g + u) | (g ^ u)
+    _long_scores(q, lens, long_ids, long_start, long_tok, lut, f)
+    # every score, and the running top-k, in one pass (as two passes, the second pass's reads cost more than
+    # the first pass saves). short[i] is 0 for the instructions of > 64 tokens, whose scores are in f already,
+    # and for those of no tokens, whose f stays 0.0.
+    k = len(top)
+    filled = 0
+    kth = -1.0 if k else 2.0  # the k-th best score so far: below any score until k are held, above all if k = 0
+    best = 0.0
+    for i in range(n_total):
+        n = short[i]
+        if n:
+            s = table[ROW * n + _popcount(~v[i] & LOW[n])]
+            f[i] = s
+            v[i] = ONES
+        else:
+            s = f[i]
+        if s > best:
+            best = s
+        if s > kth:  # into the top-k, after the equal scores already held (earlier ids first)
+            p = min(filled, k - 1)
+            while p > 0 and f[top[p - 1]] < s:
+                top[p] = top[p - 1]
+                p -= 1
+            top[p] = i
+            filled = min(filled + 1, k)
+            if filled == k:
+                kth = f[top[k - 1]]
+    return filled, best
+
+
+@njit(cache=True)
+def any_above(q, thr, n_total, p_ids, p_masks, start, plen, df, lens, tokmat, table,
+              long_ids, long_start, long_tok, acc, touched, lut):
+    """Whether some instruction scores > thr against the query q (1..64 tokens, thr >= 0.01): the length,
+    prefix and overlap filters of rouge.py's docstring, then the exact score of the survivors."""
+    m = len(q)
+    tl = thr - 1e-9
+    x = tl * m / (2.0 - tl)       # any duplicate has lcs > x and n > x
+    n_hi = m * (2.0 - tl) / tl    # and n < n_hi
+    need = int(np.floor(x)) + 1   # matched query positions a duplicate needs
+    # the distinct known tokens and how often each occurs in the query (lut as a scratch counter)
+    uniq = np.empty(m, dtype=np.int64)
+    n_uniq = 0
+    m_known = 0
+    for t in q:
+        if t >= 0:
+            if lut[t] == 0:
+                uniq[n_uniq] = t
+                n_uniq += 1
+            lut[t] += 1
+            m_known += 1
+    uniq = uniq[:n_uniq]
+    counts = np.empty(n_uniq, dtype=np.int64)
+    for j in range(n_uniq):
+        counts[j] = lut[uniq[j]]
+        lut[uniq[j]] = 0
+    if m_known < need:
+        return False  # too few query tokens occur in the index at all
+    # whole tokens, rarest first, until m_known - need + 1 positions are covered (pigeonhole)
+    order = np.argsort(df[uniq], kind="mergesort")
+    covered = 0
+    n_prefix = 0
+    while covered < m_known - need + 1:
+        covered += counts[order[n_prefix]]
+        n_prefix += 1
+    rest = m_known - covered
+    n_touched = 0
+    for j in range(n_prefix):
+        t = uniq[order[j]]
+        c = counts[order[j]]
+        for e in range(start[t], start[t] + plen[t]):
+            i = p_ids[e]
+            if acc[i] == 0:
+                touched[n_touched] = i
+                n_touched += 1
+            acc[i] += min(_popcount(p_masks[e]), c)
+    _set_lut(q, lut)
+    found = False
+    for j in range(n_touched):
+        i = touched[j]
+        po = acc[i]
+        acc[i] = 0
+        n = lens[i]
+        if not found and x < n < n_hi and 2.0 * (po + rest) > tl * (m + n):
+            found = table[ROW * n + _lcs_lut(tokmat[i], lut, m)] > thr
+    for k in range(len(long_ids)):
+        n = lens[long_ids[k]]
+        if not found and x < n < n_hi:
+            found = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, n) > thr
+    _clear_lut(q, lut)
+    return found
