@@ -86,7 +86,7 @@ def crash(args) -> None:
     sys.path.insert(0, str(ROOT))
     from alpaca_ds.config import GenerateConfig, load_config
     from alpaca_ds.generate import run as gen
-    from alpaca_ds.api.journal import read_jsonl
+    from alpaca_ds.common.journal import read_jsonl
     from alpaca_ds.api.ledger import CallLedger
 
     rng = random.Random(args.seed)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from alpaca_ds.api.journal import read_jsonl
+from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.evaluate import judge
 from alpaca_ds.generate import run as gen

@@ -33,6 +33,7 @@ SHIPPED = [
     ("launch/recipes/*.yaml", lambda p: load_config(TrainConfig, p)),
     ("ds_configs/*.yaml", load_engine_config),
     ("alpaca_ds/api/prices.yaml", load_price_table),
+    (".pre-commit-config.yaml", lambda p: yaml.safe_load(p.read_text())["repos"]),
 ]
 
 

@@ -15,7 +15,7 @@ import pytest
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import JudgeConfig, load_config
 from alpaca_ds.evaluate import judge
-from alpaca_ds.api.journal import read_jsonl
+from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.api.runner import request_key
 from alpaca_ds.simulator.server import Faults
 from eval_helpers import ROOT, cli, judge_simulator, run_cli, write_outputs

@@ -18,7 +18,7 @@ from alpaca_ds.generate import prompts as P
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.client import _retry_after
 from alpaca_ds.generate.filters import Filters
-from alpaca_ds.api.journal import Journal, read_jsonl
+from alpaca_ds.common.journal import Journal, read_jsonl
 from alpaca_ds.api.limits import RateLimiter
 from alpaca_ds.api.prices import load_table, price_for
 from alpaca_ds.generate.seeds import Example, load_seed_tasks

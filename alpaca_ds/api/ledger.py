@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from alpaca_ds.api.budget import Cost
-from alpaca_ds.api.journal import Journal, read_jsonl
+from alpaca_ds.common.journal import Journal, read_jsonl
 
 INTERRUPTED = "the process stopped while this attempt was in flight; the API may have billed it"
 

@@ -1,1 +1,1 @@
-"""Shared helpers: errors, file IO, downloads, progress."""
+"""Shared helpers: errors, file IO (atomic writes, the fsync'd JSONL journal), downloads, locks, provenance, serving."""

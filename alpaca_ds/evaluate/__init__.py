@@ -1,5 +1,6 @@
-"""Evaluation and demo: answers on eval sets, pairwise judging, win rates, a human A/B page, chat and serving.
+"""Evaluation and demo: answers on eval sets, pairwise judging, win rates (raw and length-controlled), a human A/B
+page, the feedback demo, chat and serving.
 
-Imports only `dataset.template` and `generate.*` (client, budget, limits, prices, journal) from other stages;
+Imports only `dataset.template`, the API layer (`alpaca_ds.api`) and `common` from other rooms; never `generate`,
 never deepspeed.
 """

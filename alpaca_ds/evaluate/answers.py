@@ -130,7 +130,7 @@ def _append(f, *objs: dict) -> None:
 def _read_partial(path: Path, fingerprint: dict) -> dict[int, str]:
     if not path.exists():
         return {}
-    from alpaca_ds.api.journal import read_jsonl
+    from alpaca_ds.common.journal import read_jsonl
     entries, good = read_jsonl(path)
     if good < path.stat().st_size:  # a line torn by a kill: cut it before appending
         with open(path, "r+b") as f:

@@ -14,7 +14,7 @@ import datetime as dt
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.generate.journal import Journal, read_jsonl
+from alpaca_ds.common.journal import Journal, read_jsonl
 
 RATINGS = ("up", "down")
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from alpaca_ds.api.ledger import CallLedger
-from alpaca_ds.api.journal import Journal, read_jsonl
+from alpaca_ds.common.journal import Journal, read_jsonl
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
 from alpaca_ds.common.lock import exclusive
