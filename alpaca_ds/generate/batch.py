@@ -111,8 +111,7 @@ class BatchGenerator:
             asyncio.run(self._main())
         finally:
             self.progress.close()
-        answered = {i: self.rd.ledger.ok.get(i) for i in self.rd.ledger.keys if self.rd.ledger.complete(i)}
-        self.rd.finish(answered)
-        this_run = {"requests_submitted": self.submitted, "batches_running": self.running}
-        stats, cost = self.rd.write_reports(self.runner, this_run, final=True)
-        return self.rd.result(self.runner, stats, cost)
+        led = self.rd.ledger
+        answered = {i: led.ok.get(i) for i in led.keys if led.complete(i)}
+        return self.rd.conclude(self.runner, answered, {"requests_submitted": self.submitted,
+                                                         "batches_running": self.running})
