@@ -184,6 +184,10 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_p
         assert "still running at the API" in err and "--cancel-batches" in err
         running = teacher.stats()["batches"]["by_status"]
         assert set(running) == {"in_progress"}
+        online = subprocess.run([*command, "--set", "api.transport=online"], cwd=ROOT, env=cli_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert online.returncode != 0 and "may still be answered; rerun with api.transport: batch" in online.stderr
+        assert teacher.stats()["requests"] == 0  # refused before sending anything online
         cancel = subprocess.run([*command, "--cancel-batches"], cwd=ROOT, env=cli_env(), capture_output=True,
                                 text=True, timeout=120)
         assert cancel.returncode == 0, cancel.stderr

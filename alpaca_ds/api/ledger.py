@@ -101,6 +101,11 @@ class CallLedger:
         """What api.max_retries counts: failed answers (attempts cut off by a kill or an interrupt are not)."""
         return self.failures[key]
 
+    def open_batches(self) -> int:
+        """Batch parts (api/batch.py) uploaded and not yet ended: requests the Batch API may still answer."""
+        ends = sum(e["t"] == "batch_end" for e in self.batch_entries)
+        return sum(e["t"] == "upload" for e in self.batch_entries) - ends
+
     def complete(self, key) -> bool:
         return key in self.ok or key in self.gave_up
 

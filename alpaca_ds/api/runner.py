@@ -26,6 +26,7 @@ from alpaca_ds.api.calls import Caller
 from alpaca_ds.api.client import prompt_tokens
 from alpaca_ds.api.ledger import CallLedger
 from alpaca_ds.api.progress import Progress
+from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import ApiConfig, BudgetConfig
 
 # how a run ended -> the command's exit status
@@ -86,6 +87,11 @@ class Runner:
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
     async def __aenter__(self):
+        if getattr(self.api, "transport", "online") == "online" and self.ledger.open_batches():
+            # sending their requests online too would pay for them twice
+            raise UserError(f"{self.ledger.path}: {self.ledger.open_batches()} batches of an earlier run with "
+                            "api.transport: batch may still be answered; rerun with api.transport: batch to collect "
+                            "them (or add --cancel-batches to cancel them), then continue online if you like")
         self.stop_event = asyncio.Event()
         if self.stop_reason is not None:
             self.stop_event.set()

@@ -77,7 +77,7 @@ class BatchGenerator:
                                metadata={"alpaca_ds": "generate", "out_dir": str(rd.out)})
             try:
                 await t.check_endpoints()
-                await t.resume()
+                await t.resume(create=not self.cancel)
                 while not runner.stopping and not self.cancel:
                     self._process()
                     if rd.proc.done:
