@@ -57,7 +57,7 @@ class Runner:
         self.ledger = ledger
         self.budget_cfg = budget
         self.progress = progress or Progress(None, "", "", enabled=False)
-        transport = getattr(api, "transport", "online")
+        self.transport = transport = getattr(api, "transport", "online")  # an endpoint's config has none
         if price is None and budget is not None:
             from alpaca_ds.api.prices import price_for
             price = price_for(api.model, budget)
@@ -87,7 +87,7 @@ class Runner:
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
     async def __aenter__(self):
-        if getattr(self.api, "transport", "online") == "online" and self.ledger.open_batches():
+        if self.transport == "online" and self.ledger.open_batches():
             # sending their requests online too would pay for them twice
             raise UserError(f"{self.ledger.path}: {self.ledger.open_batches()} batches of an earlier run with "
                             "api.transport: batch may still be answered; rerun with api.transport: batch to collect "
@@ -174,7 +174,7 @@ class Runner:
         led, c = self.ledger, self.budget_cfg
         p = self.price
         return {
-            "model": self.api.model, "base_url": self.api.base_url, "transport": getattr(self.api, "transport", "online"),
+            "model": self.api.model, "base_url": self.api.base_url, "transport": self.transport,
             "prices_usd_per_1m": ({"prompt": p.prompt_usd_per_1m, "completion": p.completion_usd_per_1m,
                                    "source": p.source} if p is not None else None),
             "spent_usd": self.budget.spent_usd, "spent_tokens": self.budget.spent_tokens,

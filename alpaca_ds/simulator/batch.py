@@ -65,7 +65,8 @@ class BatchApi:
 
     def _id(self, prefix: str) -> str:
         self._seq += 1
-        return f"{prefix}_{self._seq:06d}{hashlib.sha256(f'{prefix}{self._seq}{time.time()}'.encode()).hexdigest()[:12]}"
+        salt = hashlib.sha256(f"{prefix}{self._seq}{time.time()}".encode()).hexdigest()[:12]
+        return f"{prefix}_{self._seq:06d}{salt}"  # zero-padded: newest sorts first, as the API lists them
 
     def _new_file(self, data: bytes, filename: str, purpose: str) -> dict:
         fid = self._id("file")
