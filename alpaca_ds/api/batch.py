@@ -32,7 +32,6 @@ from alpaca_ds.api.client import ApiClient, Outcome
 from alpaca_ds.common.errors import UserError
 
 TERMINAL = ("completed", "expired", "failed", "cancelled")
-NOTHING = Cost(0.0, 0)
 
 
 @dataclass
@@ -62,8 +61,8 @@ class BatchTransport:
         self.metadata = {k: str(v)[:500] for k, v in (metadata or {}).items()}
         self.client = ApiClient(self.api, runner.key)
         self.parts: dict[str, Part] = {}
-        self.retry: list = []      # keys whose line failed or expired, to send again
-        self.given_up: list = []
+        self.retry: set = set()     # keys whose line failed or expired, to send again
+        self.given_up: set = set()
         self._recover()
 
     def _recover(self) -> None:
@@ -186,11 +185,21 @@ class BatchTransport:
 
     # ---- collecting -------------------------------------------------------------------------------------------
 
-    async def resume(self) -> None:
-        """Parts an earlier run left before their batch existed: upload / create them now."""
+    async def resume(self, create: bool = True) -> None:
+        """Parts an earlier run left before their batch existed: upload / create them now. Not `create` (a
+        cancel): only find the batches a kill kept from being recorded; a part without one is closed, unsent."""
         for p in list(self.parts.values()):
-            if p.batch is None:
+            if p.batch is not None:
+                continue
+            if create:
                 await self._start(p)
+                continue
+            found = await self._find_batch(p.file, p.at) if p.file else None
+            if found is not None:
+                await self.led.journal.commit({"t": "batch", "n": p.n, "batch": found.id})
+                p.batch = found.id
+            else:
+                await self._close(p, "cancelled", {})
 
     async def wait(self) -> int:
         """Poll until at least one part ends (or the run stops); settle the ended ones; returns how many ended."""
@@ -239,31 +248,39 @@ class BatchTransport:
         got = {}
         for line in await self._lines(b.output_file_id) + await self._lines(b.error_file_id):
             got[line["custom_id"]] = line
-        waits = []
-        for key, a, worst in zip(p.keys, p.attempts, p.worst):
-            if (key, a) in self.led.results:
-                continue  # settled before a kill
-            outcome = self._outcome(got.get(str(key)), b.status, len(self.prompts_of(key)))
-            entry = self.r.caller.result_entry(key, a, worst, outcome, f"request {key}")
-            entry["batch"] = p.batch
-            waits.append(self.led.journal.enqueue(entry))
-            if not outcome.ok:
-                self.retry.append(key)
-        await asyncio.gather(*waits)
         if b.status in ("failed", "expired"):
             why = "; ".join(e.message for e in (b.errors.data or [])) if b.errors else ""
             self.r.say(f"batch {p.batch} {b.status} ({why or 'no reason given'}): its unanswered requests go "
                        "into the next wave")
-        await self.led.journal.commit({"t": "batch_end", "n": p.n, "status": b.status})
+        await self._close(p, b.status, got)
+
+    async def _close(self, p: Part, status: str, got: dict) -> None:
+        """Settle each line of part `p` not settled yet (`got`: its output and error lines by custom_id; a
+        missing line was not answered), decide what is sent again, and record the part's end."""
+        waits, failed = [], []
+        for key, a, worst in zip(p.keys, p.attempts, p.worst):
+            if (key, a) in self.led.results:
+                continue  # settled before a kill
+            outcome = self._outcome(got.get(str(key)), status, len(self.prompts_of(key)))
+            entry = self.r.caller.result_entry(key, a, worst, outcome, f"request {key}")
+            entry["batch"] = p.batch
+            waits.append(self.led.journal.enqueue(entry))
+            if not outcome.ok:
+                failed.append(key)
+        await asyncio.gather(*waits)
+        for key in failed:  # sent again in a later wave, or given up after api.max_retries
+            if self.led.failed_attempts(key) > self.api.max_retries:
+                self.given_up.add(key)
+                await self.r.give_up(key, "batch", f"failed in {self.led.failed_attempts(key)} batches")
+            else:
+                self.retry.add(key)
+        await self.led.journal.commit({"t": "batch_end", "n": p.n, "status": status})
         del self.parts[p.n]
-        for key in [k for k in self.retry if self.led.failed_attempts(k) > self.api.max_retries]:
-            self.retry.remove(key)
-            self.given_up.append(key)
-            await self.r.give_up(key, "batch", "failed in every batch it was sent in")
 
     def _outcome(self, line: dict | None, status: str, num_prompts: int) -> Outcome:
         if line is None:  # the batch failed or was cancelled before answering it
-            return Outcome(f"batch_{status}", error=f"the batch {status} without answering it")
+            return Outcome("cancelled" if status == "cancelled" else f"batch_{status}",
+                           error=f"the batch {status} without answering it")
         resp, err = line.get("response"), line.get("error")
         if resp and resp.get("status_code") == 200:
             return self.client.parse(json.dumps(resp["body"]), num_prompts)
@@ -312,7 +329,7 @@ async def run_keyed(runner, jobs: list, prompts_of, on_answer, metadata: dict | 
         t = BatchTransport(runner, prompts.__getitem__, metadata=metadata)
         try:
             await t.check_endpoints()
-            await t.resume()
+            await t.resume(create=not cancel)
             while not runner.stopping and not cancel:
                 todo = [k for k in keyed if k not in led.ok and k not in t.pending and k not in t.given_up]
                 todo.sort(key=lambda k: k not in t.retry)  # failed lines first: their pairs are half paid for

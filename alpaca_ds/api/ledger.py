@@ -86,7 +86,7 @@ class CallLedger:
         self.keys.add(key)
         self.results.add((key, r["a"]))
         self.outcomes[r["kind"]] += 1
-        if r["kind"] not in ("ok", "interrupted"):
+        if r["kind"] not in ("ok", "interrupted", "cancelled"):  # a kill or a cancel is not the request's failure
             self.failures[key] += 1
         self.spent = Cost(self.spent.usd + r["usd"], self.spent.tokens + r["tok"])
         if r["charged"] == "usage":
@@ -100,6 +100,11 @@ class CallLedger:
     def failed_attempts(self, key) -> int:
         """What api.max_retries counts: failed answers (attempts cut off by a kill or an interrupt are not)."""
         return self.failures[key]
+
+    def open_batches(self) -> int:
+        """Batch parts (api/batch.py) uploaded and not yet ended: requests the Batch API may still answer."""
+        ends = sum(e["t"] == "batch_end" for e in self.batch_entries)
+        return sum(e["t"] == "upload" for e in self.batch_entries) - ends
 
     def complete(self, key) -> bool:
         return key in self.ok or key in self.gave_up

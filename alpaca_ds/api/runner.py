@@ -26,6 +26,7 @@ from alpaca_ds.api.calls import Caller
 from alpaca_ds.api.client import prompt_tokens
 from alpaca_ds.api.ledger import CallLedger
 from alpaca_ds.api.progress import Progress
+from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import ApiConfig, BudgetConfig
 
 # how a run ended -> the command's exit status
@@ -56,7 +57,7 @@ class Runner:
         self.ledger = ledger
         self.budget_cfg = budget
         self.progress = progress or Progress(None, "", "", enabled=False)
-        transport = getattr(api, "transport", "online")
+        self.transport = transport = getattr(api, "transport", "online")  # an endpoint's config has none
         if price is None and budget is not None:
             from alpaca_ds.api.prices import price_for
             price = price_for(api.model, budget)
@@ -86,6 +87,11 @@ class Runner:
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
     async def __aenter__(self):
+        if self.transport == "online" and self.ledger.open_batches():
+            # sending their requests online too would pay for them twice
+            raise UserError(f"{self.ledger.path}: {self.ledger.open_batches()} batches of an earlier run with "
+                            "api.transport: batch may still be answered; rerun with api.transport: batch to collect "
+                            "them (or add --cancel-batches to cancel them), then continue online if you like")
         self.stop_event = asyncio.Event()
         if self.stop_reason is not None:
             self.stop_event.set()
@@ -168,7 +174,7 @@ class Runner:
         led, c = self.ledger, self.budget_cfg
         p = self.price
         return {
-            "model": self.api.model, "base_url": self.api.base_url, "transport": getattr(self.api, "transport", "online"),
+            "model": self.api.model, "base_url": self.api.base_url, "transport": self.transport,
             "prices_usd_per_1m": ({"prompt": p.prompt_usd_per_1m, "completion": p.completion_usd_per_1m,
                                    "source": p.source} if p is not None else None),
             "spent_usd": self.budget.spent_usd, "spent_tokens": self.budget.spent_tokens,

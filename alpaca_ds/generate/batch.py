@@ -77,7 +77,7 @@ class BatchGenerator:
                                metadata={"alpaca_ds": "generate", "out_dir": str(rd.out)})
             try:
                 await t.check_endpoints()
-                await t.resume()
+                await t.resume(create=not self.cancel)
                 while not runner.stopping and not self.cancel:
                     self._process()
                     if rd.proc.done:
@@ -92,7 +92,8 @@ class BatchGenerator:
                             runner.stop("budget", runner.budget_message(runner.worst_case(self.s.prompts(wave[0]))))
                             break
                         if n:
-                            self.progress.say(f"wave: {n} requests submitted (requests {wave[0]}..{wave[n - 1]})")
+                            again = sum(rd.ledger.attempts[i] > 1 for i in wave[:n])
+                            self.progress.say(f"wave: {n} requests submitted ({again} of them sent before)")
                     if not t.parts:
                         if not wave:
                             runner.stop("max_requests", f"sent max_requests = {self.cfg.max_requests} requests")
@@ -110,8 +111,7 @@ class BatchGenerator:
             asyncio.run(self._main())
         finally:
             self.progress.close()
-        answered = {i: self.rd.ledger.ok.get(i) for i in self.rd.ledger.keys if self.rd.ledger.complete(i)}
-        self.rd.finish(answered)
-        this_run = {"requests_submitted": self.submitted, "batches_running": self.running}
-        stats, cost = self.rd.write_reports(self.runner, this_run, final=True)
-        return self.rd.result(self.runner, stats, cost)
+        led = self.rd.ledger
+        answered = {i: led.ok.get(i) for i in led.keys if led.complete(i)}
+        return self.rd.conclude(self.runner, answered, {"requests_submitted": self.submitted,
+                                                         "batches_running": self.running})

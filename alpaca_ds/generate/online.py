@@ -274,6 +274,4 @@ class OnlineGenerator:
             asyncio.run(self._main())
         finally:
             self.progress.close()
-        self.rd.finish(self.completed)
-        stats, cost = self.rd.write_reports(self.runner, self._this_run(), final=True)
-        return self.rd.result(self.runner, stats, cost)
+        return self.rd.conclude(self.runner, self.completed, self._this_run())

@@ -130,7 +130,11 @@ class RunDir:
             atomic_write_bytes(self.out / "regen.json", (json.dumps(regen, indent=4) + "\n").encode("utf-8"))
         return stats, cost
 
-    def result(self, runner, stats: dict, cost: dict) -> dict:
+    def conclude(self, runner, answered: dict, this_run: dict) -> dict:
+        """The end of a run, whatever stopped it: deliver what was answered (`finish`), write the reports and
+        regen.json, and say how it ended."""
+        self.finish(answered)
+        stats, cost = self.write_reports(runner, this_run, final=True)
         message = runner.message
         if self.skipped:
             message += (f" {self.skipped} requests sent but never answered were skipped; every answered one is "

@@ -65,7 +65,8 @@ class BatchApi:
 
     def _id(self, prefix: str) -> str:
         self._seq += 1
-        return f"{prefix}_{self._seq:06d}{hashlib.sha256(f'{prefix}{self._seq}{time.time()}'.encode()).hexdigest()[:12]}"
+        salt = hashlib.sha256(f"{prefix}{self._seq}{time.time()}".encode()).hexdigest()[:12]
+        return f"{prefix}_{self._seq:06d}{salt}"  # zero-padded: newest sorts first, as the API lists them
 
     def _new_file(self, data: bytes, filename: str, purpose: str) -> dict:
         fid = self._id("file")
@@ -108,16 +109,22 @@ class BatchApi:
             return self._error(400, "file and purpose are required")
         return self._json(self._new_file(data, filename, purpose))
 
+    def _find(self, table: dict, request, what: str):
+        """The object the URL names, or a 404 as the API answers it."""
+        from aiohttp import web
+        found = table.get(request.match_info["id"])
+        if found is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": {
+                "message": f"No such {what} object: {request.match_info['id']}", "type": "invalid_request_error",
+                "param": None, "code": None}}), content_type="application/json")
+        return found
+
     async def _file(self, request):
-        f = self.files.get(request.match_info["id"])
-        return self._json(f) if f else self._error(404, f"No such File object: {request.match_info['id']}")
+        return self._json(self._find(self.files, request, "File"))
 
     async def _file_content(self, request):
         from aiohttp import web
-        data = self.content.get(request.match_info["id"])
-        if data is None:
-            return self._error(404, f"No such File object: {request.match_info['id']}")
-        return web.Response(body=data, content_type="application/octet-stream")
+        return web.Response(body=self._find(self.content, request, "File"), content_type="application/octet-stream")
 
     # ---- batches ------------------------------------------------------------------------------------------------
 
@@ -145,13 +152,10 @@ class BatchApi:
         return self._json(self.batches[bid])
 
     async def _retrieve(self, request):
-        b = self.batches.get(request.match_info["id"])
-        return self._json(b) if b else self._error(404, f"No such Batch object: {request.match_info['id']}")
+        return self._json(self._find(self.batches, request, "Batch"))
 
     async def _cancel(self, request):
-        b = self.batches.get(request.match_info["id"])
-        if b is None:
-            return self._error(404, f"No such Batch object: {request.match_info['id']}")
+        b = self._find(self.batches, request, "Batch")
         if b["status"] in ("validating", "in_progress"):
             b["status"], b["cancelling_at"] = "cancelling", int(time.time())
         return self._json(b)

@@ -3,7 +3,8 @@
 It reads a judge prompt the way a judge model would: whatever the layout around them, a prompt that labels two
 outputs "Output (a)" and "Output (b)" on lines of their own (the labels the judge is asked to answer with) is a
 judge prompt; the text from the first label to the second is output (a), from the second to the next heading-like
-line (or the end) is output (b), and everything before output (a) is the task. Any other prompt is None.
+line (a markdown heading, or a short line ending in ":" or "?") or the end is output (b), and everything before
+output (a) is the task. Any other prompt is None.
 
 A SIMULATED judge: deterministic, and blind to position except on a full tie. The output that shares more
 distinct words with the task wins; on equal overlap, the one with more words from `vocabulary` (real words rather
@@ -17,7 +18,7 @@ import re
 
 NO_VERDICT = "NOVERDICT"
 _LABEL = re.compile(r"^[#*\s]*Output \(([ab])\)[:*\s]*$", re.M)
-_HEADING = re.compile(r"^\s*(#+ |[A-Z][\w ]{0,40}:\s*$)", re.M)
+_HEADING = re.compile(r"^\s*(#+ |[A-Z][^\n]{0,60}[:?]\s*$)", re.M)  # "## Verdict", "Answer:", "Which is better?"
 
 
 def _words(text: str) -> list[str]:

@@ -79,6 +79,8 @@ class LocalSimulator:
         if self.base_url is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 class SimulatorProcess:
