@@ -33,6 +33,8 @@ setup(
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test
         # rouge-score: the independent reference the ROUGE-L index and the seed set are checked against
         "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.20", "rouge-score>=0.1.2"],
+        # QLoRA (model.lora.quantize: nf4): bitsandbytes' 4-bit kernels, on CUDA machines only
+        "qlora": ["bitsandbytes>=0.43"],
     },
     entry_points={"console_scripts": ["alpaca-ds=alpaca_ds.cli:main"]},
 )

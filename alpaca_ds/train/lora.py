@@ -47,6 +47,16 @@ def quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
 
 
+def load_kwargs(cfg: ModelConfig, ds_config: dict) -> dict:
+    """from_pretrained's quantization arguments: none for LoRA; for QLoRA the 4-bit config and, unless ZeRO-3
+    places the partitions itself, this rank's GPU (bitsandbytes quantizes as the weights land there)."""
+    quantization = quantization_config(cfg)
+    if quantization is None:
+        return {}
+    zero3 = (ds_config.get("zero_optimization") or {}).get("stage") == 3
+    return {"quantization_config": quantization, **({} if zero3 else {"device_map": {"": torch.cuda.current_device()}})}
+
+
 def peft_config(cfg: LoraConfig, base: str | None):
     from peft import LoraConfig as PeftLoraConfig
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
