@@ -8,9 +8,6 @@ run killed with SIGKILL and relaunched. A ZeRO-2 run with packing and modules_to
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +18,8 @@ from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.provenance import tensor_sha256
 from alpaca_ds.config import TrainConfig, load_config
 from alpaca_ds.train.loop import preflight
-from test_train import (FROM_INIT_STEPS, RECIPE, dataset, from_init, launch, losses,  # noqa: F401 (fixtures)
-                        metrics, worst_relative)
+from test_train import (FROM_INIT_STEPS, RECIPE, dataset, from_init, launch, launch_and_kill,  # noqa: F401
+                        losses, metrics, worst_relative)
 import lora_reference
 
 # lm_head among the targets: on a random model, adapters on attention alone barely move the loss in 24 steps
@@ -88,7 +85,8 @@ def test_lora_matches_a_hand_built_reference(lora_run, from_init, dataset):
     cfg = settings(lora_run, from_init)
     start = initial_adapters(cfg, vocab(dataset))
     init = {name.removeprefix("base_model.model.").removesuffix(".lora_A.weight"):
-            (a, start[name.replace("lora_A", "lora_B")]) for name, a in start.items() if name.endswith(".lora_A.weight")}
+            (a, start[name.replace("lora_A", "lora_B")])
+            for name, a in start.items() if name.endswith(".lora_A.weight")}
     assert len(init) == 2 * 2 + 1  # q_proj and v_proj in 2 layers, lm_head
     theirs = lora_reference.train(cfg, init, world=2)
     ours = losses(lora_run)
@@ -122,18 +120,7 @@ def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset)
 def test_lora_resume_after_kill_gives_identical_losses(lora_run, from_init, tmp_path):
     run = tmp_path / "resumed"
     args = (f"output_dir={run}", *from_init, *LORA, "checkpoint.every_steps=3")
-    proc = launch(*args, wait=False)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        done = [r for r in metrics(run) if "loss" in r] if (run / "metrics.jsonl").exists() else []
-        if done and done[-1]["step"] >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = max(r["step"] for r in metrics(run) if "loss" in r)
-    assert 8 <= killed_at < FROM_INIT_STEPS
+    assert 8 <= launch_and_kill(run, args, 8) < FROM_INIT_STEPS
     result = launch(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resumed from step-000000" in result.stdout
@@ -187,7 +174,7 @@ def test_qlora_builds_a_4bit_base_with_bf16_storage(from_init, tmp_path):
 
 
 def test_lora_settings_are_checked(dataset, tmp_path):
-    with pytest.raises(UserError, match=r"unknown key 'model.lora.target_module'; did you mean 'model.lora.target_modules'"):
+    with pytest.raises(UserError, match=r"unknown key 'model.lora.target_module'; did you mean 'model.lora.targe"):
         load_config(TrainConfig, RECIPE, ["model.lora.target_module=[q_proj]"])
     with pytest.raises(UserError, match="model.lora.r"):
         load_config(TrainConfig, RECIPE, ["model.lora.r=0"])

@@ -47,23 +47,27 @@ def test_llama_7b_counted_exactly(plan_7b_8gpus):
     assert m["largest_layer_parameters"] == 32001 * 4096 and m["largest_layer"] == "model.embed_tokens"
 
 
-@pytest.mark.parametrize("nodes, gpus", [(1, 8), (2, 8), (1, 1), (4, 4)])
-def test_model_states_equal_deepspeeds_estimators(nodes, gpus):
+def deepspeed_estimate(params: int, largest: int, gpus: int, nodes: int, stage: int, offload_optimizer: bool,
+                       offload_params: bool) -> tuple[int, int]:
+    """(CPU bytes per node, GPU bytes) from DeepSpeed's own estimator of the stage, as a plan assumes (zero_init)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    if stage == 3:
+        return estimate_zero3_model_states_mem_needs(
+            params, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
+            cpu_offload_params=offload_params, zero_init=True, additional_buffer_factor=1.5)[:2]
+    return estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=gpus, num_nodes=nodes,
+                                                 cpu_offload=offload_optimizer, additional_buffer_factor=1.5)
+
+
+@pytest.mark.parametrize("nodes, gpus", [(1, 8), (2, 8), (1, 1), (4, 4)])
+def test_model_states_equal_deepspeeds_estimators(nodes, gpus):
     p = make_plan(recipe(ALPACA_7B, "data.path=/nonexistent", f"batch.micro_batch_size={128 // (nodes * gpus)}"),
                   "alpaca_7b.yaml", nodes, gpus)
     total, largest = p["model"]["parameters"], p["model"]["largest_layer_parameters"]
     states = p["memory"]["model_states"]
     for key, _, stage, offload_optimizer, offload_params in ENGINES:
-        if stage == 3:
-            cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-                total, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-                cpu_offload_params=offload_params, zero_init=True, additional_buffer_factor=1.5)
-        else:
-            cpu, gpu = estimate_zero2_model_states_mem_needs(
-                total, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-                additional_buffer_factor=1.5)
+        cpu, gpu = deepspeed_estimate(total, largest, gpus, nodes, stage, offload_optimizer, offload_params)
         assert (states[key]["gpu_bytes"], states[key]["cpu_bytes_per_node"]) == (gpu, cpu), key
 
 
@@ -264,8 +268,6 @@ def test_lora_counts_are_peft_and_the_frozen_base_is_2_bytes_or_nf4(plan_lora_1g
 
 @pytest.mark.parametrize("nodes, gpus", [(1, 1), (1, 8), (2, 4)])
 def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes, gpus):
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
     p = make_plan(recipe(ROOT / "launch" / "recipes" / "alpaca_lora_7b.yaml", "data.path=/nonexistent",
                          f"batch.micro_batch_size={128 // (nodes * gpus) if nodes * gpus > 4 else 4}"),
                   "alpaca_lora_7b.yaml", nodes, gpus)
@@ -273,15 +275,10 @@ def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes,
     largest = p["model"]["largest_layer_parameters"]
     states = p["memory"]["model_states"]
     for key, _, stage, offload_optimizer, offload_params in ENGINES:
-        if stage == 3:
-            cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-                trainable, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-                cpu_offload_params=offload_params, zero_init=True, additional_buffer_factor=1.5)
+        cpu, gpu = deepspeed_estimate(trainable, largest, gpus, nodes, stage, offload_optimizer, offload_params)
+        if stage == 3:  # sharded, or in CPU memory with parameter offload
             frozen_gpu, frozen_cpu = (0, frozen / nodes) if offload_params else (frozen / (nodes * gpus), 0)
         else:
-            cpu, gpu = estimate_zero2_model_states_mem_needs(
-                trainable, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-                additional_buffer_factor=1.5)
             frozen_gpu, frozen_cpu = frozen, 0  # replicated
         assert states[key]["gpu_bytes"] == int(gpu + frozen_gpu), key
         assert states[key]["cpu_bytes_per_node"] == int(cpu + frozen_cpu), key

@@ -246,7 +246,8 @@ def zero_buffers(buckets: dict, stage: int, total_params: int, trainable_params:
     """Gradients reduce only for trainable parameters; ZeRO-3 gathers every parameter, ZeRO-2 the updated ones."""
     trainable = total_params if trainable_params is None else trainable_params
     gather = buckets["stage3_prefetch_bucket_size" if stage == 3 else "allgather_bucket_size"]
-    return int(2 * (min(buckets["reduce_bucket_size"], trainable) + min(gather, total_params if stage == 3 else trainable)))
+    gathered = total_params if stage == 3 else trainable
+    return int(2 * (min(buckets["reduce_bucket_size"], trainable) + min(gather, gathered)))
 
 
 def memory_needs(cfg: TrainConfig, a: Arch, engine: dict, gpus_per_node: int, nodes: int, micro: int, seq: int,
@@ -258,7 +259,8 @@ def memory_needs(cfg: TrainConfig, a: Arch, engine: dict, gpus_per_node: int, no
     states = model_states(a.total_params, a.largest_layer_params, gpus_per_node, nodes, shape)
     act = {c: activation_bytes(a.dims, micro, seq, checkpointing=c, **kw) for c in (False, True)}
     trainable = shape["trainable_parameters"] if shape else None
-    buffers = {key: zero_buffers(engine["buckets"], stage, a.total_params, trainable) for key, _, stage, _, _ in ENGINES}
+    buffers = {key: zero_buffers(engine["buckets"], stage, a.total_params, trainable)
+               for key, _, stage, _, _ in ENGINES}
     key = engine["key"]
     total = (states[key]["gpu_bytes"] + act[cfg.model.gradient_checkpointing] + buffers[key] + reserve) if key else None
     return {"lora": shape, "states": states, "activations": act, "buffers": buffers, "total": total,
