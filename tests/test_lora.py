@@ -164,13 +164,34 @@ def test_qlora_is_refused_without_a_gpu(dataset, from_init, tmp_path):
         preflight(cfg, 2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); "
-                    "this machine has none")
-def test_qlora_builds_a_4bit_base_with_bf16_storage(from_init, tmp_path):
+def test_qlora_exports_the_adapter_only(from_init, tmp_path):
     from alpaca_ds.train.lora import quantization_config
     cfg = settings(tmp_path / "run", from_init, "model.lora.quantize=nf4")
     q = quantization_config(cfg.model)
-    assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16  # what ZeRO-3 partitions
+    assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16  # what ZeRO-3 partitions and gathers
+    assert not cfg.model.lora.merge and settings(tmp_path, from_init).model.lora.merge
+    with pytest.raises(UserError, match="a 4-bit .nf4. base has no exact bf16 weights to merge"):
+        settings(tmp_path / "run", from_init, "model.lora.quantize=nf4", "model.lora.merged_export=true")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); "
+                    "this machine has none")
+@pytest.mark.parametrize("engine", ["zero3_bf16", "zero2_bf16"])
+def test_qlora_trains_and_exports_on_a_gpu(engine, from_init, tmp_path):
+    import subprocess
+    import sys
+    from test_train import ENV, free_port
+    run = tmp_path / "run"
+    sets = (f"output_dir={run}", *from_init, *LORA, "model.lora.quantize=nf4", f"ds_config=ds_configs/{engine}.yaml")
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
+               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+    result = subprocess.run(command + [a for item in sets for a in ("--set", item)], cwd=RECIPE.parents[2],
+                            env={k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "adapter (reloaded logits within" in result.stdout and not (run / "final").exists()
+    ours = losses(run)
+    assert sum(ours[-5:]) / 5 < sum(ours[:5]) / 5 - 0.3, ours
 
 
 def test_lora_settings_are_checked(dataset, tmp_path):

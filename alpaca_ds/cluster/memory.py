@@ -125,7 +125,7 @@ def lora_shape(config: dict, lora) -> dict:
     Linear weights a 4-bit base quantizes (all but lm_head, which transformers keeps in 16 bits), and the frozen
     base's bytes for `lora` (alpaca_ds.config.LoraConfig)."""
     base, quantizable, trainable = _lora_counts(json.dumps(config, sort_keys=True), lora.model_copy(
-        update={"quantize": "none", "dropout": 0.0, "merged_export": True}))
+        update={"quantize": "none", "dropout": 0.0, "merged_export": None}))
     frozen = 2 * base if lora.quantize == "none" else int(NF4_BYTES * quantizable + 2 * (base - quantizable))
     return {"trainable_parameters": trainable, "frozen_parameters": base, "quantized_parameters":
             quantizable if lora.quantize != "none" else 0, "frozen_bytes": frozen, "quantize": lora.quantize}
