@@ -52,8 +52,21 @@ class LoraConfig(Schema):
         "train the rows of added tokens")
     quantize: Literal["none", "nf4"] = Field(
         "none", description="nf4: QLoRA, the frozen base in 4 bits (bitsandbytes; needs a CUDA GPU)")
-    merged_export: bool = Field(True, description="also write final/ (base + B·A·alpha/r merged, an HF folder) "
-                                "beside adapter/; false writes the adapter only")
+    merged_export: bool | None = Field(
+        None, description="also write final/ (base + B·A·alpha/r merged, an HF folder) beside adapter/; null = yes "
+        "for a bf16 base, no for a 4-bit one (it has no exact bf16 weights to merge into)")
+
+    @model_validator(mode="after")
+    def _mergeable(self):
+        if self.quantize != "none" and self.merged_export:
+            raise ValueError("model.lora.merged_export: a 4-bit (nf4) base has no exact bf16 weights to merge the "
+                             "adapter into; leave merged_export unset (the adapter is exported and checked on the "
+                             "4-bit base) and merge it onto the bf16 base afterwards")
+        return self
+
+    @property
+    def merge(self) -> bool:
+        return self.quantize == "none" if self.merged_export is None else self.merged_export
 
 
 class ModelConfig(Schema):

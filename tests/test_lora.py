@@ -8,9 +8,6 @@ run killed with SIGKILL and relaunched. A ZeRO-2 run with packing and modules_to
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +18,8 @@ from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.provenance import tensor_sha256
 from alpaca_ds.config import TrainConfig, load_config
 from alpaca_ds.train.loop import preflight
-from test_train import (FROM_INIT_STEPS, RECIPE, dataset, from_init, launch, losses,  # noqa: F401 (fixtures)
-                        metrics, worst_relative)
+from test_train import (FROM_INIT_STEPS, RECIPE, dataset, from_init, launch, launch_and_kill,  # noqa: F401
+                        losses, metrics, worst_relative)
 import lora_reference
 
 # lm_head among the targets: on a random model, adapters on attention alone barely move the loss in 24 steps
@@ -88,7 +85,8 @@ def test_lora_matches_a_hand_built_reference(lora_run, from_init, dataset):
     cfg = settings(lora_run, from_init)
     start = initial_adapters(cfg, vocab(dataset))
     init = {name.removeprefix("base_model.model.").removesuffix(".lora_A.weight"):
-            (a, start[name.replace("lora_A", "lora_B")]) for name, a in start.items() if name.endswith(".lora_A.weight")}
+            (a, start[name.replace("lora_A", "lora_B")])
+            for name, a in start.items() if name.endswith(".lora_A.weight")}
     assert len(init) == 2 * 2 + 1  # q_proj and v_proj in 2 layers, lm_head
     theirs = lora_reference.train(cfg, init, world=2)
     ours = losses(lora_run)
@@ -122,18 +120,7 @@ def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset)
 def test_lora_resume_after_kill_gives_identical_losses(lora_run, from_init, tmp_path):
     run = tmp_path / "resumed"
     args = (f"output_dir={run}", *from_init, *LORA, "checkpoint.every_steps=3")
-    proc = launch(*args, wait=False)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        done = [r for r in metrics(run) if "loss" in r] if (run / "metrics.jsonl").exists() else []
-        if done and done[-1]["step"] >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = max(r["step"] for r in metrics(run) if "loss" in r)
-    assert 8 <= killed_at < FROM_INIT_STEPS
+    assert 8 <= launch_and_kill(run, args, 8) < FROM_INIT_STEPS
     result = launch(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resumed from step-000000" in result.stdout
@@ -177,17 +164,38 @@ def test_qlora_is_refused_without_a_gpu(dataset, from_init, tmp_path):
         preflight(cfg, 2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); "
-                    "this machine has none")
-def test_qlora_builds_a_4bit_base_with_bf16_storage(from_init, tmp_path):
+def test_qlora_exports_the_adapter_only(from_init, tmp_path):
     from alpaca_ds.train.lora import quantization_config
     cfg = settings(tmp_path / "run", from_init, "model.lora.quantize=nf4")
     q = quantization_config(cfg.model)
-    assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16  # what ZeRO-3 partitions
+    assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16  # what ZeRO-3 partitions and gathers
+    assert not cfg.model.lora.merge and settings(tmp_path, from_init).model.lora.merge
+    with pytest.raises(UserError, match="a 4-bit .nf4. base has no exact bf16 weights to merge"):
+        settings(tmp_path / "run", from_init, "model.lora.quantize=nf4", "model.lora.merged_export=true")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); "
+                    "this machine has none")
+@pytest.mark.parametrize("engine", ["zero3_bf16", "zero2_bf16"])
+def test_qlora_trains_and_exports_on_a_gpu(engine, from_init, tmp_path):
+    import subprocess
+    import sys
+    from test_train import ENV, free_port
+    run = tmp_path / "run"
+    sets = (f"output_dir={run}", *from_init, *LORA, "model.lora.quantize=nf4", f"ds_config=ds_configs/{engine}.yaml")
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
+               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+    result = subprocess.run(command + [a for item in sets for a in ("--set", item)], cwd=RECIPE.parents[2],
+                            env={k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "adapter (reloaded logits within" in result.stdout and not (run / "final").exists()
+    ours = losses(run)
+    assert sum(ours[-5:]) / 5 < sum(ours[:5]) / 5 - 0.3, ours
 
 
 def test_lora_settings_are_checked(dataset, tmp_path):
-    with pytest.raises(UserError, match=r"unknown key 'model.lora.target_module'; did you mean 'model.lora.target_modules'"):
+    with pytest.raises(UserError, match=r"unknown key 'model.lora.target_module'; did you mean 'model.lora.targe"):
         load_config(TrainConfig, RECIPE, ["model.lora.target_module=[q_proj]"])
     with pytest.raises(UserError, match="model.lora.r"):
         load_config(TrainConfig, RECIPE, ["model.lora.r=0"])

@@ -47,23 +47,27 @@ def test_llama_7b_counted_exactly(plan_7b_8gpus):
     assert m["largest_layer_parameters"] == 32001 * 4096 and m["largest_layer"] == "model.embed_tokens"
 
 
-@pytest.mark.parametrize("nodes, gpus", [(1, 8), (2, 8), (1, 1), (4, 4)])
-def test_model_states_equal_deepspeeds_estimators(nodes, gpus):
+def deepspeed_estimate(params: int, largest: int, gpus: int, nodes: int, stage: int, offload_optimizer: bool,
+                       offload_params: bool) -> tuple[int, int]:
+    """(CPU bytes per node, GPU bytes) from DeepSpeed's own estimator of the stage, as a plan assumes (zero_init)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    if stage == 3:
+        return estimate_zero3_model_states_mem_needs(
+            params, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
+            cpu_offload_params=offload_params, zero_init=True, additional_buffer_factor=1.5)[:2]
+    return estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=gpus, num_nodes=nodes,
+                                                 cpu_offload=offload_optimizer, additional_buffer_factor=1.5)
+
+
+@pytest.mark.parametrize("nodes, gpus", [(1, 8), (2, 8), (1, 1), (4, 4)])
+def test_model_states_equal_deepspeeds_estimators(nodes, gpus):
     p = make_plan(recipe(ALPACA_7B, "data.path=/nonexistent", f"batch.micro_batch_size={128 // (nodes * gpus)}"),
                   "alpaca_7b.yaml", nodes, gpus)
     total, largest = p["model"]["parameters"], p["model"]["largest_layer_parameters"]
     states = p["memory"]["model_states"]
     for key, _, stage, offload_optimizer, offload_params in ENGINES:
-        if stage == 3:
-            cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-                total, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-                cpu_offload_params=offload_params, zero_init=True, additional_buffer_factor=1.5)
-        else:
-            cpu, gpu = estimate_zero2_model_states_mem_needs(
-                total, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-                additional_buffer_factor=1.5)
+        cpu, gpu = deepspeed_estimate(total, largest, gpus, nodes, stage, offload_optimizer, offload_params)
         assert (states[key]["gpu_bytes"], states[key]["cpu_bytes_per_node"]) == (gpu, cpu), key
 
 
@@ -236,3 +240,76 @@ def test_shipped_alpaca_lengths_are_the_real_build(tmp_path):
     lengths = TokenizedDataset(tmp_path / "ds", "train").lengths
     assert int(lengths.min()) == alpaca_lengths.SHORTEST
     assert tuple(np.bincount(lengths)[alpaca_lengths.SHORTEST:].tolist()) == alpaca_lengths.COUNTS
+
+
+# ---------------------------------------------------------------- LoRA and QLoRA
+
+ALPACA_LORA_1GPU = ROOT / "launch" / "recipes" / "alpaca_lora_7b_1gpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def plan_lora_1gpu():
+    return make_plan(recipe(ALPACA_LORA_1GPU, "data.path=/nonexistent"), "alpaca_lora_7b_1gpu.yaml", 1, 1,
+                     seq_len=256)
+
+
+def test_lora_counts_are_peft_and_the_frozen_base_is_2_bytes_or_nf4(plan_lora_1gpu):
+    from alpaca_ds.cluster.memory import NF4_BYTES, lora_shape
+    lora = plan_lora_1gpu["lora"]
+    assert lora["trainable_parameters"] == 4_194_304  # what alpaca-lora prints for r 8 on q_proj, v_proj of 7B
+    assert lora["trainable_parameters"] == 32 * 2 * 8 * (4096 + 4096)  # A and B of 2 modules in 32 layers, written out
+    assert lora["frozen_bytes"] == 2 * plan_lora_1gpu["model"]["parameters"]
+    cfg = recipe(ALPACA_LORA_1GPU, "model.lora.quantize=nf4")
+    q = lora_shape(resolve_arch(cfg).config, cfg.model.lora)
+    linear = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)  # the decoder's Linear weights; lm_head stays 16-bit
+    assert q["quantized_parameters"] == linear
+    assert q["frozen_bytes"] == int(NF4_BYTES * linear + 2 * (plan_lora_1gpu["model"]["parameters"] - linear))
+
+
+@pytest.mark.parametrize("nodes, gpus", [(1, 1), (1, 8), (2, 4)])
+def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes, gpus):
+    p = make_plan(recipe(ROOT / "launch" / "recipes" / "alpaca_lora_7b.yaml", "data.path=/nonexistent",
+                         f"batch.micro_batch_size={128 // (nodes * gpus) if nodes * gpus > 4 else 4}"),
+                  "alpaca_lora_7b.yaml", nodes, gpus)
+    trainable, frozen = p["lora"]["trainable_parameters"], p["lora"]["frozen_bytes"]
+    largest = p["model"]["largest_layer_parameters"]
+    states = p["memory"]["model_states"]
+    for key, _, stage, offload_optimizer, offload_params in ENGINES:
+        cpu, gpu = deepspeed_estimate(trainable, largest, gpus, nodes, stage, offload_optimizer, offload_params)
+        if stage == 3:  # sharded, or in CPU memory with parameter offload
+            frozen_gpu, frozen_cpu = (0, frozen / nodes) if offload_params else (frozen / (nodes * gpus), 0)
+        else:
+            frozen_gpu, frozen_cpu = frozen, 0  # replicated
+        assert states[key]["gpu_bytes"] == int(gpu + frozen_gpu), key
+        assert states[key]["cpu_bytes_per_node"] == int(cpu + frozen_cpu), key
+
+
+@pytest.mark.parametrize("targets, dropout, checkpointing, low, high", [
+    (("q_proj", "v_proj"), 0.0, False, 0.99, 1.01),
+    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.0, False, 0.99, 1.01),
+    # CPU's dropout keeps a bf16 mask where CUDA's fused kernel keeps a 1-byte one (the formula's): a little under
+    (("q_proj", "v_proj", "lm_head"), 0.05, False, 0.96, 1.0),
+    (("q_proj", "v_proj"), 0.0, True, 0.97, 1.15),
+])
+def test_lora_activation_formula_against_measured_peak(targets, dropout, checkpointing, low, high):
+    # a frozen base keeps far fewer activations: the formula follows which weights train, measured on CPU
+    h, i, layers, heads, vocab, micro, seq = 512, 1376, 4, 8, 1000, 2, 256
+    measured = _bench().measure_peak(h, i, layers, heads, vocab, micro, seq, "sdpa", checkpointing,
+                                     {"target_modules": list(targets), "lora_dropout": dropout})
+    formula = activation_bytes(Dims(h, i, layers, heads, vocab), micro, seq, checkpointing=checkpointing,
+                               trained=frozenset(targets), dropout=dropout > 0)
+    assert low <= formula / measured <= high, formula / measured
+    assert formula < activation_bytes(Dims(h, i, layers, heads, vocab), micro, seq, checkpointing=checkpointing)
+
+
+def test_one_gpu_verdicts_for_7b_and_13b_lora_and_qlora(plan_lora_1gpu):
+    rows = {(r["model"], r["quantize"]): r for r in plan_lora_1gpu["single_gpu_lora"]}
+    assert set(rows) == {(m, q) for m in ("llama-7b", "llama-13b") for q in ("none", "nf4")}
+    assert rows[("llama-7b", "none")]["needed_bytes"] == plan_lora_1gpu["memory"]["total"]  # the recipe itself
+    for model in ("llama-7b", "llama-13b"):
+        assert rows[(model, "nf4")]["needed_bytes"] < rows[(model, "none")]["needed_bytes"] / 2
+    assert rows[("llama-7b", "none")]["fits"]["RTX4090-24GB"] and rows[("llama-13b", "nf4")]["fits"]["RTX4090-24GB"]
+    assert not rows[("llama-13b", "none")]["fits"]["RTX4090-24GB"] and rows[("llama-13b", "none")]["fits"]["A100-40GB"]
+    table = plan_cli("--config", str(ALPACA_LORA_1GPU), "--gpus-per-node", "1", "--seq-len", "256")
+    assert table.returncode == 0, table.stderr
+    assert "LoRA      4,194,304 trainable parameters" in table.stdout and "13B QLoRA" in table.stdout

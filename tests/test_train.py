@@ -109,21 +109,25 @@ def test_tiny_recipe_trains_checkpoints_and_exports(reference_run, dataset):
     assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] > ids.shape[1]
 
 
-def test_resume_after_kill_gives_identical_losses(reference_run, dataset, tmp_path):
-    run = tmp_path / "resumed"
-    args = (f"output_dir={run}", f"data.path={dataset}", "checkpoint.every_steps=4")
+def launch_and_kill(run: Path, args: tuple[str, ...], after_step: int) -> int:
+    """Launch a run, SIGKILL every process of it once it has logged `after_step` steps; the last step logged."""
     proc = launch(*args, wait=False)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         done = [r for r in metrics(run) if "loss" in r] if (run / "metrics.jsonl").exists() else []
-        if done and done[-1]["step"] >= 14:
+        if done and done[-1]["step"] >= after_step:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = max(r["step"] for r in metrics(run) if "loss" in r)
-    assert 14 <= killed_at < 42
+    return max(r["step"] for r in metrics(run) if "loss" in r)
+
+
+def test_resume_after_kill_gives_identical_losses(reference_run, dataset, tmp_path):
+    run = tmp_path / "resumed"
+    args = (f"output_dir={run}", f"data.path={dataset}", "checkpoint.every_steps=4")
+    assert 14 <= launch_and_kill(run, args, 14) < 42
     # relaunch through `alpaca-ds train`, which checks the run and starts the same launcher command
     command = [sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus", "2"]
     result = subprocess.run(command + [a for item in args for a in ("--set", item)], cwd=ROOT, env=ENV,

@@ -11,7 +11,9 @@ The formulas are explained in plan.py's docstring. LoRA (model.lora) changes two
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 DS_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor default (CPU memory estimates)
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # per quantized weight: 4 bits + double-quantized block constants
@@ -116,3 +118,37 @@ def activation_bytes(d: Dims, micro: int, seq: int, *, checkpointing: bool, atte
     # weight training, the layer's larger saved set covers them (measured); with a frozen one it does not.
     in_flight = 0 if full else sb * (2 * d.hidden + 2 * d.intermediate)
     return d.layers * 2 * sb * d.hidden + max(after + loss_peak, layer + after + in_flight) + mask
+
+
+def lora_shape(config: dict, lora) -> dict:
+    """Trainable parameters (adapters + modules_to_save, peft's own count on the meta device), the decoder's
+    Linear weights a 4-bit base quantizes (all but lm_head, which transformers keeps in 16 bits), and the frozen
+    base's bytes for `lora` (alpaca_ds.config.LoraConfig)."""
+    base, quantizable, trainable = _lora_counts(json.dumps(config, sort_keys=True), lora.model_copy(
+        update={"quantize": "none", "dropout": 0.0, "merged_export": None}))
+    frozen = 2 * base if lora.quantize == "none" else int(NF4_BYTES * quantizable + 2 * (base - quantizable))
+    return {"trainable_parameters": trainable, "frozen_parameters": base, "quantized_parameters":
+            quantizable if lora.quantize != "none" else 0, "frozen_bytes": frozen, "quantize": lora.quantize}
+
+
+@lru_cache(maxsize=16)
+def _lora_counts(config_json: str, lora) -> tuple[int, int, int]:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alpaca_ds.train.lora import peft_config
+    kwargs = {k: v for k, v in json.loads(config_json).items()
+              if k not in ("architectures", "transformers_version", "torch_dtype")}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kwargs.pop("model_type", "llama"), **kwargs))
+    base = sum({id(p): p.numel() for p in model.parameters()}.values())
+    quantizable = sum(m.weight.numel() for name, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    model = get_peft_model(model, peft_config(lora, None))
+    return base, quantizable, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trained_modules(lora) -> frozenset[str] | None:
+    """What activation_bytes needs to know of a LoRA run: the modules whose weights train (None: all)."""
+    return None if lora is None else frozenset(lora.target_modules) | frozenset(lora.modules_to_save)

@@ -50,8 +50,8 @@ import numpy as np
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import TrainConfig
 from alpaca_ds.cluster import alpaca_lengths
-from alpaca_ds.cluster.memory import (DS_BUFFER_FACTOR, Dims, activation_bytes, zero2_model_states,
-                                      zero3_model_states)
+from alpaca_ds.cluster.memory import (DS_BUFFER_FACTOR, Dims, activation_bytes, lora_model_states, lora_shape,
+                                      trained_modules, zero2_model_states, zero3_model_states)
 from alpaca_ds.cluster.presets import ALIASES, ARCHS, GPUS, PAD_ADDED, Gpu
 
 GIB = 2**30
@@ -72,10 +72,14 @@ SHORT = {"zero2": "ZeRO-2", "zero2_offload_optimizer": "Z2 off.opt", "zero3": "Z
          "zero3_offload_optimizer": "Z3 off.opt", "zero3_offload_all": "Z3 off.all"}
 
 
-def model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int) -> dict[str, dict]:
+def model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int,
+                 lora: dict | None = None) -> dict[str, dict]:
     out = {}
     for key, label, stage, opt, params in ENGINES:
-        if stage == 3:
+        if lora is not None:
+            cpu, gpu = lora_model_states(lora["frozen_bytes"], lora["trainable_parameters"], largest_layer_params,
+                                         gpus_per_node, nodes, stage, opt, params)
+        elif stage == 3:
             cpu, gpu = zero3_model_states(total_params, largest_layer_params, gpus_per_node, nodes, opt, params)
         else:
             cpu, gpu = zero2_model_states(total_params, gpus_per_node, nodes, opt)
@@ -216,6 +220,8 @@ def workload(cfg: TrainConfig, lengths: np.ndarray, world: int, micro: int, accu
     scale = total_steps / steps_per_epoch
     if cfg.model.gradient_checkpointing:
         flops *= 4 / 3  # the forward runs twice
+    if cfg.model.lora is not None:
+        flops *= 2 / 3  # frozen weights need no weight gradients: forward 2N + input gradients 2N of 6N
     return {"examples": int(len(lengths)), "steps_per_epoch": steps_per_epoch, "total_steps": int(total_steps),
             "epochs": round(scale, 4), "real_tokens": int(real * scale), "computed_tokens": int(slots * scale),
             "padding_efficiency": round(real / slots, 4), "longest_row": longest, "flops": flops * scale}
@@ -236,9 +242,45 @@ def engine_of(cfg: TrainConfig) -> dict:
             "key": key, "buckets": buckets}
 
 
-def zero_buffers(buckets: dict, stage: int, total_params: int) -> int:
+def zero_buffers(buckets: dict, stage: int, total_params: int, trainable_params: int | None = None) -> int:
+    """Gradients reduce only for trainable parameters; ZeRO-3 gathers every parameter, ZeRO-2 the updated ones."""
+    trainable = total_params if trainable_params is None else trainable_params
     gather = buckets["stage3_prefetch_bucket_size" if stage == 3 else "allgather_bucket_size"]
-    return int(2 * (min(buckets["reduce_bucket_size"], total_params) + min(gather, total_params)))
+    gathered = total_params if stage == 3 else trainable
+    return int(2 * (min(buckets["reduce_bucket_size"], trainable) + min(gather, gathered)))
+
+
+def memory_needs(cfg: TrainConfig, a: Arch, engine: dict, gpus_per_node: int, nodes: int, micro: int, seq: int,
+                 reserve: int, lora) -> dict:
+    """Per-GPU memory of `cfg` on `a` for every engine, with `lora` (a LoraConfig) or full fine-tuning (None)."""
+    shape = lora_shape(a.config, lora) if lora is not None else None
+    kw = {"attention": cfg.model.attn_implementation, "packed": cfg.data.batching == "packed",
+          "trained": trained_modules(lora), "dropout": lora is not None and lora.dropout > 0}
+    states = model_states(a.total_params, a.largest_layer_params, gpus_per_node, nodes, shape)
+    act = {c: activation_bytes(a.dims, micro, seq, checkpointing=c, **kw) for c in (False, True)}
+    trainable = shape["trainable_parameters"] if shape else None
+    buffers = {key: zero_buffers(engine["buckets"], stage, a.total_params, trainable)
+               for key, _, stage, _, _ in ENGINES}
+    key = engine["key"]
+    total = (states[key]["gpu_bytes"] + act[cfg.model.gradient_checkpointing] + buffers[key] + reserve) if key else None
+    return {"lora": shape, "states": states, "activations": act, "buffers": buffers, "total": total,
+            "per_row": {c: activation_bytes(a.dims, 1, seq, checkpointing=c, **kw) for c in (False, True)}}
+
+
+def single_gpu_lora(cfg: TrainConfig, engine: dict, seq: int, reserve: int, gpus: Sequence[str]) -> list[dict]:
+    """A LoRA recipe's settings on one GPU for LLaMA-7B and 13B, with a bf16 and a 4-bit (QLoRA) base."""
+    if cfg.model.lora is None:
+        return []
+    rows = []
+    for name in ("llama-7b", "llama-13b"):
+        a = resolve_arch(cfg, name)
+        for quantize in ("none", "nf4"):
+            lora = cfg.model.lora.model_copy(update={"quantize": quantize})
+            need = memory_needs(cfg, a, engine, 1, 1, cfg.batch.micro_batch_size, seq, reserve, lora)["total"]
+            rows.append({"model": name, "quantize": quantize, "micro_batch": cfg.batch.micro_batch_size,
+                         "needed_bytes": need,
+                         "fits": {g: need is not None and need <= GPUS[g].memory_bytes for g in gpus}})
+    return rows
 
 
 def make_plan(cfg: TrainConfig, recipe: str, nodes: int, gpus_per_node: int, *, arch: str | None = None,
@@ -258,19 +300,14 @@ def make_plan(cfg: TrainConfig, recipe: str, nodes: int, gpus_per_node: int, *, 
     work = workload(cfg, lengths, world, micro, accum, a)
     seq = seq_len or work["longest_row"]
     ckpt, attention = cfg.model.gradient_checkpointing, cfg.model.attn_implementation
-    packed = cfg.data.batching == "packed"
-    states = model_states(a.total_params, a.largest_layer_params, gpus_per_node, nodes)
-    act = {c: activation_bytes(a.dims, micro, seq, checkpointing=c, attention=attention, packed=packed)
-           for c in (False, True)}
     reserve = int(reserve_gib * GIB)
-    buffers = {key: zero_buffers(engine["buckets"], stage, a.total_params) for key, _, stage, _, _ in ENGINES}
+    mem = memory_needs(cfg, a, engine, gpus_per_node, nodes, micro, seq, reserve, cfg.model.lora)
+    states, act, buffers, needed = mem["states"], mem["activations"], mem["buffers"], mem["total"]
     recipe_key = engine["key"]
-    needed = (states[recipe_key]["gpu_bytes"] + act[ckpt] + buffers[recipe_key] + reserve) if recipe_key else None
 
     def max_micro(gpu: Gpu, key: str, c: bool) -> int:
         fixed = states[key]["gpu_bytes"] + buffers[key] + reserve
-        per_row = activation_bytes(a.dims, 1, seq, checkpointing=c, attention=attention, packed=packed)
-        return max(0, min(4096, (gpu.memory_bytes - fixed) // per_row))
+        return max(0, min(4096, (gpu.memory_bytes - fixed) // mem["per_row"][c]))
 
     rows = []
     for name in (gpus or GPUS):
@@ -303,6 +340,7 @@ def make_plan(cfg: TrainConfig, recipe: str, nodes: int, gpus_per_node: int, *, 
         "engine": {k: v for k, v in engine.items()},
         "gradient_checkpointing": ckpt, "attention": attention, "batching": cfg.data.batching,
         "workload": {"source": data_source, **work},
+        "lora": mem["lora"], "single_gpu_lora": single_gpu_lora(cfg, engine, seq, reserve, gpus or list(GPUS)),
         "memory": {"micro_batch": micro, "sequence_length": seq, "model_states": states,
                    "activations": {"without_checkpointing": act[False], "with_checkpointing": act[True]},
                    "zero_buffers": buffers, "reserve": reserve, "total": needed},
@@ -337,6 +375,7 @@ def format_plan(p: dict) -> str:
         f"world {b['world']}",
         f"engine    {e['ds_config']}: ZeRO-{e['stage']}, {offload}; gradient checkpointing "
         f"{'on' if ckpt else 'off'}; attention {p['attention']}; batching {p['batching']}",
+        *_lora_lines(p),
         f"workload  {w['source']}",
         f"          {w['examples']:,} examples; {w['steps_per_epoch']:,} steps per epoch, {w['total_steps']:,} steps "
         f"({w['epochs']:g} epochs); {_m(w['real_tokens'])} real tokens, {_m(w['computed_tokens'])} computed "
@@ -387,10 +426,40 @@ def format_plan(p: dict) -> str:
         cells = [f"{_cell(r['max_micro_batch_by_engine'][k]['without_checkpointing'])} / "
                  f"{_cell(r['max_micro_batch_by_engine'][k]['with_checkpointing'])}" for k, *_ in ENGINES]
         lines.append(f"  {r['gpu']:<16}" + "".join(f"{cell:>15}" for cell in cells))
+    lines += _single_gpu_lines(p)
     lines += ["", "Model states are DeepSpeed's estimators; activations, buffers and time are alpaca-ds's model "
               "(alpaca_ds/cluster/plan.py says how). 'valid' = largest micro-batch that keeps the global batch; "
               "'logged mfu' = what metrics.jsonl's mfu would read."]
     return "\n".join(lines)
+
+
+def _lora_lines(p: dict) -> list[str]:
+    lora = p["lora"]
+    if lora is None:
+        return []
+    base = (f"{_m(lora['quantized_parameters'])} of them in 4-bit NF4" if lora["quantize"] != "none" else "in bf16")
+    return [f"LoRA      {lora['trainable_parameters']:,} trainable parameters "
+            f"({100 * lora['trainable_parameters'] / lora['frozen_parameters']:.2f}%: adapters and modules_to_save, "
+            f"with gradients and Adam states); frozen base {_m(lora['frozen_parameters'])} {base} = "
+            f"{_gib(lora['frozen_bytes'])}"]
+
+
+def _single_gpu_lines(p: dict) -> list[str]:
+    rows = p["single_gpu_lora"]
+    if not rows:
+        return []
+    mem = p["memory"]
+    labels = [f"{r['model'].removeprefix('llama-').upper()} {'QLoRA' if r['quantize'] != 'none' else 'LoRA'}"
+              for r in rows]
+    lines = ["", f"one GPU with this recipe's LoRA, engine and micro-batch ({rows[0]['micro_batch']} x "
+             f"{mem['sequence_length']} tokens, gradient checkpointing {'on' if p['gradient_checkpointing'] else 'off'}"
+             "): memory needed, and whether it fits",
+             f"  {'GPU':<16}" + "".join(f"{label:>18}" for label in labels),
+             f"  {'(needs)':<16}" + "".join(f"{_gib(r['needed_bytes']) if r['needed_bytes'] else '?':>18}"
+                                            for r in rows)]
+    for gpu in rows[0]["fits"]:
+        lines.append(f"  {gpu:<16}" + "".join(f"{'yes' if r['fits'][gpu] else 'no':>18}" for r in rows))
+    return lines
 
 
 def _cell(n: int) -> str:

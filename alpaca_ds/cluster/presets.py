@@ -63,6 +63,7 @@ class Gpu:
 
 
 GPUS: dict[str, Gpu] = {g.name: g for g in (
+    Gpu("RTX4090-24GB", 24564, 165.2, 0.40),      # consumer card alpaca-lora trained on; bf16 with fp32 accumulation
     Gpu("L4-24GB", 23034, 121.0, 0.80),
     Gpu("L40S-48GB", 46068, 362.0, 1.50),
     Gpu("A100-40GB", 40960, 312.0, 1.30),

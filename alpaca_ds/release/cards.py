@@ -74,8 +74,9 @@ def model_card(chain: dict) -> str:
     b, o = cfg["batch"], cfg["optim"]
     lora = prov.get("lora")
     lines = [f"# Model card: {chain['run_dir'].name}", "",
-             f"{'A LoRA adapter for' if lora else 'Fine-tuned from'} **{base}**, trained on {m['counts']['examples']:,} "
-             "instruction-following examples with alpaca-ds (DeepSpeed ZeRO-3, Alpaca's recipe).", "",
+             f"{'A LoRA adapter for' if lora else 'Fine-tuned from'} **{base}**, trained on "
+             f"{m['counts']['examples']:,} instruction-following examples with alpaca-ds (DeepSpeed ZeRO-3, "
+             "Alpaca's recipe).", "",
              "## Weights", ""]
     if lora:
         lines += _adapter_lines(lora, base)

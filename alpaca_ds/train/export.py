@@ -63,27 +63,34 @@ def reload_logits(out: Path, batch: dict[str, torch.Tensor], dtype: str) -> torc
 
 def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
+    device = next(model.parameters()).device  # a 4-bit base sits on its GPU
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        return model(input_ids=batch["input_ids"].to(device),
+                     attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
 
 
-def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, dtype: str, merged: bool,
-                batch: dict[str, torch.Tensor], reference: torch.Tensor) -> tuple[dict[str, float], dict[str, str]]:
+def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, cfg, batch: dict[str, torch.Tensor],
+                reference: torch.Tensor) -> tuple[dict[str, float], dict[str, str] | None]:
     """A LoRA run's exports from its consolidated peft state dict (rank 0 only): the adapter folder, loaded back
-    with peft onto the run's base, and, if `merged`, final/ (base + B·A·alpha/r) reloaded with transformers;
-    each one's logits checked against the engine's (`reference`). Returns the differences, and the sha256 of
-    each base tensor as the engine holds it after training (the base an adapter needs, for the provenance)."""
+    with peft onto the run's base, and, if model.lora merges, final/ (base + B·A·alpha/r) reloaded with
+    transformers; each one's logits checked against the engine's (`reference`). Returns the differences, and the
+    sha256 of each base tensor as the engine holds it after training (for the provenance; None for a 4-bit base,
+    which is reloaded from model.name_or_path, quantized as in training, to check the adapter)."""
     from alpaca_ds.common.provenance import tensor_sha256
     from alpaca_ds.train import lora
-    adapter_dir = run_dir / lora.ADAPTER
+    dtype, adapter_dir = cfg.export_dtype, run_dir / lora.ADAPTER
     lora.write_adapter(model, lora.adapter_state(model, state_dict), adapter_dir, DTYPES[dtype])
     AutoTokenizer.from_pretrained(run_dir / SKELETON).save_pretrained(adapter_dir)
-    base = lora.base_state(state_dict)
-    base_sha256 = {name: tensor_sha256(t) for name, t in sorted(base.items())}  # before merging changes them
-    with_adapter = lora.load_with_adapter(model_from_state(base, run_dir, dtype), adapter_dir)
+    if cfg.model.lora.quantize != "none":
+        base, base_sha256 = lora.quantized_base(cfg.model, model.config.vocab_size), None
+    else:
+        base = lora.base_state(state_dict)
+        base_sha256 = {name: tensor_sha256(t) for name, t in sorted(base.items())}  # before merging changes them
+        base = model_from_state(base, run_dir, dtype)
+    with_adapter = lora.load_with_adapter(base, adapter_dir)
     mask = batch["attention_mask"]
     diffs = {"adapter": check_logits(logits(with_adapter, batch), reference, mask, LORA_ULPS)}
-    if merged:
+    if cfg.model.lora.merge:
         write_hf_folder(with_adapter.merge_and_unload().state_dict(), run_dir, run_dir / "final", dtype)
         diffs["merged"] = check_logits(reload_logits(run_dir / "final", batch, dtype), reference, mask, LORA_ULPS)
     return diffs, base_sha256

@@ -104,7 +104,7 @@ def train(cfg: TrainConfig) -> None:
     while step < total_steps:
         sampler.set_epoch(sampler.epoch if sampler.position < len(sampler) else sampler.epoch + 1)
         for rows in sampler:
-            batch = collate([[train_set[i] for i in row] for row in rows], pad_id)
+            batch = on_device(collate([[train_set[i] for i in row] for row in rows], pad_id), engine)
             lr = scheduler.get_last_lr()[0]
             loss = engine(**batch).loss
             engine.backward(loss)
@@ -171,6 +171,11 @@ def unlink_cpu_allreduce_buffers() -> None:
          f"{env.get('MASTER_PORT', '')}_{dist.get_rank()}").unlink(missing_ok=True)
 
 
+def on_device(batch: dict[str, torch.Tensor], engine) -> dict[str, torch.Tensor]:
+    """The collator builds CPU tensors; DeepSpeed's engine does not move its inputs to its device."""
+    return {k: v.to(engine.device) for k, v in batch.items()}
+
+
 def evaluate(engine, dataset: TokenizedDataset, micro: int, world: int, rank: int, pad_id: int) -> float:
     """Mean loss per label token over the split (examples wrapped in to fill the last step count again)."""
     sampler = MicroBatchSampler(dataset.lengths, micro, world_size=world, rank=rank, seed=0)
@@ -178,7 +183,7 @@ def evaluate(engine, dataset: TokenizedDataset, micro: int, world: int, rank: in
     engine.eval()
     with torch.no_grad():
         for rows in sampler:
-            batch = collate([[dataset[i] for i in row] for row in rows], pad_id)
+            batch = on_device(collate([[dataset[i] for i in row] for row in rows], pad_id), engine)
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += torch.tensor([engine(**batch).loss.item() * n, n], dtype=torch.float64)
     engine.train()
@@ -190,13 +195,17 @@ def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, flo
     """Consolidate the weights into run_dir/final (with LoRA: run_dir/adapter, and final/ merged unless switched
     off) and check each reloaded model's logits against the engine's. Returns {"merged"/"adapter": max diff} and,
     on rank 0 of a LoRA run, the sha256 of each frozen base tensor."""
+    lora_cfg = cfg.model.lora
+    # a 4-bit base is not gathered: only the adapter is exported (and checked on the base reloaded in 4 bits)
+    quantized = lora_cfg is not None and lora_cfg.quantize != "none"
     zero3 = engine.zero_optimization_stage() == 3
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+    state_dict = (engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=quantized) if zero3
+                  else engine.module.state_dict())
     batch = export.fixed_batch(engine.module.config.vocab_size)
     engine.eval()
     with torch.no_grad():
-        reference = engine(**batch).logits.float()
-    kinds = ["merged"] if cfg.model.lora is None else ["adapter"] + (["merged"] if cfg.model.lora.merged_export else [])
+        reference = engine(**on_device(batch, engine)).logits.float().cpu()
+    kinds = ["merged"] if lora_cfg is None else ["adapter"] + (["merged"] if lora_cfg.merge else [])
     diff, base_sha256 = torch.zeros(len(kinds)), None
     if dist.get_rank() == 0:
         if cfg.model.lora is None:
@@ -204,8 +213,7 @@ def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, flo
             diffs = {"merged": export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype),
                                                    reference, batch["attention_mask"])}
         else:
-            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, cfg.export_dtype,
-                                                    cfg.model.lora.merged_export, batch, reference)
+            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, cfg, batch, reference)
         diff[:] = torch.tensor([diffs[k] for k in kinds])
     dist.broadcast(diff, 0)
     return dict(zip(kinds, diff.tolist())), base_sha256

@@ -47,6 +47,29 @@ def quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
 
 
+def load_kwargs(cfg: ModelConfig, ds_config: dict) -> dict:
+    """from_pretrained's quantization arguments: none for LoRA; for QLoRA the 4-bit config and, unless ZeRO-3
+    places the partitions itself, this rank's GPU (bitsandbytes quantizes as the weights land there)."""
+    quantization = quantization_config(cfg)
+    if quantization is None:
+        return {}
+    zero3 = (ds_config.get("zero_optimization") or {}).get("stage") == 3
+    return {"quantization_config": quantization, **({} if zero3 else {"device_map": {"": torch.cuda.current_device()}})}
+
+
+def quantized_base(cfg: ModelConfig, vocab_size: int) -> torch.nn.Module:
+    """The 4-bit base as training loaded it (same quantization, same added rows), on this rank's GPU."""
+    from transformers import AutoModelForCausalLM
+
+    from alpaca_ds.train.model import resize_with_mean_rows
+    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
+                                                 attn_implementation=cfg.attn_implementation,
+                                                 quantization_config=quantization_config(cfg),
+                                                 device_map={"": torch.cuda.current_device()})
+    resize_with_mean_rows(model, vocab_size)
+    return model
+
+
 def peft_config(cfg: LoraConfig, base: str | None):
     from peft import LoraConfig as PeftLoraConfig
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -23,7 +23,7 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
         try:
             model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
                                                          attn_implementation=cfg.attn_implementation,
-                                                         quantization_config=lora.quantization_config(cfg))
+                                                         **lora.load_kwargs(cfg, ds_config))
         except OSError as e:
             raise UserError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it ({e})") from None
     else:
