@@ -48,8 +48,13 @@ def post(base: str, path: str, body, token: str | None) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def stop_at_the_end(request, server: Background) -> None:
+    """A failing test leaves no server behind (a passing one stops it itself, to read its output)."""
+    request.addfinalizer(lambda: server.proc.poll() is None and server.stop())
+
+
 @needs_browser
-def test_ask_rate_reload_refuse_and_summarize(model, tmp_path):
+def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     words = tmp_path / "blocklist.txt"
@@ -57,6 +62,7 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path):
     feedback = tmp_path / "demo" / "feedback.jsonl"
     server = Background("demo", "--model", str(model), "--port", "0", "--feedback", str(feedback),
                         "--set", f"filter.words={words}", ready=READY)
+    stop_at_the_end(request, server)
     name, base, token = server.match.groups()
     asked = [("Name three colours.", ""), ("Translate this sentence to French.", "Good morning, friends.")]
     expected = [expected_answer(model, *q) for q in asked]
@@ -170,7 +176,7 @@ class Moderation(LoopbackServer):
         return [("/v1/moderations", self.handle)]
 
 
-def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypatch):
+def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypatch, request):
     """In front of `alpaca-ds serve`, the moderation endpoint refuses a prompt and withholds an answer it flags;
     the word list withholds an answer as it streams, before the listed word is sent."""
     asked = ["Name three colours.", "Describe a sunny day.", "List two fruits."]
@@ -187,6 +193,7 @@ def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypat
         demo = Background("demo", "--model", api.match.group(1), "--port", "0", "--feedback", str(feedback),
                           "--set", f"filter.moderation_url={moderation.url}", "--set", "filter.api_key_env=MOD_KEY",
                           "--set", f"filter.words={words}", ready=READY)
+        stop_at_the_end(request, demo)
         name, base, token = demo.match.groups()
         assert name == "tiny"  # the endpoint's /v1/models
         streams = []
