@@ -264,11 +264,15 @@ def teacher_group():
 @click.option("--batch-fail", default=0, show_default=True, help="The first N batches fail whole.")
 @click.option("--batch-expire", default=0, show_default=True, help="The next N batches expire, half answered.")
 @click.option("--no-batch", is_flag=True, help="Serve no Batch API (/v1/files, /v1/batches answer 404).")
+@click.option("--no-logprobs", is_flag=True, help="Answer without log-probabilities even when asked for them.")
+@click.option("--moderation-word", "moderation_words", multiple=True,
+              help="/v1/moderations flags texts holding this word (repeatable).")
 def teacher_serve(port, host, seeds_path, seed, latency, jitter, tasks, noise, fail_429, retry_after,
                   fail_500, fail_timeout, hang, fail_truncate, fail_malformed, require_key, fail_first,
-                  fail_matching, price, batch_seconds, batch_line_failure, batch_fail, batch_expire, no_batch):
+                  fail_matching, price, batch_seconds, batch_line_failure, batch_fail, batch_expire, no_batch,
+                  no_logprobs, moderation_words):
     """Serve a SIMULATED teacher and judge (not a language model) on /v1/completions, /v1/chat/completions,
-    /v1/models, and the Batch API (/v1/files, /v1/batches).
+    /v1/models, /v1/moderations, and the Batch API (/v1/files, /v1/batches).
 
     It answers in Alpaca's response format by recombining seed tasks (a judge prompt gets a verdict),
     deterministically per request, reports token usage (tiktoken) and bills it (the Batch API at its price), and
@@ -287,7 +291,8 @@ def teacher_serve(port, host, seeds_path, seed, latency, jitter, tasks, noise, f
     batch = None if no_batch else BatchBehaviour(seconds=batch_seconds, line_failure=batch_line_failure,
                                                  fail_batches=batch_fail, expire_batches=batch_expire)
     sim = build(seeds_path, seed=seed, tasks=tasks, noise=noise, latency=latency, jitter=jitter, faults=faults,
-                require_key=require_key, price=Price(*price, "--price") if price else None, batch=batch)
+                require_key=require_key, price=Price(*price, "--price") if price else None, batch=batch,
+                logprobs=not no_logprobs, moderation_words=moderation_words)
     serve(sim, port, host=host, announce=lambda msg: click.echo(msg))
 
 
@@ -390,6 +395,12 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
         wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.2f}%"
         se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.2f}"
         line += f"; win rate of {result['report']['generator_2']}: {wr} ± {se}"
+        lc = result["report"]["length_controlled"]
+        line += f", length-controlled {lc['win_rate']:.2f}%" if "win_rate" in lc else f" (no LC: {lc['skipped']})"
+    calls = result["judge"]["calls_by_source"]
+    if result["judge"]["mode"] == "weighted" and calls.get("verdict"):
+        line += (f"; {calls['verdict']} of {sum(calls.values())} calls had no log-probabilities for m/M and fell "
+                 "back to the verdict")
     _finish(result, line)
 
 

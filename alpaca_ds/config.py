@@ -213,6 +213,9 @@ class ApiConfig(Schema):
         "online", description="online: one HTTP request per call; batch: the Batch API (/v1/files + /v1/batches), "
         "half the price at OpenAI, answered within 24 h")
     batch: BatchApiConfig = Field(BatchApiConfig(), description="api.transport: batch only")
+    logprobs: int | None = Field(None, ge=0, le=20, description="ask for the top-N log-probabilities of each "
+                                 "generated token (chat: logprobs + top_logprobs; completions: logprobs) and keep "
+                                 "them in the ledger; null = none (evaluate judge's weighted mode asks for 5)")
 
 
 class BudgetConfig(Schema):
@@ -331,7 +334,8 @@ class JudgeApiConfig(ApiConfig):
 
     model: str = Field("gpt-4o-mini", description="judge model")
     mode: Literal["completions", "chat"] = Field("chat", description="chat (one user message) or completions")
-    max_tokens: int = Field(16, gt=0, description="the judge answers 'Output (a)' or 'Output (b)'")
+    max_tokens: int = Field(16, gt=0, description="mode discrete: the judge answers 'Output (a)' or "
+                            "'Output (b)'; mode weighted asks for 1 token whatever this says")
     temperature: float = Field(0.0, ge=0, le=2)
     ban_end_of_text: bool = Field(False, description="not used by the judge")
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout in seconds")
@@ -345,8 +349,13 @@ class JudgeConfig(Schema):
     b: str = Field(description="outputs 2 (the model being judged); the win rate is b's over a")
     out_dir: str | None = Field(None, description="annotations, call ledger (the cache) and report; null = "
                                 "eval/judge/<generator b>-vs-<generator a>")
+    mode: Literal["weighted", "discrete"] = Field(
+        "weighted", description="weighted: one token with its log-probabilities, preference 1 + P(M)/(P(m)+P(M)) "
+        "as AlpacaEval 2.0 (api.max_tokens 1, api.logprobs 5; the reply's verdict where the API gives no "
+        "log-probabilities); discrete: the verdict 'Output (a)' or 'Output (b)'")
     prompt_template: str | None = Field(None, description="judge prompt file with {instruction}, {output_a}, "
-                                        "{output_b}; null = alpaca_ds/evaluate/judge_prompt.txt")
+                                        "{output_b}; null = alpaca_ds/evaluate/judge_prompt_weighted.txt "
+                                        "(weighted: the reply is m or M) or judge_prompt.txt (discrete)")
     both_orders: bool = Field(True, description="ask in both orders to cancel position bias")
     concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
     limit: int | None = Field(None, gt=0, description="judge only the first N pairs")

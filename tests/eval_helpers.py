@@ -1,8 +1,7 @@
 """Helpers for the evaluation tests: a tiny random model folder shaped like the trainer's export, the shared data
-paths, the simulator as a judge over a real socket, and CLI subprocesses."""
+paths, the simulator over a real socket, and CLI subprocesses."""
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -11,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -130,46 +128,12 @@ class Background:
         self.stop()
 
 
-def judge_simulator(**kwargs):
-    """The project's simulator (alpaca_ds/simulator) as the judge, in this process on a loopback port: `.base_url`,
-    `.sim.answered` (prompt digest -> answers), `.sim.seen` (request body digest -> attempts), `.sim.keys`."""
+def simulator(**kwargs):
+    """The project's simulator (alpaca_ds/simulator) in this process on a loopback port, as the judge or the
+    moderation endpoint: `.base_url`, `.sim.answered` (prompt digest -> answers), `.sim.seen` (request body
+    digest -> attempts), `.sim.keys`, `.sim.logprobs_returned`, `.sim.moderation.inputs`."""
     from alpaca_ds.simulator.local import LocalSimulator
     return LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl", **kwargs)
-
-
-class LoopbackServer:
-    """An aiohttp app on a free loopback port, run in a thread: `with Server() as s:` serves `routes()` (POST)
-    at `s.url` (http://127.0.0.1:PORT/v1)."""
-
-    def routes(self) -> list:
-        raise NotImplementedError
-
-    def __enter__(self):
-        from aiohttp import web
-        ready = threading.Event()
-
-        async def main():
-            app = web.Application()
-            for path, handler in self.routes():
-                app.router.add_post(path, handler)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-            self._stop = asyncio.Event()
-            ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 def write_outputs(path: Path, records: list[dict]) -> Path:

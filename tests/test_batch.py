@@ -142,6 +142,26 @@ def test_judge_in_batch_gives_the_online_annotations_at_half_the_price(tmp_path)
     assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
 
 
+def test_weighted_judge_in_batch_gives_the_online_annotations(tmp_path):
+    """The log-probabilities come back in the batch's output lines too, and are kept in the ledger."""
+    a, b, _ = make_pairs(tmp_path, 15)
+    weighted = ("mode=weighted", "api.mode=completions")
+    os.environ.update(ENV)
+    try:
+        with simulator(line_failure=0.2) as s:
+            online = judge.run(judge_config(a, b, s.base_url, tmp_path / "online", *weighted))
+            batch = judge.run(judge_config(a, b, s.base_url, tmp_path / "batch", *weighted, *BATCH))
+            again = judge.run(judge_config(a, b, s.base_url, tmp_path / "batch", *weighted, *BATCH))
+            assert s.stats()["batches"]["created"] >= 2  # failed lines went into a second wave
+    finally:
+        os.environ.pop("JUDGE_TEST_KEY")
+    assert online["exit_code"] == batch["exit_code"] == 0 and again["calls"] == 0
+    assert batch["judge"]["calls_by_source"] == online["judge"]["calls_by_source"] == {"logprobs": 24, "verdict": 6}
+    assert (tmp_path / "online" / "annotations.json").read_bytes() == \
+        (tmp_path / "batch" / "annotations.json").read_bytes()
+    assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
+
+
 @pytest.mark.parametrize("cut", ["file", "batch", "results"])
 def test_a_rerun_after_a_crash_collects_the_batch_it_has(tmp_path, cut):
     """The ledger of a finished one-batch run, cut as a kill would leave it: after the file was recorded (the batch

@@ -15,7 +15,7 @@ from alpaca_ds.config import JudgeConfig, load_config
 from alpaca_ds.evaluate import judge
 from alpaca_ds.release.cards import pack, write_cards
 from conftest import ROOT
-from eval_helpers import judge_simulator, write_outputs
+from eval_helpers import simulator, write_outputs
 from test_generate_helpers import Teacher, cli_env
 from test_train import ENV, free_port
 
@@ -48,7 +48,7 @@ def chain(tmp_path_factory) -> dict:
     answers = json.loads(ours.read_text())
     reference = write_outputs(root / "reference.json", [{**a, "output": r["output"], "generator": "teacher"}
                                                        for a, r in zip(answers, records)])
-    with judge_simulator() as s:
+    with simulator() as s:
         cfg = load_config(JudgeConfig, None, [
             f"a={reference}", f"b={ours}", f"out_dir={root / 'judged'}", f"api.base_url={s.base_url}",
             "api.model=judge-sim", "api.api_key_env=null", "api.encoding=cl100k_base",

@@ -16,7 +16,7 @@ import pytest
 from alpaca_ds.config import DecodingConfig
 from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.demo import REFUSAL
-from eval_helpers import Background, LoopbackServer, browser, make_tiny_model, needs_browser, run_cli
+from eval_helpers import Background, browser, make_tiny_model, needs_browser, run_cli, simulator
 
 GREEDY = DecodingConfig(temperature=0, top_p=1, max_new_tokens=16)
 READY = r"demo of (\S+): (http://127\.0\.0\.1:\d+/)\?t=(\S+)"
@@ -48,8 +48,13 @@ def post(base: str, path: str, body, token: str | None) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def stop_at_the_end(request, server: Background) -> None:
+    """A failing test leaves no server behind (a passing one stops it itself, to read its output)."""
+    request.addfinalizer(lambda: server.proc.poll() is None and server.stop())
+
+
 @needs_browser
-def test_ask_rate_reload_refuse_and_summarize(model, tmp_path):
+def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     words = tmp_path / "blocklist.txt"
@@ -57,6 +62,7 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path):
     feedback = tmp_path / "demo" / "feedback.jsonl"
     server = Background("demo", "--model", str(model), "--port", "0", "--feedback", str(feedback),
                         "--set", f"filter.words={words}", ready=READY)
+    stop_at_the_end(request, server)
     name, base, token = server.match.groups()
     asked = [("Name three colours.", ""), ("Translate this sentence to French.", "Good morning, friends.")]
     expected = [expected_answer(model, *q) for q in asked]
@@ -148,31 +154,10 @@ def word_only_in(text: str, *others: str) -> str:
     raise AssertionError(f"no word of {text!r} is missing from the others")
 
 
-class Moderation(LoopbackServer):
-    """An OpenAI-compatible /v1/moderations that flags texts holding one of `words` (as violence); wants a key."""
-
-    def __init__(self, words: list[str]):
-        self.words = words
-        self.inputs: list[str] = []
-
-    async def handle(self, request):
-        from aiohttp import web
-        if request.headers.get("Authorization") != "Bearer mod-key":
-            return web.json_response({"error": {"message": "bad key"}}, status=401)
-        text = (await request.json())["input"]
-        self.inputs.append(text)
-        flagged = any(re.search(rf"(?<!\w){w}(?!\w)", text, re.IGNORECASE) for w in self.words)
-        return web.json_response({"id": "modr-1", "model": "omni-moderation-latest", "results": [
-            {"flagged": flagged, "categories": {"violence": flagged, "hate": False},
-             "category_scores": {"violence": 0.9 if flagged else 0.01, "hate": 0.0}}]})
-
-    def routes(self):
-        return [("/v1/moderations", self.handle)]
-
-
-def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypatch):
-    """In front of `alpaca-ds serve`, the moderation endpoint refuses a prompt and withholds an answer it flags;
-    the word list withholds an answer as it streams, before the listed word is sent."""
+def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypatch, request):
+    """In front of `alpaca-ds serve`, the moderation endpoint (the simulator's /v1/moderations, which wants its
+    key) refuses a prompt and withholds an answer it flags; the word list withholds an answer as it streams, before
+    the listed word is sent."""
     asked = ["Name three colours.", "Describe a sunny day.", "List two fruits."]
     # sampled with a seed each: a random model's greedy answers hardly depend on the prompt
     answers = [expected_answer(model, q, seed=seed) for seed, q in enumerate(asked, start=1)]
@@ -182,11 +167,13 @@ def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypat
     words.write_text(listed + "\n")
     monkeypatch.setenv("MOD_KEY", "mod-key")
     feedback = tmp_path / "feedback.jsonl"
-    with Moderation(["violent", flagged]) as moderation, \
+    with simulator(require_key="mod-key", moderation_words=("violent", flagged)) as moderation, \
             Background("serve", "--model", str(model), "--port", "0", ready=r"serving \S+ on (http://\S+/v1)") as api:
         demo = Background("demo", "--model", api.match.group(1), "--port", "0", "--feedback", str(feedback),
-                          "--set", f"filter.moderation_url={moderation.url}", "--set", "filter.api_key_env=MOD_KEY",
+                          "--set", f"filter.moderation_url={moderation.base_url}", "--set",
+                          "filter.api_key_env=MOD_KEY",
                           "--set", f"filter.words={words}", ready=READY)
+        stop_at_the_end(request, demo)
         name, base, token = demo.match.groups()
         assert name == "tiny"  # the endpoint's /v1/models
         streams = []
@@ -202,8 +189,9 @@ def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypat
     assert streams[1] == [{"type": "refused", "message": REFUSAL}]
     assert shown[2] == answers[1] and streams[2][-1]["type"] == "withheld"  # judged once complete
     assert streams[3][-1]["type"] == "withheld" and listed not in shown[3] and answers[2].startswith(shown[3])
-    assert moderation.inputs == [asked[0] + "\n\n", answers[0], "Write something violent.\n\n",
-                                 asked[1] + "\n\n", answers[1], asked[2] + "\n\n"]
+    assert moderation.sim.moderation.inputs == [asked[0] + "\n\n", answers[0], "Write something violent.\n\n",
+                                                asked[1] + "\n\n", answers[1], asked[2] + "\n\n"]
+    assert moderation.sim.keys == {"Bearer mod-key"}
     rows = lines(feedback)
     assert rows[0]["answer"] == answers[0] and rows[0]["withheld"] is None and rows[0]["model"] == "tiny"
     assert rows[0]["decoding"] == {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16, "seed": 1}

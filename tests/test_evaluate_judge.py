@@ -18,7 +18,7 @@ from alpaca_ds.evaluate import judge
 from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.api.runner import request_key
 from alpaca_ds.simulator.server import Faults
-from eval_helpers import ROOT, cli, judge_simulator, run_cli, write_outputs
+from eval_helpers import ROOT, cli, run_cli, simulator, write_outputs
 
 SECRET = "sk-test-judge-0123456789abcdef"
 ENV = {"JUDGE_TEST_KEY": SECRET}
@@ -32,7 +32,8 @@ def make_pairs(tmp_path: Path, n: int) -> tuple[Path, Path, list]:
         kind = i % 5
         out_a = f"answer A to task {i}" + " a" * (i % 7)
         if kind in (0, 1):
-            out_b, pref = out_a + " and more detail", 2
+            # words of the judge prompt's own text: B shares 2, 5 or 1 more with the task, so it wins by as much
+            out_b, pref = out_a + [" and more detail", " written clearly and more honestly", " more"][i % 3], 2
         elif kind == 2:
             out_b, pref = out_a[: max(1, len(out_a) // 2)], 1
         elif kind == 3:
@@ -49,9 +50,11 @@ def make_pairs(tmp_path: Path, n: int) -> tuple[Path, Path, list]:
 
 
 def overrides(url: str, out: Path, *extra: str) -> list[str]:
+    """The discrete judge unless `extra` says mode=weighted (a later --set wins)."""
     return [f"out_dir={out}", f"api.base_url={url}", "api.model=judge-sim", "api.api_key_env=JUDGE_TEST_KEY",
             "api.encoding=cl100k_base", "api.backoff_initial_s=0.01", "budget.prompt_usd_per_1m=1000",
-            "budget.completion_usd_per_1m=1000", "budget.max_usd=100", "concurrency=4", "progress=false", *extra]
+            "budget.completion_usd_per_1m=1000", "budget.max_usd=100", "concurrency=4", "progress=false",
+            "mode=discrete", *extra]
 
 
 def config(a: Path, b: Path, url: str, out: Path, *extra: str) -> JudgeConfig:
@@ -67,10 +70,11 @@ def test_verdict_parsing_and_combining():
     assert judge.parse_verdict("  output (B).") == "b"
     assert judge.parse_verdict("Output (a) is better than Output (b)") is None
     assert judge.parse_verdict("Neither") is None and judge.parse_verdict("") is None
-    # order 0 shows output_1 as (a); order 1 shows output_2 as (a)
-    assert judge.combine(["a", "b"]) == 1 and judge.combine(["b", "a"]) == 2
-    assert judge.combine(["a", "a"]) == 1.5 and judge.combine(["b", "b"]) == 1.5
-    assert judge.combine([None, "a"]) == 2 and judge.combine([None, None]) is None
+    # P(the output shown second is better) per order: order 0 shows output_1 first, order 1 output_2
+    assert judge.combine([0.0, 1.0]) == 1 and judge.combine([1.0, 0.0]) == 2
+    assert judge.combine([0.0, 0.0]) == 1.5 and judge.combine([1.0, 1.0]) == 1.5
+    assert judge.combine([None, 0.0]) == 2 and judge.combine([None, None]) is None
+    assert judge.combine([0.25, 0.5]) == pytest.approx(((1 + 0.25) + (2 - 0.5)) / 2)
     # a placeholder written inside an answer is not expanded
     text = judge.render(judge.load_template(None), "say {output_b}", "{instruction}", "b")
     assert "say {output_b}" in text and "## Output (a)\n\n{instruction}\n" in text
@@ -82,12 +86,12 @@ def test_judge_annotations_retries_cache_and_no_secret(tmp_path):
     os.environ.update(ENV)
     try:
         # every first attempt gets a 429: each call is retried once
-        with judge_simulator(faults=Faults(fail_first=1, retry_after=0)) as s:
+        with simulator(faults=Faults(fail_first=1, retry_after=0)) as s:
             result = judge.run(config(a, b, s.base_url, out))
             assert set(s.sim.answered.values()) == {1} and len(s.sim.answered) == 40
             assert set(s.sim.seen.values()) == {2}
             assert s.sim.keys == {f"Bearer {SECRET}"}
-        with judge_simulator() as s:  # a rerun is served from the ledger: no call at all, same file
+        with simulator() as s:  # a rerun is served from the ledger: no call at all, same file
             before = (out / "annotations.json").read_bytes()
             again = judge.run(config(a, b, s.base_url, out))
             assert not s.sim.answered and again["calls"] == 0 and again["from_ledger"] == 40
@@ -124,7 +128,7 @@ def test_budget_stops_within_it_and_a_rerun_pays_only_the_rest(tmp_path):
     out = tmp_path / "budget"
     os.environ.update(ENV)
     try:
-        with judge_simulator() as s:
+        with simulator() as s:
             # each call costs ~0.06-0.1 $ at these prices, and reserves up to ~0.12 $: room for a few only
             cfg = config(a, b, s.base_url, out, "budget.max_usd=0.8", "concurrency=3")
             result = judge.run(cfg)
@@ -133,7 +137,7 @@ def test_budget_stops_within_it_and_a_rerun_pays_only_the_rest(tmp_path):
         spent = json.loads((out / "cost.json").read_text())["spent_usd"]
         assert 0 < spent <= 0.8 and 0 < first_calls < 30
         assert result["judged"] < 15
-        with judge_simulator() as s:
+        with simulator() as s:
             result = judge.run(config(a, b, s.base_url, out, "budget.max_usd=100"))
             assert sum(s.sim.answered.values()) == 30 - first_calls  # nothing paid twice
     finally:
@@ -164,7 +168,7 @@ def _wait_results(out: Path, proc: subprocess.Popen, at_least: int, timeout: flo
 def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
     a, b, expected = make_pairs(tmp_path, 30)
     out = tmp_path / how
-    with judge_simulator(latency=0.15) as s:
+    with simulator(latency=0.15) as s:
         proc = _start(a, b, s.base_url, out)
         _wait_results(out, proc, 12)
         if how == "SIGKILL":
@@ -199,7 +203,7 @@ def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
 
 def test_errors_before_any_call(tmp_path):
     a, b, _ = make_pairs(tmp_path, 5)
-    with judge_simulator() as s:
+    with simulator() as s:
         with pytest.raises(UserError, match="JUDGE_TEST_KEY"):
             judge.run(config(a, b, s.base_url, tmp_path / "x"))  # the key's variable is not set
         os.environ.update(ENV)
@@ -226,7 +230,7 @@ def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_
     extra = ("api.max_retries=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2", "concurrency=6")
     os.environ.update(ENV)
     try:
-        with judge_simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:")) as s:
+        with simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:")) as s:
             first = judge.run(config(a, b, s.base_url, stopped, *extra, "budget.max_usd=2"))
             assert first["stop_reason"] == "budget"
             paid = {r["k"] for r in ledger_results(stopped) if r["kind"] == "ok"}

@@ -104,8 +104,12 @@ class ApiClient:
         if logit_bias:
             body["logit_bias"] = logit_bias
         if api.mode == "completions":
+            if api.logprobs is not None:
+                body["logprobs"] = api.logprobs
             return "/v1/completions", {**body, "prompt": prompts}
         assert len(prompts) == 1
+        if api.logprobs is not None:
+            body.update(logprobs=True, top_logprobs=api.logprobs)
         return "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": prompts[0]}]}
 
     async def call(self, prompts: list[str], *, stop: list[str], logit_bias: dict[str, int] | None) -> Outcome:
@@ -141,8 +145,11 @@ class ApiClient:
                 text = c["text"] if self.api.mode == "completions" else c["message"]["content"]
                 if not isinstance(text, str):
                     raise TypeError("text is not a string")
-                choices.append({"prompt": index // self.api.n, "index": index, "text": text,
-                                "finish_reason": c.get("finish_reason")})
+                choice = {"prompt": index // self.api.n, "index": index, "text": text,
+                          "finish_reason": c.get("finish_reason")}
+                if self.api.logprobs is not None:
+                    choice["top_logprobs"] = top_logprobs(c.get("logprobs"), self.api.mode)
+                choices.append(choice)
             choices.sort(key=lambda c: c["index"])
             if not choices or choices[-1]["prompt"] >= num_prompts:
                 raise ValueError("choices do not match the prompts sent")
@@ -178,6 +185,19 @@ class ApiClient:
             return Outcome("bad_request", http=status, error=message)
         # the client could not make sense of what came back
         return Outcome("malformed", maybe_billed=True, retryable=True, error=message)
+
+
+def top_logprobs(logprobs, mode: str) -> list[dict[str, float]] | None:
+    """The top log-probabilities of each generated token, {token: logprob} per position, from a choice's
+    `logprobs` (chat: {"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}; completions:
+    {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}]}). None when the API gave none, or gave them
+    in a shape not understood: asking again would not change that, and the caller falls back on the text."""
+    try:
+        if mode == "chat":
+            return [{t["token"]: float(t["logprob"]) for t in pos["top_logprobs"]} for pos in logprobs["content"]]
+        return [{str(k): float(v) for k, v in pos.items()} for pos in logprobs["top_logprobs"]]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _never_connected(e: BaseException) -> bool:

@@ -42,6 +42,8 @@ def exit_code(reason: str | None) -> int:
 def request_key(api: ApiConfig, prompts: list[str], stop: list[str] | None) -> str:
     what = {"model": api.model, "mode": api.mode, "max_tokens": api.max_tokens, "temperature": api.temperature,
             "top_p": api.top_p, "n": api.n, "stop": stop, "prompts": prompts}
+    if api.logprobs is not None:  # only then: the keys of ledgers written before stay valid
+        what["logprobs"] = api.logprobs
     return hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
 
 

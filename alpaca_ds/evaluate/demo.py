@@ -206,15 +206,14 @@ class Demo:
                         break
                     text += piece
                     await send(type="text", text=piece)
-            if final is not None:
-                text = final.text
+            text = final.text if final else text  # cut short by the word list: what was checked so far
+            finish = final.finish_reason if final else None
             withheld = withheld or await self.filter.check(text)
-            await self.log.save({**record, "answer": text, "withheld": withheld,
-                                 "finish_reason": final.finish_reason if final else "stop"})
+            await self.log.save({**record, "answer": text, "withheld": withheld, "finish_reason": finish})
             if withheld:
                 await send(type="withheld", id=record["id"], message=WITHHELD)
             else:
-                await send(type="done", id=record["id"], finish_reason=final.finish_reason if final else "stop")
+                await send(type="done", id=record["id"], finish_reason=finish)
         except ConnectionError:  # the tab was closed mid-answer: nobody to tell
             pass
         except Exception as e:  # noqa: BLE001 - the model or endpoint failed: the page says so, the server goes on

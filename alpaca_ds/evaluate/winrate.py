@@ -141,9 +141,25 @@ def markdown(rep: dict) -> str:
     lines += ["", "Win rate = 100 × mean(preference − 1) as in AlpacaEval (discrete preferences: "
               "(wins + ½ ties) / n); "
               "discrete win rate rounds each preference to a win, loss or tie first."]
+    if "judge" in rep:
+        lines += _judge_markdown(rep["judge"])
     if "length_controlled" in rep:
         lines += _lc_markdown(o, rep["length_controlled"])
     return "\n".join(lines) + "\n"
+
+
+def _judge_markdown(judge: dict) -> list[str]:
+    """How `evaluate judge` read its replies: a weighted judge says how many calls fell back to the verdict."""
+    calls = judge["calls_by_source"]
+    if judge["mode"] != "weighted":
+        return ["", f"Judge: discrete verdicts ({judge['no_verdict']} replies named neither output)."]
+    fell_back = calls.get("verdict", 0)
+    line = (f"Judge: weighted, preferences from log-probabilities for {calls.get('logprobs', 0)} of "
+            f"{sum(calls.values())} calls")
+    if fell_back:
+        line += (f"; **{fell_back} fell back to the discrete verdict** (the API returned no log-probabilities, or "
+                 f"neither m nor M was among the top 5), {judge['no_verdict']} of them without one")
+    return ["", line + "."]
 
 
 def _lc_markdown(raw: dict, lc: dict) -> list[str]:
@@ -177,6 +193,13 @@ def write_report(rep: dict, out_dir: Path) -> tuple[Path, Path]:
     return md, js
 
 
+def with_length_control(annotations: list[dict], source: str = "", difficulty=None, gamed=None) -> dict:
+    """`report` with the length-controlled win rate beside the raw one (lc_winrate.py)."""
+    from alpaca_ds.evaluate import lc_winrate
+    raw = head2head([a.get("preference") for a in annotations])["win_rate"]
+    return report(annotations, source, lc_winrate.length_controlled(annotations, raw, difficulty, gamed))
+
+
 def run(cfg: WinrateConfig) -> tuple[dict, Path, Path]:
     """`alpaca-ds evaluate winrate PATH`: read, compute raw and length-controlled win rates, write winrate.md +
     winrate.json (beside PATH by default)."""
@@ -185,8 +208,6 @@ def run(cfg: WinrateConfig) -> tuple[dict, Path, Path]:
     annotations = read_annotations(path)
     difficulty = lc_winrate.read_difficulty(cfg.difficulty, annotations) if cfg.difficulty else None
     gamed = lc_winrate.read_gamed(cfg.gamed, difficulty is not None, cfg.gamed_weight) if cfg.gamed else None
-    raw = head2head([a.get("preference") for a in annotations])["win_rate"]
-    lc = lc_winrate.length_controlled(annotations, raw, difficulty, gamed)
-    rep = report(annotations, str(path), lc)
+    rep = with_length_control(annotations, str(path), difficulty, gamed)
     md, js = write_report(rep, Path(cfg.out) if cfg.out else path.parent)
     return rep, md, js

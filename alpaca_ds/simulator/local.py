@@ -16,12 +16,15 @@ from alpaca_ds.simulator.teacher import DEFAULT_MODEL, TeacherSim
 
 def build(seeds_path: str | Path, seed: int = 0, tasks: int = 20, noise: float = 0.2, latency: float = 0.0,
           jitter: float = 0.0, faults: Faults = Faults(), require_key: str | None = None, price=None,
-          batch: BatchBehaviour | None = BatchBehaviour()) -> Simulator:
-    """A simulator writing from the seed tasks at `seeds_path`; `batch` None: without the Batch API."""
+          batch: BatchBehaviour | None = BatchBehaviour(), logprobs: bool = True,
+          moderation_words: tuple[str, ...] = ()) -> Simulator:
+    """A simulator writing from the seed tasks at `seeds_path`; `batch` None: without the Batch API; `logprobs`
+    False: answers without log-probabilities; `moderation_words`: what /v1/moderations flags."""
     content = TeacherSim([t.example for t in load_seed_tasks(seeds_path)], seed=seed, tasks=tasks, noise=noise)
     content._enc(DEFAULT_MODEL)  # load tiktoken before the first request, so it is not slow
     return Simulator(content, latency=latency, jitter=jitter, faults=faults, require_key=require_key, price=price,
-                     batch=BatchApi(batch) if batch is not None else None)
+                     batch=BatchApi(batch) if batch is not None else None, logprobs=logprobs,
+                     moderation_words=tuple(moderation_words))
 
 
 def serve(sim: Simulator, port: int, host: str = "127.0.0.1", announce=print) -> None:

@@ -14,6 +14,10 @@ cut at a random length with finish_reason "length", and a malformed body (a 200 
 `fail_first` answers 429 (Retry-After 0) to the first attempts of every distinct request; `fail_matching`
 answers 500, always, to prompts that match a regular expression (online, and as failed lines in a batch).
 `require_key` answers 401 to any other bearer token. GET /sim/stats reports requests by outcome and the bill.
+
+Log-probabilities (logprobs.py) when a request asks for them (chat: logprobs + top_logprobs; completions:
+logprobs), unless `logprobs` is off (an endpoint without them); what was returned is kept per prompt in
+`logprobs_returned`. /v1/moderations flags texts holding one of `moderation_words` (moderation.py).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from alpaca_ds.simulator import logprobs as lp
+from alpaca_ds.simulator.judge import judge_reply
+from alpaca_ds.simulator.moderation import Moderation
 from alpaca_ds.simulator.teacher import DEFAULT_MODEL, TeacherSim
 
 
@@ -56,7 +63,8 @@ class HttpError(Exception):
 
 class Simulator:
     def __init__(self, content: TeacherSim, latency: float = 0.0, jitter: float = 0.0, faults: Faults = Faults(),
-                 require_key: str | None = None, price=None, batch=None):
+                 require_key: str | None = None, price=None, batch=None, logprobs: bool = True,
+                 moderation_words: tuple[str, ...] = ()):
         if faults.total() > 1:
             raise ValueError("fault rates add up to more than 1")
         self.content = content
@@ -72,6 +80,9 @@ class Simulator:
         self.answered: Counter = Counter()  # prompt digest -> answers given (online and batch)
         self.keys: set[str] = set()         # Authorization headers seen (in memory only, for tests)
         self.billed = {"online": [0.0, 0], "batch": [0.0, 0]}  # transport -> [usd, tokens]
+        self.logprobs = logprobs
+        self.logprobs_returned: dict[str, dict] = {}  # prompt -> the logprobs object of its last answer
+        self.moderation = Moderation(moderation_words)
 
     # ---- answering one request body (online, or a batch line) ------------------------------------------------
 
@@ -130,11 +141,12 @@ class Simulator:
                 text, reason, used = self.content.finish(model, self.content.answer(model, prompt, j, chat), stop,
                                                          max_tokens, cut)
                 completion_tokens += used
+                logprobs = self._logprobs(body, chat, prompt, text, enc)
                 if chat:
                     choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                    "finish_reason": reason, "logprobs": None})
+                                    "finish_reason": reason, "logprobs": logprobs})
                 else:
-                    choices.append({"index": index, "text": text, "finish_reason": reason, "logprobs": None})
+                    choices.append({"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs})
             self.answered[hashlib.sha256(prompt.encode()).hexdigest()] += 1
         prompt_tokens = sum(len(enc.encode(p, disallowed_special=())) for p in prompts)
         if chat:
@@ -148,6 +160,15 @@ class Simulator:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
+    def _logprobs(self, body: dict, chat: bool, prompt: str, text: str, enc) -> dict | None:
+        """A choice's log-probabilities, when asked for and not switched off (kept per prompt for tests)."""
+        top = lp.asked(body, chat)
+        if top is None or not self.logprobs:
+            return None
+        reply = judge_reply(prompt, self.content.vocab)
+        self.logprobs_returned[prompt] = lp.logprobs(enc, text, reply[1] if reply else None, top, chat, len(prompt))
+        return self.logprobs_returned[prompt]
+
     # ---- HTTP -------------------------------------------------------------------------------------------------
 
     def app(self):
@@ -156,6 +177,7 @@ class Simulator:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/moderations", self._moderations)
         app.router.add_get("/sim/stats", self._stats)  # the simulator's own: requests by outcome, the bill
         if self.batch is not None:
             self.batch.routes(app, self)
@@ -184,6 +206,20 @@ class Simulator:
         from aiohttp import web
         return web.json_response({"object": "list", "data": [
             {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "alpaca-ds-simulator"}]})
+
+    async def _moderations(self, request):
+        from aiohttp import web
+        try:
+            self.check_key(request)
+            try:
+                answer = self.moderation.answer(json.loads(await request.read()))
+            except (ValueError, TypeError, KeyError) as e:
+                self.counts["400"] += 1
+                raise HttpError(400, f"invalid request: {e}", "invalid_request_error") from None
+        except HttpError as e:
+            return web.json_response(e.body(), status=e.status)
+        self.counts["moderation"] += 1
+        return web.json_response(answer)
 
     async def _completions(self, request):
         return await self._serve(request, chat=False)
