@@ -140,3 +140,55 @@ def test_judge_in_batch_gives_the_online_annotations_at_half_the_price(tmp_path)
         (tmp_path / "batch" / "annotations.json").read_bytes()
     assert [x["preference"] for x in json.loads((tmp_path / "batch" / "annotations.json").read_text())] == expected
     assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("cut", ["file", "batch", "results"])
+def test_a_rerun_after_a_crash_collects_the_batch_it_has(tmp_path, cut):
+    """The ledger of a finished one-batch run, cut as a kill would leave it: after the file was recorded (the batch
+    was created but not recorded), after the batch was recorded, or half way through settling its lines. A
+    rerun finds or polls that batch and settles it; it submits nothing again and ends with the same output."""
+    out = tmp_path / "g"
+    args = ("num_instructions=60", *BATCH)
+    with simulator() as s:
+        gen.run(gen_config(out, s.base_url, *args))
+        assert s.stats()["batches"]["created"] == 1
+        whole = (out / "regen.json").read_bytes()
+        lines = (out / gen.LEDGER).read_text().splitlines(keepends=True)
+        kinds = [json.loads(x)["t"] for x in lines]
+        keep = {"file": kinds.index("file") + 1, "batch": kinds.index("batch") + 1,
+                "results": kinds.index("batch") + 1 + (kinds.count("result") // 2)}[cut]
+        (out / gen.LEDGER).write_text("".join(lines[:keep]))
+        for name in ("accepted.jsonl", "regen.json", "stats.json", "cost.json"):
+            (out / name).unlink()
+        again = gen.run(gen_config(out, s.base_url, *args))
+        assert s.stats()["batches"]["created"] == 1  # found (or polled) again, not created again
+    assert again["stop_reason"] == "target" and (out / "regen.json").read_bytes() == whole
+    results = [e for e in ledger(out) if e["t"] == "result"]
+    assert len(results) == len({e["i"] for e in results}) == kinds.count("result")  # each line settled once
+
+
+def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_path):
+    out = tmp_path / "g"
+    args = [x for o in overrides(out, "URL", "num_instructions=100", *BATCH) for x in ("--set", o)]
+    with Teacher("--batch-seconds", "60") as teacher:
+        command = [sys.executable, "-m", "alpaca_ds.cli", "generate", *[a.replace("URL", teacher.url) for a in args]]
+        proc = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.time() + 60
+        while not any(e["t"] == "batch" for e in ledger(out)):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "still running at the API" in err and "--cancel-batches" in err
+        running = teacher.stats()["batches"]["by_status"]
+        assert set(running) == {"in_progress"}
+        cancel = subprocess.run([*command, "--cancel-batches"], cwd=ROOT, env=cli_env(), capture_output=True,
+                                text=True, timeout=120)
+        assert cancel.returncode == 0, cancel.stderr
+        assert teacher.stats()["batches"]["by_status"] == {"cancelled": running["in_progress"]}
+    ends = [e for e in ledger(out) if e["t"] == "batch_end"]
+    assert ends and all(e["status"] == "cancelled" for e in ends)
+    cancelled = [e for e in ledger(out) if e["t"] == "result"]
+    assert cancelled and all(e["kind"] == "cancelled" and e["usd"] == 0 for e in cancelled)

@@ -208,6 +208,11 @@ def test_dry_run_counts_real_prompts(tmp_path):
     assert d["prompt_tokens"] == sum(len(setup.enc.encode(p)) for i in range(d["requests"]) for p in setup.prompts(i))
     assert f"prompt tokens: {d['prompt_tokens']:,}" in out.stdout
     assert d["worst_usd"] == pytest.approx((d["prompt_tokens"] * 1.5 + 100 * 3072 * 2.0) / 1e6)
+    # online and batch side by side: the Batch API at half the price (gpt-3.5-turbo-instruct has no batch entry)
+    assert d["batch_worst_usd"] == pytest.approx(d["worst_usd"] / 2)
+    assert d["batch_expected_usd"] == pytest.approx(d["expected_usd"] / 2)
+    assert f"cost online: ~${d['expected_usd']:,.2f} expected" in out.stdout
+    assert f"cost batch:  ~${d['batch_expected_usd']:,.2f} expected, ${d['batch_worst_usd']:,.2f} at most" in out.stdout
 
 
 def count_lines(path) -> int:

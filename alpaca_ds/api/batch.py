@@ -62,8 +62,8 @@ class BatchTransport:
         self.metadata = {k: str(v)[:500] for k, v in (metadata or {}).items()}
         self.client = ApiClient(self.api, runner.key)
         self.parts: dict[str, Part] = {}
-        self.retry: list = []      # keys whose line failed or expired, to send again
-        self.given_up: list = []
+        self.retry: set = set()     # keys whose line failed or expired, to send again
+        self.given_up: set = set()
         self._recover()
 
     def _recover(self) -> None:
@@ -239,7 +239,7 @@ class BatchTransport:
         got = {}
         for line in await self._lines(b.output_file_id) + await self._lines(b.error_file_id):
             got[line["custom_id"]] = line
-        waits = []
+        waits, failed = [], []
         for key, a, worst in zip(p.keys, p.attempts, p.worst):
             if (key, a) in self.led.results:
                 continue  # settled before a kill
@@ -248,22 +248,25 @@ class BatchTransport:
             entry["batch"] = p.batch
             waits.append(self.led.journal.enqueue(entry))
             if not outcome.ok:
-                self.retry.append(key)
+                failed.append(key)
         await asyncio.gather(*waits)
         if b.status in ("failed", "expired"):
             why = "; ".join(e.message for e in (b.errors.data or [])) if b.errors else ""
             self.r.say(f"batch {p.batch} {b.status} ({why or 'no reason given'}): its unanswered requests go "
                        "into the next wave")
+        for key in failed:  # sent again in a later wave, or given up after api.max_retries
+            if self.led.failed_attempts(key) > self.api.max_retries:
+                self.given_up.add(key)
+                await self.r.give_up(key, "batch", f"failed in {self.led.failed_attempts(key)} batches")
+            else:
+                self.retry.add(key)
         await self.led.journal.commit({"t": "batch_end", "n": p.n, "status": b.status})
         del self.parts[p.n]
-        for key in [k for k in self.retry if self.led.failed_attempts(k) > self.api.max_retries]:
-            self.retry.remove(key)
-            self.given_up.append(key)
-            await self.r.give_up(key, "batch", "failed in every batch it was sent in")
 
     def _outcome(self, line: dict | None, status: str, num_prompts: int) -> Outcome:
         if line is None:  # the batch failed or was cancelled before answering it
-            return Outcome(f"batch_{status}", error=f"the batch {status} without answering it")
+            return Outcome("cancelled" if status == "cancelled" else f"batch_{status}",
+                           error=f"the batch {status} without answering it")
         resp, err = line.get("response"), line.get("error")
         if resp and resp.get("status_code") == 200:
             return self.client.parse(json.dumps(resp["body"]), num_prompts)

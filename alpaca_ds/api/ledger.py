@@ -86,7 +86,7 @@ class CallLedger:
         self.keys.add(key)
         self.results.add((key, r["a"]))
         self.outcomes[r["kind"]] += 1
-        if r["kind"] not in ("ok", "interrupted"):
+        if r["kind"] not in ("ok", "interrupted", "cancelled"):  # a kill or a cancel is not the request's failure
             self.failures[key] += 1
         self.spent = Cost(self.spent.usd + r["usd"], self.spent.tokens + r["tok"])
         if r["charged"] == "usage":

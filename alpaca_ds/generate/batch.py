@@ -92,7 +92,8 @@ class BatchGenerator:
                             runner.stop("budget", runner.budget_message(runner.worst_case(self.s.prompts(wave[0]))))
                             break
                         if n:
-                            self.progress.say(f"wave: {n} requests submitted (requests {wave[0]}..{wave[n - 1]})")
+                            again = sum(rd.ledger.attempts[i] > 1 for i in wave[:n])
+                            self.progress.say(f"wave: {n} requests submitted ({again} of them sent before)")
                     if not t.parts:
                         if not wave:
                             runner.stop("max_requests", f"sent max_requests = {self.cfg.max_requests} requests")

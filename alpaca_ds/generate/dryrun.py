@@ -69,7 +69,9 @@ def dry_run(cfg: GenerateConfig) -> dict:
         "batch_price": {"prompt_usd_per_1m": batch.prompt_usd_per_1m,
                         "completion_usd_per_1m": batch.completion_usd_per_1m, "source": batch.source},
         "budget_usd": cfg.budget.max_usd, "budget_tokens": cfg.budget.max_tokens,
-        "worst_request_usd": setup.worst_case(setup.prompt_tokens(setup.prompts(0)), per_req).usd,
+        # at the transport's price: what the budget holds per request until it is answered
+        "worst_request_usd": setup.worst_case(setup.prompt_tokens(setup.prompts(0)), per_req,
+                                              price.for_transport(cfg.api.transport)).usd,
     }
 
 
@@ -87,7 +89,8 @@ def format_dry_run(d: dict) -> str:
         f"completion tokens, from {d['price']['source']})",
         f"cost batch:  ~${d['batch_expected_usd']:,.2f} expected, ${d['batch_worst_usd']:,.2f} at most "
         f"(${d['batch_price']['prompt_usd_per_1m']:g} / ${d['batch_price']['completion_usd_per_1m']:g}, "
-        f"{d['batch_price']['source']}; answered within 24 h)   <- api.transport: {d['transport']}",
+        f"{d['batch_price']['source']}; answered within 24 h)",
+        f"transport: {d['transport']} (api.transport: online | batch)",
         f"budget: ${d['budget_usd']:,.2f}" + (f", {d['budget_tokens']:,} tokens" if d['budget_tokens'] else "")
         + f"; each request reserves up to ${d['worst_request_usd']:.4f} while in flight",
     ]

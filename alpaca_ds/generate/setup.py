@@ -41,9 +41,10 @@ class Setup:
     def prompt_tokens(self, prompts: list[str]) -> int:
         return prompt_tokens(self.enc, prompts, self.cfg.api.mode)
 
-    def worst_case(self, prompt_tokens: int, num_prompts: int) -> Cost:
+    def worst_case(self, prompt_tokens: int, num_prompts: int, price: Price | None = None) -> Cost:
+        """The most a request can be billed, at `price` (default: online)."""
         completion = self.cfg.api.max_tokens * self.cfg.api.n * num_prompts
-        return Cost(self.price.cost(prompt_tokens, completion), prompt_tokens + completion)
+        return Cost((price or self.price).cost(prompt_tokens, completion), prompt_tokens + completion)
 
     def fingerprint(self) -> dict:
         """The settings a run's output depends on; a restart must use the same ones."""
