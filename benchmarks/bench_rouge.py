@@ -21,7 +21,11 @@ rejected, otherwise it gets its 10 most similar instructions and the mean score 
       de-duplicated, so (a) rejects few and this stream exercises rejection. Decisions checked with the pruned
       brute force above.
   (b) all 52,002 candidates through RougeIndex: `query` for every candidate (max, top-10 and mean; the
-      generator's loop), the same with compute_mean=False, and `is_duplicate` alone (decisions only).
+      generator's loop), the same with compute_mean=False, and `is_duplicate` alone (decisions only); each also
+      through the RougeIndex of --old (the pure-numpy one, loaded from git), for the speed-up measured in the
+      same run and a comparison of every candidate's max, top-10 scores and mean. The CPU time per candidate
+      is also reported around 5K, 13K, 26K and 52K kept, where it grows with the index. Last, the first use of
+      the numba-compiled index in a fresh process is timed with an empty and with a filled numba cache.
 
 Times are wall clock and process CPU (single-threaded code; CPU time is the steadier number on a shared
 machine); RougeIndex passes are repeated (--repeats, --repeats-full) and the least time is reported. Needs ../shared/data (seed_tasks.jsonl and alpaca_data.json); without it the script says so and exits 0.
@@ -33,14 +37,18 @@ import json
 import os
 import platform
 import random
+import subprocess
 import sys
+import tempfile
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from alpaca_ds.generate.rouge import RougeIndex, tokenize  # noqa: E402
 
@@ -48,6 +56,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEEDS = DATA / "self-instruct" / "seed_tasks.jsonl"
 ALPACA = DATA / "alpaca" / "alpaca_data.json"
 THRESHOLD = 0.7
+OLD_REV = "d6ae504"  # the last commit with the pure-numpy RougeIndex
 
 
 class Clock:
@@ -59,14 +68,19 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def index_pass(seeds, candidates, mode="query", compute_mean=True):
-    """The generator's loop through RougeIndex; returns (decisions, per-candidate (max, top scores, mean), clock)."""
-    decisions, details = [], []
+GROWTH = (5_000, 13_000, 26_000, 52_000)  # kept instructions at which the cost per candidate is reported
+WINDOW = 1_000                            # ... measured over the candidates while the last WINDOW were kept
+
+
+def index_pass(seeds, candidates, mode="query", compute_mean=True, index_cls=RougeIndex):
+    """The generator's loop through an index; returns (decisions, per-candidate (max, top scores, mean), clock,
+    {kept: CPU us per candidate over the window ending there})."""
+    decisions, details, growth, marks = [], [], {}, {}
     with Clock() as clock:
-        index = RougeIndex(THRESHOLD, top_k=10, compute_mean=compute_mean)
+        index = index_cls(THRESHOLD, top_k=10, compute_mean=compute_mean)
         for s in seeds:
             index.add(s)
-        for text in candidates:
+        for n, text in enumerate(candidates):
             if mode == "query":
                 match = index.query(text)
                 duplicate = match.max_score > THRESHOLD
@@ -76,17 +90,54 @@ def index_pass(seeds, candidates, mode="query", compute_mean=True):
             decisions.append(duplicate)
             if not duplicate:
                 index.add(text)
-    return decisions, details, clock
+                kept = len(index)
+                if kept + WINDOW in GROWTH or kept in GROWTH:
+                    marks[kept] = (n, time.process_time())
+                    if kept - WINDOW in marks:
+                        (n0, t0), (n1, t1) = marks[kept - WINDOW], marks[kept]
+                        growth[kept] = 1e6 * (t1 - t0) / (n1 - n0)
+    return decisions, details, clock, growth
 
 
 def best_of(repeats, *args, **kwargs):
-    """index_pass `repeats` times; the decisions of the first run, the least wall and the least CPU time."""
-    decisions, details, clock = index_pass(*args, **kwargs)
+    """index_pass `repeats` times; the decisions of the first run, the least wall and CPU time (and growth)."""
+    decisions, details, clock, growth = index_pass(*args, **kwargs)
     for _ in range(repeats - 1):
-        again, _, other = index_pass(*args, **kwargs)
+        again, _, other, other_growth = index_pass(*args, **kwargs)
         assert again == decisions
         clock.wall, clock.cpu = min(clock.wall, other.wall), min(clock.cpu, other.cpu)
-    return decisions, details, clock
+        growth = {k: min(v, other_growth[k]) for k, v in growth.items()}
+    return decisions, details, clock, growth
+
+
+def old_index(rev: str):
+    """RougeIndex as committed in `rev` (the pure-numpy one before numba), loaded from git for comparison."""
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:alpaca_ds/generate/rouge.py"],
+                         capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("rouge_at_" + rev)
+    sys.modules[module.__name__] = module  # dataclasses looks its module up
+    exec(compile(src, f"{rev}:alpaca_ds/generate/rouge.py", "exec"), module.__dict__)
+    return module.RougeIndex
+
+
+FIRST_USE = """import time
+t = time.perf_counter()
+from alpaca_ds.generate.rouge import RougeIndex
+index = RougeIndex()
+index.add("Give three tips for staying healthy.")
+index.add(" ".join(["word"] * 70))
+index.query("Give three tips.")
+index.is_duplicate("Give three tips for staying fit.")
+print(time.perf_counter() - t)
+"""
+
+
+def first_use_seconds(cache_dir: str) -> float:
+    """Wall time of importing rouge.py and calling each compiled path once, in a fresh process whose numba cache
+    is `cache_dir` (empty: numba compiles; the second time: it loads the cached machine code)."""
+    out = subprocess.run([sys.executable, "-c", FIRST_USE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": str(REPO)})
+    return float(out.stdout)
 
 
 def brute_pass(seeds, candidates):
@@ -162,6 +213,8 @@ def main() -> int:
     ap.add_argument("--skip-full", action="store_true", help="skip part (b)")
     ap.add_argument("--repeats", type=int, default=3, help="RougeIndex passes in (a) and (a'): best of this many")
     ap.add_argument("--repeats-full", type=int, default=1, help="RougeIndex passes in (b): best of this many")
+    ap.add_argument("--old", default=OLD_REV, help="git revision whose RougeIndex (b) also times and compares "
+                                                   "with ('' to skip)")
     args = ap.parse_args()
     if not SEEDS.is_file() or not ALPACA.is_file():
         print(f"skipped: {SEEDS} and {ALPACA} are needed (the public data is never committed; see "
@@ -181,8 +234,8 @@ def main() -> int:
                              f"{1e6 * clock.cpu / n:,.0f}", ratio]))
 
     # (a) exactness and speed against brute force on the first n_check candidates
-    dec_q, det_q, clk_q = best_of(args.repeats, seeds, first, "query")
-    dec_d, _, clk_d = best_of(args.repeats, seeds, first, "dup")
+    dec_q, det_q, clk_q, _ = best_of(args.repeats, seeds, first, "query")
+    dec_d, _, clk_d, _ = best_of(args.repeats, seeds, first, "dup")
     assert dec_q == dec_d, "query and is_duplicate disagree"
     print(f"(a) index done ({clk_q.cpu:.2f} s CPU); brute force on {n_brute:,} candidates ...", flush=True)
     dec_b, det_b, clk_b, pairs_b = brute_pass(seeds, first[:n_brute])
@@ -223,8 +276,8 @@ def main() -> int:
     vocabulary = sorted({w for t in first[:2000] for w in tokenize(t)})
     stressed = [mutate(rng, rng.choice(seeds + first[: max(i, 1)]), vocabulary) if i % 4 == 3 else t
                 for i, t in enumerate(first)]
-    dec_sq, _, clk_sq = best_of(args.repeats, seeds, stressed, "query")
-    dec_sd, _, clk_sd = best_of(args.repeats, seeds, stressed, "dup")
+    dec_sq, _, clk_sq, _ = best_of(args.repeats, seeds, stressed, "query")
+    dec_sd, _, clk_sd, _ = best_of(args.repeats, seeds, stressed, "dup")
     print("(a') pruned brute force on the near-duplicate stream ...", flush=True)
     with Clock() as clk_sp:
         dec_sp = pruned_brute_decisions(seeds, stressed)
@@ -234,17 +287,35 @@ def main() -> int:
     exact_s = (f"(a') near-duplicate stream: decisions identical on "
                f"{sum(a == b == c for a, b, c in zip(dec_sp, dec_sq, dec_sd)):,}/{n_check:,}")
 
-    # (b) the full pass
+    # (b) the full pass, this RougeIndex and the one of --old
+    growth_rows, same_as_old = [], ""
     if not args.skip_full:
         print("(b) full pass ...", flush=True)
         n = len(alpaca)
-        dec, _, clk = best_of(args.repeats_full, seeds, alpaca, "query")
-        row("full: RougeIndex.query (max, top-10, mean)", n, dec, clk)
-        dec2, _, clk = best_of(args.repeats_full, seeds, alpaca, "query", compute_mean=False)
-        row("full: RougeIndex.query, compute_mean=False", n, dec2, clk)
-        dec3, _, clk = best_of(args.repeats_full, seeds, alpaca, "dup")
-        row("full: RougeIndex.is_duplicate (decision only)", n, dec3, clk)
-        assert dec == dec2 == dec3, "the three full passes disagree"
+        old_cls = old_index(args.old) if args.old else None
+        passes = [("query (max, top-10, mean)", "query", True), ("query, compute_mean=False", "query", False),
+                  ("is_duplicate (decision only)", "dup", True)]
+        results = {}
+        for name, mode, mean in passes:
+            for label, cls in (("RougeIndex", RougeIndex), (f"RougeIndex of {args.old}", old_cls)):
+                if cls is not None:
+                    results[label, name] = best_of(args.repeats_full, seeds, alpaca, mode, compute_mean=mean,
+                                                   index_cls=cls)
+        for (label, name), (dec, _, clk, growth) in results.items():
+            old = results.get((f"RougeIndex of {args.old}", name))
+            ratio = f"{old[2].cpu / clk.cpu:.2f}x CPU, {old[2].wall / clk.wall:.2f}x wall vs {args.old}" \
+                if old and label == "RougeIndex" else ""
+            row(f"full: {label}.{name}", n, dec, clk, ratio)
+            growth_rows.append(fmt_row([f"{label}.{name}"] + [f"{growth[k]:,.0f}" for k in GROWTH]))
+        decisions = {tuple(dec_) for dec_, _, _, _ in results.values()}
+        assert len(decisions) == 1, "the full passes disagree"
+        if old_cls is not None:
+            new_q, old_q = results["RougeIndex", passes[0][0]][1], results[f"RougeIndex of {args.old}", passes[0][0]][1]
+            same = sum(a == b for a, b in zip(new_q, old_q))
+            same_as_old = (f"(b) full stream: max, top-10 scores and mean identical (==) to the RougeIndex of "
+                           f"{args.old} on {same:,}/{n:,}")
+    with tempfile.TemporaryDirectory() as cache:
+        cold, warm = first_use_seconds(cache), first_use_seconds(cache)
 
     print()
     print(f"ROUGE-L de-duplication, threshold {THRESHOLD}, top-10: 175 seeds indexed, then Alpaca's instructions in "
@@ -258,9 +329,24 @@ def main() -> int:
     for r in rows:
         print(r)
     print()
+    if growth_rows:
+        print()
+        print(f"CPU us per candidate over the {WINDOW:,} candidates before the index held this many instructions "
+              f"(best of {args.repeats_full}):")
+        print()
+        print(fmt_row(["pass"] + [f"{k // 1000}K kept" for k in GROWTH]))
+        print(fmt_row(["---"] * (len(GROWTH) + 1)))
+        for r in growth_rows:
+            print(r)
+    print()
+    print(f"first use in a fresh process (import, add, query, is_duplicate): {cold:.2f} s with an empty numba cache "
+          f"(compiling), {warm:.2f} s with it filled")
     print(exact_a)
     print(exact_s)
-    ok = not mismatch and detail_ok == n_brute and exact_s.endswith(f"{n_check:,}/{n_check:,}")
+    if same_as_old:
+        print(same_as_old)
+    ok = not mismatch and detail_ok == n_brute and exact_s.endswith(f"{n_check:,}/{n_check:,}") and \
+        (not same_as_old or same_as_old.endswith(f"{len(alpaca):,}/{len(alpaca):,}"))
     print("EXACT" if ok else "MISMATCH")
     return 0 if ok else 1
 

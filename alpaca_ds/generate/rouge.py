@@ -144,7 +144,7 @@ _PER_TEXT = {"_lens": (np.int32, 0, ()), "_short": (np.uint8, 0, ()),
              "_acc": (np.uint8, 0, ()), "_touched": (np.int64, 0, ())}
 _PER_TOKEN = {"_slot": (np.int64, -1, ()), "_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
               "_df": (np.int64, 0, ()), "_lut": (np.uint64, 0, ())}
-_ARENA = {"_p_ids": (np.int32, 0, ()), "_p_masks": (np.uint64, 0, ())}
+_ARENA = {"_p_ids": (np.uint32, 0, ()), "_p_masks": (np.uint64, 0, ())}
 
 
 class RougeIndex:
