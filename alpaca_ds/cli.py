@@ -7,7 +7,8 @@ import sys
 import click
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import DataBuildConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.dataset.config import DataBuildConfig
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                       help="YAML config file (defaults apply to what it leaves out).")
@@ -73,7 +74,7 @@ def train_command(config_path, overrides, num_gpus):
     """
     from alpaca_ds.cluster.launch import launcher_command, train_args
     from alpaca_ds.cluster.runner import run_launcher
-    from alpaca_ds.config import TrainConfig
+    from alpaca_ds.train.config import TrainConfig
     from alpaca_ds.train.ds_config import batch_arithmetic
     from alpaca_ds.train.loop import preflight
     cfg = load_config(TrainConfig, config_path, overrides)
@@ -119,7 +120,7 @@ def launch_command(config_path, overrides, hostfile, nodes, gpus_per_node, node_
     which every rank loads; runs the launcher. Relaunching the same command resumes the run.
     """
     from alpaca_ds.cluster import launch
-    from alpaca_ds.config import TrainConfig
+    from alpaca_ds.train.config import TrainConfig
     cfg = load_config(TrainConfig, config_path, overrides)
     cluster = launch.cluster_from_options(hostfile, nodes, gpus_per_node, cfg.output_dir)
     plan = launch.prepare(config_path, overrides, cluster, node_rank=node_rank, master_addr=master_addr,
@@ -147,7 +148,7 @@ def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, arch, d
                  usd_per_gpu_hour, reserve_gib, as_json):
     """What a run needs per GPU (model states, activations), which GPUs it fits, how long it takes and costs."""
     from alpaca_ds.cluster import launch, plan
-    from alpaca_ds.config import TrainConfig
+    from alpaca_ds.train.config import TrainConfig
     cfg = load_config(TrainConfig, config_path, overrides)
     if hostfile is None and gpus_per_node is None:
         gpus_per_node = 8
@@ -184,7 +185,7 @@ def config_group():
 @click.option("--world-size", default=8, show_default=True, help="Total GPUs of the run.")
 def config_render(recipe, overrides, world_size):
     """Print the final DeepSpeed JSON of RECIPE for a world size."""
-    from alpaca_ds.config import TrainConfig
+    from alpaca_ds.train.config import TrainConfig
     from alpaca_ds.train.ds_config import batch_arithmetic, build_ds_config
     cfg = load_config(TrainConfig, recipe, overrides)
     click.echo(f"# {batch_arithmetic(cfg, world_size)}", err=True)
@@ -206,7 +207,7 @@ def generate_command(config_path, overrides, dry_run, cancel_batches):
     num_instructions (or max_requests) is reached, 3 when the budget stopped it, 4 after too many failed
     requests, 5 when the API refused the key or model, 130 when interrupted.
     """
-    from alpaca_ds.config import GenerateConfig
+    from alpaca_ds.generate.config import GenerateConfig
     from alpaca_ds.generate import run as gen
     cfg = load_config(GenerateConfig, config_path, overrides)
     if dry_run:
@@ -315,10 +316,10 @@ def quickstart_command(config_path, overrides, out, quick):
     -> OUT/report.md. Interrupted, the same command continues where it stopped. Exit status: 0 done,
     130 interrupted.
     """
-    from alpaca_ds.config import QuickstartConfig
-    from alpaca_ds.quickstart import pipeline
+    from alpaca_ds.quickstart.config import QuickstartConfig
+    from alpaca_ds.quickstart import layout, pipeline
     cfg = load_config(QuickstartConfig, config_path, (*_flags(out_dir=out), *overrides),
-                      defaults=None if config_path else pipeline.default_config())
+                      defaults=None if config_path else layout.default_config())
     result = pipeline.run(cfg.with_quick() if quick else cfg, echo=lambda m: click.echo(m), quick=quick)
     if result["exit_code"]:
         click.echo(f"stopped: {result['message']}", err=True)
@@ -341,7 +342,7 @@ def evaluate_answer(config_path, overrides, model, eval_set, output):
 
     Rerunning after a crash continues where it stopped.
     """
-    from alpaca_ds.config import AnswerConfig
+    from alpaca_ds.evaluate.config import AnswerConfig
     from alpaca_ds.evaluate import answers
     endpoint = model is not None and model.startswith(("http://", "https://"))
     flags = _flags(**{"api.base_url": model if endpoint else None, "model": None if endpoint else model,
@@ -382,7 +383,7 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
     Rerunning the same command pays only for calls not yet answered. Exit status: 0 all pairs judged, 3 the
     budget stopped it, 4 some calls failed all retries, 5 the API refused the key or model, 130 interrupted.
     """
-    from alpaca_ds.config import JudgeConfig
+    from alpaca_ds.evaluate.config import JudgeConfig
     from alpaca_ds.evaluate import judge
     cfg = load_config(JudgeConfig, config_path, (*_flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
     result = judge.run(cfg, cancel_batches=cancel_batches)
@@ -414,7 +415,7 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
 def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, gamed):
     """Raw and length-controlled win rates of output_2 over output_1 from AlpacaEval-format annotations (JSON or
     JSONL), as AlpacaEval 1.0 and 2.0 compute them."""
-    from alpaca_ds.config import WinrateConfig
+    from alpaca_ds.evaluate.config import WinrateConfig
     from alpaca_ds.evaluate import winrate
     flags = _flags(annotations=annotations, out=out_dir, difficulty=difficulty, gamed=gamed)
     rep, md, js = winrate.run(load_config(WinrateConfig, config_path, (*flags, *overrides)))
@@ -449,7 +450,7 @@ def evaluate_human(a_path, b_path, out_path, port, host, seed, rater, limit):
 @click.option("--model", help="Exported model folder (RUN/final).")
 def chat_command(config_path, overrides, model):
     """Chat with a fine-tuned model in the terminal; answers stream as they are generated."""
-    from alpaca_ds.config import ServeConfig
+    from alpaca_ds.evaluate.config import ServeConfig
     from alpaca_ds.evaluate import chat
     cfg = load_config(ServeConfig, config_path, (*_flags(model=model), *overrides))
     chat.run(cfg)
@@ -463,7 +464,7 @@ def chat_command(config_path, overrides, model):
 @click.option("--host", help="Address to bind [default: 127.0.0.1].")
 def serve_command(config_path, overrides, model, port, host):
     """Serve a fine-tuned model as an OpenAI-compatible API (/v1/completions, /v1/chat/completions, streaming)."""
-    from alpaca_ds.config import ServeConfig
+    from alpaca_ds.evaluate.config import ServeConfig
     from alpaca_ds.evaluate import serve
     cfg = load_config(ServeConfig, config_path, (*_flags(model=model, port=port, host=host), *overrides))
     serve.serve(cfg, announce=lambda m: click.echo(m))
@@ -484,7 +485,7 @@ def demo_group(ctx, config_path, overrides, model, feedback, port, host):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from alpaca_ds.config import DemoConfig
+    from alpaca_ds.evaluate.config import DemoConfig
     from alpaca_ds.evaluate import demo
     flags = _flags(model=model, feedback=feedback, port=port, host=host)
     demo.serve(load_config(DemoConfig, config_path, (*flags, *overrides)), announce=lambda m: click.echo(m))

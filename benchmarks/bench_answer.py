@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batches", default="1,8,32")
     args = ap.parse_args()
-    from alpaca_ds.config import DecodingConfig
+    from alpaca_ds.evaluate.config import DecodingConfig
     from alpaca_ds.evaluate.local import LocalModel
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.model) if args.model else tiny_model(Path(tmp) / "model")

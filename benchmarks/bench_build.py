@@ -87,7 +87,8 @@ def alpaca_baseline(records: list[dict], tokenizer) -> dict:
 
 # --- helpers -------------------------------------------------------------------------------------------------
 def build_cfg(input_path: Path, output: Path):
-    from alpaca_ds.config import DataBuildConfig, load_config
+    from alpaca_ds.config import load_config
+    from alpaca_ds.dataset.config import DataBuildConfig
     return load_config(DataBuildConfig, None, [f"input={input_path}", f"tokenizer={LLAMA}", f"output={output}",
                                                *ALPACA_SETTINGS])
 

@@ -158,7 +158,8 @@ def count_lines(path: Path) -> int:
 
 def crash(args) -> None:
     sys.path.insert(0, str(ROOT))
-    from alpaca_ds.config import GenerateConfig, load_config
+    from alpaca_ds.config import load_config
+    from alpaca_ds.generate.config import GenerateConfig
     from alpaca_ds.generate import run as gen
     from alpaca_ds.common.journal import read_jsonl
     from alpaca_ds.api.ledger import CallLedger

@@ -65,7 +65,8 @@ def poll_workers(peaks, stop):
         stop.wait(0.05)
 
 if __name__ == "__main__":
-    from alpaca_ds.config import DataBuildConfig, load_config
+    from alpaca_ds.config import load_config
+    from alpaca_ds.dataset.config import DataBuildConfig
     from alpaca_ds.dataset.build import run
     cfg = load_config(DataBuildConfig, None, sys.argv[1:])
     before = rss_mib()

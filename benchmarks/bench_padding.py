@@ -27,7 +27,8 @@ GOAL_PACKED_512 = 0.98
 
 
 def build(output: Path) -> None:
-    from alpaca_ds.config import DataBuildConfig, load_config
+    from alpaca_ds.config import load_config
+    from alpaca_ds.dataset.config import DataBuildConfig
     from alpaca_ds.dataset.build import run
     # Alpaca's settings: every record in train, none held out.
     cfg = load_config(DataBuildConfig, None, [f"input={ALPACA}", f"tokenizer={LLAMA}", f"output={output}",

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_ds.config import DataBuildConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset import build
 
 ROOT = Path(__file__).resolve().parents[1]

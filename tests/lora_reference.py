@@ -13,7 +13,7 @@ import math
 import torch
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
-from alpaca_ds.config import TrainConfig
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import JudgeConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.evaluate import judge
 from alpaca_ds.release.cards import pack, write_cards
 from conftest import ROOT

@@ -9,8 +9,12 @@ import pytest
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import (AnswerConfig, DataBuildConfig, GenerateConfig, JudgeConfig, QuickstartConfig,
-                              TrainConfig, dump_config, load_config)
+from alpaca_ds.config import dump_config, load_config
+from alpaca_ds.dataset.config import DataBuildConfig
+from alpaca_ds.evaluate.config import AnswerConfig, JudgeConfig
+from alpaca_ds.generate.config import GenerateConfig
+from alpaca_ds.quickstart.config import QuickstartConfig
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.api.prices import load_table as load_price_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from alpaca_ds.config import DecodingConfig
+from alpaca_ds.evaluate.config import DecodingConfig
 from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.demo import REFUSAL
 from eval_helpers import Background, browser, make_tiny_model, needs_browser, run_cli, simulator

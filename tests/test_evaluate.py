@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import AnswerConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.evaluate.config import AnswerConfig
 from alpaca_ds.dataset.template import PROMPT_DICT
 from alpaca_ds.evaluate import answers
 from alpaca_ds.evaluate.eval_sets import load_eval_set, pair_outputs, reference_outputs

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import JudgeConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.evaluate import judge
 from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.api.runner import request_key

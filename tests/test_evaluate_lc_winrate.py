@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import WinrateConfig
+from alpaca_ds.evaluate.config import WinrateConfig
 from alpaca_ds.evaluate import lc_winrate, winrate
 from eval_helpers import ALPACA_7B, DAVINCI, needs_eval_data, run_cli
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import WinrateConfig
+from alpaca_ds.evaluate.config import WinrateConfig
 from alpaca_ds.evaluate import winrate
 from eval_helpers import run_cli
 

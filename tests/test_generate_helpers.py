@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_ds.config import GenerateConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.simulator.local import SimulatorProcess
 from conftest import ROOT, SHARED
 

@@ -13,7 +13,9 @@ import time
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import BudgetConfig, FilterConfig, GenerateConfig, load_config
+from alpaca_ds.api.config import BudgetConfig
+from alpaca_ds.config import load_config
+from alpaca_ds.generate.config import FilterConfig, GenerateConfig
 from alpaca_ds.generate import prompts as P
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.client import _retry_after

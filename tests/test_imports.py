@@ -23,6 +23,9 @@ def modules_after_import(module: str) -> set[str]:
     ("alpaca_ds.dataset.encode", {"deepspeed", "torch", "transformers"}),
     ("alpaca_ds.cli", {"deepspeed", "torch", "transformers"}),
     ("alpaca_ds.config", {"torch", "transformers"}),
+    # each stage's schema loads without the stage's heavy imports, so `--help` and config errors are instant
+    *[(f"alpaca_ds.{stage}.config", {"deepspeed", "torch", "transformers"})
+      for stage in ("api", "dataset", "generate", "train", "evaluate", "quickstart")],
 ])
 def test_stage_imports(module, forbidden):
     loaded = modules_after_import(module)
@@ -76,3 +79,27 @@ def test_nothing_imports_cli():
     for path in (ROOT / "alpaca_ds").rglob("*.py"):
         if path.name != "cli.py":  # running the command in a subprocess (the simulator's process) is not importing it
             assert not {m for m in _imported(path) if m.startswith("alpaca_ds.cli")}, path
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or through others (imports inside functions count too)."""
+    modules = {}
+    for path in (ROOT / "alpaca_ds").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {name: {m for m in _imported(path) if m in modules and m != name} for name, path in modules.items()}
+    cycles, done = [], set()
+
+    def visit(name, trail):
+        if name in trail:
+            cycles.append(trail[trail.index(name):] + [name])
+            return
+        if name in done:
+            return
+        for nxt in sorted(graph[name]):
+            visit(nxt, trail + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.provenance import tensor_sha256
-from alpaca_ds.config import TrainConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.train.loop import preflight
 from test_train import (FROM_INIT_STEPS, RECIPE, dataset, from_init, launch, launch_and_kill,  # noqa: F401
                         losses, metrics, worst_relative)
@@ -216,7 +217,7 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
     # with an empty (ungathered ZeRO-3 partition) or missing adapter tensor is refused before anything is written.
     from peft import PeftModel, get_peft_model, get_peft_model_state_dict
     from transformers import LlamaConfig, LlamaForCausalLM
-    from alpaca_ds.config import LoraConfig
+    from alpaca_ds.train.config import LoraConfig
     from alpaca_ds.train import lora
 
     def base():
@@ -245,7 +246,7 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
 
 @pytest.mark.parametrize("name, world", [("alpaca_lora_7b", 2), ("alpaca_lora_7b", 8), ("alpaca_lora_7b_1gpu", 1)])
 def test_alpaca_lora_recipes_hold_its_published_settings(name, world):
-    from alpaca_ds.config import DataBuildConfig
+    from alpaca_ds.dataset.config import DataBuildConfig
     from alpaca_ds.train.ds_config import build_ds_config
     cfg = load_config(TrainConfig, RECIPE.parent / f"{name}.yaml")
     ds = build_ds_config(cfg, world)

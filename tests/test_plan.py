@@ -16,7 +16,8 @@ from alpaca_ds.cluster.plan import (ENGINES, GIB, Dims, activation_bytes, count_
                                     workload)
 from alpaca_ds.cluster.presets import ARCHS
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import TrainConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.train.config import TrainConfig
 from conftest import ALPACA_DATA, LLAMA_TOKENIZER, ROOT, build_dataset, needs_shared
 
 ALPACA_7B = ROOT / "launch" / "recipes" / "alpaca_7b.yaml"

@@ -15,10 +15,14 @@ import pytest
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import (AnswerConfig, DataBuildConfig, GenerateConfig, JudgeConfig, QuickstartConfig,
-                              TrainConfig, load_config)
+from alpaca_ds.config import load_config
+from alpaca_ds.dataset.config import DataBuildConfig
+from alpaca_ds.evaluate.config import AnswerConfig, JudgeConfig
+from alpaca_ds.generate.config import GenerateConfig
+from alpaca_ds.quickstart.config import QuickstartConfig
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.simulator.judge import judge_verdict
-from alpaca_ds.quickstart import pipeline
+from alpaca_ds.quickstart import layout, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +98,7 @@ def state_of(out: Path) -> dict:
 
 
 def check_report(out: Path, report: str, quick: bool) -> None:
-    cfg = load_config(QuickstartConfig, None, [], defaults=pipeline.default_config())
+    cfg = load_config(QuickstartConfig, None, [], defaults=layout.default_config())
     cfg = cfg.with_quick() if quick else cfg
     stats = json.loads((out / "generated" / "stats.json").read_text())
     cost = json.loads((out / "generated" / "cost.json").read_text())
@@ -213,29 +217,29 @@ def test_simulator_answers_judge_calls_through_evaluate_judge(tmp_path):
 
 
 def test_quick_variant_and_config_errors(tmp_path):
-    cfg = load_config(QuickstartConfig, None, [], defaults=pipeline.default_config())
+    cfg = load_config(QuickstartConfig, None, [], defaults=layout.default_config())
     quick = cfg.with_quick()
     assert (cfg.generate.num_instructions, cfg.evaluate.tasks, cfg.train.ranks) == (300, 20, 2)
     assert quick.generate.num_instructions < cfg.generate.num_instructions and quick.quick == {}
     assert all(Path(getattr(getattr(cfg, s), k)).is_absolute() for s, k in pipeline.PATH_KEYS)
     with pytest.raises(UserError, match="quick.train.epoch"):
-        load_config(QuickstartConfig, None, ["quick={train: {epoch: 2}}"], defaults=pipeline.default_config())
+        load_config(QuickstartConfig, None, ["quick={train: {epoch: 2}}"], defaults=layout.default_config())
     # another configuration in the same run directory is refused, naming what differs
-    paths = pipeline.Paths(tmp_path / "run")
+    paths = layout.Paths(tmp_path / "run")
     pipeline.State(paths, cfg).save()
     with pytest.raises(UserError, match="generate.num_instructions"):
         pipeline.State(paths, quick)
 
 
 def test_every_step_has_its_config_for_running_it_by_hand(tmp_path):
-    cfg = load_config(QuickstartConfig, None, [f"out_dir={tmp_path / 'qs'}"], defaults=pipeline.default_config())
-    paths = pipeline.Paths(cfg.out_dir)
+    cfg = load_config(QuickstartConfig, None, [f"out_dir={tmp_path / 'qs'}"], defaults=layout.default_config())
+    paths = layout.Paths(cfg.out_dir)
     written = pipeline.write_hand_configs(cfg, paths)
     assert set(written) == {"generate", "data", "train", "answer", "judge"}
     train = load_config(TrainConfig, written["train"])
     assert (train.output_dir, train.data.path, train.optim.epochs) == (str(paths.run), str(paths.tokenized), 3)
     assert yaml.safe_load(written["judge"].read_text())["api"]["base_url"] == "http://127.0.0.1:8765/v1"
-    commands = "\n".join(pipeline.hand_commands(cfg, paths))
+    commands = "\n".join(layout.hand_commands(cfg, paths))
     assert re.search(r"alpaca-ds train --config \S+train\.yaml --num-gpus 2", commands)
 
 

@@ -8,7 +8,7 @@ import subprocess
 import openai
 import pytest
 
-from alpaca_ds.config import DecodingConfig
+from alpaca_ds.evaluate.config import DecodingConfig
 from alpaca_ds.dataset.template import format_prompt
 from eval_helpers import ROOT, Background, cli, make_tiny_model, run_cli
 

@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import TrainConfig, load_config
+from alpaca_ds.config import load_config
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.train.loop import preflight
 from conftest import ROOT, build_dataset
 
@@ -223,7 +224,7 @@ def test_model_setup_under_zero3(tmp_path):
     code = f"""
 import torch, deepspeed
 from transformers import LlamaConfig, LlamaForCausalLM
-from alpaca_ds.config import ModelConfig
+from alpaca_ds.train.config import ModelConfig
 from alpaca_ds.train.model import build_model
 deepspeed.init_distributed(dist_backend="gloo")
 ds = {{"train_micro_batch_size_per_gpu": 1, "bf16": {{"enabled": False}}, "zero_optimization": {{"stage": 3}}}}

@@ -19,7 +19,7 @@ import asyncio
 import random
 from typing import Callable
 
-from alpaca_ds.config import ApiConfig
+from alpaca_ds.api.config import ApiConfig
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.client import ApiClient, Outcome
 from alpaca_ds.api.ledger import CallLedger, interrupted_result

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import ApiConfig, EndpointConfig
+from alpaca_ds.api.config import ApiConfig, EndpointConfig
 
 CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message (OpenAI: ~7); a safe margin
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import BudgetConfig
+from alpaca_ds.api.config import BudgetConfig
 
 
 BATCH_DISCOUNT = 0.5  # OpenAI's Batch API: 50% of the online price

@@ -33,7 +33,8 @@ from typing import Sequence
 
 from alpaca_ds.cluster.runner import run_launcher
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import TrainConfig, dump_config, load_config
+from alpaca_ds.config import dump_config, load_config
+from alpaca_ds.train.config import TrainConfig
 
 MODULE = "alpaca_ds.train"
 DEFAULT_MASTER_PORT = 29500  # DeepSpeed's (and torch.distributed's) default

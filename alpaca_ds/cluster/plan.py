@@ -48,7 +48,7 @@ from typing import Sequence
 import numpy as np
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import TrainConfig
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.cluster import alpaca_lengths
 from alpaca_ds.cluster.memory import (DS_BUFFER_FACTOR, Dims, activation_bytes, lora_model_states, lora_shape,
                                       trained_modules, zero2_model_states, zero3_model_states)

@@ -25,7 +25,7 @@ from alpaca_ds.common.download import fetch
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json, sha256_file
 from alpaca_ds.common.provenance import generation_summary
-from alpaca_ds.config import DataBuildConfig
+from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset.encode import Encoder, Preprocess, init_worker, tokenize_in_worker
 from alpaca_ds.dataset.records import Invalid, read_records
 from alpaca_ds.dataset.shards import FORMAT, MANIFEST, ShardWriter

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from alpaca_ds.config import ServeConfig
+from alpaca_ds.evaluate.config import ServeConfig
 from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import ContentFilterConfig
+from alpaca_ds.evaluate.config import ContentFilterConfig
 
 
 def read_words(path: str | Path) -> list[str]:

@@ -52,7 +52,7 @@ from alpaca_ds.api.runner import Runner
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json
 from alpaca_ds.common.lock import exclusive
-from alpaca_ds.config import JudgeConfig
+from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 from alpaca_ds.evaluate import winrate
 from alpaca_ds.evaluate.answers import provenance_path

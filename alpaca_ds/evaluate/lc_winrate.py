@@ -32,7 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.evaluate.winrate import as_number
+
+
+def as_number(x) -> float | None:
+    """An annotation's preference as a number; None for a missing, boolean, non-numeric or NaN value."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
 
 N_SPLITS = 5          # AlpacaEval: GLM_INFO[...]["kwargs"]["n_splits"]
 RANDOM_STATE = 123    # AlpacaEval's liblinear seed

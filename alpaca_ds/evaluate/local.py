@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import DecodingConfig
+from alpaca_ds.evaluate.config import DecodingConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 

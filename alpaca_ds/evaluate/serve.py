@@ -21,7 +21,7 @@ import time
 import uuid
 
 from alpaca_ds.common.serving import serve_until_interrupted
-from alpaca_ds.config import DecodingConfig, ServeConfig
+from alpaca_ds.evaluate.config import DecodingConfig, ServeConfig
 from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
 

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
-from alpaca_ds.config import WinrateConfig
+from alpaca_ds.evaluate import lc_winrate
+from alpaca_ds.evaluate.config import WinrateConfig
+from alpaca_ds.evaluate.lc_winrate import as_number
 
 
 def read_annotations(path: str | Path) -> list[dict]:
@@ -66,16 +68,6 @@ def read_annotations(path: str | Path) -> list[dict]:
     if not rows:
         raise UserError(f"{path}: no annotations")
     return rows
-
-
-def as_number(x) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def _describe(values: list[float | None]) -> dict:
@@ -195,7 +187,6 @@ def write_report(rep: dict, out_dir: Path) -> tuple[Path, Path]:
 
 def with_length_control(annotations: list[dict], source: str = "", difficulty=None, gamed=None) -> dict:
     """`report` with the length-controlled win rate beside the raw one (lc_winrate.py)."""
-    from alpaca_ds.evaluate import lc_winrate
     raw = head2head([a.get("preference") for a in annotations])["win_rate"]
     return report(annotations, source, lc_winrate.length_controlled(annotations, raw, difficulty, gamed))
 
@@ -203,7 +194,6 @@ def with_length_control(annotations: list[dict], source: str = "", difficulty=No
 def run(cfg: WinrateConfig) -> tuple[dict, Path, Path]:
     """`alpaca-ds evaluate winrate PATH`: read, compute raw and length-controlled win rates, write winrate.md +
     winrate.json (beside PATH by default)."""
-    from alpaca_ds.evaluate import lc_winrate
     path = Path(cfg.annotations)
     annotations = read_annotations(path)
     difficulty = lc_winrate.read_difficulty(cfg.difficulty, annotations) if cfg.difficulty else None

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from alpaca_ds.config import GenerateConfig
+from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.generate.setup import prepare
 
 

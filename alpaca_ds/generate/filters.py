@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import string
 
-from alpaca_ds.config import FilterConfig
+from alpaca_ds.generate.config import FilterConfig
 
 
 class Filters:

@@ -13,7 +13,7 @@ priced for the transport) is reserved against what is left; the API's usage sett
 """
 from __future__ import annotations
 
-from alpaca_ds.config import GenerateConfig
+from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.generate.dryrun import dry_run, format_dry_run  # noqa: F401 - the command's other entry
 from alpaca_ds.generate.processor import Processor, alpaca_record, process_in_order  # noqa: F401
 from alpaca_ds.generate.rundir import ACCEPTED, LEDGER, RunDir  # noqa: F401

@@ -36,127 +36,23 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.common.io import atomic_write_json
 from alpaca_ds.common.lock import exclusive
-from alpaca_ds.config import (AnswerConfig, ApiConfig, BudgetConfig, DataBuildConfig, DecodingConfig, GenerateConfig,
-                              JudgeApiConfig, JudgeConfig, QuickstartConfig, Schema, TrainConfig, dump_config,
-                              load_config)
-
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "launch" / "recipes" / "quickstart.yaml"
-PATH_KEYS = (("generate", "seed_tasks"), ("data", "tokenizer"), ("train", "recipe"), ("train", "ds_config"),
-             ("evaluate", "eval_set"))
-STEPS = ("generate", "data", "train", "export", "answer", "judge")
-GENERATOR = "quickstart-tiny"    # the `generator` name of the model's answers
-REFERENCE = "reference"          # ... and of the eval set's own outputs
-HAND_PORT = 8765                 # the teacher port the configs in configs/ name (by hand: teacher serve --port 8765)
-STATE = "quickstart.json"
-
-
-def default_config() -> dict:
-    """launch/recipes/quickstart.yaml with its paths taken from the repository, so it runs from any directory."""
-    data = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
-    for section, key in PATH_KEYS:
-        value = data.get(section, {}).get(key)
-        if value is not None and not Path(value).is_absolute():
-            data[section][key] = str(REPO / value)
-    return data
-
-
-class Paths:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.configs = self.root / "configs"
-        self.generated = self.root / "generated"
-        self.tokenized = self.root / "tokenized"
-        self.run = self.root / "run"
-        self.export = self.root / "export"
-        self.eval = self.root / "eval"
-        self.answers = self.eval / GENERATOR / "model_outputs.json"
-        self.reference = self.eval / REFERENCE / "model_outputs.json"
-        self.judge = self.eval / "judge"
-        self.state = self.root / STATE
-        self.report = self.root / "report.md"
-        self.train_pid = self.root / "train.pid.json"
-        self.train_log = self.run / "train.log"
-
-    def output(self, step: str) -> Path:
-        """The file whose presence says a finished step's output is still there."""
-        return {"generate": self.generated / "regen.json", "data": self.tokenized / "manifest.json",
-                "train": self.run / "final" / "config.json", "export": self.export / "config.json",
-                "answer": self.answers, "judge": self.judge / "winrate.json"}[step]
-
+from alpaca_ds.config import Schema
+from alpaca_ds.quickstart.config import QuickstartConfig
+from alpaca_ds.quickstart.layout import (
+    GENERATOR,
+    PATH_KEYS,
+    REFERENCE,
+    STEPS,
+    Paths,
+    short,
+    stage_configs,
+    write_hand_configs,
+)
+from alpaca_ds.quickstart.report import write_report
 
 # ---------------------------------------------------------------------------------------------- stage configs
-
-def stage_configs(cfg: QuickstartConfig, paths: Paths, base_url: str) -> dict[str, Schema]:
-    """Each step's config, exactly as its command would load it (the teacher at `base_url`)."""
-    g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
-    generate = GenerateConfig(
-        out_dir=str(paths.generated), num_instructions=g.num_instructions, seed=g.seed, concurrency=g.concurrency,
-        seed_tasks=g.seed_tasks,
-        api=ApiConfig(base_url=base_url, model=g.teacher_model, mode="completions", api_key_env=None, timeout_s=30,
-                      max_retries=5, backoff_initial_s=0.2),
-        budget=BudgetConfig(max_usd=g.budget_usd))
-    data = DataBuildConfig(input=str(paths.generated / "regen.json"), output=str(paths.tokenized),
-                           tokenizer=d.tokenizer, max_length=d.max_length, val_fraction=d.val_fraction)
-    train = load_config(TrainConfig, t.recipe, [
-        f"output_dir={paths.run}", f"data.path={paths.tokenized}", f"model.tokenizer={d.tokenizer}",
-        f"ds_config={t.ds_config}", f"optim.epochs={t.epochs}",
-        f"optim.max_steps={'null' if t.max_steps is None else t.max_steps}"])
-    answer = AnswerConfig(model=str(paths.export), eval_set=e.eval_set, limit=e.tasks, output=str(paths.answers),
-                          generator=GENERATOR, device="cpu",
-                          decoding=DecodingConfig(temperature=e.temperature, max_new_tokens=e.max_new_tokens))
-    judge = JudgeConfig(a=str(paths.reference), b=str(paths.answers), out_dir=str(paths.judge),
-                        api=JudgeApiConfig(base_url=base_url, model=e.judge_model, api_key_env=None, timeout_s=30,
-                                           max_retries=3, backoff_initial_s=0.2),
-                        budget=BudgetConfig(max_usd=e.judge_budget_usd))
-    return {"generate": generate, "data": data, "train": train, "answer": answer, "judge": judge}
-
-
-_HEADERS = {
-    "generate": "# `alpaca-ds generate --config {path}`, against `alpaca-ds teacher serve --port {port}` (the local "
-                "teacher simulator)",
-    "data": "# `alpaca-ds data build --config {path}`",
-    "train": "# `DS_ACCELERATOR=cpu alpaca-ds train --config {path} --num-gpus {ranks}` (CPU ranks)",
-    "answer": "# `alpaca-ds evaluate answer --config {path}`",
-    "judge": "# `alpaca-ds evaluate judge --config {path}`, the judge being `alpaca-ds teacher serve --port {port}` "
-             "(its judge mode)",
-}
-
-
-def write_hand_configs(cfg: QuickstartConfig, paths: Paths) -> dict[str, Path]:
-    """configs/<step>.yaml: the configs of this run for running each step by hand (teacher on port 8765)."""
-    paths.configs.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, config in stage_configs(cfg, paths, f"http://127.0.0.1:{HAND_PORT}/v1").items():
-        path = paths.configs / f"{name}.yaml"
-        header = _HEADERS[name].format(path=path, port=HAND_PORT, ranks=cfg.train.ranks)
-        text = (f"{header}\n# Written by `alpaca-ds quickstart` for the run in {paths.root}; the quickstart itself "
-                "uses these settings with its own loopback port.\n" + dump_config(config))
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            atomic_write_bytes(path, text.encode("utf-8"))
-        written[name] = path
-    return written
-
-
-def hand_commands(cfg: QuickstartConfig, paths: Paths, checkpoint: str | None = None) -> list[str]:
-    """The commands that run each step by hand, with this run's paths."""
-    c = paths.configs
-    ckpt = checkpoint or str(paths.run / "checkpoints" / "step-NNNNNNNN")
-    return [
-        f"alpaca-ds teacher serve --port {HAND_PORT} --seeds {shlex.quote(cfg.generate.seed_tasks)} --seed "
-        f"{cfg.generate.seed} &   # the local teacher simulator (and judge)",
-        f"alpaca-ds generate --config {c / 'generate.yaml'}",
-        f"alpaca-ds data build --config {c / 'data.yaml'}",
-        f"DS_ACCELERATOR=cpu alpaca-ds train --config {c / 'train.yaml'} --num-gpus {cfg.train.ranks}",
-        f"alpaca-ds export {ckpt} {paths.export}",
-        f"alpaca-ds evaluate answer --config {c / 'answer.yaml'}",
-        f"# the judge's other side, {paths.reference}: the eval tasks' own outputs (the quickstart writes it)",
-        f"alpaca-ds evaluate judge --config {c / 'judge.yaml'}",
-        f"alpaca-ds evaluate winrate {paths.judge / 'annotations.json'}",
-        "kill %1   # the teacher simulator",
-    ]
 
 
 # ---------------------------------------------------------------------------------------------- the state file
@@ -246,10 +142,10 @@ def describe(step: str, ctx: Context) -> str:
     cfg, p = ctx.cfg, ctx.paths
     g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
     if step == "generate":
-        return (f"generate: {g.num_instructions} instructions from {_short(g.seed_tasks)} by the local teacher "
+        return (f"generate: {g.num_instructions} instructions from {short(g.seed_tasks)} by the local teacher "
                 f"SIMULATOR, budget ${g.budget_usd:.2f} at {g.teacher_model} prices -> {p.generated}")
     if step == "data":
-        return (f"data build: tokenize {p.generated / 'regen.json'} with {_short(d.tokenizer)} (max length "
+        return (f"data build: tokenize {p.generated / 'regen.json'} with {short(d.tokenizer)} (max length "
                 f"{d.max_length}, {d.val_fraction:.0%} validation) -> {p.tokenized}")
     if step == "train":
         stage = _zero_stage(t.ds_config)
@@ -259,17 +155,10 @@ def describe(step: str, ctx: Context) -> str:
     if step == "export":
         return f"export: consolidate the last checkpoint of {p.run} into {p.export} and verify its logits"
     if step == "answer":
-        return (f"evaluate answer: {e.tasks} held-out tasks from {_short(e.eval_set)} with {p.export} "
+        return (f"evaluate answer: {e.tasks} held-out tasks from {short(e.eval_set)} with {p.export} "
                 f"(at most {e.max_new_tokens} new tokens) -> {p.answers.parent}")
     return (f"evaluate judge: {GENERATOR} vs the tasks' reference outputs, both orders, by the simulator's judge "
             f"mode -> {p.judge}")
-
-
-def _short(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return path
 
 
 def _zero_stage(ds_config: str):
@@ -445,7 +334,6 @@ def environment() -> dict:
 
 def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
     """Run (or continue) the quickstart in cfg.out_dir; returns {exit_code, message, report, seconds, ran, skipped}."""
-    from alpaca_ds.quickstart.report import write_report
     paths = Paths(cfg.out_dir)
     started = time.monotonic()
     lock = exclusive(paths.root, "alpaca-ds quickstart")

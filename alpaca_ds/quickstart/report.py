@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.io import atomic_write_bytes
+from alpaca_ds.quickstart.layout import GENERATOR, REFERENCE, STEPS, hand_commands, short
 from alpaca_ds.train.metrics import read_metrics
 
 ALPACA_SIZE = 52_002
@@ -68,7 +69,6 @@ def training_summary(run_dir: Path) -> dict:
 
 
 def write_report(cfg, paths, state: dict) -> Path:
-    from alpaca_ds.quickstart.pipeline import GENERATOR, REFERENCE, STEPS, _short, hand_commands
     root = paths.root
     steps = state["steps"]
     env = state["invocations"][-1]["environment"]
@@ -172,7 +172,7 @@ def write_report(cfg, paths, state: dict) -> Path:
     tok = manifest["tokenizer"]
     add(f"`tokenized/` (manifest.json written last): {c['records']} records -> {c['examples']} examples; "
         f"truncated {c['truncated']}, dropped {c['dropped_overlength']}, invalid {c['invalid_skipped']}, "
-        f"without supervised tokens {c['no_supervised_tokens']}. Tokenizer `{_short(tok['name_or_path'])}` "
+        f"without supervised tokens {c['no_supervised_tokens']}. Tokenizer `{short(tok['name_or_path'])}` "
         f"(sha256 {tok['sha256'][:12]}…, via {tok['encoder']}; vocabulary {tok['vocab_size']} including "
         f"{', '.join(tok['added_special_tokens'].values()) or 'no'} added as Alpaca adds it), max length "
         f"{manifest['max_length']}, Alpaca's prompt template; prompt tokens are labelled -100.")
@@ -226,7 +226,7 @@ def write_report(cfg, paths, state: dict) -> Path:
     add("")
     add(f"`evaluate answer` wrote **{len(answers)}** answers of `export/` (generator `{GENERATOR}`, Alpaca's "
         f"prompt template, temperature {cfg.evaluate.temperature:g}, at most {cfg.evaluate.max_new_tokens} new "
-        f"tokens) to the first {len(answers)} tasks of `{_short(cfg.evaluate.eval_set)}`, never "
+        f"tokens) to the first {len(answers)} tasks of `{short(cfg.evaluate.eval_set)}`, never "
         f"trained on here; the reference (`{REFERENCE}`) is those tasks' own outputs. The judge (the simulator's "
         "judge mode, asked in both orders to cancel position bias) preferred:")
     add("")

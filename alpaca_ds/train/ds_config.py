@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import TrainConfig
+from alpaca_ds.train.config import TrainConfig
 
 # Keys the recipe decides; an engine YAML that sets them would silently disagree with the recipe.
 INJECTED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",

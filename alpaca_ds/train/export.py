@@ -119,7 +119,8 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> 
     """`alpaca-ds export CKPT OUT`: consolidate a ZeRO checkpoint offline into an HF folder and verify it."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from alpaca_ds.config import TrainConfig, load_config
+    from alpaca_ds.config import load_config
+    from alpaca_ds.train.config import TrainConfig
     checkpoint = Path(checkpoint)
     run_dir = checkpoint.parent.parent
     if not (checkpoint.is_dir() and (run_dir / SKELETON).is_dir() and (run_dir / "config.resolved.yaml").is_file()):

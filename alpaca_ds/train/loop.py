@@ -26,7 +26,8 @@ from transformers import get_cosine_schedule_with_warmup
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json, sha256_file
 from alpaca_ds.common.provenance import PROVENANCE, weights_sha256
-from alpaca_ds.config import TrainConfig, dump_config, load_config
+from alpaca_ds.config import dump_config, load_config
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset, check_tokenizer, read_manifest

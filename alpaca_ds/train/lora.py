@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import LoraConfig, ModelConfig
+from alpaca_ds.train.config import LoraConfig, ModelConfig
 
 ADAPTER = "adapter"  # <output_dir>/adapter: the peft adapter folder written at the end of a LoRA run
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.config import ModelConfig
+from alpaca_ds.train.config import ModelConfig
 from alpaca_ds.train import lora
 
 
