@@ -197,5 +197,5 @@ def test_bad_inputs_name_the_file_and_column(pairs, files, tmp_path):
     assert "needs at least 5" in few["skipped"]
     assert "no output_1" in lc_winrate.length_controlled([{"preference": 2}] * 9, 100.0)["skipped"]
     r = run_cli("evaluate", "winrate", str(tmp_path / "missing.json"), "--difficulty", str(bad))
-    assert r.returncode == 2 and "no such annotations file" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "cannot read annotations: No such file" in r.stderr and "Traceback" not in r.stderr
     assert WinrateConfig(annotations="x").gamed_weight == 0.2  # AlpacaEval's regularize_to_baseline_lambda

@@ -77,5 +77,5 @@ def test_jsonl_being_written_and_bad_files(tmp_path):
     bad.write_text(json.dumps([{"instruction": "x", "output_1": "a", "output_2": "b"}]))
     with pytest.raises(UserError, match=r"record 0: no 'preference' key"):
         winrate.read_annotations(bad)
-    with pytest.raises(UserError, match="no such annotations file"):
+    with pytest.raises(UserError, match="cannot read annotations: No such file"):
         winrate.read_annotations(tmp_path / "missing.json")

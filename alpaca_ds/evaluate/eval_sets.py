@@ -13,11 +13,11 @@ Any other value is a file: a JSON list or JSONL of records with `instruction` (a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.jsonfile import read_all
 
 NAMED = {
     "selfinstruct": ("self-instruct/user_oriented_instructions.jsonl",
@@ -59,38 +59,6 @@ def set_path(name: str, data_dir: str | Path) -> Path:
     return path
 
 
-def read_records(path: Path) -> list[tuple[str, dict]]:
-    """(where, record) pairs from a JSON list or a JSONL file; `where` names the file and line or index."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    stripped = text.lstrip()
-    out = []
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise UserError(f"{path}: invalid JSON: {e}") from None
-        for i, rec in enumerate(data):
-            out.append((f"{path}: record {i}", rec))
-    else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise UserError(f"{path}:{lineno}: invalid JSON: {e}") from None
-            out.append((f"{path}:{lineno}", rec))
-    for where, rec in out:
-        if not isinstance(rec, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    return out
-
-
 def _text(rec: dict, key: str, where: str, required: bool = True) -> str:
     value = rec.get(key, None if required else "")
     if value is None and not required:
@@ -105,7 +73,7 @@ def load_eval_set(name: str, data_dir: str | Path = "../shared/data") -> list[Ev
     path = set_path(name, data_dir)
     default_dataset = name if name in NAMED else path.stem
     items = []
-    for where, rec in read_records(path):
+    for where, rec in read_all(path, "eval set"):
         instruction = _text(rec, "instruction", where)
         if "instances" in rec:  # a self-instruct task: its first instance's input
             instances = rec["instances"]
@@ -147,7 +115,7 @@ def read_outputs(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: no such outputs file (write one with `alpaca-ds evaluate answer`)")
     out = []
-    for where, rec in read_records(path):
+    for where, rec in read_all(path, "eval set"):
         _text(rec, "instruction", where)
         _text(rec, "output", where)
         out.append(rec)

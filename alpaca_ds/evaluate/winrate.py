@@ -20,12 +20,12 @@ with AlpacaEval 2.0's length-controlled win rate beside the raw one (lc_winrate.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.common.jsonfile import Bad, read_objects
 from alpaca_ds.evaluate import lc_winrate
 from alpaca_ds.evaluate.config import WinrateConfig
 from alpaca_ds.evaluate.lc_winrate import as_number
@@ -33,32 +33,14 @@ from alpaca_ds.evaluate.lc_winrate import as_number
 
 def read_annotations(path: str | Path) -> list[dict]:
     """Annotations from a JSON list or a JSONL file (a torn last line of a JSONL being written is skipped)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such annotations file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except ValueError as e:
-            raise UserError(f"{path}: invalid JSON: {e}") from None
-        where = [f"{path}: record {i}" for i in range(len(rows))]
-    else:
-        lines = text.split("\n")
-        rows, where = [], []
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
+    where, rows = [], []
+    for item in read_objects(path, "annotations"):
+        if isinstance(item, Bad):
+            if item.torn:  # the last line of a JSONL still being written, cut short
                 continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as e:
-                if lineno == len(lines):  # the last line, without its newline: a write cut short
-                    break
-                raise UserError(f"{path}:{lineno}: invalid JSON: {e}") from None
-            where.append(f"{path}:{lineno}")
+            raise item.error()
+        where.append(item[0])
+        rows.append(item[1])
     for w, row in zip(where, rows):
         if not isinstance(row, dict):
             raise UserError(f"{w}: expected an annotation object, got {type(row).__name__}")

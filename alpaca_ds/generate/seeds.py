@@ -6,11 +6,11 @@ alike. As in Alpaca, a task's first instance is its in-context example.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.jsonfile import Bad, read_objects
 
 
 @dataclass(frozen=True)
@@ -37,30 +37,17 @@ class SeedTask:
 
 
 def load_seed_tasks(path: str | Path) -> list[SeedTask]:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read seed tasks: {e.strerror or e} (set seed_tasks to a self-instruct "
-                        "JSONL file, e.g. seeds/seed_tasks.jsonl)") from None
     tasks: list[SeedTask] = []
-    ids: dict[str, int] = {}
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}:{lineno}"
-        try:
-            text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{where}: not UTF-8 (byte {e.start} of the line)") from None
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: invalid JSON at column {e.colno}: {e.msg}") from None
+    ids: dict[str, str] = {}
+    hint = " (set seed_tasks to a self-instruct JSONL file, e.g. seeds/seed_tasks.jsonl)"
+    for item in read_objects(path, "seed tasks", hint):
+        if isinstance(item, Bad):
+            raise item.error()
+        where, obj = item
         task = _validate(obj, where)
         if task.id in ids:
-            raise UserError(f"{where}: id {task.id!r} repeats line {ids[task.id]}")
-        ids[task.id] = lineno
+            raise UserError(f"{where}: id {task.id!r} repeats {ids[task.id]}")
+        ids[task.id] = f"line {where.rsplit(':', 1)[1]}" if where.rsplit(":", 1)[1].isdigit() else where
         tasks.append(task)
     if not tasks:
         raise UserError(f"{path}: no seed tasks in the file")

@@ -267,11 +267,12 @@ def _max_tensor_diff(a: Path, b: Path) -> float:
 
 def write_reference(cfg: QuickstartConfig, paths: Paths) -> int:
     """The eval tasks' own outputs (written for the sample by people), as the reference model_outputs.json."""
+    from alpaca_ds.common.jsonfile import read_all
     from alpaca_ds.evaluate.answers import write_outputs
-    from alpaca_ds.evaluate.eval_sets import load_eval_set, output_record, read_records, set_path
+    from alpaca_ds.evaluate.eval_sets import load_eval_set, output_record, set_path
     path = set_path(cfg.evaluate.eval_set, ".")
     items = load_eval_set(cfg.evaluate.eval_set, ".")[:cfg.evaluate.tasks]
-    records = [rec for _, rec in read_records(path)][:cfg.evaluate.tasks]
+    records = [rec for _, rec in read_all(path, "eval set")][:cfg.evaluate.tasks]
     if any(not isinstance(r.get("output"), str) or not r["output"].strip() for r in records):
         raise UserError(f"{path}: the quickstart judges against the eval set's own `output`s; every one of the first "
                         f"{cfg.evaluate.tasks} records needs one")
