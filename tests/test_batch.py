@@ -142,10 +142,11 @@ def test_judge_in_batch_gives_the_online_annotations_at_half_the_price(tmp_path)
     assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
 
 
-def test_weighted_judge_in_batch_gives_the_online_annotations(tmp_path):
+@pytest.mark.parametrize("mode", ["chat", "completions"])
+def test_weighted_judge_in_batch_gives_the_online_annotations(tmp_path, mode):
     """The log-probabilities come back in the batch's output lines too, and are kept in the ledger."""
     a, b, _ = make_pairs(tmp_path, 15)
-    weighted = ("mode=weighted", "api.mode=completions")
+    weighted = ("mode=weighted", f"api.mode={mode}")
     os.environ.update(ENV)
     try:
         with simulator(line_failure=0.2) as s:

@@ -200,3 +200,23 @@ def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypat
     assert "Traceback" not in errors, errors
     s = json.loads(run_cli("demo", "summary", str(feedback), "--json").stdout)
     assert (s["overall"]["answers"], s["overall"]["withheld"], s["refused_prompts"]) == (3, 2, 1)
+
+
+def test_the_simulators_moderations_speak_openais_protocol():
+    """What the demo's filter is tested against: /v1/moderations through the official client, a string or a list
+    of inputs, one result each; the key required; a malformed request refused with 400."""
+    import openai
+    with simulator(require_key="mod-key", moderation_words=("forbidden", "very bad phrase")) as s:
+        client = openai.OpenAI(base_url=s.base_url, api_key="mod-key", max_retries=0)
+        one = client.moderations.create(input="Nothing FORBIDDEN here.")
+        many = client.moderations.create(input=["fine", "a very bad phrase indeed", "forbiddenness"],
+                                         model="omni-moderation-latest")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=s.base_url, api_key="wrong", max_retries=0).moderations.create(input="x")
+        with pytest.raises(openai.BadRequestError):
+            client.moderations.create(input=[1, 2])
+    assert one.results[0].flagged and one.results[0].categories.violence
+    assert one.results[0].category_scores.violence > one.results[0].category_scores.hate
+    assert [r.flagged for r in many.results] == [False, True, False]  # whole words only
+    assert many.model == "omni-moderation-latest" and many.id.startswith("modr-")
+    assert s.sim.moderation.inputs == ["Nothing FORBIDDEN here.", "fine", "a very bad phrase indeed", "forbiddenness"]

@@ -4,6 +4,7 @@ after SIGKILL and Ctrl-C without paying twice."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -76,6 +77,10 @@ def test_verdict_parsing_and_combining():
     assert judge.combine([0.0, 0.0]) == 1.5 and judge.combine([1.0, 1.0]) == 1.5
     assert judge.combine([None, 0.0]) == 2 and judge.combine([None, None]) is None
     assert judge.combine([0.25, 0.5]) == pytest.approx(((1 + 0.25) + (2 - 0.5)) / 2)
+    # the weighted judge's P(M) / (P(m) + P(M)); a token missing from the top 5 has probability 0
+    assert judge.second_share([{"m": math.log(0.2), "M": math.log(0.6), "Both": -1.0}]) == pytest.approx(0.75)
+    assert judge.second_share([{"m": -0.1, "The": -3.0}]) == 0.0 and judge.second_share([{"M": -9.0}]) == 1.0
+    assert judge.second_share([{"Both": -0.1}]) is None and judge.second_share(None) is None
     # a placeholder written inside an answer is not expanded
     text = judge.render(judge.load_template(None), "say {output_b}", "{instruction}", "b")
     assert "say {output_b}" in text and "## Output (a)\n\n{instruction}\n" in text

@@ -210,7 +210,7 @@ def test_simulator_answers_judge_calls_through_evaluate_judge(tmp_path):
     with LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl") as teacher:
         cfg = load_config(JudgeConfig, None, [f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
                                               f"out_dir={tmp_path / 'j'}", f"api.base_url={teacher.base_url}",
-                                              "api.api_key_env=null", "progress=false"])
+                                              "api.api_key_env=null", "progress=false", "mode=discrete"])
         result = judge.run(cfg)
     assert result["exit_code"] == 0 and result["no_verdict_replies"] == 0
     assert result["report"]["overall"]["win_rate"] == 0.0  # "colour" overlaps the instruction only in a's answers

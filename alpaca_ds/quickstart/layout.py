@@ -79,7 +79,8 @@ def stage_configs(cfg: QuickstartConfig, paths: Paths, base_url: str) -> dict[st
     answer = AnswerConfig(model=str(paths.export), eval_set=e.eval_set, limit=e.tasks, output=str(paths.answers),
                           generator=GENERATOR, device="cpu",
                           decoding=DecodingConfig(temperature=e.temperature, max_new_tokens=e.max_new_tokens))
-    judge = JudgeConfig(a=str(paths.reference), b=str(paths.answers), out_dir=str(paths.judge),
+    # discrete verdicts: the report counts the simulated judge's wins, losses and ties
+    judge = JudgeConfig(a=str(paths.reference), b=str(paths.answers), out_dir=str(paths.judge), mode="discrete",
                         api=JudgeApiConfig(base_url=base_url, model=e.judge_model, api_key_env=None, timeout_s=30,
                                            max_retries=3, backoff_initial_s=0.2),
                         budget=BudgetConfig(max_usd=e.judge_budget_usd))

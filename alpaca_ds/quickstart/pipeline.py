@@ -52,9 +52,6 @@ from alpaca_ds.quickstart.layout import (
 )
 from alpaca_ds.quickstart.report import write_report
 
-# ---------------------------------------------------------------------------------------------- stage configs
-
-
 # ---------------------------------------------------------------------------------------------- the state file
 
 def _fingerprint(cfg: QuickstartConfig) -> dict:
