@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import read_yaml_mapping
 
 
 class Schema(BaseModel):
@@ -28,18 +29,7 @@ def load_config(schema: type[Schema], path: str | Path | None, overrides: tuple[
     source = "built-in defaults"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise UserError(f"{path}: cannot read config: {e.strerror or e}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: invalid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: the top level must be a mapping of keys to values, got {type(loaded).__name__}")
+        loaded = read_yaml_mapping(path, "config")
         data = _deep_merge(data, loaded)
     from_set: dict[str, str] = {}
     for item in overrides:

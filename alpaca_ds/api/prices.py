@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import read_yaml_mapping
 from alpaca_ds.api.config import BudgetConfig
 
 
@@ -47,13 +47,8 @@ def default_table_path() -> Path:
 
 def load_table(path: str | Path | None) -> dict[str, dict[str, float]]:
     path = Path(path) if path else default_table_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the price table (budget.prices): {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML in the price table: {e}") from None
-    if not isinstance(data, dict):
+    data = read_yaml_mapping(path, "the price table (budget.prices)")
+    if not data:
         raise UserError(f"{path}: the price table must map model names to {{prompt: $, completion: $}} per 1M tokens")
     table = {}
     for model, entry in data.items():

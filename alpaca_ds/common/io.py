@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes and checksums."""
+"""Files on disk: atomic writes, checksums, and reading a YAML mapping with errors that name the file."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from alpaca_ds.common.errors import UserError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -40,3 +44,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """The mapping at the top of a YAML file ({} for an empty file); UserError naming the file and `what` it is."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML in {what}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level of {what} must be a mapping of keys to values, got "
+                        f"{type(data).__name__}")
+    return data

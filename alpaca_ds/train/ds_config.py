@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.io import read_yaml_mapping
 from alpaca_ds.train.config import TrainConfig
 
 # Keys the recipe decides; an engine YAML that sets them would silently disagree with the recipe.
@@ -19,14 +19,7 @@ INJECTED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accu
 
 
 def load_engine_yaml(path: str) -> dict:
-    try:
-        engine = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise UserError(f"ds_config {path!r}: cannot read it ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"ds_config {path}: invalid YAML: {e}") from None
-    if not isinstance(engine, dict):
-        raise UserError(f"ds_config {path}: the top level must be a mapping of DeepSpeed keys")
+    engine = read_yaml_mapping(path, "the DeepSpeed config (ds_config)")
     clash = [k for k in INJECTED if k in engine]
     if clash:
         raise UserError(f"ds_config {path}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} set from the "
