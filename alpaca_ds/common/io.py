@@ -59,6 +59,6 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level of {what} must be a mapping of keys to values, got "
+        raise UserError(f"{path}: {what}: the top level must be a mapping of keys to values, got "
                         f"{type(data).__name__}")
     return data
