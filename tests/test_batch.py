@@ -196,3 +196,18 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_p
     assert ends and all(e["status"] == "cancelled" for e in ends)
     cancelled = [e for e in ledger(out) if e["t"] == "result"]
     assert cancelled and all(e["kind"] == "cancelled" and e["usd"] == 0 for e in cancelled)
+
+
+def test_a_lost_create_answer_and_flaky_calls_neither_stop_the_run_nor_duplicate_a_batch(tmp_path):
+    """The first create makes its batch but answers 500 (the answer lost on the way); the first calls answer 503.
+    The run retries, finds the batch the lost create made instead of making another, and ends as online."""
+    with simulator(lost_creates=1, flaky_calls=3) as s:
+        result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH))
+        stats = s.stats()
+        gen.run(gen_config(tmp_path / "o", s.base_url, "num_instructions=300"))
+    assert result["stop_reason"] == "target"
+    parts = [e for e in ledger(tmp_path / "b") if e["t"] == "batch"]
+    assert stats["batches"]["created"] == len(parts)  # not one more
+    seen = [c for ids in stats["batches"]["custom_ids"].values() for c in ids]
+    assert len(seen) == len(set(seen))
+    assert (tmp_path / "b" / "regen.json").read_bytes() == (tmp_path / "o" / "regen.json").read_bytes()
