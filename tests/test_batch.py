@@ -211,3 +211,14 @@ def test_a_lost_create_answer_and_flaky_calls_neither_stop_the_run_nor_duplicate
     seen = [c for ids in stats["batches"]["custom_ids"].values() for c in ids]
     assert len(seen) == len(set(seen))
     assert (tmp_path / "b" / "regen.json").read_bytes() == (tmp_path / "o" / "regen.json").read_bytes()
+
+
+def test_input_files_stay_within_the_size_and_count_limits(tmp_path):
+    with simulator() as s:
+        result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH,
+                                    "api.batch.max_file_mb=0.04", "api.batch.max_requests_per_file=3"))
+        files = [f for f in s.sim.batch.files.values() if f["purpose"] == "batch"]
+        inputs = [s.sim.batch.content[f["id"]] for f in files]
+    assert result["stop_reason"] == "target" and len(files) > 2
+    assert all(len(data) <= 40_000 and data.count(b"\n") <= 3 for data in inputs)
+    assert sum(data.count(b"\n") for data in inputs) == result["stats"]["requests"]["attempts"]
