@@ -348,7 +348,15 @@ async def run_keyed(runner, jobs: list, prompts_of, on_answer, metadata: dict | 
     prompts = {k: prompts_of(js[0]) for k, js in keyed.items()}
     led = runner.ledger
     async with runner:
-        t = BatchTransport(runner, prompts.__getitem__, metadata=metadata)
+        # a request of an earlier run's batch that this run does not ask (its inputs changed) is still settled,
+        # when cancelled: one prompt, as every keyed request has
+        t = BatchTransport(runner, lambda k: prompts.get(k, [""]), metadata=metadata)
+        foreign = t.pending - set(keyed)
+        if foreign and not cancel:
+            await t.close()
+            raise UserError(f"{led.path}: batches of an earlier run hold {len(foreign)} requests this run does not "
+                            "ask (were the inputs or --limit changed?); rerun with the same inputs to collect them, "
+                            "or add --cancel-batches to cancel them")
         try:
             await t.check_endpoints()
             await t.resume(create=not cancel)

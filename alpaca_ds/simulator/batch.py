@@ -105,17 +105,11 @@ class BatchApi:
     async def _upload(self, request):
         if (denied := self._guard(request)) is not None:
             return denied
-        purpose, data, filename = None, None, "upload.jsonl"
-        reader = await request.multipart()
-        async for part in reader:
-            if part.name == "purpose":
-                purpose = await part.text()
-            elif part.name == "file":
-                filename = part.filename or filename
-                data = bytes(await part.read(decode=False))
-        if data is None or purpose is None:
+        form = await request.post()
+        purpose, upload = form.get("purpose"), form.get("file")
+        if upload is None or not hasattr(upload, "file") or purpose is None:
             return self._error(400, "file and purpose are required")
-        return self._json(self._new_file(data, filename, purpose))
+        return self._json(self._new_file(upload.file.read(), upload.filename or "upload.jsonl", str(purpose)))
 
     def _find(self, table: dict, request, what: str):
         """The object the URL names, or a 404 as the API answers it."""
