@@ -222,3 +222,29 @@ def test_input_files_stay_within_the_size_and_count_limits(tmp_path):
     assert result["stop_reason"] == "target" and len(files) > 2
     assert all(len(data) <= 40_000 and data.count(b"\n") <= 3 for data in inputs)
     assert sum(data.count(b"\n") for data in inputs) == result["stats"]["requests"]["attempts"]
+
+
+def test_judge_batches_left_running_are_collected_with_the_same_inputs_only(tmp_path):
+    """A judge run in batch is interrupted with its batch running; a rerun on other inputs (--limit) is refused,
+    naming what to do, before it spends anything; --cancel-batches then cancels the batch."""
+    from test_evaluate_judge import _start
+    a, b, _ = make_pairs(tmp_path, 6)
+    out = tmp_path / "j"
+    with LocalSimulator(seeds_path(), batch=BatchBehaviour(seconds=60)) as s:
+        proc = _start(a, b, s.base_url, out, *BATCH)
+        deadline = time.time() + 60
+        while not any(e["t"] == "batch" for e in read_jsonl(out / "calls.jsonl")[0]):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "--cancel-batches" in err, err
+        os.environ.update(ENV)
+        try:
+            with pytest.raises(UserError, match="6 requests this run does not ask.*--cancel-batches"):
+                judge.run(judge_config(a, b, s.base_url, out, *BATCH, "limit=3"))
+            cancelled = judge.run(judge_config(a, b, s.base_url, out, *BATCH, "limit=3"), cancel_batches=True)
+        finally:
+            os.environ.pop("JUDGE_TEST_KEY")
+        assert s.stats()["batches"]["by_status"] == {"cancelled": 1} and s.stats()["billed_usd"]["batch"] == 0
+    assert cancelled["exit_code"] == 0 and cancelled["stop_reason"] == "cancelled" and cancelled["judged"] == 0
