@@ -3,6 +3,7 @@
     /work/venv/bin/python benchmarks/bench_generate.py                 # throughput at concurrency 1, 8, 64
     /work/venv/bin/python benchmarks/bench_generate.py accepting       # most answers accepted: processing lags
     /work/venv/bin/python benchmarks/bench_generate.py crash           # the crash-safety acceptance run
+    /work/venv/bin/python benchmarks/bench_generate.py batch           # online vs the Batch API, in dollars
 
 throughput: the simulator answers after exactly --latency seconds (1 s), so N requests in flight can complete
 at most N / latency requests per second. For each concurrency the real command runs `rounds` x concurrency
@@ -23,6 +24,12 @@ crash: a teacher failing >= 20% of requests in mixed ways (429 with Retry-After,
 timeout, answers cut at max_tokens, malformed bodies), 5 SIGKILLs of the generator at random moments, then a
 run to the end; checks that accepted.jsonl equals the replay of the ledger (nothing lost, nothing written
 twice), no instruction repeats, the target is reached, regen.json matches, and spend <= budget.
+
+batch: the same target online and through the Batch API (api.transport: batch) against one simulator, whose
+answers are the same either way: requests, wall time, dollars per accepted instruction, whether regen.json is
+equal, and spent vs billed. The batch run's first wave is sized from expected_accept_rate (0.25, Alpaca's share,
+a prior): against the simulator, which keeps far more, it buys more requests than needed; a third run is given
+the rate the online run measured.
 """
 from __future__ import annotations
 
@@ -223,9 +230,43 @@ def crash(args) -> None:
         sys.exit(1)
 
 
+def batch(args) -> None:
+    out = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    teacher = Teacher("--batch-seconds", str(args.batch_seconds))
+    sets = [f"num_instructions={args.target}", f"budget.max_usd={args.budget}", "api.batch.poll_s=0.5"]
+    rows = {}
+
+    def run(name: str, *extra: str) -> None:
+        start = time.time()
+        done = subprocess.run(generate_args(out / name, teacher.url, *sets, *extra), cwd=ROOT, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        rows[name] = (time.time() - start, json.loads((out / name / "cost.json").read_text()),
+                      json.loads((out / name / "stats.json").read_text()))
+    try:
+        run("online")
+        run("batch", "api.transport=batch")  # first wave from the prior, expected_accept_rate 0.25
+        online_stats = rows["online"][2]
+        rate = online_stats["accepted"] / online_stats["candidates"]["parsed"]
+        run("batch, rate known", "api.transport=batch", f"expected_accept_rate={rate:.4f}")
+        billed = teacher.stats()["billed_usd"]
+    finally:
+        teacher.close()
+    for name, (seconds, cost, stats) in rows.items():
+        print(f"{name:17}  {stats['accepted']:,} instructions from {stats['requests']['sent']:4} requests in "
+              f"{seconds:5.1f} s: spent ${cost['spent_usd']:.4f}, ${1000 * cost['usd_per_accepted']:.4f} per 1,000 "
+              f"instructions ({cost['usd_per_accepted'] / rows['online'][1]['usd_per_accepted']:.1%} of online)")
+    spent = {t: sum(c["spent_usd"] for name, (_, c, _) in rows.items() if c["transport"] == t) for t in billed}
+    equal = all((out / name / "regen.json").read_bytes() == (out / "online" / "regen.json").read_bytes()
+                for name in rows)
+    print(f"regen.json equal in all three: {equal}; spent == billed: "
+          f"{all(abs(spent[t] - billed[t]) < 1e-9 for t in billed)} ({spent} vs {billed})")
+    shutil.rmtree(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="throughput", choices=["throughput", "accepting", "crash"])
+    ap.add_argument("mode", nargs="?", default="throughput", choices=["throughput", "accepting", "crash", "batch"])
     ap.add_argument("--latency", type=float, default=1.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--prompts-per-request", type=int, nargs="+", default=[1, 5])
@@ -239,13 +280,9 @@ def main():
     ap.add_argument("--target", type=int, default=1500)
     ap.add_argument("--budget", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-seconds", type=float, default=2.0, help="batch mode: how long a batch runs")
     args = ap.parse_args()
-    if args.mode == "crash":
-        crash(args)
-    elif args.mode == "accepting":
-        accepting(args)
-    else:
-        throughput(args)
+    {"throughput": throughput, "accepting": accepting, "crash": crash, "batch": batch}[args.mode](args)
 
 
 if __name__ == "__main__":

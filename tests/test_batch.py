@@ -217,3 +217,55 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_p
     assert ends and all(e["status"] == "cancelled" for e in ends)
     cancelled = [e for e in ledger(out) if e["t"] == "result"]
     assert cancelled and all(e["kind"] == "cancelled" and e["usd"] == 0 for e in cancelled)
+
+
+def test_a_lost_create_answer_and_flaky_calls_neither_stop_the_run_nor_duplicate_a_batch(tmp_path):
+    """The first create makes its batch but answers 500 (the answer lost on the way); the first calls answer 503.
+    The run retries, finds the batch the lost create made instead of making another, and ends as online."""
+    with simulator(lost_creates=1, flaky_calls=3) as s:
+        result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH))
+        stats = s.stats()
+        gen.run(gen_config(tmp_path / "o", s.base_url, "num_instructions=300"))
+    assert result["stop_reason"] == "target"
+    parts = [e for e in ledger(tmp_path / "b") if e["t"] == "batch"]
+    assert stats["batches"]["created"] == len(parts)  # not one more
+    seen = [c for ids in stats["batches"]["custom_ids"].values() for c in ids]
+    assert len(seen) == len(set(seen))
+    assert (tmp_path / "b" / "regen.json").read_bytes() == (tmp_path / "o" / "regen.json").read_bytes()
+
+
+def test_input_files_stay_within_the_size_and_count_limits(tmp_path):
+    with simulator() as s:
+        result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH,
+                                    "api.batch.max_file_mb=0.04", "api.batch.max_requests_per_file=3"))
+        files = [f for f in s.sim.batch.files.values() if f["purpose"] == "batch"]
+        inputs = [s.sim.batch.content[f["id"]] for f in files]
+    assert result["stop_reason"] == "target" and len(files) > 2
+    assert all(len(data) <= 40_000 and data.count(b"\n") <= 3 for data in inputs)
+    assert sum(data.count(b"\n") for data in inputs) == result["stats"]["requests"]["attempts"]
+
+
+def test_judge_batches_left_running_are_collected_with_the_same_inputs_only(tmp_path):
+    """A judge run in batch is interrupted with its batch running; a rerun on other inputs (--limit) is refused,
+    naming what to do, before it spends anything; --cancel-batches then cancels the batch."""
+    from test_evaluate_judge import _start
+    a, b, _ = make_pairs(tmp_path, 6)
+    out = tmp_path / "j"
+    with LocalSimulator(seeds_path(), batch=BatchBehaviour(seconds=60)) as s:
+        proc = _start(a, b, s.base_url, out, *BATCH)
+        deadline = time.time() + 60
+        while not any(e["t"] == "batch" for e in read_jsonl(out / "calls.jsonl")[0]):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "--cancel-batches" in err, err
+        os.environ.update(ENV)
+        try:
+            with pytest.raises(UserError, match="6 requests this run does not ask.*--cancel-batches"):
+                judge.run(judge_config(a, b, s.base_url, out, *BATCH, "limit=3"))
+            cancelled = judge.run(judge_config(a, b, s.base_url, out, *BATCH, "limit=3"), cancel_batches=True)
+        finally:
+            os.environ.pop("JUDGE_TEST_KEY")
+        assert s.stats()["batches"]["by_status"] == {"cancelled": 1} and s.stats()["billed_usd"]["batch"] == 0
+    assert cancelled["exit_code"] == 0 and cancelled["stop_reason"] == "cancelled" and cancelled["judged"] == 0

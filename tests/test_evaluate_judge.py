@@ -19,6 +19,7 @@ from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.evaluate import judge
 from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.api.runner import request_key
+from alpaca_ds.simulator.batch import BatchBehaviour
 from alpaca_ds.simulator.server import Faults
 from eval_helpers import ROOT, cli, run_cli, simulator, write_outputs
 
@@ -227,17 +228,21 @@ def test_errors_before_any_call(tmp_path):
         assert not s.sim.seen
 
 
-def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("transport", ["online", "batch"])
+def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_run(tmp_path, transport):
     """Pairs 3, 8, 13, ... always fail (the simulator fails their prompts); the budget stops the run while they
     are being retried. Every pair whose two verdicts were paid for is annotated; a rerun with a larger budget
     ends as an uninterrupted run does (those pairs left out, exit 4), with the same annotations."""
     a, b, expected = make_pairs(tmp_path, 30)
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
-    extra = ("api.max_retries=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2", "concurrency=6")
+    extra = ("api.max_retries=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2", "concurrency=6",
+             f"api.transport={transport}", "api.batch.poll_s=0.05")
+    budget = {"online": 2, "batch": 1}[transport]  # the batch price is half
     os.environ.update(ENV)
     try:
-        with simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:")) as s:
-            first = judge.run(config(a, b, s.base_url, stopped, *extra, "budget.max_usd=2"))
+        with simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:"),
+                             batch=BatchBehaviour(seconds=0.05)) as s:
+            first = judge.run(config(a, b, s.base_url, stopped, *extra, f"budget.max_usd={budget}"))
             assert first["stop_reason"] == "budget"
             paid = {r["k"] for r in ledger_results(stopped) if r["kind"] == "ok"}
             annotated = json.loads((stopped / "annotations.json").read_text())

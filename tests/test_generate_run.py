@@ -304,3 +304,20 @@ def test_retry_waits_honour_retry_after(tmp_path):
     assert all(0.1 <= backoff_delay(api, 2, None, rng) <= 0.2 for _ in range(50))    # doubles per retry
     assert all(0.25 <= backoff_delay(api, 5, None, rng) <= 0.5 for _ in range(50))   # up to backoff_max_s
     assert all(2.0 <= backoff_delay(api, 1, 2.0, rng) <= 2.2 for _ in range(50))    # never sooner than Retry-After
+
+
+def test_one_run_per_out_dir(tmp_path):
+    """The out_dir's lock (filelock): a second run on it is refused while the first holds it, in another process
+    too, and free again once the holder is gone, however it ended."""
+    code = (f"import time; from alpaca_ds.common.lock import exclusive; lock = exclusive({str(tmp_path / 'g')!r}, "
+            "'x'); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = gen_config(tmp_path / "g", "http://unused", "num_instructions=5")
+        with pytest.raises(UserError, match="another `alpaca-ds generate` is running on this folder"):
+            gen.RunDir(gen.prepare(cfg, need_key=False))
+    finally:
+        holder.kill()
+        holder.wait()
+    gen.RunDir(gen.prepare(cfg, need_key=False)).close()  # killed: the kernel dropped its lock

@@ -115,7 +115,8 @@ def test_judge_mode_reads_any_layout_that_labels_the_outputs(layout):
     assert split_judge_prompt(layout.format(i="Name three colours", a=good, b=bad))[1:] == (good, bad)
     assert judge_verdict(layout.format(i="Name three colours", a=good, b=bad), []) == "Output (a)"
     assert judge_verdict(layout.format(i="Name three colours", a=bad, b=good), []) == "Output (b)"
-    assert judge_verdict(layout.format(i="Name three colours", a=good, b="NOVERDICT"), []) == "Both answers have merits."
+    refused = judge_verdict(layout.format(i="Name three colours", a=good, b="NOVERDICT"), [])
+    assert refused == "Both answers have merits."  # names neither output: no verdict
 
 
 def test_a_retry_gets_the_budget_before_new_requests():

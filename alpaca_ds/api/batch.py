@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from alpaca_ds.api.budget import Cost
+from alpaca_ds.api.calls import backoff_delay
 from alpaca_ds.api.client import ApiClient, Outcome
 from alpaca_ds.common.errors import UserError
 
@@ -63,6 +65,7 @@ class BatchTransport:
         self.parts: dict[str, Part] = {}
         self.retry: set = set()     # keys whose line failed or expired, to send again
         self.given_up: set = set()
+        self._jitter = random.Random()  # timing only
         self._recover()
 
     def _recover(self) -> None:
@@ -107,6 +110,19 @@ class BatchTransport:
 
     async def close(self) -> None:
         await self.client.close()
+
+    async def _call(self, what: str, make):
+        """One Batch API call, retried on the failures a retry can mend (connection, timeout, 429, 5xx) with the
+        online backoff: a batch runs for hours, and a hiccup while polling it must not end the run."""
+        import openai
+        for attempt in range(1, self.api.max_retries + 2):
+            try:
+                return await make()
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
+                if attempt > self.api.max_retries:
+                    raise UserError(f"the Batch API failed {attempt} times to {what} ({self.client.scrub(str(e))}); "
+                                    "rerun the same command to continue where it stopped") from None
+                await asyncio.sleep(backoff_delay(self.api, attempt, None, self._jitter))
 
     # ---- submitting -------------------------------------------------------------------------------------------
 
@@ -156,16 +172,19 @@ class BatchTransport:
         if p.file is None:
             if data is None:
                 data = await asyncio.get_running_loop().run_in_executor(None, self._rebuild, p)
-            f = await c.files.create(file=(f"alpaca-ds-{p.n}.jsonl", data), purpose="batch")
+            # an upload retried after a lost answer may leave a stray file at the API: no batch, no cost
+            f = await self._call("upload a file", lambda: c.files.create(file=(f"alpaca-ds-{p.n}.jsonl", data),
+                                                                         purpose="batch"))
             await self.led.journal.commit({"t": "file", "n": p.n, "file": f.id})
             p.file = f.id
         if p.batch is None:
-            found = await self._find_batch(p.file, p.at)
-            if found is None:
-                url = "/v1/completions" if self.api.mode == "completions" else "/v1/chat/completions"
-                found = await c.batches.create(input_file_id=p.file, endpoint=url,
-                                               completion_window=self.cfg.completion_window,
-                                               metadata={**self.metadata, "part": p.n})
+            url = "/v1/completions" if self.api.mode == "completions" else "/v1/chat/completions"
+
+            async def find_or_create():  # a create whose answer was lost may have created it: look first
+                return await self._find_batch(p.file, p.at) or await c.batches.create(
+                    input_file_id=p.file, endpoint=url, completion_window=self.cfg.completion_window,
+                    metadata={**self.metadata, "part": p.n})
+            found = await self._call("create a batch", find_or_create)
             await self.led.journal.commit({"t": "batch", "n": p.n, "batch": found.id})
             p.batch, p.status = found.id, found.status
 
@@ -181,7 +200,7 @@ class BatchTransport:
                 return b
             if b.created_at < since - 600:
                 break
-        return None
+        return None  # (an error here fails the caller's attempt, which _call retries)
 
     # ---- collecting -------------------------------------------------------------------------------------------
 
@@ -212,7 +231,7 @@ class BatchTransport:
         while self.parts and go_on():
             ended = 0
             for p in list(self.parts.values()):
-                b = await self.client.openai.batches.retrieve(p.batch)
+                b = await self._call("look at a batch", lambda: self.client.openai.batches.retrieve(p.batch))
                 p.status, p.counts = b.status, (b.request_counts.model_dump() if b.request_counts else {})
                 if b.status in TERMINAL:
                     await self._settle(p, b)
@@ -240,7 +259,7 @@ class BatchTransport:
     async def _lines(self, file_id: str | None) -> list[dict]:
         if not file_id:
             return []
-        content = await self.client.openai.files.content(file_id)
+        content = await self._call("download a file", lambda: self.client.openai.files.content(file_id))
         return [json.loads(x) for x in content.text.splitlines() if x.strip()]
 
     async def _settle(self, p: Part, b) -> None:
@@ -292,11 +311,14 @@ class BatchTransport:
 
     async def cancel(self) -> int:
         """Cancel every part still running at the API; returns how many."""
+        import openai
         n = 0
         for p in self.parts.values():
-            if p.batch is not None:
-                await self.client.openai.batches.cancel(p.batch)
+            try:
+                await self._call("cancel a batch", lambda: self.client.openai.batches.cancel(p.batch))
                 n += 1
+            except (openai.BadRequestError, openai.ConflictError):
+                pass  # it ended meanwhile: it is collected as it is
         return n
 
     async def finish(self, cancel: bool) -> None:
@@ -326,7 +348,15 @@ async def run_keyed(runner, jobs: list, prompts_of, on_answer, metadata: dict | 
     prompts = {k: prompts_of(js[0]) for k, js in keyed.items()}
     led = runner.ledger
     async with runner:
-        t = BatchTransport(runner, prompts.__getitem__, metadata=metadata)
+        # a request of an earlier run's batch that this run does not ask (its inputs changed) is still settled,
+        # when cancelled: one prompt, as every keyed request has
+        t = BatchTransport(runner, lambda k: prompts.get(k, [""]), metadata=metadata)
+        foreign = t.pending - set(keyed)
+        if foreign and not cancel:
+            await t.close()
+            raise UserError(f"{led.path}: batches of an earlier run hold {len(foreign)} requests this run does not "
+                            "ask (were the inputs or --limit changed?); rerun with the same inputs to collect them, "
+                            "or add --cancel-batches to cancel them")
         try:
             await t.check_endpoints()
             await t.resume(create=not cancel)

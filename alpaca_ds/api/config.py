@@ -17,13 +17,14 @@ class BatchApiConfig(Schema):
                                        "(the API's limit: 50,000)")
     max_file_mb: float = Field(200.0, gt=0, le=200, description="size of a batch input file in MB at most (the "
                                "API's limit: 200)")
-    completion_window: str = Field("24h", description="the batch's completion_window (the API accepts 24h)")
+    completion_window: Literal["24h"] = Field("24h", description="the batch's completion_window (the API accepts "
+                                              "only 24h)")
     max_wave_requests: int | None = Field(None, ge=1, description="requests per wave at most; null = as many "
                                           "as the target needs and the budget allows")
 
 
 class ApiConfig(Schema):
-    """The teacher model behind an OpenAI-compatible API (`generate`)."""
+    """The teacher model behind an OpenAI-compatible API (`generate`; `evaluate judge` derives its own)."""
 
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint, ending in /v1")
     model: str = Field("gpt-3.5-turbo-instruct", description="teacher model; Alpaca used text-davinci-003")

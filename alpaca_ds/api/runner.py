@@ -74,7 +74,7 @@ class Runner:
         self.message = ""
         self.stop_event: asyncio.Event | None = None
         self.caller: Caller | None = None
-        self.calls = 0            # attempts sent by this run
+        self.calls = 0            # attempts sent by this run (online), or batch lines submitted
         self.cached = 0           # requests served from the ledger
         self.given_up = 0         # requests that failed all their retries in this run
         self.last_failure = ""
@@ -125,8 +125,9 @@ class Runner:
         self._interrupts += 1
         if self._interrupts == 1:
             self.stop("interrupted", INTERRUPTED)
-            self.say("stopping: waiting for the requests in flight (interrupt again to abandon them; they are then "
-                     "charged at their worst case)")
+            self.say("stopping: the batches already submitted keep running at the API" if self.transport == "batch"
+                     else "stopping: waiting for the requests in flight (interrupt again to abandon them; they are "
+                     "then charged at their worst case)")
         elif self._on_abandon is not None:
             self._on_abandon()
         else:

@@ -14,7 +14,8 @@ text, same usage; billed at the batch price) into an output file, and failed lin
 
 Faults: a share of lines fails (`line_failure`, drawn per line and attempt), prompts matching the simulator's
 `fail_matching` always fail, the first `fail_batches` batches fail whole (status "failed", nothing answered,
-nothing billed), and the next `expire_batches` expire with half their lines answered.
+nothing billed), the next `expire_batches` expire with half their lines answered; `lost_creates` creates answer
+500 after making their batch, and `flaky_calls` calls answer 503.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class BatchBehaviour:
     line_failure: float = 0.0     # share of lines answered 500 (in the error file)
     fail_batches: int = 0         # the first N batches created fail whole
     expire_batches: int = 0       # the next N expire, half answered
+    lost_creates: int = 0         # the first N creates make the batch but answer 500, as if the answer were lost
+    flaky_calls: int = 0          # the first N calls (upload, create, retrieve, content) answer 503
 
 
 class BatchApi:
@@ -45,6 +48,7 @@ class BatchApi:
         self.custom_ids: dict[str, list[str]] = {}   # batch id -> the custom_ids it was given
         self._tasks: set[asyncio.Task] = set()
         self._seq = 0
+        self._flaky = self._lost = 0
 
     def stats(self) -> dict:
         return {"created": len(self.batches), "by_status": dict(Counter(b["status"] for b in self.batches.values())),
@@ -90,6 +94,10 @@ class BatchApi:
             self.sim.check_key(request)
         except HttpError as e:
             return self._json(e.body(), e.status)
+        if self._flaky < self.behaviour.flaky_calls:
+            self._flaky += 1
+            return self._json({"error": {"message": "Service unavailable (simulated).", "type": "server_error",
+                                         "param": None, "code": None}}, 503)
         return None
 
     # ---- files --------------------------------------------------------------------------------------------------
@@ -97,17 +105,11 @@ class BatchApi:
     async def _upload(self, request):
         if (denied := self._guard(request)) is not None:
             return denied
-        purpose, data, filename = None, None, "upload.jsonl"
-        reader = await request.multipart()
-        async for part in reader:
-            if part.name == "purpose":
-                purpose = await part.text()
-            elif part.name == "file":
-                filename = part.filename or filename
-                data = bytes(await part.read(decode=False))
-        if data is None or purpose is None:
+        form = await request.post()
+        purpose, upload = form.get("purpose"), form.get("file")
+        if upload is None or not hasattr(upload, "file") or purpose is None:
             return self._error(400, "file and purpose are required")
-        return self._json(self._new_file(data, filename, purpose))
+        return self._json(self._new_file(upload.file.read(), upload.filename or "upload.jsonl", str(purpose)))
 
     def _find(self, table: dict, request, what: str):
         """The object the URL names, or a 404 as the API answers it."""
@@ -124,6 +126,8 @@ class BatchApi:
 
     async def _file_content(self, request):
         from aiohttp import web
+        if (denied := self._guard(request)) is not None:
+            return denied
         return web.Response(body=self._find(self.content, request, "File"), content_type="application/octet-stream")
 
     # ---- batches ------------------------------------------------------------------------------------------------
@@ -149,9 +153,14 @@ class BatchApi:
         task = asyncio.get_running_loop().create_task(self._process(bid, len(self.batches)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._lost < self.behaviour.lost_creates:
+            self._lost += 1
+            return self._error(500, "The server had an error (simulated, after creating the batch).")
         return self._json(self.batches[bid])
 
     async def _retrieve(self, request):
+        if (denied := self._guard(request)) is not None:
+            return denied
         return self._json(self._find(self.batches, request, "Batch"))
 
     async def _cancel(self, request):

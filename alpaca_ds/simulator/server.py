@@ -74,6 +74,7 @@ class Simulator:
         self.require_key = require_key
         self._fail = re.compile(faults.fail_matching) if faults.fail_matching else None
         self._price = price                 # an api.prices.Price; None: the table's price of the model asked for
+        self._prices: dict = {}             # model -> its price (the table is read once)
         self.batch = batch                  # batch.BatchApi, or None: no /v1/files, /v1/batches
         self.seen: Counter = Counter()      # request body digest -> attempts
         self.counts: Counter = Counter()    # outcome -> requests
@@ -87,12 +88,14 @@ class Simulator:
     # ---- answering one request body (online, or a batch line) ------------------------------------------------
 
     def price(self, model: str, batch: bool):
+        """What a request for `model` is billed at: the price given, else the table's (an unknown model: 0)."""
         from alpaca_ds.api.prices import Price, load_table
-        p = self._price
-        if p is None:
-            e = load_table(None).get(model)
-            p = Price(e["prompt"], e["completion"], "table", e.get("batch_prompt"), e.get("batch_completion")) \
-                if e else Price(0.0, 0.0, "unpriced model")
+        if model not in self._prices:
+            e = load_table(None).get(model) if self._price is None else None
+            self._prices[model] = self._price or (
+                Price(e["prompt"], e["completion"], "table", e.get("batch_prompt"), e.get("batch_completion"))
+                if e else Price(0.0, 0.0, "unpriced model"))
+        p = self._prices[model]
         return p.batch() if batch else p
 
     @staticmethod
