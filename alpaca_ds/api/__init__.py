@@ -1,5 +1,15 @@
-"""Everything that talks to an OpenAI-compatible API and spends money, for `generate` and `evaluate` alike:
-the client (client.py), prices online and batch (prices.py, prices.yaml), token counting (tokens.py), the hard
-budget (budget.py), rate limits (limits.py), retries (calls.py), the fsync'd call ledger and its replay
-(ledger.py, on common/journal.py), one runner with the stop / exit-code / cost-report behaviour (runner.py), the Batch API
-transport (batch.py) and the progress line (progress.py). It imports neither stage."""
+"""Everything that talks to an OpenAI-compatible API and spends money, for `generate` and `evaluate` alike; it
+imports neither stage.
+
+  config.py    ApiConfig, BudgetConfig, BatchApiConfig, EndpointConfig (the schemas)
+  client.py    ApiClient: the async openai client, request bodies, the API key from the environment
+  prices.py    online and batch prices (prices.yaml), the price of a call
+  tokens.py    prompt-token counting (tiktoken) and worst-case completion tokens
+  budget.py    the hard budget: reserve a call's worst case, settle by its reported usage
+  limits.py    requests/tokens per minute (aiolimiter)
+  calls.py     one call with retries, backoff and Retry-After
+  ledger.py    the fsync'd call ledger (on common/journal.py) and its replay
+  runner.py    one runner: worker pool, stop reasons, signals, exit codes, the cost report
+  batch.py     the Batch API transport: files, batches, polling, settling, resubmission, cancel
+  progress.py  the progress line
+"""

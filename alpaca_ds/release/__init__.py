@@ -1,1 +1,5 @@
-"""Release assets with provenance: weight diffs, model and data cards, a release folder."""
+"""Release assets with provenance.
+
+  weights.py  weight diffs and their recovery, bit-identical
+  cards.py    model and data cards; the release folder (`release pack`), LoRA adapters included
+"""
