@@ -40,12 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from quiet import wait_for_quiet  # benchmarks/quiet.py
+from common import ALPACA, LLAMA, wait_for_quiet
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
-REPO = Path(__file__).resolve().parents[1]
 IGNORE_INDEX = -100
 MAX_LENGTH = 512
 TINY = 10
@@ -113,6 +109,7 @@ def run_build(cfg) -> dict:
 def check_equal(baseline: dict, folder: Path) -> str:
     """Whether the built dataset holds exactly Alpaca's input_ids and labels for the baseline's records."""
     import numpy as np
+
     from alpaca_ds.dataset.shards import TokenizedDataset
     ds = TokenizedDataset(folder, "train")
     for i, (ids, labels) in enumerate(zip(baseline["input_ids"], baseline["labels"])):

@@ -25,9 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
+from common import ALPACA, LLAMA
+
 GOAL = 1.2
 # Alpaca's settings, spelled out (the schema's defaults otherwise: shard_size 100,000, batch_size 2,048, ...).
 ALPACA_SETTINGS = ["max_length=512", "overlength=truncate", "val_fraction=0.0"]

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
+from common import ALPACA, LLAMA
+
 GOAL_PACKED_512 = 0.98
 
 

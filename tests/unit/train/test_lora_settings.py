@@ -52,6 +52,7 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
     # with an empty (ungathered ZeRO-3 partition) or missing adapter tensor is refused before anything is written.
     from peft import PeftModel, get_peft_model, get_peft_model_state_dict
     from transformers import LlamaConfig, LlamaForCausalLM
+
     from alpaca_ds.config import LoraConfig
     from alpaca_ds.train import lora
 
