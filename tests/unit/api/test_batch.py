@@ -36,6 +36,7 @@ def simulator(**batch) -> LocalSimulator:
     return LocalSimulator(seeds_path(), batch=BatchBehaviour(**{"seconds": 0.1, **batch}))
 
 
+@pytest.mark.slow
 def test_batch_generation_equals_online_at_half_the_price(tmp_path):
     online, batch = tmp_path / "online", tmp_path / "batch"
     with simulator() as s:
@@ -82,6 +83,7 @@ def test_a_server_without_the_batch_api_is_refused_before_anything_is_spent(tmp_
     assert not ledger(tmp_path / "g")
 
 
+@pytest.mark.slow
 def test_three_sigkills_at_random_moments_lose_nothing_and_submit_nothing_twice(tmp_path):
     out = tmp_path / "g"
     # ~600 small requests in waves of 24, 6 to a file: a run of ~25 waves, each ~0.4 s at the API
@@ -188,6 +190,7 @@ def test_a_rerun_after_a_crash_collects_the_batch_it_has(tmp_path, cut):
     assert len(results) == len({e["i"] for e in results}) == kinds.count("result")  # each line settled once
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_path):
     out = tmp_path / "g"
     args = [x for o in overrides(out, "URL", "num_instructions=100", *BATCH) for x in ("--set", o)]

@@ -39,6 +39,7 @@ def test_named_eval_sets_match_alpaca_eval():
 
 
 @needs_eval_data
+@pytest.mark.slow
 def test_tiny_model_answers_all_252_selfinstruct_tasks(tiny, tmp_path):
     out = tmp_path / "outputs.json"
     r = run_cli("evaluate", "answer", "--model", str(tiny), "--eval-set", "selfinstruct", "--output", str(out),

@@ -113,6 +113,7 @@ def _wait_results(out: Path, proc: subprocess.Popen, at_least: int, timeout: flo
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.slow
 def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
     a, b, expected = make_pairs(tmp_path, 30)
     out = tmp_path / how

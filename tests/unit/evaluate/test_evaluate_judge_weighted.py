@@ -86,6 +86,7 @@ def test_preferences_are_the_simulators_log_probabilities(tmp_path, mode):
     assert rep["overall"]["win_rate"] == pytest.approx(100 * sum(p - 1 for p in got if p) / 16)
 
 
+@pytest.mark.slow
 def test_without_log_probabilities_the_verdict_is_used_and_reported(tmp_path):
     a, b, discrete = make_pairs(tmp_path, 15)
     out = tmp_path / "fallback"
@@ -103,6 +104,7 @@ def test_without_log_probabilities_the_verdict_is_used_and_reported(tmp_path):
     assert "**30 fell back to the discrete verdict**" in (out / "winrate.md").read_text()
 
 
+@pytest.mark.slow
 def test_sigkill_and_rerun_pay_nothing_twice(tmp_path):
     """Completions mode, one call at a time: a call's worst case (its prompt + 1 token) is exactly what the
     simulator bills, so the ledger's spend must equal the bill even with a call cut off by the kill."""

@@ -148,6 +148,7 @@ def test_baseline_against_itself_is_50(pairs, files, monkeypatch):
     assert reference(rows, files, VARIANTS[(False, False)], monkeypatch)["length_controlled_winrate"] == 50
 
 
+@pytest.mark.slow
 def test_cli_shows_raw_and_lc(pairs, files, tmp_path):
     rows = annotations(pairs, files["values"], "length", 1)
     path = tmp_path / "annotations.json"
