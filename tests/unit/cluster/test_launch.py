@@ -155,6 +155,7 @@ def test_no_ssh_needs_master_addr_and_each_node_its_rank(tmp_path):
         prepare(str(RECIPE), overrides, cluster, node_rank=2, master_addr="127.0.0.1")
 
 
+@pytest.mark.slow
 def test_shell_scripts_build_the_same_commands(sample_dataset, tmp_path):
     for script in ("single_node.sh", "multi_node.sh", "slurm.sbatch", "slurm_local.sh"):
         assert subprocess.run(["bash", "-n", str(ROOT / "launch" / script)]).returncode == 0, script

@@ -210,6 +210,7 @@ def plan_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_plan_command_json_and_table():
     result = plan_cli("--config", str(ALPACA_7B), "--nodes", "2", "--gpus-per-node", "8", "--json",
                       "--usd-per-gpu-hour", "2", "--mfu", "0.3", "--gpu", "A100-40GB", "--gpu", "H100-80GB")
@@ -235,6 +236,7 @@ def test_plan_refuses_an_impossible_batch_with_the_arithmetic():
 
 
 @needs_shared
+@pytest.mark.slow
 def test_shipped_alpaca_lengths_are_the_real_build(tmp_path):
     from alpaca_ds.dataset.shards import TokenizedDataset
     build_dataset(tmp_path / "ds", f"input={ALPACA_DATA}", f"tokenizer={LLAMA_TOKENIZER}")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from alpaca_ds.cli import cli
@@ -55,6 +56,7 @@ def test_default_build_then_inspect(tmp_path):
     assert row == {"index": 7, "input_ids": ds[7]["input_ids"].tolist(), "labels": ds[7]["labels"].tolist()}
 
 
+@pytest.mark.slow
 def test_errors_are_messages_not_tracebacks(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("input: x.json\noutput: out\ntokenizer: tok\nmax_lenth: 3\n")

@@ -105,6 +105,7 @@ def test_transformers_loading_path_reproduces_sentencepiece(sp, alpaca):
     assert (len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (32001, 32000, 1, 2)
 
 
+@pytest.mark.slow
 def test_all_52002_records_equal_reference(sp, alpaca, tmp_path):
     manifest = build_dataset(tmp_path / "ds", f"input={ALPACA_DATA}", f"tokenizer={LLAMA_TOKENIZER}")
     ds = TokenizedDataset(tmp_path / "ds")

@@ -169,6 +169,7 @@ def _kill_build_midway(input_path: Path, output: Path, after: float) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_manifest_and_keeps_previous(tmp_path, records):
     big = tmp_path / "big.jsonl"
     big.write_text("".join(json.dumps(r) + "\n" for r in records) * 600)  # 72,000 records: several seconds

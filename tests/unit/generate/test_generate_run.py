@@ -156,6 +156,7 @@ def test_errors_before_any_request(tmp_path):
         assert not (tmp_path / "g" / "responses.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_api_key_never_reaches_disk_or_logs(tmp_path):
     secret = "sk-alpaca-ds-test-" + "".join(random.choice("abcdef0123456789") for _ in range(32))
     env = cli_env(TEACHER_KEY=secret)
@@ -228,6 +229,7 @@ def start_generate(out_dir, url, *extra):
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_gracefully_and_the_rerun_continues(tmp_path):
     out = tmp_path / "g"
     with Teacher("--latency", "1.0") as teacher:
@@ -248,6 +250,7 @@ def test_ctrl_c_stops_gracefully_and_the_rerun_continues(tmp_path):
         check_consistent(out, cfg)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     """The acceptance scenario, shortened: >= 20% mixed faults, 3 SIGKILLs at random moments, then a clean run."""
     out = tmp_path / "g"

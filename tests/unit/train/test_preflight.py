@@ -56,6 +56,7 @@ def test_output_dir_of_another_run_is_refused(dataset, tmp_path):
         preflight(cfg, 2)
 
 
+@pytest.mark.slow
 def test_train_command_fails_before_launching(dataset, tmp_path):
     start = time.time()
     result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus",
