@@ -22,7 +22,8 @@ LORA = ("model.lora.r=8", "model.lora.alpha=16", "model.lora.dropout=0", "optim.
         "model.lora.target_modules=[q_proj, v_proj, lm_head]")
 
 
-def launch(*overrides: str, wait: bool = True, port: int | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
+def launch(*overrides: str, wait: bool = True,
+           port: int | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
                str(port or free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
     for item in overrides:
