@@ -3,7 +3,8 @@
 One ZeRO-3 run from the saved weights of the `from_init` fixture (tests/conftest.py) is the reference for
 everything else: its losses against LoRA written out in plain torch (tests/helpers/lora_reference.py), its base
 tensors against the saved ones, its adapter folder loaded with peft onto the saved base, its checkpoints (adapter
-and optimizer state only), and a run killed with SIGKILL and relaunched. A ZeRO-2 run with packing and modules_to_save checks the same freezing.
+and optimizer state only), and a run killed with SIGKILL and relaunched. A ZeRO-2 run with packing and
+modules_to_save checks the same freezing.
 """
 from __future__ import annotations
 
