@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ALPACA, LLAMA, wait_for_quiet
+from common import ALPACA, LLAMA, missing_alpaca_data, wait_for_quiet
 
 IGNORE_INDEX = -100
 MAX_LENGTH = 512
@@ -130,9 +130,7 @@ def main() -> int:
     ap.add_argument("--no-cli", action="store_true", help="skip the fresh-process CLI runs")
     args = ap.parse_args()
 
-    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
-    if missing:
-        print(f"bench_build: skipped, shared data not found: {', '.join(map(str, missing))}")
+    if missing_alpaca_data("bench_build"):
         return 0
 
     from importlib.metadata import version

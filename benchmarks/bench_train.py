@@ -43,7 +43,7 @@ from pathlib import Path
 
 from alpaca_ds.common.serving import free_port
 
-from common import ALPACA, FSDP_REFERENCE, LLAMA, ROOT, wait_for_quiet
+from common import ALPACA, FSDP_REFERENCE, LLAMA, ROOT, missing_alpaca_data, wait_for_quiet
 
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
 GOAL_PACKED = 1.4
@@ -296,9 +296,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)
     args = ap.parse_args()
-    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
-    if missing:
-        print(f"bench_train: skipped, shared data not found: {', '.join(map(str, missing))}")
+    if missing_alpaca_data("bench_train"):
         return 0
     if args.warmup >= args.steps:
         ap.error("--warmup must be below --steps")

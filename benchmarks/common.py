@@ -22,6 +22,14 @@ SELF_INSTRUCT = SHARED / "self-instruct"
 FSDP_REFERENCE = ROOT / "tests" / "helpers" / "fsdp_reference.py"
 
 
+def missing_alpaca_data(name: str, hint: str = "") -> bool:
+    """Whether the Alpaca data or the LLaMA tokenizer is missing from ../shared/data; if so, `name` says it skips."""
+    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
+    if missing:
+        print(f"{name}: skipped, shared data not found: {', '.join(map(str, missing))}{hint}")
+    return bool(missing)
+
+
 def helpers_module(module: str) -> ModuleType:
     """A module of the tests' helper package (tests/helpers/), e.g. helpers_module("evaluation").make_tiny_model."""
     tests = str(ROOT / "tests")
