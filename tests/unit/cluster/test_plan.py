@@ -132,6 +132,7 @@ def _bench():
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.slow
 def test_activation_formula_against_measured_peak(attention):
     measure = _bench().measure_peak
     h, i, layers, heads, vocab, micro, seq = 256, 688, 3, 8, 2000, 2, 192
@@ -294,6 +295,7 @@ def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes,
     (("q_proj", "v_proj", "lm_head"), 0.05, False, 0.96, 1.0),
     (("q_proj", "v_proj"), 0.0, True, 0.97, 1.15),
 ])
+@pytest.mark.slow
 def test_lora_activation_formula_against_measured_peak(targets, dropout, checkpointing, low, high):
     # a frozen base keeps far fewer activations: the formula follows which weights train, measured on CPU
     h, i, layers, heads, vocab, micro, seq = 512, 1376, 4, 8, 1000, 2, 256
