@@ -170,6 +170,7 @@ def test_errors_before_any_call(tmp_path):
         assert not s.sim.seen
 
 
+@pytest.mark.slow
 def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_run(tmp_path):
     """Pairs 3, 8, 13, ... always fail (the simulator fails their prompts); the budget stops the run while they
     are being retried. Every pair whose two verdicts were paid for is annotated; a rerun with a larger budget

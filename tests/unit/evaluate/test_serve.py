@@ -111,6 +111,7 @@ def test_evaluate_answer_through_the_endpoint(server, tmp_path):
     assert again.returncode == 0 and "(0 generated now, 2 from an earlier run)" in again.stdout
 
 
+@pytest.mark.slow
 def test_terminal_chat_streams(tiny):
     proc = subprocess.run(cli("chat", "--model", str(tiny), "--set", "decoding.temperature=0",
                               "--set", "decoding.max_new_tokens=6"),

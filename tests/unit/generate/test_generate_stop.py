@@ -46,6 +46,7 @@ def reference(out_dir, cfg) -> tuple[list[dict], int]:
 
 
 @pytest.mark.parametrize("transport", ["online", "batch"])
+@pytest.mark.slow
 def test_a_budget_stop_delivers_every_paid_answer(tmp_path, transport):
     out, fresh = tmp_path / "stopped", tmp_path / "uninterrupted"
     args = (*ARGS, f"api.transport={transport}", f"api.max_retries={RETRIES[transport]}")
