@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # (hidden, intermediate, layers, heads, vocab, micro-batch, sequence)
 CASES = [

@@ -15,26 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SELFINSTRUCT = ROOT.parent / "shared" / "data" / "self-instruct" / "user_oriented_instructions.jsonl"
+from common import ROOT, SELF_INSTRUCT, helpers_module
+
+SELFINSTRUCT = SELF_INSTRUCT / "user_oriented_instructions.jsonl"
 
 
 def tiny_model(folder: Path) -> Path:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer
-    tok = load_tokenizer(str(ROOT / "data" / "tokenizer"))
-    add_missing_special_tokens(tok)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    """A random 4-layer LLaMA (hidden 256) with the project's tokenizer, shaped like the trainer's export."""
+    return helpers_module("evaluation").make_tiny_model(folder, layers=4, hidden=256, heads=4, kv_heads=2,
+                                                        intermediate=688)
 
 
 def prompts(n: int) -> tuple[list[str], str]:

@@ -40,12 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from quiet import wait_for_quiet  # benchmarks/quiet.py
+from common import ALPACA, LLAMA, missing_alpaca_data, wait_for_quiet
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
-REPO = Path(__file__).resolve().parents[1]
 IGNORE_INDEX = -100
 MAX_LENGTH = 512
 TINY = 10
@@ -114,6 +110,7 @@ def run_build(cfg) -> dict:
 def check_equal(baseline: dict, folder: Path) -> str:
     """Whether the built dataset holds exactly Alpaca's input_ids and labels for the baseline's records."""
     import numpy as np
+
     from alpaca_ds.dataset.shards import TokenizedDataset
     ds = TokenizedDataset(folder, "train")
     for i, (ids, labels) in enumerate(zip(baseline["input_ids"], baseline["labels"])):
@@ -134,9 +131,7 @@ def main() -> int:
     ap.add_argument("--no-cli", action="store_true", help="skip the fresh-process CLI runs")
     args = ap.parse_args()
 
-    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
-    if missing:
-        print(f"bench_build: skipped, shared data not found: {', '.join(map(str, missing))}")
+    if missing_alpaca_data("bench_build"):
         return 0
 
     from importlib.metadata import version

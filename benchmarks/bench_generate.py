@@ -46,10 +46,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, SELF_INSTRUCT, cpu_check
+
 SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
 if not SEEDS.is_file():
-    SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
+    SEEDS = SELF_INSTRUCT / "seed_tasks.jsonl"
 
 
 def Teacher(*flags: str):
@@ -102,7 +103,6 @@ def tree_at(rev: str) -> Path:
 
 def accepting(args) -> None:
     import os
-    from quiet import cpu_check
     old = tree_at(args.old)
     trees = {"this tree": ROOT, f"git {args.old}": old}
     teacher = Teacher("--latency", str(args.latency), "--noise", str(args.noise))
@@ -164,12 +164,11 @@ def count_lines(path: Path) -> int:
 
 
 def crash(args) -> None:
-    sys.path.insert(0, str(ROOT))
+    from alpaca_ds.api.ledger import CallLedger
+    from alpaca_ds.common.journal import read_jsonl
     from alpaca_ds.config import load_config
     from alpaca_ds.generate.config import GenerateConfig
     from alpaca_ds.generate import run as gen
-    from alpaca_ds.common.journal import read_jsonl
-    from alpaca_ds.api.ledger import CallLedger
 
     rng = random.Random(args.seed)
     out = Path(tempfile.mkdtemp(prefix="bench-crash-"))

@@ -25,9 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
+from common import ALPACA, LLAMA, missing_alpaca_data
+
 GOAL = 1.2
 # Alpaca's settings, spelled out (the schema's defaults otherwise: shard_size 100,000, batch_size 2,048, ...).
 ALPACA_SETTINGS = ["max_length=512", "overlength=truncate", "val_fraction=0.0"]
@@ -124,9 +123,7 @@ def main() -> int:
                     help="a build setting for both builds, as `alpaca-ds data build --set` (repeatable)")
     args = ap.parse_args()
 
-    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
-    if missing:
-        print(f"bench_memory: skipped, shared data not found: {', '.join(map(str, missing))}")
+    if missing_alpaca_data("bench_memory"):
         return 0
 
     records = json.loads(ALPACA.read_text(encoding="utf-8"))

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
+from common import ALPACA, LLAMA, missing_alpaca_data
+
 GOAL_PACKED_512 = 0.98
 
 
@@ -95,10 +94,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.dataset is not None:
         return measure(args.dataset, args.micro_batch, args.seeds)
-    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
-    if missing:
-        print(f"bench_padding: skipped, shared data not found: {', '.join(map(str, missing))} "
-              f"(or pass --dataset DIR of a built dataset)")
+    if missing_alpaca_data("bench_padding", " (or pass --dataset DIR of a built dataset)"):
         return 0
     with tempfile.TemporaryDirectory(prefix="bench_padding-") as td:
         build(Path(td) / "alpaca-tokenized")

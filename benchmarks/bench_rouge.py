@@ -43,18 +43,14 @@ import tempfile
 import time
 import types
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from alpaca_ds.generate.rouge import RougeIndex, tokenize
 
-from alpaca_ds.generate.rouge import RougeIndex, tokenize  # noqa: E402
+from common import ALPACA, ROOT, SELF_INSTRUCT
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SEEDS = DATA / "self-instruct" / "seed_tasks.jsonl"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
+SEEDS = SELF_INSTRUCT / "seed_tasks.jsonl"
 THRESHOLD = 0.7
 OLD_REV = "d6ae504"  # the last commit with the pure-numpy RougeIndex
 
@@ -112,7 +108,7 @@ def best_of(repeats, *args, **kwargs):
 
 def old_index(rev: str):
     """RougeIndex as committed in `rev` (the pure-numpy one before numba), loaded from git for comparison."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:alpaca_ds/generate/rouge.py"],
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:alpaca_ds/generate/rouge.py"],
                          capture_output=True, text=True, check=True).stdout
     module = types.ModuleType("rouge_at_" + rev)
     sys.modules[module.__name__] = module  # dataclasses looks its module up
@@ -136,7 +132,7 @@ def first_use_seconds(cache_dir: str) -> float:
     """Wall time of importing rouge.py and calling each compiled path once, in a fresh process whose numba cache
     is `cache_dir` (empty: numba compiles; the second time: it loads the cached machine code)."""
     out = subprocess.run([sys.executable, "-c", FIRST_USE], capture_output=True, text=True, check=True,
-                         env={**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)})
     return float(out.stdout)
 
 

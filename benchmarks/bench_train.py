@@ -13,7 +13,7 @@ Model: launch/recipes/tiny.yaml's random LLaMA (hidden 64, 2 layers) with the LL
 resized to 32001 for [PAD] by the trainer); everything else from the recipe except the --set overrides printed.
 Each run is a fresh 2-rank launch of --steps optimizer steps; the first --warmup steps are dropped and the rate is
 sum(real_tokens) / sum(seconds) over the rest, from the run's metrics.jsonl (the trainer's per-step window:
-batch assembly, forward, backward, optimizer step). FSDP runs are tests/fsdp_reference.py (the
+batch assembly, forward, backward, optimizer step). FSDP runs are tests/helpers/fsdp_reference.py (the
 FSDP-equivalence test's reference: fully_shard per decoder layer + root, bf16 params, fp32 reduce, AdamW, clipping,
 the same recipe, sampler and collator), launched with torch.distributed.run, timed and counted the same way.
 
@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,12 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from quiet import wait_for_quiet  # benchmarks/quiet.py
+from alpaca_ds.common.serving import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_data.json"
-LLAMA = DATA / "tokenizers" / "llama"
+from common import ALPACA, FSDP_REFERENCE, LLAMA, ROOT, missing_alpaca_data, wait_for_quiet
+
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
 GOAL_PACKED = 1.4
 
@@ -72,12 +69,6 @@ LABELS = {
     "packed512m1": "packed to 512, micro 1 (4 accumulation)",
     "pad16": "random order, pad to longest, micro 16",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(threads: int) -> dict:
@@ -158,7 +149,7 @@ def run_one(name: str, dataset: Path, run_dir: Path, steps: int, seed: int, thre
                str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(ROOT / "tests" / "fsdp_reference.py"), "--config", str(RECIPE)]
+               str(free_port()), str(FSDP_REFERENCE), "--config", str(RECIPE)]
     for item in sets:
         cmd += ["--set", item]
     metrics = run_dir / "metrics.jsonl"
@@ -210,8 +201,9 @@ def bench(args) -> int:
         work = Path(td)
         t = time.perf_counter()
         dataset = build_dataset(work, args.records)
-        from alpaca_ds.dataset.shards import TokenizedDataset
         import numpy as np
+
+        from alpaca_ds.dataset.shards import TokenizedDataset
         lengths = TokenizedDataset(dataset, "train").lengths
         q = np.percentile(lengths, [50, 90, 99])
         print(f"bench_train: {len(lengths)} Alpaca records (random sample, seed 0), LLaMA tokenizer, max_length 512, "
@@ -304,9 +296,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)
     args = ap.parse_args()
-    missing = [p for p in (ALPACA, LLAMA / "tokenizer.model") if not p.is_file()]
-    if missing:
-        print(f"bench_train: skipped, shared data not found: {', '.join(map(str, missing))}")
+    if missing_alpaca_data("bench_train"):
         return 0
     if args.warmup >= args.steps:
         ap.error("--warmup must be below --steps")

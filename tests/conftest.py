@@ -1,29 +1,14 @@
-"""Shared test fixtures: paths to the project's sample data and to the real public data beside the project."""
+"""Fixtures shared across test files: tokenized datasets built from the shipped sample, and the saved tiny LLaMA
+every engine of the training tests starts from. Plain helpers are in the `helpers` package (tests/helpers/)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from alpaca_ds.config import load_config
-from alpaca_ds.dataset.config import DataBuildConfig
-from alpaca_ds.dataset import build
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-LLAMA_TOKENIZER = SHARED / "tokenizers" / "llama"
-ALPACA_DATA = SHARED / "alpaca" / "alpaca_data.json"
-
-needs_shared = pytest.mark.skipif(
-    not (LLAMA_TOKENIZER / "tokenizer.model").is_file() or not ALPACA_DATA.is_file(),
-    reason="the real Alpaca data and LLaMA tokenizer are not at ../shared/data (they are never committed)")
-
-
-def build_dataset(output: Path, *overrides: str) -> dict:
-    """Build with the offline defaults (the shipped sample and tokenizer) plus `overrides`; returns the manifest."""
-    cfg = load_config(DataBuildConfig, None, [f"output={output}", "workers=2", "val_fraction=0", *overrides],
-                      defaults=build.default_config())
-    return build.run(cfg)
+from helpers.data import build_dataset
+from helpers.training import FROM_INIT_STEPS
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +16,32 @@ def sample_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "ds"
     build_dataset(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """The training tests' data: the sample with a 10% validation split."""
+    out = tmp_path_factory.mktemp("train-data") / "ds"
+    build_dataset(out, "val_fraction=0.1")
+    return out
+
+
+@pytest.fixture(scope="session")
+def from_init(dataset, tmp_path_factory) -> tuple[str, ...]:
+    """The recipe settings that train a saved tiny LLaMA for FROM_INIT_STEPS steps: every engine starts from
+    these weights, loaded the way each loads a pretrained model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=manifest["tokenizer"]["vocab_size"], hidden_size=64, intermediate_size=176,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # bf16-representable weights: every engine's fp32 masters start bit-identical
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    init = tmp_path_factory.mktemp("init") / "model"
+    model.save_pretrained(init)
+    return (f"data.path={dataset}", f"model.name_or_path={init}", "model.init_config=null",
+            f"optim.max_steps={FROM_INIT_STEPS}", "log.eval_every_steps=0", "checkpoint.every_steps=1000")

@@ -1,10 +1,19 @@
-"""Run an aiohttp application until Ctrl-C: how every HTTP server here (teacher simulator, serve, human A/B) runs."""
+"""Run an aiohttp application until Ctrl-C: how every HTTP server here (teacher simulator, serve, human A/B) runs;
+and a free loopback port for a server or a rendezvous that must be named before it starts."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Callable
 
 from alpaca_ds.common.errors import UserError
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it), e.g. a DeepSpeed rendezvous port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def serve_until_interrupted(app, host: str, port: int, on_ready: Callable[[int], None], backlog: int = 128) -> None:

@@ -26,7 +26,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import sys
 import time
 from contextlib import ExitStack
@@ -206,15 +205,10 @@ def comm_op_build() -> tuple[float, float] | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def step_train(ctx: Context) -> dict:
     from alpaca_ds.cluster.launch import launcher_command, train_args
     from alpaca_ds.cluster.runner import run_launcher
+    from alpaca_ds.common.serving import free_port
     cfg = ctx.cfg
     before = comm_op_build()
     if before is None:
@@ -223,7 +217,7 @@ def step_train(ctx: Context) -> dict:
     started = time.time()
     config = ctx.hand["train"]
     # a free rendezvous port: another DeepSpeed job on this machine (a test, a second quickstart) may hold 29500
-    command = launcher_command(train_args(str(config)), num_gpus=cfg.train.ranks, master_port=_free_port())
+    command = launcher_command(train_args(str(config)), num_gpus=cfg.train.ranks, master_port=free_port())
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore::FutureWarning",
            "PYTHONUNBUFFERED": "1"}
     ctx.echo(f"      + {shlex.join(command)}")
