@@ -166,7 +166,8 @@ def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, arch, d
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), help="Default: the run's export_dtype.")
 def export_command(checkpoint, out, dtype):
-    """Consolidate a training checkpoint (RUN/checkpoints/step-N) into a verified HF folder."""
+    """Consolidate a training checkpoint (RUN/checkpoints/step-N) into a verified HF folder (a LoRA run's:
+    OUT/adapter, and OUT/final merged)."""
     from pathlib import Path
 
     from alpaca_ds.train.export import export_checkpoint

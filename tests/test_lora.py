@@ -117,6 +117,23 @@ def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset)
     check_logits(logits(peft_model, batch), logits(merged, batch), batch["attention_mask"], LORA_ULPS)
 
 
+def test_export_command_rebuilds_the_runs_exports_from_a_checkpoint(lora_run, tmp_path):
+    # the checkpoint holds the adapter's fp32 masters only; the base is rebuilt from model.name_or_path
+    import subprocess
+    import sys
+    from test_train import ENV
+    out = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "export",
+                             str(lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"), str(out)],
+                            cwd=RECIPE.parents[2], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for folder, name in (("adapter", "adapter_model.safetensors"), ("final", "model.safetensors")):
+        exported, final = load_file(out / folder / name), load_file(lora_run / folder / name)
+        assert exported.keys() == final.keys()
+        for key in final:  # the fp32 masters cast to bf16 are the engine's bf16 weights
+            assert torch.equal(exported[key], final[key]), (folder, key)
+
+
 def test_lora_resume_after_kill_gives_identical_losses(lora_run, from_init, tmp_path):
     run = tmp_path / "resumed"
     args = (f"output_dir={run}", *from_init, *LORA, "checkpoint.every_steps=3")

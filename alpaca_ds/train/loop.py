@@ -213,7 +213,8 @@ def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, flo
             diffs = {"merged": export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype),
                                                    reference, batch["attention_mask"])}
         else:
-            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, cfg, batch, reference)
+            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, run_dir, cfg, batch,
+                                                    reference)
         diff[:] = torch.tensor([diffs[k] for k in kinds])
     dist.broadcast(diff, 0)
     return dict(zip(kinds, diff.tolist())), base_sha256
