@@ -90,7 +90,9 @@ def test_lora_matches_a_hand_built_reference(lora_run, from_init, dataset):
     assert len(init) == 2 * 2 + 1  # q_proj and v_proj in 2 layers, lm_head
     theirs = lora_reference.train(cfg, init, world=2)
     ours = losses(lora_run)
-    assert worst_relative(ours, theirs) < 0.01, list(zip(ours, theirs))
+    worst = worst_relative(ours, theirs)
+    print(f"LoRA vs plain torch, {len(ours)} steps: worst relative loss difference {worst:.3%}")
+    assert worst < 0.01, list(zip(ours, theirs))
 
 
 def test_lora_checkpoint_holds_only_the_adapter_and_its_optimizer_state(lora_run, from_init, dataset):
