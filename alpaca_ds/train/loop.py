@@ -37,10 +37,11 @@ from alpaca_ds.train.metrics import MetricsLog, plot_loss_curve
 from alpaca_ds.train.model import build_model
 
 
-def preflight(cfg: TrainConfig, world_size: int) -> tuple[dict, dict, dict]:
-    """Everything that can be wrong before a model loads: returns (ds_config, dataset manifest, tokenizer identity)."""
+def preflight(cfg: TrainConfig, world_size: int, here: bool = True) -> tuple[dict, dict, dict]:
+    """Everything that can be wrong before a model loads: returns (ds_config, dataset manifest, tokenizer identity).
+    `here`: the ranks run on this machine, so QLoRA's GPU is checked here too."""
     ds_config = build_ds_config(cfg, world_size)
-    lora.check_quantization(cfg.model)
+    lora.check_quantization(cfg.model, gpu_here=here)
     manifest = read_manifest(cfg.data.path)
     identity = tokenizer_identity(cfg.model.tokenizer_path)
     check_tokenizer(manifest, Path(cfg.data.path), identity["sha256"])

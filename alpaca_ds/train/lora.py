@@ -21,13 +21,15 @@ from alpaca_ds.config import LoraConfig, ModelConfig
 ADAPTER = "adapter"  # <output_dir>/adapter: the peft adapter folder written at the end of a LoRA run
 
 
-def check_quantization(cfg: ModelConfig) -> None:
-    """QLoRA's conditions, checked before anything loads."""
+def check_quantization(cfg: ModelConfig, gpu_here: bool = True) -> None:
+    """QLoRA's conditions, checked before anything loads; the GPU and bitsandbytes where the ranks run."""
     if cfg.lora is None or cfg.lora.quantize == "none":
         return
     if cfg.name_or_path is None:
         raise UserError("model.lora.quantize nf4: QLoRA quantizes pretrained weights as they load; set "
                         "model.name_or_path (a random model.init_config has nothing to quantize)")
+    if not gpu_here:
+        return
     if not torch.cuda.is_available():
         raise UserError("model.lora.quantize nf4: QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes' kernels) and "
                         "this machine has none; set model.lora.quantize=none to train LoRA on a bf16 base")
