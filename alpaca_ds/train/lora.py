@@ -36,7 +36,8 @@ def check_quantization(cfg: ModelConfig, gpu_here: bool = True) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise UserError("model.lora.quantize nf4: bitsandbytes is not installed; `pip install bitsandbytes`") from None
+        raise UserError("model.lora.quantize nf4: bitsandbytes is not installed; `pip install bitsandbytes` "
+                        "(alpaca-ds[qlora])") from None
 
 
 def quantization_config(cfg: ModelConfig):
