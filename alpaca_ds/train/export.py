@@ -71,7 +71,8 @@ def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, cfg,
-                batch: dict[str, torch.Tensor], reference: torch.Tensor) -> tuple[dict[str, float], dict[str, str] | None]:
+                batch: dict[str, torch.Tensor], reference: torch.Tensor
+                ) -> tuple[dict[str, float], dict[str, str] | None]:
     """A LoRA run's exports from its consolidated peft state dict (rank 0 only): out/adapter, loaded back with
     peft onto the run's base, and, if model.lora merges, out/final (base + B·A·alpha/r) reloaded with
     transformers; each one's logits checked against the engine's (`reference`). Returns the differences, and the

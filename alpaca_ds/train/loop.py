@@ -46,12 +46,21 @@ def preflight(cfg: TrainConfig, world_size: int, here: bool = True) -> tuple[dic
     identity = tokenizer_identity(cfg.model.tokenizer_path)
     check_tokenizer(manifest, Path(cfg.data.path), identity["sha256"])
     run_dir = Path(cfg.output_dir)
-    for name, mine in (("config.resolved.yaml", dump_config(cfg)), ("ds_config.json", _json(ds_config))):
-        theirs = run_dir / name
-        if theirs.is_file() and theirs.read_text() != mine:
+    # The recipe is compared as settings, not as text, so that a run started before a setting existed (its
+    # default now) resumes; the engine JSON as text.
+    for name, same in (("config.resolved.yaml", lambda path: _same_config(path, cfg)),
+                       ("ds_config.json", lambda path: path.read_text() == _json(ds_config))):
+        if (run_dir / name).is_file() and not same(run_dir / name):
             raise UserError(f"{cfg.output_dir}: holds a different run ({name} differs from this one's: another "
                             "recipe, override or world size); pick another output_dir, or delete it to start over")
     return ds_config, manifest, identity
+
+
+def _same_config(path: Path, cfg: TrainConfig) -> bool:
+    try:
+        return load_config(TrainConfig, path) == cfg
+    except UserError:  # a key this version no longer has
+        return False
 
 
 def train(cfg: TrainConfig) -> None:
