@@ -94,7 +94,14 @@ def add_adapters(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         # adapters' gradients
         model.enable_input_require_grads()
     torch.manual_seed(cfg.init_seed)
-    return get_peft_model(model, peft_config(cfg.lora, cfg.name_or_path))
+    dtype = model.dtype
+    model = get_peft_model(model, peft_config(cfg.lora, cfg.name_or_path))
+    # Under ZeRO-3 peft makes the adapters fp32 (the partitioned base hides its dtype) and modules_to_save copies
+    # in the base's; ZeRO-3 flattens all trainable parameters into one buffer of one dtype.
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(dtype)
+    return model
 
 
 def adapter_state(model, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
