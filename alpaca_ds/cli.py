@@ -147,7 +147,7 @@ def launch_command(config_path, overrides, hostfile, nodes, gpus_per_node, node_
 def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, arch, dataset, seq_len, gpu_models, mfu,
                  usd_per_gpu_hour, reserve_gib, as_json):
     """What a run needs per GPU (model states, activations), which GPUs it fits, how long it takes and costs."""
-    from alpaca_ds.cluster import launch, plan
+    from alpaca_ds.cluster import launch, plan, plan_table
     from alpaca_ds.train.config import TrainConfig
     cfg = load_config(TrainConfig, config_path, overrides)
     if hostfile is None and gpus_per_node is None:
@@ -158,7 +158,7 @@ def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, arch, d
     result = plan.make_plan(cfg, config_path, cluster.nodes, cluster.gpus_per_node, arch=arch, dataset=dataset,
                             seq_len=seq_len, gpus=gpu_models, mfu=mfu, usd_per_gpu_hour=usd_per_gpu_hour,
                             reserve_gib=reserve_gib)
-    click.echo(json.dumps(result, indent=2) if as_json else plan.format_plan(result))
+    click.echo(json.dumps(result, indent=2) if as_json else plan_table.format_plan(result))
 
 
 @cli.command("export")
@@ -166,7 +166,8 @@ def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, arch, d
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), help="Default: the run's export_dtype.")
 def export_command(checkpoint, out, dtype):
-    """Consolidate a training checkpoint (RUN/checkpoints/step-N) into a verified HF folder."""
+    """Consolidate a training checkpoint (RUN/checkpoints/step-N) into a verified HF folder (a LoRA run's:
+    OUT/adapter, and OUT/final merged)."""
     from pathlib import Path
 
     from alpaca_ds.train.export import export_checkpoint

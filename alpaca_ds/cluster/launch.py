@@ -217,7 +217,7 @@ def prepare(config_path: str, overrides: Sequence[str], cluster: Cluster, *, nod
         problems.append("pdsh/ssh mode needs `pdsh` on this machine (apt-get install pdsh) and passwordless ssh to "
                         "every host; or run the command on every node with --node-rank (no-ssh mode)")
     if not problems:
-        problems = _run_checks(cfg, world)
+        problems = _run_checks(cfg, world, here=mode != "pdsh")
     if problems and not dry_run:
         raise UserError("cannot launch:\n  " + "\n  ".join(problems))
     return Launch(cfg, cluster, arithmetic, ds_config, resolved, commands, node_rank, mode, problems)
@@ -259,11 +259,12 @@ def _missing_model(name_or_path: str, *files: str) -> str | None:
             "start")
 
 
-def _run_checks(cfg: TrainConfig, world: int) -> list[str]:
-    """The trainer's own pre-flight (tokenizer of the dataset, output_dir of another run), before the launcher."""
+def _run_checks(cfg: TrainConfig, world: int, here: bool) -> list[str]:
+    """The trainer's own pre-flight (tokenizer of the dataset, output_dir of another run), before the launcher;
+    `here`: ranks run on this machine (pdsh starts them on the hosts of the hostfile)."""
     from alpaca_ds.train.loop import preflight
     try:
-        preflight(cfg, world)
+        preflight(cfg, world, here=here)
     except UserError as e:
         return [str(e)]
     return []

@@ -226,15 +226,19 @@ def pack(run_dir: Path, out: Path, base: Path | None, full_weights: bool, evals:
 def _adapter_lines(lora: dict, base: str) -> list[str]:
     trained = ", ".join(lora["target_modules"]) + (f"; trained in full: {', '.join(lora['modules_to_save'])}"
                                                    if lora["modules_to_save"] else "")
-    base_id = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in sorted(lora["base_tensors_sha256"].items()))
-                             .encode()).hexdigest()
+    hashes = lora["base_tensors_sha256"]
+    if hashes is None:  # QLoRA: the base is quantized from model.name_or_path as it loads
+        base_line = f"- the base it was trained on: {base}, quantized to 4-bit NF4 as it loaded"
+    else:
+        base_id = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in sorted(hashes.items())).encode()).hexdigest()
+        base_line = (f"- the base it was trained on: {len(hashes)} tensors, combined sha256 `{base_id}` (each "
+                     f"tensor's in the run's provenance.json; {base})")
     return [f"- LoRA rank {lora['r']}, alpha {lora['alpha']}, dropout {lora['dropout']} on {trained}"
             + (" (QLoRA: 4-bit NF4 base)" if lora["quantize"] != "none" else ""),
             f"- adapter sha256 (safetensors files): `{lora['adapter_sha256']}`; load it with "
             "`PeftModel.from_pretrained(base, ADAPTER_DIR)`, the base resized to the tokenizer's length with the new "
             "rows set to the mean of the old ones, as Alpaca adds [PAD]",
-            f"- the base it was trained on: {len(lora['base_tensors_sha256'])} tensors, combined sha256 `{base_id}` "
-            f"(each tensor's in the run's provenance.json; {base})"]
+            base_line]
 
 
 def _model_licence(base: str, adapter: bool = False) -> str:

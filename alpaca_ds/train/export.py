@@ -2,7 +2,8 @@
 
     alpaca-ds export runs/tiny/checkpoints/step-00000042 runs/tiny/export-42
 
-The end of a run exports from the live engine; `alpaca-ds export` does it from any checkpoint, offline.
+The end of a run exports from the live engine; `alpaca-ds export` does it from any checkpoint, offline. A LoRA
+run exports its adapter folder (adapter/, which peft loads) and, merged into the base, final/.
 Either way the folder is reloaded with transformers and its logits checked before success is reported.
 """
 from __future__ import annotations
@@ -69,16 +70,17 @@ def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
                      attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
 
 
-def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, cfg, batch: dict[str, torch.Tensor],
-                reference: torch.Tensor) -> tuple[dict[str, float], dict[str, str] | None]:
-    """A LoRA run's exports from its consolidated peft state dict (rank 0 only): the adapter folder, loaded back
-    with peft onto the run's base, and, if model.lora merges, final/ (base + B·A·alpha/r) reloaded with
+def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, cfg,
+                batch: dict[str, torch.Tensor], reference: torch.Tensor
+                ) -> tuple[dict[str, float], dict[str, str] | None]:
+    """A LoRA run's exports from its consolidated peft state dict (rank 0 only): out/adapter, loaded back with
+    peft onto the run's base, and, if model.lora merges, out/final (base + B·A·alpha/r) reloaded with
     transformers; each one's logits checked against the engine's (`reference`). Returns the differences, and the
     sha256 of each base tensor as the engine holds it after training (for the provenance; None for a 4-bit base,
     which is reloaded from model.name_or_path, quantized as in training, to check the adapter)."""
     from alpaca_ds.common.provenance import tensor_sha256
     from alpaca_ds.train import lora
-    dtype, adapter_dir = cfg.export_dtype, run_dir / lora.ADAPTER
+    dtype, adapter_dir = cfg.export_dtype, out / lora.ADAPTER
     lora.write_adapter(model, lora.adapter_state(model, state_dict), adapter_dir, DTYPES[dtype])
     AutoTokenizer.from_pretrained(run_dir / SKELETON).save_pretrained(adapter_dir)
     if cfg.model.lora.quantize != "none":
@@ -91,8 +93,8 @@ def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, cfg, 
     mask = batch["attention_mask"]
     diffs = {"adapter": check_logits(logits(with_adapter, batch), reference, mask, LORA_ULPS)}
     if cfg.model.lora.merge:
-        write_hf_folder(with_adapter.merge_and_unload().state_dict(), run_dir, run_dir / "final", dtype)
-        diffs["merged"] = check_logits(reload_logits(run_dir / "final", batch, dtype), reference, mask, LORA_ULPS)
+        write_hf_folder(with_adapter.merge_and_unload().state_dict(), run_dir, out / "final", dtype)
+        diffs["merged"] = check_logits(reload_logits(out / "final", batch, dtype), reference, mask, LORA_ULPS)
     return diffs, base_sha256
 
 
@@ -127,11 +129,9 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> 
         raise UserError(f"{checkpoint}: not a checkpoint of an alpaca-ds run (expected "
                         "RUN/checkpoints/step-NNNNNNNN with RUN/model and RUN/config.resolved.yaml)")
     cfg = load_config(TrainConfig, run_dir / "config.resolved.yaml")
-    if cfg.model.lora is not None:
-        raise UserError(f"{checkpoint}: a LoRA run's checkpoint holds the adapter and its optimizer state only; "
-                        f"the run writes {run_dir / 'adapter'} (and final/, merged) when it ends: relaunch the same "
-                        "command to finish it")
     dtype = dtype or cfg.export_dtype
+    if cfg.model.lora is not None:
+        return max(_export_lora_checkpoint(checkpoint, run_dir, out, cfg.model_copy(update={"export_dtype": dtype})))
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     write_hf_folder(state_dict, run_dir, out, dtype)
     # reference: the checkpoint's own weights in the export dtype, on a fixed batch of token ids
@@ -143,6 +143,30 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> 
     with torch.no_grad():
         expected = reference(**batch).logits.float()
     return check_logits(reload_logits(out, batch, dtype), expected, batch["attention_mask"])
+
+
+def _export_lora_checkpoint(checkpoint: Path, run_dir: Path, out: Path, cfg) -> list[float]:
+    """A LoRA checkpoint holds the adapter only: the base is rebuilt as the run built it (model.name_or_path or the
+    seeded random init, the added rows, the adapters), the checkpoint's fp32 adapter loaded into it, and exported
+    as at the end of a run: OUT/adapter and (if model.lora merges) OUT/final."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from alpaca_ds.train.model import build_model
+    if cfg.model.lora.quantize != "none":
+        raise UserError(f"{checkpoint}: a QLoRA run exports at its end, on its GPU (the 4-bit base is rebuilt "
+                        "there); relaunch the same command to finish it")
+    adapter = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
+                                                       exclude_frozen_parameters=True)
+    vocab = AutoConfig.from_pretrained(run_dir / SKELETON).vocab_size
+    model = build_model(cfg.model, {"train_micro_batch_size_per_gpu": 1}, vocab).to(DTYPES[cfg.export_dtype])
+    missing = sorted({name for name, p in model.named_parameters() if p.requires_grad} - set(adapter))
+    if missing:
+        raise UserError(f"{checkpoint}: holds no {missing[0]!r} ({len(missing)} adapter tensors missing); is it a "
+                        "checkpoint of this run?")
+    model.load_state_dict(adapter, strict=False)
+    batch = fixed_batch(vocab)
+    diffs, _ = export_lora(model, model.state_dict(), run_dir, Path(out), cfg, batch, logits(model, batch))
+    return list(diffs.values())
 
 
 def fixed_batch(vocab_size: int, length: int = 32) -> dict[str, torch.Tensor]:

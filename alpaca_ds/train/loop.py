@@ -38,20 +38,30 @@ from alpaca_ds.train.metrics import MetricsLog, plot_loss_curve
 from alpaca_ds.train.model import build_model
 
 
-def preflight(cfg: TrainConfig, world_size: int) -> tuple[dict, dict, dict]:
-    """Everything that can be wrong before a model loads: returns (ds_config, dataset manifest, tokenizer identity)."""
+def preflight(cfg: TrainConfig, world_size: int, here: bool = True) -> tuple[dict, dict, dict]:
+    """Everything that can be wrong before a model loads: returns (ds_config, dataset manifest, tokenizer identity).
+    `here`: the ranks run on this machine, so QLoRA's GPU is checked here too."""
     ds_config = build_ds_config(cfg, world_size)
-    lora.check_quantization(cfg.model)
+    lora.check_quantization(cfg.model, gpu_here=here)
     manifest = read_manifest(cfg.data.path)
     identity = tokenizer_identity(cfg.model.tokenizer_path)
     check_tokenizer(manifest, Path(cfg.data.path), identity["sha256"])
     run_dir = Path(cfg.output_dir)
-    for name, mine in (("config.resolved.yaml", dump_config(cfg)), ("ds_config.json", _json(ds_config))):
-        theirs = run_dir / name
-        if theirs.is_file() and theirs.read_text() != mine:
+    # The recipe is compared as settings, not as text, so that a run started before a setting existed (its
+    # default now) resumes; the engine JSON as text.
+    for name, same in (("config.resolved.yaml", lambda path: _same_config(path, cfg)),
+                       ("ds_config.json", lambda path: path.read_text() == _json(ds_config))):
+        if (run_dir / name).is_file() and not same(run_dir / name):
             raise UserError(f"{cfg.output_dir}: holds a different run ({name} differs from this one's: another "
                             "recipe, override or world size); pick another output_dir, or delete it to start over")
     return ds_config, manifest, identity
+
+
+def _same_config(path: Path, cfg: TrainConfig) -> bool:
+    try:
+        return load_config(TrainConfig, path) == cfg
+    except UserError:  # a key this version no longer has
+        return False
 
 
 def train(cfg: TrainConfig) -> None:
@@ -214,7 +224,8 @@ def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, flo
             diffs = {"merged": export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype),
                                                    reference, batch["attention_mask"])}
         else:
-            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, cfg, batch, reference)
+            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, run_dir, cfg, batch,
+                                                    reference)
         diff[:] = torch.tensor([diffs[k] for k in kinds])
     dist.broadcast(diff, 0)
     return dict(zip(kinds, diff.tolist())), base_sha256

@@ -21,20 +21,23 @@ from alpaca_ds.train.config import LoraConfig, ModelConfig
 ADAPTER = "adapter"  # <output_dir>/adapter: the peft adapter folder written at the end of a LoRA run
 
 
-def check_quantization(cfg: ModelConfig) -> None:
-    """QLoRA's conditions, checked before anything loads."""
+def check_quantization(cfg: ModelConfig, gpu_here: bool = True) -> None:
+    """QLoRA's conditions, checked before anything loads; the GPU and bitsandbytes where the ranks run."""
     if cfg.lora is None or cfg.lora.quantize == "none":
         return
     if cfg.name_or_path is None:
         raise UserError("model.lora.quantize nf4: QLoRA quantizes pretrained weights as they load; set "
                         "model.name_or_path (a random model.init_config has nothing to quantize)")
+    if not gpu_here:
+        return
     if not torch.cuda.is_available():
         raise UserError("model.lora.quantize nf4: QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes' kernels) and "
                         "this machine has none; set model.lora.quantize=none to train LoRA on a bf16 base")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise UserError("model.lora.quantize nf4: bitsandbytes is not installed; `pip install bitsandbytes`") from None
+        raise UserError("model.lora.quantize nf4: bitsandbytes is not installed; `pip install bitsandbytes` "
+                        "(alpaca-ds[qlora])") from None
 
 
 def quantization_config(cfg: ModelConfig):
@@ -91,7 +94,14 @@ def add_adapters(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         # adapters' gradients
         model.enable_input_require_grads()
     torch.manual_seed(cfg.init_seed)
-    return get_peft_model(model, peft_config(cfg.lora, cfg.name_or_path))
+    dtype = model.dtype
+    model = get_peft_model(model, peft_config(cfg.lora, cfg.name_or_path))
+    # Under ZeRO-3 peft makes the adapters fp32 (the partitioned base hides its dtype) and modules_to_save copies
+    # in the base's; ZeRO-3 flattens all trainable parameters into one buffer of one dtype.
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(dtype)
+    return model
 
 
 def adapter_state(model, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,8 +3,8 @@
 One ZeRO-3 run from the saved weights of the `from_init` fixture (tests/conftest.py) is the reference for
 everything else: its losses against LoRA written out in plain torch (tests/helpers/lora_reference.py), its base
 tensors against the saved ones, its adapter folder loaded with peft onto the saved base, its checkpoints (adapter
-and optimizer state only), and a run killed with SIGKILL and relaunched. A ZeRO-2 run with packing and
-modules_to_save checks the same freezing.
+and optimizer state only), and a run killed with SIGKILL and relaunched. ZeRO-2 and ZeRO-3 runs with packing and
+modules_to_save check the same freezing, and the release of an adapter.
 """
 from __future__ import annotations
 
@@ -85,7 +85,9 @@ def test_lora_matches_a_hand_built_reference(lora_run, from_init, dataset):
     assert len(init) == 2 * 2 + 1  # q_proj and v_proj in 2 layers, lm_head
     theirs = lora_reference.train(cfg, init, world=2)
     ours = losses(lora_run)
-    assert worst_relative(ours, theirs) < 0.01, list(zip(ours, theirs))
+    worst = worst_relative(ours, theirs)
+    print(f"LoRA vs plain torch, {len(ours)} steps: worst relative loss difference {worst:.3%}")
+    assert worst < 0.01, list(zip(ours, theirs))
 
 
 def test_lora_checkpoint_holds_only_the_adapter_and_its_optimizer_state(lora_run, from_init, dataset):
@@ -112,6 +114,23 @@ def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset)
     check_logits(logits(peft_model, batch), logits(merged, batch), batch["attention_mask"], LORA_ULPS)
 
 
+def test_export_command_rebuilds_the_runs_exports_from_a_checkpoint(lora_run, tmp_path):
+    # the checkpoint holds the adapter's fp32 masters only; the base is rebuilt from model.name_or_path
+    import subprocess
+    import sys
+    from test_train import ENV
+    out = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "export",
+                             str(lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"), str(out)],
+                            cwd=RECIPE.parents[2], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for folder, name in (("adapter", "adapter_model.safetensors"), ("final", "model.safetensors")):
+        exported, final = load_file(out / folder / name), load_file(lora_run / folder / name)
+        assert exported.keys() == final.keys()
+        for key in final:  # the fp32 masters cast to bf16 are the engine's bf16 weights
+            assert torch.equal(exported[key], final[key]), (folder, key)
+
+
 def test_lora_resume_after_kill_gives_identical_losses(lora_run, from_init, tmp_path):
     run = tmp_path / "resumed"
     args = (f"output_dir={run}", *from_init, *LORA, "checkpoint.every_steps=3")
@@ -122,9 +141,12 @@ def test_lora_resume_after_kill_gives_identical_losses(lora_run, from_init, tmp_
     assert [(r["step"], r["loss"]) for r in metrics(run)] == [(r["step"], r["loss"]) for r in metrics(lora_run)]
 
 
-def test_lora_zero2_packed_with_modules_to_save(from_init, dataset, tmp_path):
+@pytest.mark.parametrize("engine", ["zero2_bf16", "zero3_bf16"])
+def test_lora_packed_with_modules_to_save(engine, from_init, dataset, tmp_path):
+    # ZeRO-3 loads the embeddings partitioned: peft copies them gathered for modules_to_save (its known failure
+    # otherwise: copies with no elements)
     run = tmp_path / "run"
-    extra = ("ds_config=ds_configs/zero2_bf16.yaml", "data.batching=packed", "data.pack_length=512",
+    extra = (f"ds_config=ds_configs/{engine}.yaml", "data.batching=packed", "data.pack_length=512",
              "model.lora.target_modules=[q_proj, v_proj]", "model.lora.modules_to_save=[embed_tokens, lm_head]",
              "model.lora.merged_export=false")
     result = launch(f"output_dir={run}", *from_init, *LORA, *extra)

@@ -94,3 +94,19 @@ def test_alpaca_lora_recipes_hold_its_published_settings(name, world):
     assert (lc.r, lc.alpha, lc.dropout, lc.target_modules, lc.quantize) == (8, 16, 0.05, ("q_proj", "v_proj"), "none")
     built = load_config(DataBuildConfig, RECIPE.parents[2] / "data" / "alpaca_lora.yaml")
     assert built.max_length == 256 and built.output == cfg.data.path
+
+
+def test_a_run_started_before_lora_existed_still_resumes(dataset, tmp_path):
+    # its config.resolved.yaml has no model.lora or data.train_on_prompt: their defaults are what it ran with
+    from alpaca_ds.config import dump_config
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(TrainConfig, RECIPE, [f"output_dir={run}", f"data.path={dataset}"])
+    old = [line for line in dump_config(cfg).splitlines()
+           if line.strip() not in ("lora: null", "train_on_prompt: false")]
+    (run / "config.resolved.yaml").write_text("\n".join(old) + "\n")
+    preflight(cfg, 2)
+    (run / "config.resolved.yaml").write_text(dump_config(load_config(TrainConfig, RECIPE, [
+        f"output_dir={run}", f"data.path={dataset}", "data.train_on_prompt=true"])))
+    with pytest.raises(UserError, match="holds a different run"):
+        preflight(cfg, 2)
