@@ -80,11 +80,12 @@ def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, out: 
     which is reloaded from model.name_or_path, quantized as in training, to check the adapter)."""
     from alpaca_ds.common.provenance import tensor_sha256
     from alpaca_ds.train import lora
+    from alpaca_ds.train.model import quantized_base
     dtype, adapter_dir = cfg.export_dtype, out / lora.ADAPTER
     lora.write_adapter(model, lora.adapter_state(model, state_dict), adapter_dir, DTYPES[dtype])
     AutoTokenizer.from_pretrained(run_dir / SKELETON).save_pretrained(adapter_dir)
     if cfg.model.lora.quantize != "none":
-        base, base_sha256 = lora.quantized_base(cfg.model, model.config.vocab_size), None
+        base, base_sha256 = quantized_base(cfg.model, model.config.vocab_size), None
     else:
         base = lora.base_state(state_dict)
         base_sha256 = {name: tensor_sha256(t) for name, t in sorted(base.items())}  # before merging changes them

@@ -60,19 +60,6 @@ def load_kwargs(cfg: ModelConfig, ds_config: dict) -> dict:
     return {"quantization_config": quantization, **({} if zero3 else {"device_map": {"": torch.cuda.current_device()}})}
 
 
-def quantized_base(cfg: ModelConfig, vocab_size: int) -> torch.nn.Module:
-    """The 4-bit base as training loaded it (same quantization, same added rows), on this rank's GPU."""
-    from transformers import AutoModelForCausalLM
-
-    from alpaca_ds.train.model import resize_with_mean_rows
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
-                                                 attn_implementation=cfg.attn_implementation,
-                                                 quantization_config=quantization_config(cfg),
-                                                 device_map={"": torch.cuda.current_device()})
-    resize_with_mean_rows(model, vocab_size)
-    return model
-
-
 def peft_config(cfg: LoraConfig, base: str | None):
     from peft import LoraConfig as PeftLoraConfig
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -38,6 +38,16 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
     return model if cfg.lora is None else lora.add_adapters(model, cfg)
 
 
+def quantized_base(cfg: ModelConfig, vocab_size: int) -> torch.nn.Module:
+    """The 4-bit base as training loaded it (same quantization, same added rows), on this rank's GPU."""
+    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
+                                                 attn_implementation=cfg.attn_implementation,
+                                                 quantization_config=lora.quantization_config(cfg),
+                                                 device_map={"": torch.cuda.current_device()})
+    resize_with_mean_rows(model, vocab_size)
+    return model
+
+
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
     # transformers 5 renamed gradient_checkpointing_enable (deprecated, to go in v6); earlier 5.x have only it

@@ -118,7 +118,6 @@ def test_export_command_rebuilds_the_runs_exports_from_a_checkpoint(lora_run, tm
     # the checkpoint holds the adapter's fp32 masters only; the base is rebuilt from model.name_or_path
     import subprocess
     import sys
-    from test_train import ENV
     out = tmp_path / "exported"
     result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "export",
                              str(lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"), str(out)],

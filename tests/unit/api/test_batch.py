@@ -21,7 +21,7 @@ from alpaca_ds.generate import run as gen
 from alpaca_ds.simulator.batch import BatchBehaviour
 from alpaca_ds.simulator.local import LocalSimulator
 from helpers.generation import Teacher, cli_env, gen_config, overrides, seeds_path
-from helpers.judge import ENV, make_pairs
+from helpers.judge import ENV, make_pairs, start_judge
 from helpers.judge import config as judge_config
 from helpers.paths import ROOT
 
@@ -252,11 +252,10 @@ def test_input_files_stay_within_the_size_and_count_limits(tmp_path):
 def test_judge_batches_left_running_are_collected_with_the_same_inputs_only(tmp_path):
     """A judge run in batch is interrupted with its batch running; a rerun on other inputs (--limit) is refused,
     naming what to do, before it spends anything; --cancel-batches then cancels the batch."""
-    from test_evaluate_judge import _start
     a, b, _ = make_pairs(tmp_path, 6)
     out = tmp_path / "j"
     with LocalSimulator(seeds_path(), batch=BatchBehaviour(seconds=60)) as s:
-        proc = _start(a, b, s.base_url, out, *BATCH)
+        proc = start_judge(a, b, s.base_url, out, *BATCH)
         deadline = time.time() + 60
         while not any(e["t"] == "batch" for e in read_jsonl(out / "calls.jsonl")[0]):
             assert proc.poll() is None and time.time() < deadline

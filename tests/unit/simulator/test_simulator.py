@@ -112,7 +112,7 @@ def test_failed_lines_expired_and_failed_batches():
 ])
 def test_judge_mode_reads_any_layout_that_labels_the_outputs(layout):
     good, bad = "Red, green and blue are colours.", "qq zz"
-    assert split_judge_prompt(layout.format(i="Name three colours", a=good, b=bad))[1:] == (good, bad)
+    assert split_judge_prompt(layout.format(i="Name three colours", a=good, b=bad))[1:] == (good, bad, ["a", "b"])
     assert judge_verdict(layout.format(i="Name three colours", a=good, b=bad), []) == "Output (a)"
     assert judge_verdict(layout.format(i="Name three colours", a=bad, b=good), []) == "Output (b)"
     refused = judge_verdict(layout.format(i="Name three colours", a=good, b="NOVERDICT"), [])
