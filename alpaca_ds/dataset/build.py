@@ -48,14 +48,14 @@ def default_config() -> dict:
 def run(cfg: DataBuildConfig) -> dict:
     """Build the dataset described by `cfg` and return its manifest."""
     started = time.time()
+    is_url = cfg.input.startswith(("https://", "http://"))
+    source = fetch(cfg.input, cfg.sha256, cfg.download_dir) if is_url else Path(cfg.input)
+    if not source.is_file():
+        raise UserError(f"input {cfg.input!r}: no such file")
+    if cfg.sha256 and not is_url and sha256_file(source) != cfg.sha256:
+        raise UserError(f"input {cfg.input!r}: sha256 differs from the config's `sha256`; wrong file?")
     workers = cfg.workers or os.cpu_count() or 1
     with _worker_pool(workers) as (pool, install):
-        is_url = cfg.input.startswith(("https://", "http://"))
-        source = fetch(cfg.input, cfg.sha256, cfg.download_dir) if is_url else Path(cfg.input)
-        if not source.is_file():
-            raise UserError(f"input {cfg.input!r}: no such file")
-        if cfg.sha256 and not is_url and sha256_file(source) != cfg.sha256:
-            raise UserError(f"input {cfg.input!r}: sha256 differs from the config's `sha256`; wrong file?")
         tokenizer = load_tokenizer(cfg.tokenizer)
         added = add_missing_special_tokens(tokenizer)
         folder = tokenizer_dir(cfg.tokenizer)
@@ -120,7 +120,7 @@ def run(cfg: DataBuildConfig) -> dict:
 @contextmanager
 def _worker_pool(n: int):
     """n spawned tokenizer workers, started at once: their interpreter start-up and imports (~0.6 s) then run
-    while this process checks the input and loads the tokenizer (0.5-2 s), instead of after. Yields
+    while this process loads the tokenizer (0.5-2 s), instead of after it. Yields
     (pool, install); install(pre) hands every worker the Preprocess their tasks use (encode.init_worker waits
     for it)."""
     ctx = get_context("spawn")
