@@ -97,7 +97,9 @@ __all__ = ["Match", "RougeIndex", "tokenize", "rouge_l_f"]
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 _WORD = K.WORD             # instructions of <= 64 tokens live in one machine word per bit-parallel step
 _ROW = K.ROW               # score table row length: lcs in 0..64
-_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py)
+_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py) ...
+_DENSE_MIN = 256             # ... once in this many instructions (and in > 1/5 of them)
+_INITIAL = {"texts": 1024, "tokens": 1024, "arena": 1 << 16}  # capacities, doubled as needed
 _MIN_PREFIX_THRESHOLD = 0.01  # below this the prefix filter would probe (almost) everything: use query()
 
 
@@ -178,8 +180,8 @@ class RougeIndex:
         self._long_ids = np.empty(0, dtype=np.int64)
         self._long_start = np.zeros(1, dtype=np.int64)
         self._long_tok = np.empty(0, dtype=np.int32)
-        for group, cap in ((_PER_TEXT, 1024), (_PER_TOKEN, 1024), (_ARENA, 1 << 16)):
-            self._resize(group, cap)
+        for group, key in ((_PER_TEXT, "texts"), (_PER_TOKEN, "tokens"), (_ARENA, "arena")):
+            self._resize(group, _INITIAL[key])
         self._n_dense = np.zeros(1, dtype=np.int64)  # dense columns in use (an array: the kernel updates it)
         self._dense = np.zeros((_DENSE_COLUMNS, len(self._lens)), dtype=np.uint64)
 
@@ -208,7 +210,7 @@ class RougeIndex:
         n = len(tokens)
         if i == len(self._lens):
             self._resize(_PER_TEXT, 2 * i)
-            dense = np.zeros((_DENSE_COLUMNS, 2 * i), dtype=np.uint64)
+            dense = np.zeros((len(self._dense), 2 * i), dtype=np.uint64)
             dense[:, :i] = self._dense
             self._dense = dense
         vocab = self._vocab
@@ -222,7 +224,7 @@ class RougeIndex:
             self._tokmat[i, :n] = q
             while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
                                          self._cap, self._plen, self._df, self._lut, self._slot,
-                                         self._dense, self._n_dense)) < 0:
+                                         self._dense, self._n_dense, _DENSE_MIN)) < 0:
                 self._resize(_ARENA, 2 * len(self._p_ids))
             self._arena_top = top
         else:
