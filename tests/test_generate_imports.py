@@ -8,7 +8,8 @@ from test_imports import modules_after_import
 MODULES = ["alpaca_ds.generate.run", "alpaca_ds.generate.client", "alpaca_ds.generate.teacher",
            "alpaca_ds.generate.prompts", "alpaca_ds.generate.filters", "alpaca_ds.generate.seeds",
            "alpaca_ds.generate.tokens", "alpaca_ds.generate.prices", "alpaca_ds.generate.budget",
-           "alpaca_ds.generate.limits", "alpaca_ds.generate.journal", "alpaca_ds.generate.rouge"]
+           "alpaca_ds.generate.limits", "alpaca_ds.generate.journal", "alpaca_ds.generate.rouge",
+           "alpaca_ds.generate.rouge_kernels"]
 
 
 @pytest.mark.parametrize("module", MODULES)
