@@ -54,8 +54,11 @@ How `query` avoids N LCS tables — a bit-parallel LCS (Allison-Dix / Hyyro) for
   `Match.mean` as None. Instructions longer than 64 tokens (7 of Alpaca's 52,002) do not fit a word; they are
   kept aside and scored with the roles swapped (the query's positions are the bits), or by the textbook
   dynamic programme when the query is longer than 64 tokens too.
-  The loops are compiled with numba (alpaca_ds/generate/rouge_kernels.py, which also describes the storage):
-  as numpy calls over each posting list they cost ~5x more, mostly in per-call overhead and fancy indexing.
+  The loops are compiled with numba (alpaca_ds/generate/rouge_kernels.py, which also describes the storage
+  and the dense columns of the most frequent tokens): written as numpy calls per posting list they cost
+  3.5-4x more (benchmarks/bench_rouge.py times both), in per-call overhead, fancy indexing and extra passes.
+  numba compiles them on the first use after an install (~10 s) and caches the machine code for every later
+  process (~1 s for the first use, mostly importing numba).
 
 How `is_duplicate` prunes (only max_score > threshold is needed). Let t' = threshold - 1e-9: rouge_score's
 float F is within a few ulps of the real 2*lcs/(m+n) (m query tokens, n existing tokens), far inside the
