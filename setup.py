@@ -34,6 +34,8 @@ setup(
         "filelock>=3.12",
         # evaluate winrate: the length-controlled GLM (l1_ratios and use_legacy_attributes of LogisticRegressionCV)
         "scikit-learn>=1.9",
+        # generate: the ROUGE-L index's compiled loops (a wheel; nothing is compiled at install)
+        "numba>=0.60",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test

@@ -134,10 +134,12 @@ def tokenize_records(records: list[tuple[int, str, str, str]], pre: Preprocess) 
 _WORKER_PREPROCESS: Preprocess | None = None
 
 
-def init_worker(pre: Preprocess) -> None:
-    """Builder worker start-up: receive the encoder (its SentencePiece model) once, not with every batch."""
+def init_worker(inbox) -> None:
+    """Builder worker start-up: receive the encoder (its SentencePiece model) once, not with every batch. The
+    builder starts its workers before it loads the tokenizer and puts one Preprocess (or None, when it fails)
+    per worker on `inbox` once it has one, so the workers' start-up overlaps the tokenizer load."""
     global _WORKER_PREPROCESS
-    _WORKER_PREPROCESS = pre
+    _WORKER_PREPROCESS = inbox.get()
 
 
 def tokenize_in_worker(records: list[tuple[int, str, str, str]]) -> Batch:

@@ -54,8 +54,11 @@ How `query` avoids N LCS tables — a bit-parallel LCS (Allison-Dix / Hyyro) for
   `Match.mean` as None. Instructions longer than 64 tokens (7 of Alpaca's 52,002) do not fit a word; they are
   kept aside and scored with the roles swapped (the query's positions are the bits), or by the textbook
   dynamic programme when the query is longer than 64 tokens too.
-  The loops are compiled with numba (alpaca_ds/generate/rouge_kernels.py, which also describes the storage):
-  as numpy calls over each posting list they cost ~5x more, mostly in per-call overhead and fancy indexing.
+  The loops are compiled with numba (alpaca_ds/generate/rouge_kernels.py, which also describes the storage
+  and the dense columns of the most frequent tokens): written as numpy calls per posting list they cost
+  3.5-4x more (benchmarks/bench_rouge.py times both), in per-call overhead, fancy indexing and extra passes.
+  numba compiles them on the first use after an install (~10 s) and caches the machine code for every later
+  process (~1 s for the first use, mostly importing numba).
 
 How `is_duplicate` prunes (only max_score > threshold is needed). Let t' = threshold - 1e-9: rouge_score's
 float F is within a few ulps of the real 2*lcs/(m+n) (m query tokens, n existing tokens), far inside the
@@ -97,7 +100,9 @@ __all__ = ["Match", "RougeIndex", "tokenize", "rouge_l_f"]
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 _WORD = K.WORD             # instructions of <= 64 tokens live in one machine word per bit-parallel step
 _ROW = K.ROW               # score table row length: lcs in 0..64
-_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py)
+_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py) ...
+_DENSE_MIN = 256             # ... once in this many instructions (and in > 1/5 of them)
+_INITIAL = {"texts": 1024, "tokens": 1024, "arena": 1 << 16}  # capacities, doubled as needed
 _MIN_PREFIX_THRESHOLD = 0.01  # below this the prefix filter would probe (almost) everything: use query()
 
 
@@ -178,8 +183,8 @@ class RougeIndex:
         self._long_ids = np.empty(0, dtype=np.int64)
         self._long_start = np.zeros(1, dtype=np.int64)
         self._long_tok = np.empty(0, dtype=np.int32)
-        for group, cap in ((_PER_TEXT, 1024), (_PER_TOKEN, 1024), (_ARENA, 1 << 16)):
-            self._resize(group, cap)
+        for group, key in ((_PER_TEXT, "texts"), (_PER_TOKEN, "tokens"), (_ARENA, "arena")):
+            self._resize(group, _INITIAL[key])
         self._n_dense = np.zeros(1, dtype=np.int64)  # dense columns in use (an array: the kernel updates it)
         self._dense = np.zeros((_DENSE_COLUMNS, len(self._lens)), dtype=np.uint64)
 
@@ -208,7 +213,7 @@ class RougeIndex:
         n = len(tokens)
         if i == len(self._lens):
             self._resize(_PER_TEXT, 2 * i)
-            dense = np.zeros((_DENSE_COLUMNS, 2 * i), dtype=np.uint64)
+            dense = np.zeros((len(self._dense), 2 * i), dtype=np.uint64)
             dense[:, :i] = self._dense
             self._dense = dense
         vocab = self._vocab
@@ -222,7 +227,7 @@ class RougeIndex:
             self._tokmat[i, :n] = q
             while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
                                          self._cap, self._plen, self._df, self._lut, self._slot,
-                                         self._dense, self._n_dense)) < 0:
+                                         self._dense, self._n_dense, _DENSE_MIN)) < 0:
                 self._resize(_ARENA, 2 * len(self._p_ids))
             self._arena_top = top
         else:

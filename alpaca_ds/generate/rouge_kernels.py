@@ -32,7 +32,6 @@ from numba.extending import intrinsic
 WORD = 64
 ROW = WORD + 1
 ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-DENSE_MIN, DENSE_SHARE = 256, 5  # a token in >= 256 and > 1/5 of the instructions gets a dense column
 LOW = np.array([(1 << n) - 1 for n in range(ROW)], dtype=np.uint64)  # the low n bits set, n = 0..64
 
 
@@ -55,9 +54,10 @@ def _f_measure(lcs, m, n):
 
 
 @njit(cache=True)
-def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, dense, n_dense):
+def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, dense, n_dense, dense_min):
     """Append instruction `i` (token ids `tids`, <= 64 of them) to its tokens' posting lists; returns the new
-    arena top, or -1 (and changes nothing) when the arena has no room for the lists that must move."""
+    arena top, or -1 (and changes nothing) when the arena has no room for the lists that must move. A token
+    in >= dense_min and > 1/5 of the instructions gets a dense column while free ones are left."""
     need = 0
     for t in tids:
         if plen[t] == cap[t] and lut[t] == 0:
@@ -87,7 +87,7 @@ def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, 
         plen[t] += 1
         if slot[t] >= 0:
             dense[slot[t], i] = mask
-        elif plen[t] >= DENSE_MIN and plen[t] * DENSE_SHARE > i and n_dense[0] < len(dense):
+        elif plen[t] >= dense_min and 5 * plen[t] > i and n_dense[0] < len(dense):
             slot[t] = n_dense[0]  # a free column left: the token is frequent enough to be scanned densely
             n_dense[0] += 1
             for e in range(start[t], start[t] + plen[t]):

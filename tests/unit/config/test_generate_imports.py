@@ -7,7 +7,8 @@ from helpers.imports import modules_after_import
 
 MODULES = ["alpaca_ds.generate.run", "alpaca_ds.generate.online", "alpaca_ds.generate.rundir",
            "alpaca_ds.simulator.local", "alpaca_ds.generate.prompts", "alpaca_ds.generate.filters",
-           "alpaca_ds.generate.seeds", "alpaca_ds.generate.dryrun", "alpaca_ds.generate.rouge"]
+           "alpaca_ds.generate.seeds", "alpaca_ds.generate.dryrun", "alpaca_ds.generate.rouge",
+           "alpaca_ds.generate.rouge_kernels"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -15,6 +15,7 @@ import pytest
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 
+from alpaca_ds.generate import rouge  # noqa: E402
 from alpaca_ds.generate.rouge import Match, RougeIndex, rouge_l_f, tokenize  # noqa: E402
 from helpers.paths import ALPACA_DATA, ROOT, SHARED  # noqa: E402
 
@@ -208,6 +209,34 @@ def test_random_streams_with_near_duplicates(seed):
     accepted, rejected = run_stream(texts, threshold=threshold, top_k=[10, 3, 10, 0][seed],
                                     compute_mean=seed != 1, add_rejected_every=5)
     assert rejected > 10 and accepted > 50   # the stream really exercises both decisions
+
+
+def test_growth_and_dense_columns(monkeypatch):
+    """Every storage path at small scale: arrays that start tiny and grow many times (posting lists moved in
+    the arena), and frequent tokens promoted to dense columns mid-stream, until the columns run out."""
+    monkeypatch.setattr(rouge, "_INITIAL", {"texts": 2, "tokens": 2, "arena": 8})
+    monkeypatch.setattr(rouge, "_DENSE_MIN", 6)
+    monkeypatch.setattr(rouge, "_DENSE_COLUMNS", 3)
+    rng = random.Random(7)
+    common = ["the", "a", "of", "to", "and"]            # each in well over 1/5 of the texts
+    words = common + [f"w{i}" for i in range(60)]
+    texts = []
+    for _ in range(400):
+        if texts and rng.random() < 0.3:
+            toks = tokenize(rng.choice(texts))
+            toks.insert(rng.randint(0, len(toks)), rng.choice(words))
+            texts.append(" ".join(toks))
+        else:
+            n = rng.choice([3, 8, 15, 40, 70])
+            texts.append(" ".join(rng.choice(common) if rng.random() < 0.4 else rng.choice(words)
+                                  for _ in range(n)))
+    index, brute = RougeIndex(), Brute()
+    for text in texts:
+        if not check(index, brute, text):
+            index.add(text)
+            brute.add(text)
+    assert index._n_dense[0] == 3 and sum(index._slot >= 0) == 3   # the dense path really ran, and is capped
+    assert len(index) > 200
 
 
 def test_constructor_validation():
