@@ -106,7 +106,7 @@ def accepting(args) -> None:
         for name, tree in trees.items():  # warm numba's cache of each tree's kernels: no compile in a timed run
             out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            subprocess.run(generate_args(out, teacher.url, *sets, "max_requests=2"), check=True, cwd=ROOT,
+            subprocess.run(generate_args(out, teacher.url, *sets, "max_requests=2"), check=True, cwd=tree,
                            capture_output=True, env=env)
             shutil.rmtree(out)
         for r in range(args.repeats):
@@ -115,7 +115,8 @@ def accepting(args) -> None:
                 out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 started = time.monotonic()
-                subprocess.run(generate_args(out, teacher.url, *sets), check=True, cwd=ROOT, capture_output=True,
+                # cwd too: `python -m` puts it before PYTHONPATH
+                subprocess.run(generate_args(out, teacher.url, *sets), check=True, cwd=tree, capture_output=True,
                                env=env)
                 wall = time.monotonic() - started
                 stats = json.loads((out / "stats.json").read_text())
