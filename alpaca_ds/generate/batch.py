@@ -24,6 +24,7 @@ from alpaca_ds.api.batch import BatchTransport
 from alpaca_ds.api.progress import Progress
 from alpaca_ds.api.runner import Runner
 from alpaca_ds.generate.dryrun import expected_per_request
+from alpaca_ds.generate.processor import process_in_order
 from alpaca_ds.generate.rundir import RunDir
 
 
@@ -40,11 +41,11 @@ class BatchGenerator:
 
     def _process(self) -> None:
         """Process the answered requests, in request order, as far as they go."""
-        rd, led = self.rd, self.rd.ledger
-        while not rd.proc.done and led.complete(rd.next_to_process):
-            new = rd.proc.process(rd.next_to_process, led.ok.get(rd.next_to_process))
-            rd.accept(new)
-            self.progress.update(len(new))
+        rd = self.rd
+        start, before = rd.next_to_process, len(rd.proc.accepted)
+        end = process_in_order(rd.proc, rd.ledger, start)
+        rd.accept(rd.proc.accepted[before:], end - start)
+        self.progress.update(len(rd.proc.accepted) - before)
 
     def _wave(self, t: BatchTransport) -> list[int]:
         """The requests of the next wave: every unanswered one below the highest sent (failed lines, expired
@@ -104,7 +105,6 @@ class BatchGenerator:
             finally:
                 await t.close()
                 self._process()
-                await rd.accepted_journal.drain()
 
     def run(self) -> dict:
         try:

@@ -1,5 +1,5 @@
 """The online transport of `alpaca-ds generate`: up to `concurrency` requests in flight, answers processed in
-request order as they arrive.
+request order as they arrive, by a thread of their own (backlog.py) that the request loop never waits for.
 
   * Request i's prompts are a pure function of (seed, i). Completions may arrive in any order; they are
     processed (parsed, filtered, de-duplicated) strictly in request order, so the same teacher answers give the
@@ -19,6 +19,7 @@ import time
 from alpaca_ds.api.budget import Cost
 from alpaca_ds.api.progress import Progress
 from alpaca_ds.api.runner import Runner
+from alpaca_ds.generate.backlog import Backlog
 from alpaca_ds.generate.dryrun import expected_per_request
 from alpaca_ds.generate.rundir import RunDir
 
@@ -37,14 +38,18 @@ class OnlineGenerator:
         self._first_send: float | None = None
         self._last_answer: float | None = None
         self._last_status = self._last_files = 0.0
-        # completed requests waiting for an earlier one, and what is left to send
+        # answered requests not processed yet (the replay stopped at a gap before them), and what is left to send
         led, start = self.ledger, rd.next_to_process
-        self.completed: dict[int, list[dict] | None] = {
-            i: led.ok.get(i) for i in range(start, rd.max_index + 1) if led.complete(i)}
+        # answers more than two rounds of requests ahead of processing are read back from the ledger when needed
+        self.backlog = Backlog(rd, 2 * self.cfg.concurrency, on_processed=self._processed,
+                               on_done=self._stop_at_target)
+        for i in range(start, rd.max_index + 1):
+            if led.complete(i):
+                self.backlog.put(i, led.ok.get(i))
         self.unsent = [i for i in range(start, rd.max_index + 1) if not led.complete(i)]
         heapq.heapify(self.unsent)
         self.next_new = rd.max_index + 1
-        led.ok = dict.fromkeys(led.ok)  # their choices are processed or in self.completed
+        led.ok = dict.fromkeys(led.ok)  # their choices are processed or in the backlog
         led.keep_choices = False
         self.tasks: dict[int, asyncio.Task] = {}
         self.specs: dict[int, tuple[list[str], Cost]] = {}
@@ -75,7 +80,7 @@ class OnlineGenerator:
             return False
         if self.unsent:  # a gap below completed requests: nothing after it can be processed until it is answered
             return True
-        pending = len(self.tasks) + len(self.completed)
+        pending = len(self.tasks) + self.backlog.lag
         if self.proc.processed_requests == 0:  # no yield measured yet: the dry run's prior
             per_request = expected_per_request(self.cfg, self.s.prompts_per_request)
         else:
@@ -155,73 +160,38 @@ class OnlineGenerator:
                 if status == "incomplete":
                     heapq.heappush(self.unsent, i)
                 else:
-                    self.completed[i] = choices
+                    self.backlog.put(i, choices)
                     self.completed_this_run += 1
-                    self._processable.set()
 
-    async def _processor(self) -> None:
-        """Process completed requests strictly in request order, each in a worker thread.
-
-        Parsing, filters and ROUGE-L are CPU work; in a thread, the event loop keeps serving the network while
-        they run (the GIL is handed over every few ms), instead of waiting for whole slices of it. Accepted
-        records are queued for accepted.jsonl here, on the loop, in order, after the ledger holds their source.
-        """
-        loop = asyncio.get_running_loop()
-        while not self.proc.done and not self._abandon:
-            i = self.rd.next_to_process
-            if i not in self.completed:
-                if self._final:
-                    break
-                await self._processable.wait()
-                self._processable.clear()
-                continue
-            self._processing = True
-            try:
-                new = await loop.run_in_executor(self._proc_executor, self.proc.process, i, self.completed[i])
-            finally:
-                self._processing = False
-            del self.completed[i]
-            self.rd.accept(new)
-            self.progress.update(len(new))
-            self._wake.set()
-        if self.proc.done:
-            self._stop_at_target()
+    def _processed(self, new: int) -> None:
+        """The processing thread moved on (on the loop): `new` records were accepted."""
+        self.progress.update(new)
+        self._wake.set()
 
     def _stop_at_target(self) -> None:
         self.runner.stop("target", f"reached num_instructions = {self.cfg.num_instructions}")
 
     async def _main(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-        loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._proc_executor = ThreadPoolExecutor(1, thread_name_prefix="generate-process")
-        self._processable = asyncio.Event()
-        self._processing = False
-        self._final = False
         async with self.runner:
-            processor = loop.create_task(self._processor())
+            self.backlog.start(asyncio.get_running_loop())
             if self.proc.done:  # a finished run, rerun: replaying the ledger reached the target
                 self._stop_at_target()
             try:
-                await self._loop(processor)
+                await self._loop()
             finally:
-                if not processor.done():
-                    self._abandon = True
-                    self._processable.set()
-                    await asyncio.gather(processor, return_exceptions=True)
-                self._proc_executor.shutdown(wait=True)
-                await self.rd.accepted_journal.drain()
+                self.backlog.stop(final=False)  # stops at once when _loop has not already let it finish
+                await self.backlog.join()
 
-    async def _loop(self, processor: asyncio.Task) -> None:
+    async def _loop(self) -> None:
         runner = self.runner
         while True:
             self._collect()
             self._launch()
             self._status()
-            if processor.done():
-                processor.result()  # an exception in processing is a bug: surface it
+            self.backlog.check()  # an exception in processing is a bug: surface it
             if not self.tasks:
-                backlog = self._processing or self.rd.next_to_process in self.completed
+                backlog = self.backlog.busy or self.rd.next_to_process in self.backlog
                 if not runner.stopping and not backlog:
                     if self._peek_index() is not None:
                         raise RuntimeError("generate: nothing in flight and nothing sent (scheduler bug)")
@@ -240,9 +210,8 @@ class OnlineGenerator:
                 pass
             self._wake.clear()
         self._collect()
-        self._final = True  # process what is ready, then stop
-        self._processable.set()
-        await processor
+        self.backlog.stop(final=not self._abandon)  # process what is next in order, then stop
+        await self.backlog.join()
 
     # ---- reporting ----------------------------------------------------------------------------------------------
 
@@ -252,7 +221,7 @@ class OnlineGenerator:
                 # from the first request sent to the last answer received (startup excluded)
                 "request_seconds": round(window, 3),
                 "requests_per_s": round(self.completed_this_run / window, 3) if window > 0 else None,
-                "concurrency": self.cfg.concurrency}
+                "concurrency": self.cfg.concurrency, "max_processing_lag": self.backlog.max_lag}
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -260,11 +229,12 @@ class OnlineGenerator:
             return
         self._last_status = now
         rate = self.completed_this_run / max(now - (self._first_send or now), 1e-9)
-        self.progress.update(0, f"{rate:.1f} req/s, ${self.runner.budget.spent_usd:.4f} of "
-                                f"${self.cfg.budget.max_usd:g}")
-        if force or now - self._last_files > 5.0:
+        self.progress.update(0, f"{rate:.1f} req/s, {self.backlog.lag} answers to process, "
+                                f"${self.runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}")
+        # not while the processor is in the middle of a request (the loop does not wait for it): next turn then
+        if (force or now - self._last_files > 5.0) and self.rd.write_reports(self.runner, self._this_run(),
+                                                                                final=False, wait=False):
             self._last_files = now
-            self.rd.write_reports(self.runner, self._this_run(), final=False)
             # Everything alive now (accepted records, the ROUGE index, the ledger) lives until the end: move it out
             # of the cyclic GC's reach, whose full passes over a growing heap otherwise stall the event loop.
             gc.freeze()
@@ -274,4 +244,4 @@ class OnlineGenerator:
             asyncio.run(self._main())
         finally:
             self.progress.close()
-        return self.rd.conclude(self.runner, self.completed, self._this_run())
+        return self.rd.conclude(self.runner, self.backlog, self._this_run())

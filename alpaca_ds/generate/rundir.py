@@ -75,11 +75,11 @@ class RunDir:
         self.recovered = {"accepted_on_disk": len(on_disk), "accepted_restored": len(replayed) - len(on_disk),
                           "interrupted_attempts": self.ledger.interrupted}
 
-    def accept(self, new: list[dict]) -> None:
-        """Queue request `next_to_process`'s records for accepted.jsonl (on the event loop), and move on."""
-        for rec in new:
-            self.accepted_journal.enqueue(rec, wait=False)
-        self.next_to_process += 1
+    def accept(self, records: list[dict], requests: int) -> None:
+        """Write the records of the next `requests` requests in order (processed) to accepted.jsonl with one
+        fsync, and move on past them."""
+        self.accepted_journal.append_many(records)
+        self.next_to_process += requests
 
     def finish(self, answered: dict) -> None:
         """A run that stopped short of the target still delivers what it paid for: every answered request after
@@ -95,9 +95,15 @@ class RunDir:
                 self.skipped += 1
             i += 1
 
-    def write_reports(self, runner, this_run: dict, final: bool) -> tuple[dict, dict]:
-        with self.proc.lock:
+    def write_reports(self, runner, this_run: dict, final: bool, wait: bool = True) -> tuple[dict, dict] | None:
+        """stats.json, cost.json (and regen.json when `final`) -> (stats, cost); None, writing nothing, when not
+        `wait` and the processor is in the middle of a request (whose counters the reports read)."""
+        if not self.proc.lock.acquire(blocking=wait):
+            return None
+        try:
             return self._write_reports(runner, this_run, final)
+        finally:
+            self.proc.lock.release()
 
     def _write_reports(self, runner, this_run: dict, final: bool) -> tuple[dict, dict]:
         led, proc = self.ledger, self.proc

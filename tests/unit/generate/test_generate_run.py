@@ -109,6 +109,28 @@ def test_same_regen_at_concurrency_1_and_32(tmp_path):
     assert len(json.loads(outputs[1])) == 200
 
 
+def test_processing_that_falls_behind_holds_back_no_request(tmp_path, monkeypatch):
+    # processing slower than the answers arrive: the requests go out as if it kept up, the answers beyond the
+    # in-memory window (2 x concurrency) are read back from the ledger, and the data is the ledger's replay
+    process = gen.Processor.process
+
+    def slow(self, index, choices):
+        time.sleep(0.1)
+        return process(self, index, choices)
+
+    monkeypatch.setattr(gen.Processor, "process", slow)
+    with Teacher("--latency", "0.01") as teacher:
+        cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=100000", "max_requests=50",
+                         "concurrency=4", *SMALL)
+        result = gen.run(cfg)
+    assert result["stop_reason"] == "max_requests"
+    stats = result["stats"]
+    assert stats["requests"]["processed"] == 50
+    assert stats["this_run"]["request_seconds"] < 0.1 * 50 / 2
+    assert stats["this_run"]["max_processing_lag"] > 2 * 4   # some answers were read back from the ledger
+    check_consistent(tmp_path / "g", cfg, target_reached=False)
+
+
 def test_budget_is_never_exceeded_and_stops_cleanly(tmp_path):
     out = tmp_path / "g"
     with Teacher("--latency", "0.05") as teacher:
