@@ -208,8 +208,8 @@ def generate_command(config_path, overrides, dry_run, cancel_batches):
     num_instructions (or max_requests) is reached, 3 when the budget stopped it, 4 after too many failed
     requests, 5 when the API refused the key or model, 130 when interrupted.
     """
-    from alpaca_ds.generate.config import GenerateConfig
     from alpaca_ds.generate import run as gen
+    from alpaca_ds.generate.config import GenerateConfig
     cfg = load_config(GenerateConfig, config_path, overrides)
     if dry_run:
         click.echo(gen.format_dry_run(gen.dry_run(cfg)))
@@ -317,8 +317,8 @@ def quickstart_command(config_path, overrides, out, quick):
     -> OUT/report.md. Interrupted, the same command continues where it stopped. Exit status: 0 done,
     130 interrupted.
     """
-    from alpaca_ds.quickstart.config import QuickstartConfig
     from alpaca_ds.quickstart import layout, pipeline
+    from alpaca_ds.quickstart.config import QuickstartConfig
     cfg = load_config(QuickstartConfig, config_path, (*_flags(out_dir=out), *overrides),
                       defaults=None if config_path else layout.default_config())
     result = pipeline.run(cfg.with_quick() if quick else cfg, echo=lambda m: click.echo(m), quick=quick)
@@ -343,8 +343,8 @@ def evaluate_answer(config_path, overrides, model, eval_set, output):
 
     Rerunning after a crash continues where it stopped.
     """
-    from alpaca_ds.evaluate.config import AnswerConfig
     from alpaca_ds.evaluate import answers
+    from alpaca_ds.evaluate.config import AnswerConfig
     endpoint = model is not None and model.startswith(("http://", "https://"))
     flags = _flags(**{"api.base_url": model if endpoint else None, "model": None if endpoint else model,
                       "eval_set": eval_set, "output": output})
@@ -384,8 +384,8 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
     Rerunning the same command pays only for calls not yet answered. Exit status: 0 all pairs judged, 3 the
     budget stopped it, 4 some calls failed all retries, 5 the API refused the key or model, 130 interrupted.
     """
-    from alpaca_ds.evaluate.config import JudgeConfig
     from alpaca_ds.evaluate import judge
+    from alpaca_ds.evaluate.config import JudgeConfig
     cfg = load_config(JudgeConfig, config_path, (*_flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
     result = judge.run(cfg, cancel_batches=cancel_batches)
     cost = result["cost"]
@@ -416,8 +416,8 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
 def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, gamed):
     """Raw and length-controlled win rates of output_2 over output_1 from AlpacaEval-format annotations (JSON or
     JSONL), as AlpacaEval 1.0 and 2.0 compute them."""
-    from alpaca_ds.evaluate.config import WinrateConfig
     from alpaca_ds.evaluate import winrate
+    from alpaca_ds.evaluate.config import WinrateConfig
     flags = _flags(annotations=annotations, out=out_dir, difficulty=difficulty, gamed=gamed)
     rep, md, js = winrate.run(load_config(WinrateConfig, config_path, (*flags, *overrides)))
     click.echo(winrate.markdown(rep), nl=False)
@@ -451,8 +451,8 @@ def evaluate_human(a_path, b_path, out_path, port, host, seed, rater, limit):
 @click.option("--model", help="Exported model folder (RUN/final).")
 def chat_command(config_path, overrides, model):
     """Chat with a fine-tuned model in the terminal; answers stream as they are generated."""
-    from alpaca_ds.evaluate.config import ServeConfig
     from alpaca_ds.evaluate import chat
+    from alpaca_ds.evaluate.config import ServeConfig
     cfg = load_config(ServeConfig, config_path, (*_flags(model=model), *overrides))
     chat.run(cfg)
 
@@ -465,8 +465,8 @@ def chat_command(config_path, overrides, model):
 @click.option("--host", help="Address to bind [default: 127.0.0.1].")
 def serve_command(config_path, overrides, model, port, host):
     """Serve a fine-tuned model as an OpenAI-compatible API (/v1/completions, /v1/chat/completions, streaming)."""
-    from alpaca_ds.evaluate.config import ServeConfig
     from alpaca_ds.evaluate import serve
+    from alpaca_ds.evaluate.config import ServeConfig
     cfg = load_config(ServeConfig, config_path, (*_flags(model=model, port=port, host=host), *overrides))
     serve.serve(cfg, announce=lambda m: click.echo(m))
 
@@ -486,8 +486,8 @@ def demo_group(ctx, config_path, overrides, model, feedback, port, host):
     """
     if ctx.invoked_subcommand is not None:
         return
-    from alpaca_ds.evaluate.config import DemoConfig
     from alpaca_ds.evaluate import demo
+    from alpaca_ds.evaluate.config import DemoConfig
     flags = _flags(model=model, feedback=feedback, port=port, host=host)
     demo.serve(load_config(DemoConfig, config_path, (*flags, *overrides)), announce=lambda m: click.echo(m))
 

@@ -112,7 +112,7 @@ def accepting(args) -> None:
             "api.prompts_per_request=5"]
     results = {name: [] for name in trees}
     try:
-        for name, tree in trees.items():  # warm numba's cache of each tree's kernels: no compile in a timed run
+        for tree in trees.values():  # warm numba's cache of each tree's kernels: no compile in a timed run
             out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
             env = {**os.environ, "PYTHONPATH": str(tree)}
             subprocess.run(generate_args(out, teacher.url, *sets, "max_requests=2"), check=True, cwd=tree,
@@ -172,8 +172,8 @@ def crash(args) -> None:
     from alpaca_ds.api.ledger import CallLedger
     from alpaca_ds.common.journal import read_jsonl
     from alpaca_ds.config import load_config
-    from alpaca_ds.generate.config import GenerateConfig
     from alpaca_ds.generate import run as gen
+    from alpaca_ds.generate.config import GenerateConfig
 
     rng = random.Random(args.seed)
     out = Path(tempfile.mkdtemp(prefix="bench-crash-"))

@@ -27,8 +27,8 @@ GOAL_PACKED_512 = 0.98
 
 def build(output: Path) -> None:
     from alpaca_ds.config import load_config
-    from alpaca_ds.dataset.config import DataBuildConfig
     from alpaca_ds.dataset.build import run
+    from alpaca_ds.dataset.config import DataBuildConfig
     # Alpaca's settings: every record in train, none held out.
     cfg = load_config(DataBuildConfig, None, [f"input={ALPACA}", f"tokenizer={LLAMA}", f"output={output}",
                                               "max_length=512", "overlength=truncate", "val_fraction=0.0"])
@@ -70,7 +70,7 @@ def measure(folder: Path, micro: int, seeds: int) -> int:
               f"{'x Alpaca':>9s} {'plan s/epoch':>12s}")
     print(header)
     print("-" * len(header))
-    for label, mode, pack, effs, secs in results:
+    for label, _mode, _pack, effs, secs in results:
         mean = float(np.mean(effs))
         spread = f"{100 * min(effs):.2f}..{100 * max(effs):.2f}"
         print(f"{label:40s} {100 * mean:9.2f}% {spread:>15s} {mean / alpaca:8.2f}x {secs:12.2f}")

@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import sentencepiece as spm
 

@@ -231,7 +231,7 @@ class BatchTransport:
         while self.parts and go_on():
             ended = 0
             for p in list(self.parts.values()):
-                b = await self._call("look at a batch", lambda: self.client.openai.batches.retrieve(p.batch))
+                b = await self._call("look at a batch", lambda p=p: self.client.openai.batches.retrieve(p.batch))
                 p.status, p.counts = b.status, (b.request_counts.model_dump() if b.request_counts else {})
                 if b.status in TERMINAL:
                     await self._settle(p, b)
@@ -315,7 +315,7 @@ class BatchTransport:
         n = 0
         for p in self.parts.values():
             try:
-                await self._call("cancel a batch", lambda: self.client.openai.batches.cancel(p.batch))
+                await self._call("cancel a batch", lambda p=p: self.client.openai.batches.cancel(p.batch))
                 n += 1
             except (openai.BadRequestError, openai.ConflictError):
                 pass  # it ended meanwhile: it is collected as it is

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Callable
+from collections.abc import Callable
 
-from alpaca_ds.api.config import ApiConfig
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.client import ApiClient, Outcome
+from alpaca_ds.api.config import ApiConfig
 from alpaca_ds.api.ledger import CallLedger, interrupted_result
 from alpaca_ds.api.limits import RateLimiter
 from alpaca_ds.api.prices import Price

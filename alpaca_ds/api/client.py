@@ -18,8 +18,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from alpaca_ds.common.errors import UserError
 from alpaca_ds.api.config import ApiConfig, EndpointConfig
+from alpaca_ds.common.errors import UserError
 
 CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message (OpenAI: ~7); a safe margin
 

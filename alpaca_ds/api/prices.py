@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-
+from alpaca_ds.api.config import BudgetConfig
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import read_yaml_mapping
-from alpaca_ds.api.config import BudgetConfig
-
 
 BATCH_DISCOUNT = 0.5  # OpenAI's Batch API: 50% of the online price
 
@@ -26,7 +24,7 @@ class Price:
     batch_prompt_usd_per_1m: float | None = None       # None: BATCH_DISCOUNT x the online price
     batch_completion_usd_per_1m: float | None = None
 
-    def batch(self) -> "Price":
+    def batch(self) -> Price:
         """The price of the same model through the Batch API."""
         bp = self.batch_prompt_usd_per_1m
         bc = self.batch_completion_usd_per_1m
@@ -34,7 +32,7 @@ class Price:
                      self.completion_usd_per_1m * BATCH_DISCOUNT if bc is None else bc,
                      f"{self.source}, batch" + (f" ({BATCH_DISCOUNT:.0%} of online)" if bp is None else ""))
 
-    def for_transport(self, transport: str) -> "Price":
+    def for_transport(self, transport: str) -> Price:
         return self.batch() if transport == "batch" else self
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:

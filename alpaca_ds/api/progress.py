@@ -26,7 +26,7 @@ class Progress:
             if status is not None:
                 self.bar.set_postfix_str(status, refresh=False)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,15 +19,15 @@ import asyncio
 import hashlib
 import json
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.calls import Caller
 from alpaca_ds.api.client import prompt_tokens
+from alpaca_ds.api.config import ApiConfig, BudgetConfig
 from alpaca_ds.api.ledger import CallLedger
 from alpaca_ds.api.progress import Progress
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.api.config import ApiConfig, BudgetConfig
 
 # how a run ended -> the command's exit status
 EXIT_CODES = {None: 0, "target": 0, "max_requests": 0, "cancelled": 0, "budget": 3, "failures": 4, "fatal": 5,

@@ -27,9 +27,9 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from alpaca_ds.cluster.runner import run_launcher
 from alpaca_ds.common.errors import UserError

@@ -45,18 +45,26 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from alpaca_ds.cluster import alpaca_lengths
+from alpaca_ds.cluster.memory import (
+    DS_BUFFER_FACTOR,
+    Dims,
+    activation_bytes,
+    lora_model_states,
+    lora_shape,
+    trained_modules,
+    zero2_model_states,
+    zero3_model_states,
+)
+from alpaca_ds.cluster.presets import ALIASES, ARCHS, GPUS, PAD_ADDED, Gpu
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.train.config import TrainConfig
-from alpaca_ds.cluster import alpaca_lengths
-from alpaca_ds.cluster.memory import (DS_BUFFER_FACTOR, Dims, activation_bytes, lora_model_states, lora_shape,
-                                      trained_modules, zero2_model_states, zero3_model_states)
-from alpaca_ds.cluster.presets import ALIASES, ARCHS, GPUS, PAD_ADDED, Gpu
 
 GIB = 2**30
 DEFAULT_MFU = 0.4

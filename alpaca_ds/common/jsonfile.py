@@ -8,9 +8,10 @@ twice. A JSONL line that cannot be read (not UTF-8, invalid JSON) comes out as a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ijson
 

@@ -13,8 +13,8 @@ import shutil
 import time
 import uuid
 from collections import Counter, deque
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -31,8 +31,7 @@ from alpaca_ds.dataset.encode import Encoder, Preprocess, init_worker, tokenize_
 from alpaca_ds.dataset.records import Invalid, read_records
 from alpaca_ds.dataset.shards import FORMAT, MANIFEST, ShardWriter
 from alpaca_ds.dataset.template import PROMPT_DICT
-from alpaca_ds.dataset.tokenizer import (add_missing_special_tokens, load_tokenizer, tokenizer_dir,
-                                         tokenizer_identity)
+from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer, tokenizer_dir, tokenizer_identity
 
 REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "validation")

@@ -5,9 +5,9 @@ Alpaca's train.py) and extra keys are ignored.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from alpaca_ds.common.jsonfile import Bad, read_objects
 

@@ -8,7 +8,7 @@ wrapping around to the epoch's start, as torch's DistributedSampler does, so eve
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

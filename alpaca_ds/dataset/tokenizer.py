@@ -14,8 +14,7 @@ from typing import Any
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import sha256_file
-from alpaca_ds.dataset.template import (DEFAULT_BOS_TOKEN, DEFAULT_EOS_TOKEN, DEFAULT_PAD_TOKEN,
-                                        DEFAULT_UNK_TOKEN)
+from alpaca_ds.dataset.template import DEFAULT_BOS_TOKEN, DEFAULT_EOS_TOKEN, DEFAULT_PAD_TOKEN, DEFAULT_UNK_TOKEN
 
 # Files that define a tokenizer's behaviour; their hashes make up its identity.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -21,10 +21,10 @@ import json
 import os
 from pathlib import Path
 
+from alpaca_ds.api.config import ApiConfig
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json, sha256_file
 from alpaca_ds.common.provenance import weights_sha256
-from alpaca_ds.api.config import ApiConfig
 from alpaca_ds.evaluate.config import AnswerConfig
 from alpaca_ds.evaluate.eval_sets import EvalItem, load_eval_set, output_record
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from alpaca_ds.evaluate.config import ServeConfig
 from alpaca_ds.dataset.template import format_prompt
+from alpaca_ds.evaluate.config import ServeConfig
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
 
 HELP = ("Type an instruction and press Enter. /input TEXT sets an input for the next instruction; end a line with "

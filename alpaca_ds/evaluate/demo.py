@@ -27,15 +27,15 @@ import os
 import secrets
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import AsyncIterator
 
 from pydantic import ValidationError
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.serving import serve_until_interrupted
-from alpaca_ds.evaluate.config import DecodingConfig, DemoConfig
 from alpaca_ds.dataset.template import format_prompt
+from alpaca_ds.evaluate.config import DecodingConfig, DemoConfig
 from alpaca_ds.evaluate.content_filter import ContentFilter
 from alpaca_ds.evaluate.feedback import RATINGS, FeedbackLog
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name

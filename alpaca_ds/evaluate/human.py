@@ -25,10 +25,10 @@ from importlib import resources
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.journal import Journal, read_jsonl
 from alpaca_ds.common.serving import serve_until_interrupted
 from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 from alpaca_ds.evaluate.winrate import report as winrate_report
-from alpaca_ds.common.journal import Journal, read_jsonl
 
 CHOICES = ("A", "B", "tie")
 

@@ -52,10 +52,10 @@ from alpaca_ds.api.runner import Runner
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json
 from alpaca_ds.common.lock import exclusive
-from alpaca_ds.evaluate.config import JudgeConfig
-from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 from alpaca_ds.evaluate import winrate
 from alpaca_ds.evaluate.answers import provenance_path
+from alpaca_ds.evaluate.config import JudgeConfig
+from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 
 PLACEHOLDERS = ("instruction", "output_a", "output_b")
 _VERDICT = re.compile(r"output\s*\(?\s*([ab])\s*\)?", re.IGNORECASE)

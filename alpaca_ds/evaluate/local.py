@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.evaluate.config import DecodingConfig

@@ -21,8 +21,8 @@ import time
 import uuid
 
 from alpaca_ds.common.serving import serve_until_interrupted
-from alpaca_ds.evaluate.config import DecodingConfig, ServeConfig
 from alpaca_ds.dataset.template import format_prompt
+from alpaca_ds.evaluate.config import DecodingConfig, ServeConfig
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
 
 
@@ -182,7 +182,7 @@ class Server:
             chunk = {"id": rid, "object": kind, "created": created, "model": self.name, "choices": choices}
             if usage_in_stream:
                 chunk["usage"] = usage
-            await response.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode("utf-8"))
+            await response.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
 
         prompt_tokens = completion_tokens = 0
         for p_index, prompt in enumerate(prompts):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from alpaca_ds.generate.rundir import RunDir
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from alpaca_ds.api.ledger import CallLedger
-from alpaca_ds.common.journal import Journal, read_jsonl
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
+from alpaca_ds.common.journal import Journal, read_jsonl
 from alpaca_ds.common.lock import exclusive
 from alpaca_ds.generate.processor import Processor, alpaca_record, process_in_order
 from alpaca_ds.generate.setup import Setup, diff_keys

@@ -10,8 +10,8 @@ from alpaca_ds.api.prices import Price, price_for
 from alpaca_ds.api.tokens import get_encoding
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import sha256_file
-from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.generate import prompts as P
+from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.generate.seeds import Example, load_seed_tasks
 
 

@@ -71,7 +71,7 @@ class QuickstartConfig(Schema):
             self.with_quick()  # a bad key under `quick` fails at load, not after the first steps have run
         return self
 
-    def with_quick(self) -> "QuickstartConfig":
+    def with_quick(self) -> QuickstartConfig:
         """This config with the `quick` section's values applied (and `quick` itself emptied)."""
         data = _deep_merge(self.model_dump(mode="json", exclude={"quick"}), self.quick)
         try:

@@ -44,7 +44,7 @@ class LocalSimulator:
         self.base_url: str | None = None
         self._error: BaseException | None = None
 
-    def __enter__(self) -> "LocalSimulator":
+    def __enter__(self) -> LocalSimulator:
         from aiohttp import web
         ready = threading.Event()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import read_yaml_mapping
 from alpaca_ds.train.config import TrainConfig
@@ -60,9 +59,9 @@ def batch_arithmetic(cfg: TrainConfig, world_size: int) -> str:
 
 def _validate(ds: dict, path: str, world_size: int) -> None:
     """DeepSpeed's own schema check (typos in zero_optimization keys, wrong types), before any launch."""
+    import torch.distributed as dist
     from deepspeed.runtime.config import DeepSpeedConfig
     from pydantic import ValidationError
-    import torch.distributed as dist
     # DeepSpeedConfig checks the batch arithmetic against this process's world: the run's inside a launched
     # rank, a single process when rendering or checking before the launch.
     checked = ds if dist.is_initialized() else {**ds, "train_batch_size": ds["train_batch_size"] // world_size}

@@ -27,12 +27,12 @@ from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json, sha256_file
 from alpaca_ds.common.provenance import PROVENANCE, weights_sha256
 from alpaca_ds.config import dump_config, load_config
-from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset, check_tokenizer, read_manifest
 from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer, tokenizer_identity
 from alpaca_ds.train import checkpoint, export, lora
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.train.ds_config import batch_arithmetic, build_ds_config
 from alpaca_ds.train.metrics import MetricsLog, plot_loss_curve
 from alpaca_ds.train.model import build_model

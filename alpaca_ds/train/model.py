@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import deepspeed
 import torch
+
 # Imported here, not inside zero.Init: the model classes pull in torch._dynamo lazily, which fails under the
 # tensor-creation patches zero.Init installs.
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.train.config import ModelConfig
 from alpaca_ds.train import lora
+from alpaca_ds.train.config import ModelConfig
 
 
 def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.Module:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from alpaca_ds.config import load_config
-from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset import build
+from alpaca_ds.dataset.config import DataBuildConfig
 
 
 def build_dataset(output: Path, *overrides: str) -> dict:

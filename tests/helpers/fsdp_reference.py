@@ -26,10 +26,10 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 from alpaca_ds.config import load_config
-from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.train.model import resize_with_mean_rows
 
 

@@ -13,10 +13,10 @@ import math
 import torch
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
-from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.sampler import MicroBatchSampler
 from alpaca_ds.dataset.shards import TokenizedDataset
+from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.train.model import resize_with_mean_rows
 
 

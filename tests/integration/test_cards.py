@@ -13,8 +13,8 @@ import pytest
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.serving import free_port
 from alpaca_ds.config import load_config
-from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.evaluate import judge
+from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.release.cards import pack, write_cards
 from helpers.evaluation import simulator, write_outputs
 from helpers.generation import Teacher, cli_env

@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from alpaca_ds.evaluate.config import DecodingConfig
 from alpaca_ds.dataset.template import format_prompt
+from alpaca_ds.evaluate.config import DecodingConfig
 from alpaca_ds.evaluate.demo import REFUSAL
 from helpers.evaluation import Background, browser, make_tiny_model, needs_browser, run_cli, simulator
 
@@ -82,7 +82,7 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
             driver.find_element(By.ID, "input").clear()
             driver.find_element(By.ID, "input").send_keys(input_)
             driver.find_element(By.ID, "ask").click()
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card .rate")) == k + 1)  # answer complete
+            wait.until(lambda d, k=k: len(d.find_elements(By.CSS_SELECTOR, ".card .rate")) == k + 1)  # answer complete
             card = driver.find_element(By.CSS_SELECTOR, ".card")  # the newest is on top
             answer = card.find_element(By.CLASS_NAME, "answer")
             assert answer.get_attribute("textContent") == expected[k]  # the model's own greedy answer
@@ -95,12 +95,12 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
             # rate: the first thumbs down with a comment, the second thumbs up
             before = len(lines(feedback))
             card.find_element(By.CLASS_NAME, "down" if k == 0 else "up").click()
-            wait.until(lambda d: len(lines(feedback)) == before + 1)
-            wait.until(lambda d: card.find_element(By.CLASS_NAME, "status").text == "saved")
+            wait.until(lambda d, n=before + 1: len(lines(feedback)) == n)
+            wait.until(lambda d, card=card: card.find_element(By.CLASS_NAME, "status").text == "saved")
             if k == 0:
                 card.find_element(By.CLASS_NAME, "comment").send_keys("Repeats itself.")
                 card.find_element(By.CLASS_NAME, "save").click()
-                wait.until(lambda d: len(lines(feedback)) == before + 2)
+                wait.until(lambda d, n=before + 2: len(lines(feedback)) == n)
         on_disk = lines(feedback)  # all of it there before the page said "saved": the tab may close now
 
         driver.refresh()  # the page comes back with this browser's answers and their ratings

@@ -20,8 +20,18 @@ from alpaca_ds.common.provenance import tensor_sha256
 from alpaca_ds.common.serving import free_port
 from alpaca_ds.train.config import TrainConfig
 from helpers import lora_reference
-from helpers.training import (ENV, FROM_INIT_STEPS, LORA, RECIPE, launch, launch_and_kill, lora_settings, losses,
-                              metrics, worst_relative)
+from helpers.training import (
+    ENV,
+    FROM_INIT_STEPS,
+    LORA,
+    RECIPE,
+    launch,
+    launch_and_kill,
+    lora_settings,
+    losses,
+    metrics,
+    worst_relative,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +116,7 @@ def test_lora_checkpoint_holds_only_the_adapter_and_its_optimizer_state(lora_run
 def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
     from alpaca_ds.train.export import LORA_ULPS, check_logits, fixed_batch, logits
     cfg = lora_settings(lora_run, from_init)
     peft_model = PeftModel.from_pretrained(lora_reference.base_model(cfg, vocab(dataset)), lora_run / "adapter")

@@ -16,9 +16,9 @@ from alpaca_ds.config import load_config
 from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.evaluate.config import AnswerConfig, JudgeConfig
 from alpaca_ds.generate.config import GenerateConfig
+from alpaca_ds.quickstart import layout
 from alpaca_ds.quickstart.config import QuickstartConfig
 from alpaca_ds.train.config import TrainConfig
-from alpaca_ds.quickstart import layout
 from helpers.paths import ROOT
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,7 @@ from alpaca_ds.common.serving import free_port
 from alpaca_ds.config import load_config
 from alpaca_ds.train.config import TrainConfig
 from helpers.paths import ROOT
-from helpers.training import (ENV, FROM_INIT_STEPS, RECIPE, launch, launch_and_kill, losses, metrics,
-                              worst_relative)
+from helpers.training import ENV, FROM_INIT_STEPS, RECIPE, launch, launch_and_kill, losses, metrics, worst_relative
 
 pytestmark = pytest.mark.slow
 

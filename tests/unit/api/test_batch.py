@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.evaluate import judge
 from alpaca_ds.generate import run as gen
 from alpaca_ds.simulator.batch import BatchBehaviour

@@ -10,8 +10,14 @@ import time
 
 import pytest
 
-from alpaca_ds.cluster.launch import (Cluster, cluster_from_options, launcher_command, parse_hostfile, prepare,
-                                      train_args)
+from alpaca_ds.cluster.launch import (
+    Cluster,
+    cluster_from_options,
+    launcher_command,
+    parse_hostfile,
+    prepare,
+    train_args,
+)
 from alpaca_ds.common.errors import UserError
 from helpers.launching import ENV, cli
 from helpers.paths import ROOT

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from alpaca_ds.api.prices import load_table as load_price_table
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import dump_config, load_config
 from alpaca_ds.dataset.config import DataBuildConfig
@@ -15,7 +17,6 @@ from alpaca_ds.evaluate.config import AnswerConfig, JudgeConfig
 from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.quickstart.config import QuickstartConfig
 from alpaca_ds.train.config import TrainConfig
-from alpaca_ds.api.prices import load_table as load_price_table
 from helpers.paths import ROOT
 
 
@@ -63,7 +64,7 @@ def test_file_values_and_set_overrides(tmp_path):
     path = write(tmp_path, "input: a.json\noutput: out\ntokenizer: tok\nmax_length: 256\n")
     cfg = load_config(DataBuildConfig, path, ["max_length=1024", "overlength=drop", "val_fraction=0.05"])
     assert (cfg.max_length, cfg.overlength, cfg.val_fraction, cfg.input) == (1024, "drop", 0.05, "a.json")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.max_length = 3  # frozen
     # --set values are typed by the schema: digits stay text where a string is wanted
     cfg = load_config(DataBuildConfig, path, ["sha256=0042", "skip_invalid=true", "workers=3"])

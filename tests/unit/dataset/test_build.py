@@ -60,7 +60,8 @@ def test_small_shards_read_back_identically(sample_dataset, tmp_path):
 def test_split_is_deterministic_and_by_content(tmp_path, records):
     a = build_dataset(tmp_path / "a", "val_fraction=0.25")
     b = build_dataset(tmp_path / "b", "val_fraction=0.25")
-    shard_sums = lambda m: [f["sha256"] for s in m["splits"].values() for sh in s["shards"] for f in sh["files"].values()]
+    def shard_sums(m):
+        return [f["sha256"] for s in m["splits"].values() for sh in s["shards"] for f in sh["files"].values()]
     assert shard_sums(a) == shard_sums(b)
     n_val = a["splits"]["validation"]["examples"]
     assert 10 <= n_val <= 50 and n_val + a["splits"]["train"]["examples"] == len(records)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alpaca_ds.config import load_config
-from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset import build
 from alpaca_ds.dataset.collate import collate
+from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset.sampler import MicroBatchSampler, pack
 from alpaca_ds.dataset.shards import TokenizedDataset
 

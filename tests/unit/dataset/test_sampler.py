@@ -20,11 +20,10 @@ import pytest
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
-from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset import build
+from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset.sampler import MODES, MicroBatchSampler, pack
 from alpaca_ds.dataset.shards import TokenizedDataset
-
 
 # --------------------------------------------------------------------------------------------------- data
 

@@ -10,9 +10,9 @@ import pytest
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
-from alpaca_ds.evaluate.config import AnswerConfig
 from alpaca_ds.dataset.template import PROMPT_DICT
 from alpaca_ds.evaluate import answers
+from alpaca_ds.evaluate.config import AnswerConfig
 from alpaca_ds.evaluate.eval_sets import load_eval_set, pair_outputs, reference_outputs
 from helpers.evaluation import make_tiny_model, run_cli, write_outputs
 from helpers.paths import DAVINCI, ROOT, SHARED, needs_eval_data

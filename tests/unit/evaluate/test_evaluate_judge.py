@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_ds.api.runner import request_key
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
-from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.evaluate import judge
-from alpaca_ds.api.runner import request_key
+from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.simulator.batch import BatchBehaviour
 from alpaca_ds.simulator.server import Faults
 from helpers.evaluation import run_cli, simulator, write_outputs

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.evaluate.config import WinrateConfig
 from alpaca_ds.evaluate import lc_winrate, winrate
+from alpaca_ds.evaluate.config import WinrateConfig
 from helpers.evaluation import run_cli
 from helpers.paths import ALPACA_7B, DAVINCI, needs_eval_data
 

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.evaluate.config import WinrateConfig
 from alpaca_ds.evaluate import winrate
+from alpaca_ds.evaluate.config import WinrateConfig
 from helpers.evaluation import run_cli
 
 

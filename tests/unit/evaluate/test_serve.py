@@ -8,8 +8,8 @@ import subprocess
 import openai
 import pytest
 
-from alpaca_ds.evaluate.config import DecodingConfig
 from alpaca_ds.dataset.template import format_prompt
+from alpaca_ds.evaluate.config import DecodingConfig
 from helpers.evaluation import Background, cli, make_tiny_model, run_cli
 from helpers.paths import ROOT
 

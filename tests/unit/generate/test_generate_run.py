@@ -12,11 +12,11 @@ from collections import Counter
 
 import pytest
 
-from alpaca_ds.common.errors import UserError
 from alpaca_ds.api.calls import backoff_delay
 from alpaca_ds.api.ledger import CallLedger
-from alpaca_ds.generate import run as gen
+from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.journal import read_jsonl as read_ledger
+from alpaca_ds.generate import run as gen
 from helpers.generation import Teacher, cli_env, gen_config, overrides, read_jsonl, run_generate_cli
 from helpers.paths import ROOT
 

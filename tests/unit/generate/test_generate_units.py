@@ -12,28 +12,27 @@ import time
 
 import pytest
 
-from alpaca_ds.common.errors import UserError
-from alpaca_ds.api.config import BudgetConfig
-from alpaca_ds.config import load_config
-from alpaca_ds.generate.config import FilterConfig, GenerateConfig
-from alpaca_ds.generate import prompts as P
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.client import _retry_after
-from alpaca_ds.generate.filters import Filters
-from alpaca_ds.common.journal import Journal, read_jsonl
+from alpaca_ds.api.config import BudgetConfig
 from alpaca_ds.api.limits import RateLimiter
 from alpaca_ds.api.prices import load_table, price_for
+from alpaca_ds.api.tokens import _BUNDLED, get_encoding, seed_cache
+from alpaca_ds.common.errors import UserError
+from alpaca_ds.common.journal import Journal, read_jsonl
+from alpaca_ds.config import load_config
+from alpaca_ds.generate import prompts as P
+from alpaca_ds.generate.config import FilterConfig, GenerateConfig
+from alpaca_ds.generate.filters import Filters
 from alpaca_ds.generate.seeds import Example, load_seed_tasks
 from alpaca_ds.simulator.teacher import TeacherSim
-from alpaca_ds.api.tokens import _BUNDLED, get_encoding, seed_cache
 from helpers.generation import ORIGINAL_SEEDS, seeds_path
 from helpers.paths import SHARED
-
 
 # ---- Alpaca's post-processing, transcribed from stanford_alpaca/generate_instruction.py, as the reference ----
 
 def alpaca_find_word_in_string(w, s):
-    return re.compile(r"\b({0})\b".format(w), flags=re.IGNORECASE).search(s)
+    return re.compile(rf"\b({w})\b", flags=re.IGNORECASE).search(s)
 
 
 def alpaca_post_process_gpt3_response(num_prompt_instructions, response):

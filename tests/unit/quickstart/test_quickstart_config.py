@@ -12,9 +12,9 @@ import yaml
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
+from alpaca_ds.quickstart import layout, pipeline
 from alpaca_ds.quickstart.config import QuickstartConfig
 from alpaca_ds.train.config import TrainConfig
-from alpaca_ds.quickstart import layout, pipeline
 from helpers.paths import ROOT
 
 

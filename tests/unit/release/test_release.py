@@ -77,7 +77,8 @@ def test_recover_memory_stays_well_under_two_copies(tmp_path):
     # 16 layers, ~42M parameters, 81 MiB in bf16; diff shards of 8 MiB. Recovery holds one output shard and a few
     # float32 temporaries of the largest tensor, never the whole model twice. Anonymous memory is sampled: the
     # mapped safetensors pages are page cache, not a copy.
-    make = lambda: tiny(0, vocab=4000, hidden=512, layers=16)
+    def make():
+        return tiny(0, vocab=4000, hidden=512, layers=16)
     model = make().to(torch.bfloat16)
     n_bytes = sum(p.numel() * 2 for p in model.parameters())
     model.save_pretrained(tmp_path / "tuned")

@@ -54,8 +54,8 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
     from peft import PeftModel, get_peft_model, get_peft_model_state_dict
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alpaca_ds.train.config import LoraConfig
     from alpaca_ds.train import lora
+    from alpaca_ds.train.config import LoraConfig
 
     def base():
         torch.manual_seed(0)
