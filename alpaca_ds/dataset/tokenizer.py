@@ -3,7 +3,7 @@
 transformers 5 builds its `LlamaTokenizer` class from a SentencePiece `tokenizer.model` with ids that differ
 from SentencePiece's (e.g. on repeated spaces). Its generic `TokenizersBackend` keeps SentencePiece's ids, so a
 folder that has `tokenizer.model` but no `tokenizer.json` is loaded through it; a bare SentencePiece folder (no
-`tokenizer_config.json`) gets LLaMA's convention of a BOS token in front. tests/test_alpaca_reference.py pins this
+`tokenizer_config.json`) gets LLaMA's convention of a BOS token in front. tests/unit/dataset/test_alpaca_reference.py pins this
 against SentencePiece itself on the LLaMA tokenizer.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ instructions is wanted anyway, call `query` alone: it decides with the same exac
 
     /work/venv/bin/python benchmarks/bench_rouge.py     # speed and exactness against brute-force rouge_score
 
-What "exact" means (tests/test_rouge.py checks each point against rouge_score itself):
+What "exact" means (tests/unit/generate/test_rouge.py checks each point against rouge_score itself):
   * tokens are rouge_score's DefaultTokenizer(use_stemmer=False) tokens (see `tokenize`);
   * every score is the float rouge_score computes, bit for bit: precision = lcs/len(existing) (the
     "prediction" in Alpaca's call), recall = lcs/len(new) (the "target"), F = 2*p*r/(p+r) in the order of

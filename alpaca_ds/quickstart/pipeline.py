@@ -1,7 +1,7 @@
 """`alpaca-ds quickstart`: the whole pipeline, offline, on CPU, in a few minutes, ending in a report.
 
     alpaca-ds quickstart                          # -> runs/quickstart/report.md
-    alpaca-ds quickstart --quick --out /tmp/qs    # the smaller variant (CI, tests/test_quickstart.py)
+    alpaca-ds quickstart --quick --out /tmp/qs    # the smaller variant (CI, tests/integration/test_quickstart.py)
 
 An orchestrator over the stages, each called as its command calls it (in-process, except training, which runs
 through DeepSpeed's own launcher), each in its own folder of the run directory:
