@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +139,22 @@ def _soft_log_loss(y_true, y_pred, true_prob, true_sample_weight):
     return -np.mean((p * np.log(q) + (1 - p) * np.log(1 - q)) * true_sample_weight)
 
 
+@contextmanager
+def _liblinear_quiet():
+    """liblinear prints "WARNING: class label 1 specified in weight is not found" straight to file descriptor 2
+    for every fold in which one side of the soft labels weighs nothing (a judge that always prefers the same
+    output): harmless for the fit, and a flood on the console, so fd 2 goes to /dev/null while it fits."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def fit(features: np.ndarray, labels: np.ndarray, weights: np.ndarray):
     """L1 logistic regression without intercept on soft labels, C by grouped 5-fold cross-validation."""
     import sklearn
@@ -155,7 +174,8 @@ def fit(features: np.ndarray, labels: np.ndarray, weights: np.ndarray):
                                      scoring=scorer.set_score_request(true_prob=True, true_sample_weight=True),
                                      use_legacy_attributes=False)
         model.set_fit_request(sample_weight=True)
-        model.fit(x, y, sample_weight=prob * w, groups=groups, true_prob=prob, true_sample_weight=w)
+        with _liblinear_quiet():
+            model.fit(x, y, sample_weight=prob * w, groups=groups, true_prob=prob, true_sample_weight=w)
     return model
 
 

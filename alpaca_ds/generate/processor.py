@@ -24,6 +24,8 @@ class Processor:
         self.index = RougeIndex(threshold=cfg.rouge_threshold, top_k=10, compute_mean=True)
         for ex in setup.seeds:  # Alpaca de-duplicates against the seeds too
             self.index.add(ex.instruction)
+        if setup.seeds:  # compile (or load from numba's cache) the index's loops before any request is paid for
+            self.index.query(setup.seeds[0].instruction)
         self.seen = {ex.instruction for ex in setup.seeds}
         self.accepted: list[dict] = []
         self.rejected: Counter = Counter()
@@ -51,7 +53,6 @@ class Processor:
         if choices is None:
             self.requests_failed += 1
             return []
-        self.requests_ok += 1
         new = []
         for choice in choices:
             cands, dropped = P.parse_response(choice["text"], choice.get("finish_reason"), self.k, self.chat)
@@ -80,6 +81,8 @@ class Processor:
                 self.seen.add(cand.instruction)
                 self.accepted.append(record)
                 new.append(record)
+        # counted once its records are in: the request loop reads accepted / processed as the yield per request
+        self.requests_ok += 1
         return new
 
 

@@ -140,6 +140,10 @@ class RunDir:
         """The end of a run, whatever stopped it: deliver what was answered (`finish`), write the reports and
         regen.json, and say how it ended."""
         self.finish(answered)
+        if self.proc.done and runner.stop_reason != "target":
+            # the target was reached by answers processed after the loop had stopped (the budget ran out while
+            # processing lagged): the data is complete, and that is how the run ended
+            runner.stop_reason, runner.message = "target", f"reached num_instructions = {self.cfg.num_instructions}"
         stats, cost = self.write_reports(runner, this_run, final=True)
         message = runner.message
         if self.skipped:

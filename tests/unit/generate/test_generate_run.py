@@ -131,6 +131,31 @@ def test_processing_that_falls_behind_holds_back_no_request(tmp_path, monkeypatc
     check_consistent(tmp_path / "g", cfg, target_reached=False)
 
 
+def test_a_slow_first_answer_lets_no_requests_run_ahead_of_the_need(tmp_path, monkeypatch):
+    # while the first answer is being processed (a cold start: the ROUGE-L loops compiling, say), no yield is
+    # measured yet: the loop sends what the prior says the target needs, not a request for every answer that
+    # comes back (which once spent a budget 6x over on a target the first 5 answers met)
+    from alpaca_ds.generate import prompts
+    from alpaca_ds.generate.dryrun import expected_per_request
+    parse, calls = prompts.parse_response, []
+
+    def slow_first(*args, **kwargs):  # the first answer's processing, half-way through, takes a second
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(prompts, "parse_response", slow_first)
+    with Teacher() as teacher:
+        cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=60", "concurrency=4", *SMALL)
+        result = gen.run(cfg)
+    assert result["stop_reason"] == "target" and result["exit_code"] == 0
+    prior = expected_per_request(cfg, 1)
+    sent = result["stats"]["requests"]["sent"]
+    assert sent <= -(-60 // prior) + cfg.concurrency, (sent, prior)
+    check_consistent(tmp_path / "g", cfg)
+
+
 def test_budget_is_never_exceeded_and_stops_cleanly(tmp_path):
     out = tmp_path / "g"
     with Teacher("--latency", "0.05") as teacher:
