@@ -43,7 +43,7 @@ def _popcount(typingctx, x):
     return types.int64(types.uint64), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _f_measure(lcs, m, n):
     # rouge_l_f: precision = lcs / prediction (n), recall = lcs / target (m), 0.0 when a side is empty
     if m == 0 or n == 0 or lcs == 0:
@@ -53,7 +53,7 @@ def _f_measure(lcs, m, n):
     return 2 * precision * recall / (precision + recall)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, dense, n_dense, dense_min):
     """Append instruction `i` (token ids `tids`, <= 64 of them) to its tokens' posting lists; returns the new
     arena top, or -1 (and changes nothing) when the arena has no room for the lists that must move. A token
@@ -95,7 +95,7 @@ def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, 
     return top
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _set_lut(q, lut):
     """lut[token] = bit mask of its positions in the query q (<= 64 tokens; -1 = unknown token, skipped)."""
     for j in range(len(q)):
@@ -103,14 +103,14 @@ def _set_lut(q, lut):
             lut[q[j]] |= np.uint64(1) << np.uint64(j)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _clear_lut(q, lut):
     for j in range(len(q)):
         if q[j] >= 0:
             lut[q[j]] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lcs_lut(toks, lut, m):
     """LCS of the query (its positions are the bits of lut, m <= 64) and the token sequence `toks`: Hyyro's
     recurrence fed one token of `toks` at a time; padding (-1) ends the sequence."""
@@ -124,7 +124,7 @@ def _lcs_lut(toks, lut, m):
     return _popcount(~v & low)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lcs_dp(a, b):
     """Textbook LCS for the rare pair where both sides exceed 64 tokens."""
     prev = np.zeros(len(b) + 1, dtype=np.int64)
@@ -136,7 +136,7 @@ def _lcs_dp(a, b):
     return prev[len(b)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _long_lcs(q, k, long_start, long_tok, lut):
     toks = long_tok[long_start[k]:long_start[k + 1]]
     if len(q) <= WORD:
@@ -144,7 +144,7 @@ def _long_lcs(q, k, long_start, long_tok, lut):
     return _lcs_dp(q, toks)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _long_scores(q, lens, long_ids, long_start, long_tok, lut, f):
     """f[i] = exact score of query q against each instruction i of > 64 tokens."""
     m = len(q)
@@ -157,7 +157,7 @@ def _long_scores(q, lens, long_ids, long_start, long_tok, lut, f):
         _clear_lut(q, lut)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def all_scores(q, n_total, p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids, long_start,
                long_tok, v, lut, f, top):
     """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
@@ -208,7 +208,7 @@ def all_scores(q, n_total, p_ids, p_masks, start, plen, slot, dense, lens, short
     return filled, best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def any_above(q, thr, n_total, p_ids, p_masks, start, plen, df, lens, tokmat, table,
               long_ids, long_start, long_tok, acc, touched, lut):
     """Whether some instruction scores > thr against the query q (1..64 tokens, thr >= 0.01): the length,
