@@ -1,0 +1,29 @@
+"""Options and endings shared by the commands: `--config FILE` + repeatable `--set key=value`, command-line
+shortcuts as --set items, and the exit of a run that can stop early."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                      help="YAML config file (defaults apply to what it leaves out).")
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="Override a config key, e.g. --set max_length=1024 (repeatable).")
+
+
+
+def flags(**values) -> tuple[str, ...]:
+    """Command-line shortcuts as `--set key=value` items (applied before the user's own --set items)."""
+    return tuple(f"{key}={value}" for key, value in values.items() if value is not None)
+
+
+def finish(result: dict, line: str) -> None:
+    """End a run that can stop early (generate, evaluate judge): its summary, why it stopped, its exit status."""
+    if result["exit_code"] == 0:
+        click.echo(f"done: {line}")
+    else:
+        click.echo(f"stopped: {result['message']}", err=True)
+        click.echo(line, err=True)
+    sys.exit(result["exit_code"])
+
