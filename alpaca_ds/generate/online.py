@@ -223,16 +223,16 @@ class OnlineGenerator:
                 "requests_per_s": round(self.completed_this_run / window, 3) if window > 0 else None,
                 "concurrency": self.cfg.concurrency, "max_processing_lag": self.backlog.max_lag}
 
-    def _status(self, force: bool = False) -> None:
+    def _status(self) -> None:
         now = time.monotonic()
-        if not force and now - self._last_status < 0.5:
+        if now - self._last_status < 0.5:
             return
         self._last_status = now
         rate = self.completed_this_run / max(now - (self._first_send or now), 1e-9)
         self.progress.update(0, f"{rate:.1f} req/s, {self.backlog.lag} answers to process, "
                                 f"${self.runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}")
         # not while the processor is in the middle of a request (the loop does not wait for it): next turn then
-        if (force or now - self._last_files > 5.0) and self.rd.write_reports(self.runner, self._this_run(),
+        if now - self._last_files > 5.0 and self.rd.write_reports(self.runner, self._this_run(),
                                                                                 final=False, wait=False):
             self._last_files = now
             # Everything alive now (accepted records, the ROUGE index, the ledger) lives until the end: move it out
