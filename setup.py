@@ -42,8 +42,14 @@ setup(
         # rouge-score: the independent reference the ROUGE-L index and the seed set are checked against
         # ruff: lint and format, pinned so that CI's check does not move under the code
         # alpaca-eval: the reference the length-controlled win rate is checked against (its metrics, offline)
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.20", "rouge-score>=0.1.2", "alpaca-eval>=0.6.6",
-                 "ruff==0.17.6"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "selenium>=4.20",
+            "rouge-score>=0.1.2",
+            "alpaca-eval>=0.6.6",
+            "ruff==0.17.6",
+        ],
         # QLoRA (model.lora.quantize: nf4): bitsandbytes' 4-bit kernels, on CUDA machines only
         "qlora": ["bitsandbytes>=0.43"],
     },

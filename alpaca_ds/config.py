@@ -5,6 +5,7 @@ module loads YAML into them. Unknown keys, wrong types and missing values fail b
 that names the file (or the `--set` that caused it), the dotted key, and the nearest valid key. Relative paths in
 a config are taken relative to the directory the command runs in.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -22,8 +23,12 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def load_config(schema: type[Schema], path: str | Path | None, overrides: tuple[str, ...] | list[str] = (),
-                defaults: dict[str, Any] | None = None) -> Schema:
+def load_config(
+    schema: type[Schema],
+    path: str | Path | None,
+    overrides: tuple[str, ...] | list[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> Schema:
     """Load `path` (or only `defaults` when None), apply `--set` overrides, validate against `schema`."""
     data: dict[str, Any] = dict(defaults or {})
     source = "built-in defaults"
@@ -75,7 +80,7 @@ def _set_dotted(data: dict, key: str, value: Any, item: str) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            raise UserError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
 
@@ -87,8 +92,9 @@ def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = getattr(field, "annotation", None)
         # an optional section (`lora: LoraConfig | None`) lists the keys of its schema
-        annotation = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
-                          annotation)
+        annotation = next(
+            (a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), annotation
+        )
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

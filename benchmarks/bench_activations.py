@@ -11,6 +11,7 @@ the step (a warm-up step allocates the gradients), so the peak is activations an
 `alpaca_ds.cluster.plan.activation_bytes` models. On CPU, sdpa runs the flash kernel as CUDA does (no
 attention matrix kept); a GPU adds allocator rounding, which the plan's reserve covers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,24 +29,43 @@ CASES = [
 ]
 
 
-def measure_peak(hidden: int, intermediate: int, layers: int, heads: int, vocab: int, micro: int, seq: int,
-                 attention: str = "sdpa", checkpointing: bool = False, lora: dict | None = None) -> int:
+def measure_peak(
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    vocab: int,
+    micro: int,
+    seq: int,
+    attention: str = "sdpa",
+    checkpointing: bool = False,
+    lora: dict | None = None,
+) -> int:
     """Peak bytes allocated during one forward + backward beyond the parameters and their gradients; `lora`
     (target_modules, lora_dropout, ... of peft's LoraConfig) trains adapters on the frozen model instead."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
-                         attn_implementation=attention)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=vocab,
+        attn_implementation=attention,
+    )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.train()
     if checkpointing:
         from alpaca_ds.train.model import enable_checkpointing  # what model.gradient_checkpointing switches on
+
         enable_checkpointing(model)
     if lora is not None:
         from peft import LoraConfig, get_peft_model
+
         if checkpointing:
             model.enable_input_require_grads()  # as alpaca_ds.train.lora.add_adapters does
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, **lora)).to(torch.bfloat16)
@@ -68,25 +88,43 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per case")
     args = parser.parse_args()
     import warnings
+
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from alpaca_ds.cluster.plan import Dims, activation_bytes
+
     if not args.json:
-        print(f"{'h':>4} {'i':>5} {'L':>2} {'a':>2} {'V':>5} {'b':>2} {'s':>4} {'attention':>9} {'ckpt':>5} "
-              f"{'measured MiB':>13} {'formula MiB':>12} {'formula/measured':>17}")
+        print(
+            f"{'h':>4} {'i':>5} {'L':>2} {'a':>2} {'V':>5} {'b':>2} {'s':>4} {'attention':>9} {'ckpt':>5} "
+            f"{'measured MiB':>13} {'formula MiB':>12} {'formula/measured':>17}"
+        )
     for h, i, L, a, V, b, s in CASES:
         for attention in ("sdpa", "eager"):
             for ckpt in (False, True):
                 measured = measure_peak(h, i, L, a, V, b, s, attention, ckpt)
                 formula = activation_bytes(Dims(h, i, L, a, V), b, s, checkpointing=ckpt, attention=attention)
-                row = {"hidden": h, "intermediate": i, "layers": L, "heads": a, "vocab": V, "micro": b, "seq": s,
-                       "attention": attention, "checkpointing": ckpt, "measured_bytes": measured,
-                       "formula_bytes": formula, "ratio": round(formula / measured, 4)}
+                row = {
+                    "hidden": h,
+                    "intermediate": i,
+                    "layers": L,
+                    "heads": a,
+                    "vocab": V,
+                    "micro": b,
+                    "seq": s,
+                    "attention": attention,
+                    "checkpointing": ckpt,
+                    "measured_bytes": measured,
+                    "formula_bytes": formula,
+                    "ratio": round(formula / measured, 4),
+                }
                 if args.json:
                     print(json.dumps(row), flush=True)
                 else:
-                    print(f"{h:>4} {i:>5} {L:>2} {a:>2} {V:>5} {b:>2} {s:>4} {attention:>9} {str(ckpt):>5} "
-                          f"{measured / 2**20:>13.2f} {formula / 2**20:>12.2f} {formula / measured:>17.3f}", flush=True)
+                    print(
+                        f"{h:>4} {i:>5} {L:>2} {a:>2} {V:>5} {b:>2} {s:>4} {attention:>9} {str(ckpt):>5} "
+                        f"{measured / 2**20:>13.2f} {formula / 2**20:>12.2f} {formula / measured:>17.3f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ What is timed:
              reported separately, and the `alpaca-ds data build` CLI is timed in a fresh process as a user
              sees it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,6 +77,7 @@ def preprocess(sources, targets, tokenizer):
 
 def alpaca_baseline(records: list[dict], tokenizer) -> dict:
     from alpaca_ds.dataset.template import format_prompt
+
     sources = [format_prompt(example["instruction"], example.get("input", "")) for example in records]
     targets = [f"{example['output']}{tokenizer.eos_token}" for example in records]
     return preprocess(sources, targets, tokenizer)
@@ -85,8 +87,10 @@ def alpaca_baseline(records: list[dict], tokenizer) -> dict:
 def build_cfg(input_path: Path, output: Path):
     from alpaca_ds.config import load_config
     from alpaca_ds.dataset.config import DataBuildConfig
-    return load_config(DataBuildConfig, None, [f"input={input_path}", f"tokenizer={LLAMA}", f"output={output}",
-                                               *ALPACA_SETTINGS])
+
+    return load_config(
+        DataBuildConfig, None, [f"input={input_path}", f"tokenizer={LLAMA}", f"output={output}", *ALPACA_SETTINGS]
+    )
 
 
 def _cpu() -> float:
@@ -104,6 +108,7 @@ def measure(fn, *args):
 
 def run_build(cfg) -> dict:
     from alpaca_ds.dataset.build import run
+
     return run(cfg)
 
 
@@ -112,6 +117,7 @@ def check_equal(baseline: dict, folder: Path) -> str:
     import numpy as np
 
     from alpaca_ds.dataset.shards import TokenizedDataset
+
     ds = TokenizedDataset(folder, "train")
     for i, (ids, labels) in enumerate(zip(baseline["input_ids"], baseline["labels"])):
         e = ds[i]
@@ -122,11 +128,24 @@ def check_equal(baseline: dict, folder: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3, help="rounds; each measurement runs once per round, the best round is reported")
-    ap.add_argument("--baseline-records", type=int, default=None,
-                    help="time Alpaca's preprocessing on the first N records only (default: all)")
-    ap.add_argument("--quiet", type=float, default=1.8,
-                    help="before each round, wait until two CPU-bound processes get this many cores' worth of work")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds; each measurement runs once per round, the best round is reported",
+    )
+    ap.add_argument(
+        "--baseline-records",
+        type=int,
+        default=None,
+        help="time Alpaca's preprocessing on the first N records only (default: all)",
+    )
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=1.8,
+        help="before each round, wait until two CPU-bound processes get this many cores' worth of work",
+    )
     ap.add_argument("--quiet-timeout", type=float, default=120, help="...but no longer than this many seconds")
     ap.add_argument("--no-cli", action="store_true", help="skip the fresh-process CLI runs")
     args = ap.parse_args()
@@ -143,9 +162,11 @@ def main() -> int:
     records = json.loads(ALPACA.read_text(encoding="utf-8"))
     n = len(records)
     cores = os.cpu_count() or 1
-    print(f"bench_build: {n} records of {ALPACA.name}, LLaMA tokenizer, max_length {MAX_LENGTH}; {cores} CPUs; "
-          f"python {sys.version.split()[0]}, torch {version('torch')}, transformers {version('transformers')}, "
-          f"sentencepiece {version('sentencepiece')}")
+    print(
+        f"bench_build: {n} records of {ALPACA.name}, LLaMA tokenizer, max_length {MAX_LENGTH}; {cores} CPUs; "
+        f"python {sys.version.split()[0]}, torch {version('torch')}, transformers {version('transformers')}, "
+        f"sentencepiece {version('sentencepiece')}"
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench_build-") as td:
         td = Path(td)
@@ -157,9 +178,10 @@ def main() -> int:
         first_tiny = measure(run_build, build_cfg(tiny, td / "tiny-out"))[0]
 
         from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer
+
         tokenizer = load_tokenizer(str(LLAMA))
         add_missing_special_tokens(tokenizer)
-        subset = records[:args.baseline_records] if args.baseline_records else records
+        subset = records[: args.baseline_records] if args.baseline_records else records
         sp = spm.SentencePieceProcessor(model_file=str(LLAMA / "tokenizer.model"))
         strings = []
         for r in records:
@@ -183,24 +205,32 @@ def main() -> int:
             wall, cpu, manifest = measure(run_build, build_cfg(ALPACA, td / "out"))
             m["full"].append((wall, cpu))
             if not args.no_cli:
-                m["cli"].append(measure(lambda: subprocess.run(cli, check=True, stdout=subprocess.DEVNULL,
-                                                               stderr=subprocess.DEVNULL))[:2])
+                m["cli"].append(
+                    measure(
+                        lambda: subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    )[:2]
+                )
             last = {key: v[-1][0] for key, v in m.items() if v}
-            print(f"round {k + 1}: cpu check {cpus[-1]:.2f} cores; wall: baseline {last['base']:.2f} s "
-                  f"({len(subset)} records), limit {last['limit']:.2f} s, alpaca-ds {TINY} records "
-                  f"{last['tiny']:.2f} s, {n} records {last['full']:.2f} s"
-                  + (f", CLI {last['cli']:.2f} s" if "cli" in last else "")
-                  + f"; this round alpaca-ds end to end = {last['limit'] / last['full']:.0%} of limit, "
-                  f"{(last['base'] / len(subset)) / (last['full'] / n):.2f}x baseline", flush=True)
+            print(
+                f"round {k + 1}: cpu check {cpus[-1]:.2f} cores; wall: baseline {last['base']:.2f} s "
+                f"({len(subset)} records), limit {last['limit']:.2f} s, alpaca-ds {TINY} records "
+                f"{last['tiny']:.2f} s, {n} records {last['full']:.2f} s"
+                + (f", CLI {last['cli']:.2f} s" if "cli" in last else "")
+                + f"; this round alpaca-ds end to end = {last['limit'] / last['full']:.0%} of limit, "
+                f"{(last['base'] / len(subset)) / (last['full'] / n):.2f}x baseline",
+                flush=True,
+            )
         same = check_equal(baseline, td / "out")
 
     best = {key: (min(w for w, _ in v), min(c for _, c in v)) for key, v in m.items() if v}
     sizes = {"base": len(subset), "limit": n, "full": n, "cli": n}
     startup_wall, startup_cpu = best["tiny"]
-    rows = [("Alpaca train.py preprocessing (baseline)", "base"),
-            (f"sentencepiece encode, {cores} threads (limit)", "limit"),
-            ("alpaca-ds build.run, end to end", "full"),
-            (f"alpaca-ds build.run, steady state (- {startup_wall:.2f} s start-up)", "steady")]
+    rows = [
+        ("Alpaca train.py preprocessing (baseline)", "base"),
+        (f"sentencepiece encode, {cores} threads (limit)", "limit"),
+        ("alpaca-ds build.run, end to end", "full"),
+        (f"alpaca-ds build.run, steady state (- {startup_wall:.2f} s start-up)", "steady"),
+    ]
     if "cli" in best:
         rows.append(("alpaca-ds data build CLI, fresh process, end to end", "cli"))
     wall_rate = {key: sizes[key] / best[key][0] for key in sizes if key in best}
@@ -209,33 +239,49 @@ def main() -> int:
     cpu_per_k["steady"] = 1e6 * (best["full"][1] - startup_cpu) / (n - TINY)
 
     print()
-    print(f"{'method':62s} {'examples/s':>10s} {'x baseline':>10s} {'% of limit':>10s} "
-          f"{'CPU ms/1K ex':>12s} {'CPU: limit/this':>15s}")
+    print(
+        f"{'method':62s} {'examples/s':>10s} {'x baseline':>10s} {'% of limit':>10s} "
+        f"{'CPU ms/1K ex':>12s} {'CPU: limit/this':>15s}"
+    )
     print("-" * 124)
     for name, key in rows:
         rate = wall_rate[key]
-        print(f"{name:62s} {rate:10.0f} {rate / wall_rate['base']:9.2f}x {100 * rate / wall_rate['limit']:9.1f}% "
-              f"{cpu_per_k[key]:12.0f} {100 * cpu_per_k['limit'] / cpu_per_k[key]:14.1f}%")
+        print(
+            f"{name:62s} {rate:10.0f} {rate / wall_rate['base']:9.2f}x {100 * rate / wall_rate['limit']:9.1f}% "
+            f"{cpu_per_k[key]:12.0f} {100 * cpu_per_k['limit'] / cpu_per_k[key]:14.1f}%"
+        )
     print()
-    print(f"examples/s = wall-clock throughput, best of {args.repeats} rounds; baseline on {len(subset)} records, "
-          f"the others on all {n}.\nCPU ms/1K ex = CPU time of the process, its threads and its joined workers "
-          f"(best round); CPU: limit/this = the limit's CPU per example\nover this method's, i.e. how much of its "
-          f"CPU goes into the encoding the limit does (robust to other load on the machine).")
-    print(f"cpu check = how many cores' worth of work two CPU-bound processes got together before each round "
-          f"(2.00 = two free cores): {', '.join(f'{c:.2f}' for c in cpus)}.")
-    print(f"alpaca-ds start-up (run() on {TINY} records): {startup_wall:.2f} s wall, {startup_cpu:.2f} s CPU; the "
-          f"first run() in a process adds {first_tiny - startup_wall:.2f} s (importing transformers and torch).")
+    print(
+        f"examples/s = wall-clock throughput, best of {args.repeats} rounds; baseline on {len(subset)} records, "
+        f"the others on all {n}.\nCPU ms/1K ex = CPU time of the process, its threads and its joined workers "
+        f"(best round); CPU: limit/this = the limit's CPU per example\nover this method's, i.e. how much of its "
+        f"CPU goes into the encoding the limit does (robust to other load on the machine)."
+    )
+    print(
+        f"cpu check = how many cores' worth of work two CPU-bound processes got together before each round "
+        f"(2.00 = two free cores): {', '.join(f'{c:.2f}' for c in cpus)}."
+    )
+    print(
+        f"alpaca-ds start-up (run() on {TINY} records): {startup_wall:.2f} s wall, {startup_cpu:.2f} s CPU; the "
+        f"first run() in a process adds {first_tiny - startup_wall:.2f} s (importing transformers and torch)."
+    )
     if "cli" in best:
-        print(f"CLI in a fresh process: {best['cli'][0]:.2f} s wall (interpreter start, imports incl. transformers "
-              f"and torch, tokenizer, workers, build).")
-    print(f"alpaca-ds output equals Alpaca's input_ids/labels: {same}; encoder backend "
-          f"{manifest['tokenizer']['encoder']}; {manifest['counts']['truncated']} truncated to {MAX_LENGTH}.")
+        print(
+            f"CLI in a fresh process: {best['cli'][0]:.2f} s wall (interpreter start, imports incl. transformers "
+            f"and torch, tokenizer, workers, build)."
+        )
+    print(
+        f"alpaca-ds output equals Alpaca's input_ids/labels: {same}; encoder backend "
+        f"{manifest['tokenizer']['encoder']}; {manifest['counts']['truncated']} truncated to {MAX_LENGTH}."
+    )
     for label, key in (("end to end", "full"), ("steady state", "steady")):
         rate = wall_rate[key]
-        print(f"goal >= {GOAL_BASELINE:.0f}x baseline, {label}: {rate / wall_rate['base']:.2f}x "
-              f"{'MET' if rate / wall_rate['base'] >= GOAL_BASELINE else 'NOT MET'}; "
-              f"goal >= {100 * GOAL_LIMIT:.0f}% of limit: {100 * rate / wall_rate['limit']:.1f}% "
-              f"{'MET' if rate / wall_rate['limit'] >= GOAL_LIMIT else 'NOT MET'}")
+        print(
+            f"goal >= {GOAL_BASELINE:.0f}x baseline, {label}: {rate / wall_rate['base']:.2f}x "
+            f"{'MET' if rate / wall_rate['base'] >= GOAL_BASELINE else 'NOT MET'}; "
+            f"goal >= {100 * GOAL_LIMIT:.0f}% of limit: {100 * rate / wall_rate['limit']:.1f}% "
+            f"{'MET' if rate / wall_rate['limit'] >= GOAL_LIMIT else 'NOT MET'}"
+        )
     return 0
 
 

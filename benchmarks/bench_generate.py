@@ -33,6 +33,7 @@ equal, and spent vs billed. The batch run's first wave is sized from expected_ac
 a prior): against the simulator, which keeps far more, it buys more requests than needed; a third run is given
 the rate the online run measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,12 +58,19 @@ if not SEEDS.is_file():
 
 def Teacher(*flags: str):
     from alpaca_ds.simulator.local import SimulatorProcess
+
     return SimulatorProcess(SEEDS, *flags, cwd=ROOT)
 
 
 def generate_args(out: Path, url: str, *extra: str) -> list[str]:
-    sets = [f"out_dir={out}", f"api.base_url={url}", "api.api_key_env=null", "progress=false",
-            f"seed_tasks={SEEDS}", *extra]
+    sets = [
+        f"out_dir={out}",
+        f"api.base_url={url}",
+        "api.api_key_env=null",
+        "progress=false",
+        f"seed_tasks={SEEDS}",
+        *extra,
+    ]
     return [sys.executable, "-m", "alpaca_ds.cli", "generate", *[a for s in sets for a in ("--set", s)]]
 
 
@@ -76,19 +84,38 @@ def throughput(args) -> list[dict]:
                 for _ in range(args.repeats):
                     out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
                     requests = args.rounds * concurrency
-                    cmd = generate_args(out, teacher.url, "num_instructions=10000000", f"concurrency={concurrency}",
-                                        f"max_requests={requests}", "budget.max_usd=1000",
-                                        f"api.prompts_per_request={per_request}", f"api.http_backend={args.backend}")
+                    cmd = generate_args(
+                        out,
+                        teacher.url,
+                        "num_instructions=10000000",
+                        f"concurrency={concurrency}",
+                        f"max_requests={requests}",
+                        "budget.max_usd=1000",
+                        f"api.prompts_per_request={per_request}",
+                        f"api.http_backend={args.backend}",
+                    )
                     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
                     run = json.loads((out / "stats.json").read_text())["this_run"]
                     rates.append(run["requests_per_s"])
                     shutil.rmtree(out)
                 bound = concurrency / args.latency
                 rate = statistics.median(rates)
-                rows.append({"prompts": per_request, "concurrency": concurrency, "requests": requests,
-                             "req_s": rate, "bound": bound, "fraction": rate / bound, "runs": rates})
-                print(f"prompts/request {per_request:>2}  concurrency {concurrency:>3}: {rate:7.2f} req/s of "
-                      f"{bound:6.1f} = {rate / bound:6.1%}  (median of {[round(r, 2) for r in rates]})", flush=True)
+                rows.append(
+                    {
+                        "prompts": per_request,
+                        "concurrency": concurrency,
+                        "requests": requests,
+                        "req_s": rate,
+                        "bound": bound,
+                        "fraction": rate / bound,
+                        "runs": rates,
+                    }
+                )
+                print(
+                    f"prompts/request {per_request:>2}  concurrency {concurrency:>3}: {rate:7.2f} req/s of "
+                    f"{bound:6.1f} = {rate / bound:6.1%}  (median of {[round(r, 2) for r in rates]})",
+                    flush=True,
+                )
     finally:
         teacher.close()
     return rows
@@ -97,26 +124,38 @@ def throughput(args) -> list[dict]:
 def tree_at(rev: str) -> Path:
     """The alpaca_ds package of git revision `rev`, exported to a temporary directory (for PYTHONPATH)."""
     dest = Path(tempfile.mkdtemp(prefix=f"bench-generate-{rev}-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "alpaca_ds"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "alpaca_ds"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 
 def accepting(args) -> None:
     import os
+
     old = tree_at(args.old)
     trees = {"this tree": ROOT, f"git {args.old}": old}
     teacher = Teacher("--latency", str(args.latency), "--noise", str(args.noise))
-    sets = ["num_instructions=10000000", f"max_requests={args.rounds * 64}", "concurrency=64", "budget.max_usd=1000",
-            "api.prompts_per_request=5"]
+    sets = [
+        "num_instructions=10000000",
+        f"max_requests={args.rounds * 64}",
+        "concurrency=64",
+        "budget.max_usd=1000",
+        "api.prompts_per_request=5",
+    ]
     results = {name: [] for name in trees}
     try:
         for tree in trees.values():  # warm numba's cache of each tree's kernels: no compile in a timed run
             out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            subprocess.run(generate_args(out, teacher.url, *sets, "max_requests=2"), check=True, cwd=tree,
-                           capture_output=True, env=env)
+            subprocess.run(
+                generate_args(out, teacher.url, *sets, "max_requests=2"),
+                check=True,
+                cwd=tree,
+                capture_output=True,
+                env=env,
+            )
             shutil.rmtree(out)
         for r in range(args.repeats):
             cores = cpu_check()
@@ -125,22 +164,32 @@ def accepting(args) -> None:
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 started = time.monotonic()
                 # cwd too: `python -m` puts it before PYTHONPATH
-                subprocess.run(generate_args(out, teacher.url, *sets), check=True, cwd=tree, capture_output=True,
-                               env=env)
+                subprocess.run(
+                    generate_args(out, teacher.url, *sets), check=True, cwd=tree, capture_output=True, env=env
+                )
                 wall = time.monotonic() - started
                 stats = json.loads((out / "stats.json").read_text())
                 shutil.rmtree(out)
                 c, run = stats["candidates"], stats["this_run"]
-                row = {"cores": cores, "req_s": run["requests_per_s"], "wall": wall, "accepted": c["accepted"],
-                       "rate": c["accepted"] / (c["parsed"] - c["unused_after_target"]),
-                       "requests": run["requests_completed"], "lag": run.get("max_processing_lag"),
-                       "window": run["request_seconds"]}
+                row = {
+                    "cores": cores,
+                    "req_s": run["requests_per_s"],
+                    "wall": wall,
+                    "accepted": c["accepted"],
+                    "rate": c["accepted"] / (c["parsed"] - c["unused_after_target"]),
+                    "requests": run["requests_completed"],
+                    "lag": run.get("max_processing_lag"),
+                    "window": run["request_seconds"],
+                }
                 results[name].append(row)
                 lag = "n/a" if row["lag"] is None else row["lag"]
-                print(f"round {r + 1} (cpu check {cores:.2f} cores) {name:>14}: {row['req_s']:6.2f} req/s of 64 = "
-                      f"{row['req_s'] / 64:6.1%}; {row['requests']} requests in {row['window']:.1f} s, "
-                      f"{row['accepted']:,} accepted ({row['rate']:.1%} of candidates), peak processing lag {lag} "
-                      f"answers, wall {wall:.1f} s", flush=True)
+                print(
+                    f"round {r + 1} (cpu check {cores:.2f} cores) {name:>14}: {row['req_s']:6.2f} req/s of 64 = "
+                    f"{row['req_s'] / 64:6.1%}; {row['requests']} requests in {row['window']:.1f} s, "
+                    f"{row['accepted']:,} accepted ({row['rate']:.1%} of candidates), peak processing lag {lag} "
+                    f"answers, wall {wall:.1f} s",
+                    flush=True,
+                )
     finally:
         teacher.close()
         shutil.rmtree(old)
@@ -149,16 +198,20 @@ def accepting(args) -> None:
     for name in names:
         rows = results[name]
         fraction = statistics.median(x["req_s"] for x in rows) / 64
-        print(f"{name:>14}: median {fraction:6.1%} of the bound, wall median "
-              f"{statistics.median(x['wall'] for x in rows):.1f} s, acceptance "
-              f"{min(x['rate'] for x in rows):.1%}..{max(x['rate'] for x in rows):.1%}")
+        print(
+            f"{name:>14}: median {fraction:6.1%} of the bound, wall median "
+            f"{statistics.median(x['wall'] for x in rows):.1f} s, acceptance "
+            f"{min(x['rate'] for x in rows):.1%}..{max(x['rate'] for x in rows):.1%}"
+        )
     ratios = [a["req_s"] / b["req_s"] for a, b in zip(results[names[0]], results[names[1]])]
     print(f"this tree / {names[1]}, req/s, per round: {[round(x, 3) for x in ratios]}")
     rows = results[names[0]]
-    print(f"goal: >= 95% of the bound (5 prompts, 64 in flight, >= 75% accepted, >= 30,000 instructions): "
-          f"median {statistics.median(x['req_s'] for x in rows) / 64:.1%}, best {max(x['req_s'] for x in rows) / 64:.1%}"
-          f"; accepted {min(x['rate'] for x in rows):.1%} of candidates, {min(x['accepted'] for x in rows):,} "
-          "instructions at least")
+    print(
+        f"goal: >= 95% of the bound (5 prompts, 64 in flight, >= 75% accepted, >= 30,000 instructions): "
+        f"median {statistics.median(x['req_s'] for x in rows) / 64:.1%}, best {max(x['req_s'] for x in rows) / 64:.1%}"
+        f"; accepted {min(x['rate'] for x in rows):.1%} of candidates, {min(x['accepted'] for x in rows):,} "
+        "instructions at least"
+    )
 
 
 def count_lines(path: Path) -> int:
@@ -177,27 +230,54 @@ def crash(args) -> None:
 
     rng = random.Random(args.seed)
     out = Path(tempfile.mkdtemp(prefix="bench-crash-"))
-    faults = ["--fail-429", "0.06", "--retry-after", "0.2", "--fail-500", "0.06", "--fail-timeout", "0.03",
-              "--hang", "60", "--fail-truncate", "0.05", "--fail-malformed", "0.05"]
+    faults = [
+        "--fail-429",
+        "0.06",
+        "--retry-after",
+        "0.2",
+        "--fail-500",
+        "0.06",
+        "--fail-timeout",
+        "0.03",
+        "--hang",
+        "60",
+        "--fail-truncate",
+        "0.05",
+        "--fail-malformed",
+        "0.05",
+    ]
     # small requests (1 prompt, tasks 4..7), so the run is hundreds of them and a kill lands mid-run
-    sets = [f"num_instructions={args.target}", "concurrency=16", "api.timeout_s=2", "api.max_retries=10",
-            f"budget.max_usd={args.budget}", "api.backoff_initial_s=0.1", "api.backoff_max_s=2",
-            "api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700"]
+    sets = [
+        f"num_instructions={args.target}",
+        "concurrency=16",
+        "api.timeout_s=2",
+        "api.max_retries=10",
+        f"budget.max_usd={args.budget}",
+        "api.backoff_initial_s=0.1",
+        "api.backoff_max_s=2",
+        "api.prompts_per_request=1",
+        "num_tasks=8",
+        "api.max_tokens=700",
+    ]
     teacher = Teacher("--latency", "0.2", "--jitter", "0.15", *faults)
     started = time.time()
     try:
         for k in range(args.kills):
             at = count_lines(out / "responses.jsonl") + rng.randint(20, 250)
-            proc = subprocess.Popen(generate_args(out, teacher.url, *sets), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                generate_args(out, teacher.url, *sets), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             while proc.poll() is None and count_lines(out / "responses.jsonl") < at:
                 time.sleep(0.005)
             time.sleep(rng.uniform(0, 0.2))
             assert proc.poll() is None, "the run finished before kill; raise --target"
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            print(f"kill {k + 1}: SIGKILL with {count_lines(out / 'accepted.jsonl')} accepted on disk, "
-                  f"{count_lines(out / 'responses.jsonl')} ledger lines", flush=True)
+            print(
+                f"kill {k + 1}: SIGKILL with {count_lines(out / 'accepted.jsonl')} accepted on disk, "
+                f"{count_lines(out / 'responses.jsonl')} ledger lines",
+                flush=True,
+            )
         final = subprocess.run(generate_args(out, teacher.url, *sets), cwd=ROOT, capture_output=True, text=True)
         served = teacher.stats()
     finally:
@@ -223,8 +303,9 @@ def crash(args) -> None:
         "regen.json == accepted records": regen == [gen.alpaca_record(r) for r in accepted],
         "every attempt sent has its result": not orphans,
         f"spend ${led.spent.usd:.4f} <= budget ${args.budget}": led.spent.usd <= args.budget,
-        f"teacher failed {failed}/{served['requests']} = {failed / served['requests']:.0%} >= 20%":
-            failed / served["requests"] >= 0.2,
+        f"teacher failed {failed}/{served['requests']} = {failed / served['requests']:.0%} >= 20%": failed
+        / served["requests"]
+        >= 0.2,
     }
     print(f"attempt outcomes in the ledger: {dict(outcomes)}; {time.time() - started:.0f} s")
     for name, ok in checks.items():
@@ -242,11 +323,16 @@ def batch(args) -> None:
 
     def run(name: str, *extra: str) -> None:
         start = time.time()
-        done = subprocess.run(generate_args(out / name, teacher.url, *sets, *extra), cwd=ROOT, capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            generate_args(out / name, teacher.url, *sets, *extra), cwd=ROOT, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
-        rows[name] = (time.time() - start, json.loads((out / name / "cost.json").read_text()),
-                      json.loads((out / name / "stats.json").read_text()))
+        rows[name] = (
+            time.time() - start,
+            json.loads((out / name / "cost.json").read_text()),
+            json.loads((out / name / "stats.json").read_text()),
+        )
+
     try:
         run("online")
         run("batch", "api.transport=batch")  # first wave from the prior, expected_accept_rate 0.25
@@ -257,14 +343,19 @@ def batch(args) -> None:
     finally:
         teacher.close()
     for name, (seconds, cost, stats) in rows.items():
-        print(f"{name:17}  {stats['accepted']:,} instructions from {stats['requests']['sent']:4} requests in "
-              f"{seconds:5.1f} s: spent ${cost['spent_usd']:.4f}, ${1000 * cost['usd_per_accepted']:.4f} per 1,000 "
-              f"instructions ({cost['usd_per_accepted'] / rows['online'][1]['usd_per_accepted']:.1%} of online)")
+        print(
+            f"{name:17}  {stats['accepted']:,} instructions from {stats['requests']['sent']:4} requests in "
+            f"{seconds:5.1f} s: spent ${cost['spent_usd']:.4f}, ${1000 * cost['usd_per_accepted']:.4f} per 1,000 "
+            f"instructions ({cost['usd_per_accepted'] / rows['online'][1]['usd_per_accepted']:.1%} of online)"
+        )
     spent = {t: sum(c["spent_usd"] for name, (_, c, _) in rows.items() if c["transport"] == t) for t in billed}
-    equal = all((out / name / "regen.json").read_bytes() == (out / "online" / "regen.json").read_bytes()
-                for name in rows)
-    print(f"regen.json equal in all three: {equal}; spent == billed: "
-          f"{all(abs(spent[t] - billed[t]) < 1e-9 for t in billed)} ({spent} vs {billed})")
+    equal = all(
+        (out / name / "regen.json").read_bytes() == (out / "online" / "regen.json").read_bytes() for name in rows
+    )
+    print(
+        f"regen.json equal in all three: {equal}; spent == billed: "
+        f"{all(abs(spent[t] - billed[t]) < 1e-9 for t in billed)} ({spent} vs {billed})"
+    )
     shutil.rmtree(out)
 
 

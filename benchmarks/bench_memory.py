@@ -15,6 +15,7 @@ the child execs, so for spawned workers it reads about the main process's size w
 A streaming builder's peak should not grow with the input; the goal is 520K / 52K <= 1.2x.
 Needs ../shared/data; without it the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,12 +107,21 @@ def write_input(records: list[dict], times: int, path: Path, fmt: str) -> None:
 
 
 def build_in_child(input_path: Path, output: Path, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-c", CHILD, f"input={input_path}", f"tokenizer={LLAMA}", f"output={output}",
-           *ALPACA_SETTINGS, *overrides]
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        f"input={input_path}",
+        f"tokenizer={LLAMA}",
+        f"output={output}",
+        *ALPACA_SETTINGS,
+        *overrides,
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"build of {input_path} failed (exit {proc.returncode}); rerun the child to see why:\n"
-                         f"  {' '.join(cmd)}")
+        raise SystemExit(
+            f"build of {input_path} failed (exit {proc.returncode}); rerun the child to see why:\n  {' '.join(cmd)}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -119,16 +129,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--times", type=int, default=10, help="how many copies of the 52K records the large input holds")
     ap.add_argument("--format", choices=("json", "jsonl"), default="json", help="input file format for both builds")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="a build setting for both builds, as `alpaca-ds data build --set` (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a build setting for both builds, as `alpaca-ds data build --set` (repeatable)",
+    )
     args = ap.parse_args()
 
     if missing_alpaca_data("bench_memory"):
         return 0
 
     records = json.loads(ALPACA.read_text(encoding="utf-8"))
-    print(f"bench_memory: {len(records)} records x1 vs x{args.times}, {args.format} input, LLaMA tokenizer, "
-          f"build settings: {' '.join(ALPACA_SETTINGS + args.overrides)}; {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"bench_memory: {len(records)} records x1 vs x{args.times}, {args.format} input, LLaMA tokenizer, "
+        f"build settings: {' '.join(ALPACA_SETTINGS + args.overrides)}; {os.cpu_count()} CPUs",
+        flush=True,
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_memory-") as td:
         td = Path(td)
@@ -139,9 +158,12 @@ def main() -> int:
             r = build_in_child(path, td / f"out_x{times}", args.overrides)
             r["input_mib"] = size / 2**20
             results[times] = r
-            print(f"x{times}: {r['examples']} examples, {r['tokens']} tokens, {r['shards']} shard(s), "
-                  f"{r['wall']:.1f} s, main peak {r['main_maxrss_mib']:.0f} MiB, worker peak "
-                  f"{r['workers_hwm_mib']:.0f} MiB ({r['workers_seen']} workers)", flush=True)
+            print(
+                f"x{times}: {r['examples']} examples, {r['tokens']} tokens, {r['shards']} shard(s), "
+                f"{r['wall']:.1f} s, main peak {r['main_maxrss_mib']:.0f} MiB, worker peak "
+                f"{r['workers_hwm_mib']:.0f} MiB ({r['workers_seen']} workers)",
+                flush=True,
+            )
             path.unlink()
 
     small, large = results[1], results[args.times]
@@ -153,26 +175,34 @@ def main() -> int:
     widths = [max(len(c), 9) for c in cols]
 
     def row(label, values):
-        return f"{label:>28s} " + " ".join(f"{v:>{w}.{1 if i == 1 else 0}f}" if isinstance(v, float) else f"{v:>{w}s}"
-                                          for i, (v, w) in enumerate(zip(values, widths)))
+        return f"{label:>28s} " + " ".join(
+            f"{v:>{w}.{1 if i == 1 else 0}f}" if isinstance(v, float) else f"{v:>{w}s}"
+            for i, (v, w) in enumerate(zip(values, widths))
+        )
+
     keys = ("input_mib", "wall", "rss_before_run_mib", "main_maxrss_mib", "workers_hwm_mib", "children_maxrss_mib")
     for times, r in results.items():
         print(row(f"{r['examples']:,} examples (x{times})", [float(r[k]) for k in keys]))
     ratios = {k: large[k] / small[k] for k in keys}
-    print(row(f"ratio x{args.times} / x1", [f"{ratios[k]:.2f}x" if k != "rss_before_run_mib" else ""
-                                           for k in keys]))
+    print(row(f"ratio x{args.times} / x1", [f"{ratios[k]:.2f}x" if k != "rss_before_run_mib" else "" for k in keys]))
     print()
-    added = ((large["main_maxrss_mib"] - large["rss_before_run_mib"])
-             / (small["main_maxrss_mib"] - small["rss_before_run_mib"]))
-    print(f"main process: peak {ratios['main_maxrss_mib']:.2f}x; what run() adds above the RSS before it: "
-          f"{small['main_maxrss_mib'] - small['rss_before_run_mib']:.0f} -> "
-          f"{large['main_maxrss_mib'] - large['rss_before_run_mib']:.0f} MiB ({added:.2f}x)")
-    print(f"workers: peak {ratios['workers_hwm_mib']:.2f}x (VmHWM of each worker, polled every 50 ms while it "
-          f"lives)")
-    print("ru_maxrss children is not the workers' own memory: Linux carries the parent's RSS at fork/vfork time\n"
-          "into a child's maxrss before it execs, so it reads about the main process's RSS when the pool started.")
+    added = (large["main_maxrss_mib"] - large["rss_before_run_mib"]) / (
+        small["main_maxrss_mib"] - small["rss_before_run_mib"]
+    )
+    print(
+        f"main process: peak {ratios['main_maxrss_mib']:.2f}x; what run() adds above the RSS before it: "
+        f"{small['main_maxrss_mib'] - small['rss_before_run_mib']:.0f} -> "
+        f"{large['main_maxrss_mib'] - large['rss_before_run_mib']:.0f} MiB ({added:.2f}x)"
+    )
+    print(f"workers: peak {ratios['workers_hwm_mib']:.2f}x (VmHWM of each worker, polled every 50 ms while it lives)")
+    print(
+        "ru_maxrss children is not the workers' own memory: Linux carries the parent's RSS at fork/vfork time\n"
+        "into a child's maxrss before it execs, so it reads about the main process's RSS when the pool started."
+    )
     worst = max(ratios["main_maxrss_mib"], ratios["workers_hwm_mib"])
-    print(f"goal: peak memory growth <= {GOAL}x (main and workers): {worst:.2f}x {'MET' if worst <= GOAL else 'NOT MET'}")
+    print(
+        f"goal: peak memory growth <= {GOAL}x (main and workers): {worst:.2f}x {'MET' if worst <= GOAL else 'NOT MET'}"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ micro-batch 4 (Alpaca: per_device_train_batch_size 4 on 8 GPUs, random sampler),
 rows to 512 and to 2048 tokens (micro-batch 4 rows). Without --dataset the script needs ../shared/data, and
 without it says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,20 @@ def build(output: Path) -> None:
     from alpaca_ds.config import load_config
     from alpaca_ds.dataset.build import run
     from alpaca_ds.dataset.config import DataBuildConfig
+
     # Alpaca's settings: every record in train, none held out.
-    cfg = load_config(DataBuildConfig, None, [f"input={ALPACA}", f"tokenizer={LLAMA}", f"output={output}",
-                                              "max_length=512", "overlength=truncate", "val_fraction=0.0"])
+    cfg = load_config(
+        DataBuildConfig,
+        None,
+        [
+            f"input={ALPACA}",
+            f"tokenizer={LLAMA}",
+            f"output={output}",
+            "max_length=512",
+            "overlength=truncate",
+            "val_fraction=0.0",
+        ],
+    )
     run(cfg)
 
 
@@ -43,15 +55,22 @@ def measure(folder: Path, micro: int, seeds: int) -> int:
     lengths = ds.lengths
     tok = ds.manifest["tokenizer"]
     q = np.percentile(lengths, [50, 90, 99])
-    print(f"bench_padding: {folder} (train): {len(lengths)} examples, {int(lengths.sum())} tokens, tokenizer "
-          f"{Path(tok['name_or_path']).name} (vocab {tok['vocab_size']}), max_length {ds.manifest['max_length']}")
-    print(f"lengths: mean {lengths.mean():.1f}, median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, "
-          f"max {lengths.max()}; micro-batch {micro}; mean of {seeds} epoch seed(s)", flush=True)
+    print(
+        f"bench_padding: {folder} (train): {len(lengths)} examples, {int(lengths.sum())} tokens, tokenizer "
+        f"{Path(tok['name_or_path']).name} (vocab {tok['vocab_size']}), max_length {ds.manifest['max_length']}"
+    )
+    print(
+        f"lengths: mean {lengths.mean():.1f}, median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, "
+        f"max {lengths.max()}; micro-batch {micro}; mean of {seeds} epoch seed(s)",
+        flush=True,
+    )
 
-    modes = [("random order, pad to longest (Alpaca)", "random", None),
-             ("length-grouped, pad to longest", "length_grouped", None),
-             ("packed to 512", "packed", 512),
-             ("packed to 2048", "packed", 2048)]
+    modes = [
+        ("random order, pad to longest (Alpaca)", "random", None),
+        ("length-grouped, pad to longest", "length_grouped", None),
+        ("packed to 512", "packed", 512),
+        ("packed to 2048", "packed", 2048),
+    ]
     results = []
     for label, mode, pack in modes:
         if pack is not None and pack < lengths.max():
@@ -66,8 +85,10 @@ def measure(folder: Path, micro: int, seeds: int) -> int:
 
     alpaca = float(np.mean(results[0][3]))
     print()
-    header = (f"{'batching (micro-batch ' + str(micro) + ')':40s} {'efficiency':>10s} {'min..max':>15s} "
-              f"{'x Alpaca':>9s} {'plan s/epoch':>12s}")
+    header = (
+        f"{'batching (micro-batch ' + str(micro) + ')':40s} {'efficiency':>10s} {'min..max':>15s} "
+        f"{'x Alpaca':>9s} {'plan s/epoch':>12s}"
+    )
     print(header)
     print("-" * len(header))
     for label, _mode, _pack, effs, secs in results:
@@ -75,14 +96,18 @@ def measure(folder: Path, micro: int, seeds: int) -> int:
         spread = f"{100 * min(effs):.2f}..{100 * max(effs):.2f}"
         print(f"{label:40s} {100 * mean:9.2f}% {spread:>15s} {mean / alpaca:8.2f}x {secs:12.2f}")
     print()
-    print("efficiency = real tokens / (rows x longest row) summed over an epoch's micro-batches; x Alpaca = how many "
-          "times fewer token slots\nthe mode computes per real token than Alpaca's random order; plan s/epoch = time "
-          "to plan one epoch's micro-batches (padding_efficiency call).")
+    print(
+        "efficiency = real tokens / (rows x longest row) summed over an epoch's micro-batches; x Alpaca = how many "
+        "times fewer token slots\nthe mode computes per real token than Alpaca's random order; plan s/epoch = time "
+        "to plan one epoch's micro-batches (padding_efficiency call)."
+    )
     packed512 = [float(np.mean(e)) for label, mode, pack, e, _ in results if pack == 512]
     if packed512:
         ok = packed512[0] >= GOAL_PACKED_512
-        print(f"goal: packed to 512 >= {100 * GOAL_PACKED_512:.0f}%: {100 * packed512[0]:.2f}% "
-              f"{'MET' if ok else 'NOT MET'}")
+        print(
+            f"goal: packed to 512 >= {100 * GOAL_PACKED_512:.0f}%: {100 * packed512[0]:.2f}% "
+            f"{'MET' if ok else 'NOT MET'}"
+        )
     return 0
 
 

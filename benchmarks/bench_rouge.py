@@ -30,6 +30,7 @@ rejected, otherwise it gets its 10 most similar instructions and the mean score 
 Times are wall clock and process CPU (single-threaded code; CPU time is the steadier number on a shared
 machine); RougeIndex passes are repeated (--repeats, --repeats-full) and the least time is reported. Needs ../shared/data (seed_tasks.jsonl and alpaca_data.json); without it the script says so and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,7 +66,7 @@ class Clock:
 
 
 GROWTH = (5_000, 13_000, 26_000, 52_000)  # kept instructions at which the cost per candidate is reported
-WINDOW = 1_000                            # ... measured over the candidates while the last WINDOW were kept
+WINDOW = 1_000  # ... measured over the candidates while the last WINDOW were kept
 
 
 def index_pass(seeds, candidates, mode="query", compute_mean=True, index_cls=RougeIndex):
@@ -108,8 +109,12 @@ def best_of(repeats, *args, **kwargs):
 
 def old_index(rev: str):
     """RougeIndex as committed in `rev` (the pure-numpy one before numba), loaded from git for comparison."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:alpaca_ds/generate/rouge.py"],
-                         capture_output=True, text=True, check=True).stdout
+    src = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:alpaca_ds/generate/rouge.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     module = types.ModuleType("rouge_at_" + rev)
     sys.modules[module.__name__] = module  # dataclasses looks its module up
     exec(compile(src, f"{rev}:alpaca_ds/generate/rouge.py", "exec"), module.__dict__)
@@ -131,14 +136,20 @@ print(time.perf_counter() - t)
 def first_use_seconds(cache_dir: str) -> float:
     """Wall time of importing rouge.py and calling each compiled path once, in a fresh process whose numba cache
     is `cache_dir` (empty: numba compiles; the second time: it loads the cached machine code)."""
-    out = subprocess.run([sys.executable, "-c", FIRST_USE], capture_output=True, text=True, check=True,
-                         env={**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_USE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)},
+    )
     return float(out.stdout)
 
 
 def brute_pass(seeds, candidates):
     """Alpaca's computation, one process; returns (decisions, details, clock, pairs scored)."""
     from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     decisions, details, pairs = [], [], 0
     with Clock() as clock:
@@ -160,6 +171,7 @@ def pruned_brute_decisions(seeds, candidates, decisions_to_follow=None):
     """Exact decisions via rouge_score on every pair not provably below the threshold (see module docstring).
     If decisions_to_follow is given, the accepted set follows those decisions (to check a tail of the stream)."""
     from rouge_score import rouge_scorer
+
     lo = THRESHOLD - 1e-9
     tokens = [tokenize(s) for s in seeds]
     counts = [Counter(t) for t in tokens]
@@ -171,8 +183,10 @@ def pruned_brute_decisions(seeds, candidates, decisions_to_follow=None):
         duplicate = False
         for t, ct in zip(tokens, counts):
             total = len(a) + len(t)
-            if 2 * min(len(a), len(t)) > lo * total and \
-                    2 * sum(min(ca[w], ct[w]) for w in keys & ct.keys()) > lo * total:
+            if (
+                2 * min(len(a), len(t)) > lo * total
+                and 2 * sum(min(ca[w], ct[w]) for w in keys & ct.keys()) > lo * total
+            ):
                 if rouge_scorer._score_lcs(a, t).fmeasure > THRESHOLD:
                     duplicate = True
                     break
@@ -209,12 +223,15 @@ def main() -> int:
     ap.add_argument("--skip-full", action="store_true", help="skip part (b)")
     ap.add_argument("--repeats", type=int, default=3, help="RougeIndex passes in (a) and (a'): best of this many")
     ap.add_argument("--repeats-full", type=int, default=1, help="RougeIndex passes in (b): best of this many")
-    ap.add_argument("--old", default=OLD_REV, help="git revision whose RougeIndex (b) also times and compares "
-                                                   "with ('' to skip)")
+    ap.add_argument(
+        "--old", default=OLD_REV, help="git revision whose RougeIndex (b) also times and compares with ('' to skip)"
+    )
     args = ap.parse_args()
     if not SEEDS.is_file() or not ALPACA.is_file():
-        print(f"skipped: {SEEDS} and {ALPACA} are needed (the public data is never committed; see "
-              f"../shared/data/MANIFEST.md)")
+        print(
+            f"skipped: {SEEDS} and {ALPACA} are needed (the public data is never committed; see "
+            f"../shared/data/MANIFEST.md)"
+        )
         return 0
     seeds = [json.loads(line)["instruction"] for line in SEEDS.read_text().splitlines() if line.strip()]
     alpaca = [r["instruction"] for r in json.loads(ALPACA.read_text())]
@@ -226,8 +243,20 @@ def main() -> int:
 
     def row(name, n, decisions, clock, ratio=""):
         rej = sum(decisions)
-        rows.append(fmt_row([name, f"{n:,}", f"{n - rej:,}", f"{rej:,}", f"{clock.wall:.2f}", f"{clock.cpu:.2f}",
-                             f"{1e6 * clock.cpu / n:,.0f}", ratio]))
+        rows.append(
+            fmt_row(
+                [
+                    name,
+                    f"{n:,}",
+                    f"{n - rej:,}",
+                    f"{rej:,}",
+                    f"{clock.wall:.2f}",
+                    f"{clock.cpu:.2f}",
+                    f"{1e6 * clock.cpu / n:,.0f}",
+                    ratio,
+                ]
+            )
+        )
 
     # (a) exactness and speed against brute force on the first n_check candidates
     dec_q, det_q, clk_q, _ = best_of(args.repeats, seeds, first, "query")
@@ -236,11 +265,15 @@ def main() -> int:
     print(f"(a) index done ({clk_q.cpu:.2f} s CPU); brute force on {n_brute:,} candidates ...", flush=True)
     dec_b, det_b, clk_b, pairs_b = brute_pass(seeds, first[:n_brute])
     mismatch = [i for i in range(n_brute) if dec_b[i] != dec_q[i]]
-    detail_ok = sum(1 for i in range(n_brute)
-                    if det_b[i][0] == det_q[i][0] and det_b[i][1] == det_q[i][1] and det_b[i][2] == det_q[i][2])
+    detail_ok = sum(
+        1
+        for i in range(n_brute)
+        if det_b[i][0] == det_q[i][0] and det_b[i][1] == det_q[i][1] and det_b[i][2] == det_q[i][2]
+    )
     if n_brute < n_check:
-        tail = pruned_brute_decisions(seeds + [t for t, d in zip(first[:n_brute], dec_q) if not d],
-                                      first[n_brute:], dec_q[n_brute:])
+        tail = pruned_brute_decisions(
+            seeds + [t for t, d in zip(first[:n_brute], dec_q) if not d], first[n_brute:], dec_q[n_brute:]
+        )
         mismatch += [n_brute + i for i, d in enumerate(tail) if d != dec_q[n_brute + i]]
         # pairs brute force would score on all n_check candidates, given the (identical) decisions
         accepted, pairs_all = len(seeds), 0
@@ -248,8 +281,9 @@ def main() -> int:
             pairs_all += accepted
             accepted += not d
         scale = pairs_all / pairs_b
-        brute_label = (f"brute force rouge_score, 1 process (timed on the first {n_brute:,}, "
-                       f"extrapolated x{scale:.2f} by pairs)")
+        brute_label = (
+            f"brute force rouge_score, 1 process (timed on the first {n_brute:,}, extrapolated x{scale:.2f} by pairs)"
+        )
     else:
         scale = 1.0
         brute_label = "brute force rouge_score, 1 process (Alpaca's loop)"
@@ -258,20 +292,35 @@ def main() -> int:
         wall, cpu = clk_b.wall * scale, clk_b.cpu * scale
 
     row(brute_label, n_check, dec_q, Scaled, "1x")
-    row("RougeIndex.query (max, top-10, mean)", n_check, dec_q, clk_q,
-        f"{Scaled.cpu / clk_q.cpu:,.0f}x CPU, {Scaled.wall / clk_q.wall:,.0f}x wall")
-    row("RougeIndex.is_duplicate (decision only)", n_check, dec_d, clk_d,
-        f"{Scaled.cpu / clk_d.cpu:,.0f}x CPU, {Scaled.wall / clk_d.wall:,.0f}x wall")
-    exact_a = (f"(a) first {n_check:,}: decisions identical to brute force on {n_check - len(mismatch):,}/{n_check:,}"
-               f" ({n_brute:,} by full brute force" + (", the rest by pruned brute force" if n_brute < n_check else "")
-               + f"); max, top-10 scores and mean identical (==) on {detail_ok:,}/{n_brute:,}; "
-               f"brute force scored {pairs_b:,} pairs at {1e6 * clk_b.cpu / pairs_b:.1f} us CPU each")
+    row(
+        "RougeIndex.query (max, top-10, mean)",
+        n_check,
+        dec_q,
+        clk_q,
+        f"{Scaled.cpu / clk_q.cpu:,.0f}x CPU, {Scaled.wall / clk_q.wall:,.0f}x wall",
+    )
+    row(
+        "RougeIndex.is_duplicate (decision only)",
+        n_check,
+        dec_d,
+        clk_d,
+        f"{Scaled.cpu / clk_d.cpu:,.0f}x CPU, {Scaled.wall / clk_d.wall:,.0f}x wall",
+    )
+    exact_a = (
+        f"(a) first {n_check:,}: decisions identical to brute force on {n_check - len(mismatch):,}/{n_check:,}"
+        f" ({n_brute:,} by full brute force"
+        + (", the rest by pruned brute force" if n_brute < n_check else "")
+        + f"); max, top-10 scores and mean identical (==) on {detail_ok:,}/{n_brute:,}; "
+        f"brute force scored {pairs_b:,} pairs at {1e6 * clk_b.cpu / pairs_b:.1f} us CPU each"
+    )
 
     # (a') a stream with near-duplicates
     rng = random.Random(0)
     vocabulary = sorted({w for t in first[:2000] for w in tokenize(t)})
-    stressed = [mutate(rng, rng.choice(seeds + first[: max(i, 1)]), vocabulary) if i % 4 == 3 else t
-                for i, t in enumerate(first)]
+    stressed = [
+        mutate(rng, rng.choice(seeds + first[: max(i, 1)]), vocabulary) if i % 4 == 3 else t
+        for i, t in enumerate(first)
+    ]
     dec_sq, _, clk_sq, _ = best_of(args.repeats, seeds, stressed, "query")
     dec_sd, _, clk_sd, _ = best_of(args.repeats, seeds, stressed, "dup")
     print("(a') pruned brute force on the near-duplicate stream ...", flush=True)
@@ -280,8 +329,10 @@ def main() -> int:
     row("near-duplicate stream: pruned brute force (not Alpaca's)", n_check, dec_sp, clk_sp)
     row("near-duplicate stream: RougeIndex.query", n_check, dec_sq, clk_sq)
     row("near-duplicate stream: RougeIndex.is_duplicate", n_check, dec_sd, clk_sd)
-    exact_s = (f"(a') near-duplicate stream: decisions identical on "
-               f"{sum(a == b == c for a, b, c in zip(dec_sp, dec_sq, dec_sd)):,}/{n_check:,}")
+    exact_s = (
+        f"(a') near-duplicate stream: decisions identical on "
+        f"{sum(a == b == c for a, b, c in zip(dec_sp, dec_sq, dec_sd)):,}/{n_check:,}"
+    )
 
     # (b) the full pass, this RougeIndex and the one of --old
     growth_rows, same_as_old = [], ""
@@ -289,18 +340,25 @@ def main() -> int:
         print("(b) full pass ...", flush=True)
         n = len(alpaca)
         old_cls = old_index(args.old) if args.old else None
-        passes = [("query (max, top-10, mean)", "query", True), ("query, compute_mean=False", "query", False),
-                  ("is_duplicate (decision only)", "dup", True)]
+        passes = [
+            ("query (max, top-10, mean)", "query", True),
+            ("query, compute_mean=False", "query", False),
+            ("is_duplicate (decision only)", "dup", True),
+        ]
         results = {}
         for name, mode, mean in passes:
             for label, cls in (("RougeIndex", RougeIndex), (f"RougeIndex of {args.old}", old_cls)):
                 if cls is not None:
-                    results[label, name] = best_of(args.repeats_full, seeds, alpaca, mode, compute_mean=mean,
-                                                   index_cls=cls)
+                    results[label, name] = best_of(
+                        args.repeats_full, seeds, alpaca, mode, compute_mean=mean, index_cls=cls
+                    )
         for (label, name), (dec, _, clk, growth) in results.items():
             old = results.get((f"RougeIndex of {args.old}", name))
-            ratio = f"{old[2].cpu / clk.cpu:.2f}x CPU, {old[2].wall / clk.wall:.2f}x wall vs {args.old}" \
-                if old and label == "RougeIndex" else ""
+            ratio = (
+                f"{old[2].cpu / clk.cpu:.2f}x CPU, {old[2].wall / clk.wall:.2f}x wall vs {args.old}"
+                if old and label == "RougeIndex"
+                else ""
+            )
             row(f"full: {label}.{name}", n, dec, clk, ratio)
             growth_rows.append(fmt_row([f"{label}.{name}"] + [f"{growth[k]:,.0f}" for k in GROWTH]))
         decisions = {tuple(dec_) for dec_, _, _, _ in results.values()}
@@ -308,17 +366,23 @@ def main() -> int:
         if old_cls is not None:
             new_q, old_q = results["RougeIndex", passes[0][0]][1], results[f"RougeIndex of {args.old}", passes[0][0]][1]
             same = sum(a == b for a, b in zip(new_q, old_q))
-            same_as_old = (f"(b) full stream: max, top-10 scores and mean identical (==) to the RougeIndex of "
-                           f"{args.old} on {same:,}/{n:,}")
+            same_as_old = (
+                f"(b) full stream: max, top-10 scores and mean identical (==) to the RougeIndex of "
+                f"{args.old} on {same:,}/{n:,}"
+            )
     with tempfile.TemporaryDirectory() as cache:
         cold, warm = first_use_seconds(cache), first_use_seconds(cache)
 
     print()
-    print(f"ROUGE-L de-duplication, threshold {THRESHOLD}, top-10: 175 seeds indexed, then Alpaca's instructions in "
-          f"file order as candidates")
-    print(f"{platform.python_version()} / numpy {np.__version__} / {os.cpu_count()} CPUs; "
-          f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end; RougeIndex times are the best of "
-          f"{args.repeats} runs in (a)/(a') and of {args.repeats_full} in (b), brute force runs once")
+    print(
+        f"ROUGE-L de-duplication, threshold {THRESHOLD}, top-10: 175 seeds indexed, then Alpaca's instructions in "
+        f"file order as candidates"
+    )
+    print(
+        f"{platform.python_version()} / numpy {np.__version__} / {os.cpu_count()} CPUs; "
+        f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end; RougeIndex times are the best of "
+        f"{args.repeats} runs in (a)/(a') and of {args.repeats_full} in (b), brute force runs once"
+    )
     print()
     print(fmt_row(["pass", "candidates", "accepted", "rejected", "wall s", "CPU s", "CPU us/cand", "speed-up"]))
     print(fmt_row(["---"] * 8))
@@ -327,22 +391,30 @@ def main() -> int:
     print()
     if growth_rows:
         print()
-        print(f"CPU us per candidate over the {WINDOW:,} candidates before the index held this many instructions "
-              f"(best of {args.repeats_full}):")
+        print(
+            f"CPU us per candidate over the {WINDOW:,} candidates before the index held this many instructions "
+            f"(best of {args.repeats_full}):"
+        )
         print()
         print(fmt_row(["pass"] + [f"{k // 1000}K kept" for k in GROWTH]))
         print(fmt_row(["---"] * (len(GROWTH) + 1)))
         for r in growth_rows:
             print(r)
     print()
-    print(f"first use in a fresh process (import, add, query, is_duplicate): {cold:.2f} s with an empty numba cache "
-          f"(compiling), {warm:.2f} s with it filled")
+    print(
+        f"first use in a fresh process (import, add, query, is_duplicate): {cold:.2f} s with an empty numba cache "
+        f"(compiling), {warm:.2f} s with it filled"
+    )
     print(exact_a)
     print(exact_s)
     if same_as_old:
         print(same_as_old)
-    ok = not mismatch and detail_ok == n_brute and exact_s.endswith(f"{n_check:,}/{n_check:,}") and \
-        (not same_as_old or same_as_old.endswith(f"{len(alpaca):,}/{len(alpaca):,}"))
+    ok = (
+        not mismatch
+        and detail_ok == n_brute
+        and exact_s.endswith(f"{n_check:,}/{n_check:,}")
+        and (not same_as_old or same_as_old.endswith(f"{len(alpaca):,}/{len(alpaca):,}"))
+    )
     print("EXACT" if ok else "MISMATCH")
     return 0 if ok else 1
 

@@ -28,6 +28,7 @@ seed; ratios are taken within a round, between runs minutes apart, and the table
 OMP_NUM_THREADS=1 for every rank (torch.distributed.run's default; the deepspeed launcher sets none, which on this
 2-vCPU machine would run 2 ranks x 2 threads).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,13 @@ LABELS = {
 
 
 def env(threads: int) -> dict:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads),
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def build_dataset(work: Path, records: int) -> Path:
@@ -82,9 +88,25 @@ def build_dataset(work: Path, records: int) -> Path:
     src = work / "alpaca-subset.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in subset), encoding="utf-8")
     out = work / "alpaca-tokenized"
-    cmd = [sys.executable, "-m", "alpaca_ds.cli", "data", "build", "--set", f"input={src}", "--set",
-           f"tokenizer={LLAMA}", "--set", f"output={out}", "--set", "val_fraction=0", "--set", "workers=2",
-           "--set", "max_length=512"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpaca_ds.cli",
+        "data",
+        "build",
+        "--set",
+        f"input={src}",
+        "--set",
+        f"tokenizer={LLAMA}",
+        "--set",
+        f"output={out}",
+        "--set",
+        "val_fraction=0",
+        "--set",
+        "workers=2",
+        "--set",
+        "max_length=512",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env(1), capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"bench_train: data build failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -93,15 +115,27 @@ def build_dataset(work: Path, records: int) -> Path:
 
 def overrides(name: str, dataset: Path, run_dir: Path, steps: int, seed: int) -> list[str]:
     import yaml
+
     _, batching, pack, micro, glob = CONFIGS[name]
     init = dict(yaml.safe_load(RECIPE.read_text())["model"]["init_config"], vocab_size=32000)
     # A nested --set (model.init_config.vocab_size=32000) keeps the value as the text "32000" inside this
     # free-form dict, so the whole init_config goes in as a flow mapping, whose values YAML types.
-    return [f"output_dir={run_dir}", f"data.path={dataset}", f"model.tokenizer={LLAMA}",
-            f"model.init_config={json.dumps(init)}", f"data.batching={batching}", f"data.pack_length={pack}",
-            f"data.seed={seed}", f"batch.micro_batch_size={micro}", f"batch.global_batch_size={glob}",
-            f"optim.max_steps={steps}", "log.every_steps=1", "log.eval_every_steps=0", "log.csv=false",
-            "checkpoint.every_steps=1000"]
+    return [
+        f"output_dir={run_dir}",
+        f"data.path={dataset}",
+        f"model.tokenizer={LLAMA}",
+        f"model.init_config={json.dumps(init)}",
+        f"data.batching={batching}",
+        f"data.pack_length={pack}",
+        f"data.seed={seed}",
+        f"batch.micro_batch_size={micro}",
+        f"batch.global_batch_size={glob}",
+        f"optim.max_steps={steps}",
+        "log.every_steps=1",
+        "log.eval_every_steps=0",
+        "log.csv=false",
+        "checkpoint.every_steps=1000",
+    ]
 
 
 def _ranks(root: int) -> list[int]:
@@ -122,8 +156,11 @@ def _ranks(root: int) -> list[int]:
                 cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if ("alpaca_ds.train" in cmd or "fsdp_reference.py" in cmd) and "launcher" not in cmd \
-                    and "torch.distributed.run" not in cmd:
+            if (
+                ("alpaca_ds.train" in cmd or "fsdp_reference.py" in cmd)
+                and "launcher" not in cmd
+                and "torch.distributed.run" not in cmd
+            ):
                 found.append(child)
     return found
 
@@ -145,11 +182,32 @@ def run_one(name: str, dataset: Path, run_dir: Path, steps: int, seed: int, thre
     sampled (every ~20 ms) when rank 0 wrote the row."""
     sets = overrides(name, dataset, run_dir, steps, seed)
     if CONFIGS[name][0] == "zero3":
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "alpaca_ds.train",
+            "--config",
+            str(RECIPE),
+        ]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(FSDP_REFERENCE), "--config", str(RECIPE)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(FSDP_REFERENCE),
+            "--config",
+            str(RECIPE),
+        ]
     for item in sets:
         cmd += ["--set", item]
     metrics = run_dir / "metrics.jsonl"
@@ -187,8 +245,14 @@ def rate(rows: list[dict], warmup: int) -> dict:
     real, slots, secs = (sum(r[k] for r in kept) for k in ("real_tokens", "tokens", "seconds"))
     per_step = [r["real_tokens"] / r["seconds"] for r in kept]
     cpu = sum(r["cpu_seconds"] for r in kept if r["cpu_seconds"] is not None)
-    return {"rate": real / secs, "cpu_rate": real / cpu if cpu else float("nan"), "s_per_step": secs / len(kept), "real_per_step": real / len(kept),
-            "efficiency": real / slots, "step_cv": statistics.pstdev(per_step) / statistics.mean(per_step)}
+    return {
+        "rate": real / secs,
+        "cpu_rate": real / cpu if cpu else float("nan"),
+        "s_per_step": secs / len(kept),
+        "real_per_step": real / len(kept),
+        "efficiency": real / slots,
+        "step_cv": statistics.pstdev(per_step) / statistics.mean(per_step),
+    }
 
 
 def fmt_range(values: list[float], spec: str) -> str:
@@ -204,20 +268,30 @@ def bench(args) -> int:
         import numpy as np
 
         from alpaca_ds.dataset.shards import TokenizedDataset
+
         lengths = TokenizedDataset(dataset, "train").lengths
         q = np.percentile(lengths, [50, 90, 99])
-        print(f"bench_train: {len(lengths)} Alpaca records (random sample, seed 0), LLaMA tokenizer, max_length 512, "
-              f"built in {time.perf_counter() - t:.0f} s")
-        print(f"lengths: mean {lengths.mean():.1f}, median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, "
-              f"max {lengths.max()} tokens")
-        print(f"model: tiny.yaml init_config with vocab_size 32000 (+[PAD] = 32001); {args.steps} steps per run, "
-              f"first {args.warmup} dropped; {args.reps} round(s), order rotated; OMP_NUM_THREADS={args.threads}; "
-              f"load average at start {os.getloadavg()[0]:.2f}")
-        print(f"per run: --set {' --set '.join(overrides(names[0], Path('DATASET'), Path('RUN'), args.steps, 42))}"
-              " (batching, pack_length, micro/global batch per configuration)", flush=True)
+        print(
+            f"bench_train: {len(lengths)} Alpaca records (random sample, seed 0), LLaMA tokenizer, max_length 512, "
+            f"built in {time.perf_counter() - t:.0f} s"
+        )
+        print(
+            f"lengths: mean {lengths.mean():.1f}, median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, "
+            f"max {lengths.max()} tokens"
+        )
+        print(
+            f"model: tiny.yaml init_config with vocab_size 32000 (+[PAD] = 32001); {args.steps} steps per run, "
+            f"first {args.warmup} dropped; {args.reps} round(s), order rotated; OMP_NUM_THREADS={args.threads}; "
+            f"load average at start {os.getloadavg()[0]:.2f}"
+        )
+        print(
+            f"per run: --set {' --set '.join(overrides(names[0], Path('DATASET'), Path('RUN'), args.steps, 42))}"
+            " (batching, pack_length, micro/global batch per configuration)",
+            flush=True,
+        )
         results: dict[str, list[dict]] = {n: [] for n in names}
         for rep in range(args.reps):
-            order = names[rep % len(names):] + names[:rep % len(names)]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 cores = wait_for_quiet(args.quiet, args.quiet_timeout, pause=3, n=5_000_000)
                 load = os.getloadavg()[0]
@@ -226,9 +300,12 @@ def bench(args) -> int:
                 r = rate(rows, args.warmup)
                 r.update(load=load, cores=cores, wall=time.perf_counter() - t, rep=rep)
                 results[name].append(r)
-                print(f"  round {rep + 1} {name:10s} {r['rate']:6.0f} real tok/s  {r['cpu_rate']:6.0f} per CPU-s  {r['s_per_step']:5.2f} s/step  "
-                      f"{r['real_per_step']:6.0f} real tok/step  efficiency {100 * r['efficiency']:5.1f}%  "
-                      f"step cv {100 * r['step_cv']:4.1f}%  cpu check {cores:.2f}  load {load:.2f}  ({r['wall']:.0f} s)", flush=True)
+                print(
+                    f"  round {rep + 1} {name:10s} {r['rate']:6.0f} real tok/s  {r['cpu_rate']:6.0f} per CPU-s  {r['s_per_step']:5.2f} s/step  "
+                    f"{r['real_per_step']:6.0f} real tok/step  efficiency {100 * r['efficiency']:5.1f}%  "
+                    f"step cv {100 * r['step_cv']:4.1f}%  cpu check {cores:.2f}  load {load:.2f}  ({r['wall']:.0f} s)",
+                    flush=True,
+                )
         report(results, args)
     return 0
 
@@ -243,45 +320,61 @@ def report(results: dict[str, list[dict]], args) -> None:
     print()
     modes = [n for n in results if CONFIGS[n][0] == "zero3"]
     if "pad" in results:
-        header = (f"{'batching (ZeRO-3)':42s} {'real tok/s':>10s} {'min..max':>11s} {'x pad':>6s} {'min..max':>11s} "
-                  f"{'pad eff':>7s} {'tok/CPU-s':>9s} {'x pad':>6s} {'min..max':>11s}")
+        header = (
+            f"{'batching (ZeRO-3)':42s} {'real tok/s':>10s} {'min..max':>11s} {'x pad':>6s} {'min..max':>11s} "
+            f"{'pad eff':>7s} {'tok/CPU-s':>9s} {'x pad':>6s} {'min..max':>11s}"
+        )
         print(header)
         print("-" * len(header))
         for n in modes:
             x, xc = ratios(n, "pad"), ratios(n, "pad", "cpu_rate")
             eff = statistics.mean(r["efficiency"] for r in results[n])
-            print(f"{LABELS[n]:42s} {med(n, 'rate'):10.0f} {fmt_range([r['rate'] for r in results[n]], '.0f'):>11s} "
-                  f"{statistics.median(x):5.2f}x {fmt_range(x, '.2f'):>11s} {100 * eff:6.1f}% "
-                  f"{med(n, 'cpu_rate'):9.0f} {statistics.median(xc):5.2f}x {fmt_range(xc, '.2f'):>11s}")
+            print(
+                f"{LABELS[n]:42s} {med(n, 'rate'):10.0f} {fmt_range([r['rate'] for r in results[n]], '.0f'):>11s} "
+                f"{statistics.median(x):5.2f}x {fmt_range(x, '.2f'):>11s} {100 * eff:6.1f}% "
+                f"{med(n, 'cpu_rate'):9.0f} {statistics.median(xc):5.2f}x {fmt_range(xc, '.2f'):>11s}"
+            )
         for n in ("packed512", "packed2048", "packed512m1"):
             if n in results:
                 x = statistics.median(ratios(n, "pad"))
-                print(f"goal: {LABELS[n]} >= {GOAL_PACKED}x pad-to-longest in real tok/s: {x:.2f}x "
-                      f"{'MET' if x >= GOAL_PACKED else 'NOT MET'}")
+                print(
+                    f"goal: {LABELS[n]} >= {GOAL_PACKED}x pad-to-longest in real tok/s: {x:.2f}x "
+                    f"{'MET' if x >= GOAL_PACKED else 'NOT MET'}"
+                )
         print()
     if "fsdp" in results and "pad" in results:
-        header = (f"{'engine (random order, pad to longest)':42s} {'real tok/s':>10s} {'min..max':>11s} {'s/step':>7s} "
-                  f"{'tok/CPU-s':>9s}")
+        header = (
+            f"{'engine (random order, pad to longest)':42s} {'real tok/s':>10s} {'min..max':>11s} {'s/step':>7s} "
+            f"{'tok/CPU-s':>9s}"
+        )
         print(header)
         print("-" * len(header))
         for n, label in (("pad", "DeepSpeed ZeRO-3 (alpaca-ds trainer)"), ("fsdp", "torch FSDP2 (fully_shard)")):
-            print(f"{label:42s} {med(n, 'rate'):10.0f} {fmt_range([r['rate'] for r in results[n]], '.0f'):>11s} "
-                  f"{med(n, 's_per_step'):7.2f} {med(n, 'cpu_rate'):9.0f}")
+            print(
+                f"{label:42s} {med(n, 'rate'):10.0f} {fmt_range([r['rate'] for r in results[n]], '.0f'):>11s} "
+                f"{med(n, 's_per_step'):7.2f} {med(n, 'cpu_rate'):9.0f}"
+            )
         x, xc = ratios("pad", "fsdp"), ratios("pad", "fsdp", "cpu_rate")
-        print(f"ZeRO-3 / FSDP, real tok/s: {statistics.median(x):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in x)}); "
-              f"per CPU-s: {statistics.median(xc):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in xc)})")
+        print(
+            f"ZeRO-3 / FSDP, real tok/s: {statistics.median(x):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in x)}); "
+            f"per CPU-s: {statistics.median(xc):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in xc)})"
+        )
         print()
     loads = [r["load"] for rs in results.values() for r in rs]
     cores = [r["cores"] for rs in results.values() for r in rs]
     cvs = [r["step_cv"] for rs in results.values() for r in rs]
-    print(f"noise: cpu check before each run {min(cores):.2f}..{max(cores):.2f} cores (2.00 = two free cores; a run "
-          f"starts once >= {args.quiet} or after {args.quiet_timeout:.0f} s); load average at run starts "
-          f"{min(loads):.2f}..{max(loads):.2f}; step-to-step cv of real tok/s within a run "
-          f"{100 * min(cvs):.0f}..{100 * max(cvs):.0f}% (steps also differ in length)")
-    print("real tok/s = sum(real_tokens) / sum(seconds) over the kept steps, both ranks (the trainer's metrics.jsonl); "
-          "x pad = median\nover rounds of the ratio to the same round's pad-to-longest run; pad eff = real tokens / "
-          "token slots computed; tok/CPU-s = real\ntokens per CPU second of the two ranks in the same steps (sampled "
-          "from /proc, barely moved by other load, blind to waiting).")
+    print(
+        f"noise: cpu check before each run {min(cores):.2f}..{max(cores):.2f} cores (2.00 = two free cores; a run "
+        f"starts once >= {args.quiet} or after {args.quiet_timeout:.0f} s); load average at run starts "
+        f"{min(loads):.2f}..{max(loads):.2f}; step-to-step cv of real tok/s within a run "
+        f"{100 * min(cvs):.0f}..{100 * max(cvs):.0f}% (steps also differ in length)"
+    )
+    print(
+        "real tok/s = sum(real_tokens) / sum(seconds) over the kept steps, both ranks (the trainer's metrics.jsonl); "
+        "x pad = median\nover rounds of the ratio to the same round's pad-to-longest run; pad eff = real tokens / "
+        "token slots computed; tok/CPU-s = real\ntokens per CPU second of the two ranks in the same steps (sampled "
+        "from /proc, barely moved by other load, blind to waiting)."
+    )
 
 
 def main() -> int:
@@ -290,8 +383,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate")
     ap.add_argument("--reps", type=int, default=4, help="rounds of all configurations, interleaved")
-    ap.add_argument("--quiet", type=float, default=1.7,
-                    help="before each run, wait until two CPU-bound processes get this many cores' worth of work")
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=1.7,
+        help="before each run, wait until two CPU-bound processes get this many cores' worth of work",
+    )
     ap.add_argument("--quiet-timeout", type=float, default=90, help="... or this many seconds")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)

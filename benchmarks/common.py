@@ -4,6 +4,7 @@ on a shared 2-vCPU machine compare runs minutes apart).
 
 A benchmark runs as `python benchmarks/bench_x.py` (its own folder on sys.path, so `from common import ...` works)
 and imports the installed alpaca_ds package."""
+
 from __future__ import annotations
 
 import importlib

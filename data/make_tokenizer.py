@@ -43,8 +43,7 @@ PROMPT_TEXT = [
     "Below is an instruction that describes a task, paired with an input that "
     "provides further context. Write a response that appropriately completes "
     "the request.",
-    "Below is an instruction that describes a task. Write a response that "
-    "appropriately completes the request.",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
     "### Instruction:",
     "### Input:",
     "### Response:",

@@ -19,6 +19,7 @@ and only its unsettled lines are settled. A part's worst case stays reserved aga
 settle, over restarts too. Lines that failed or expired, and the requests of a batch that failed or expired
 whole, are returned for a later wave, each at most api.max_retries times, then given up.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,7 +45,7 @@ class Part:
     worst: list[Cost]
     file: str | None = None
     batch: str | None = None
-    at: float = 0.0                 # when its upload began (the batches to look through after a kill)
+    at: float = 0.0  # when its upload began (the batches to look through after a kill)
     status: str = "uploading"
     counts: dict = field(default_factory=dict)
 
@@ -52,10 +53,16 @@ class Part:
 class BatchTransport:
     """The parts of one ledger; `submit` new requests, `wait` for parts to end."""
 
-    def __init__(self, runner, prompts_of, stop: list[str] | None = None, logit_bias: dict[str, int] | None = None,
-                 metadata: dict | None = None):
+    def __init__(
+        self,
+        runner,
+        prompts_of,
+        stop: list[str] | None = None,
+        logit_bias: dict[str, int] | None = None,
+        metadata: dict | None = None,
+    ):
         self.r = runner
-        self.prompts_of = prompts_of     # key -> the request's prompts
+        self.prompts_of = prompts_of  # key -> the request's prompts
         self.led = runner.ledger
         self.api = runner.api
         self.cfg = runner.api.batch
@@ -63,7 +70,7 @@ class BatchTransport:
         self.metadata = {k: str(v)[:500] for k, v in (metadata or {}).items()}
         self.client = ApiClient(self.api, runner.key)
         self.parts: dict[str, Part] = {}
-        self.retry: set = set()     # keys whose line failed or expired, to send again
+        self.retry: set = set()  # keys whose line failed or expired, to send again
         self.given_up: set = set()
         self._jitter = random.Random()  # timing only
         self._recover()
@@ -97,15 +104,19 @@ class BatchTransport:
     async def check_endpoints(self) -> None:
         """Refuse a server without the Batch API before anything is uploaded or spent."""
         import openai
+
         try:
             await self.client.openai.batches.list(limit=1)
         except openai.NotFoundError:
-            raise UserError(f"api.base_url {self.api.base_url} serves no Batch API (/v1/batches answered 404): set "
-                            "api.transport: online, or use a server that has /v1/files and /v1/batches") from None
+            raise UserError(
+                f"api.base_url {self.api.base_url} serves no Batch API (/v1/batches answered 404): set "
+                "api.transport: online, or use a server that has /v1/files and /v1/batches"
+            ) from None
         except openai.APIStatusError as e:
             if e.status_code in (401, 403):
-                raise UserError(f"api.base_url {self.api.base_url} refused the key ({e.status_code}); check "
-                                f"${self.api.api_key_env}") from None
+                raise UserError(
+                    f"api.base_url {self.api.base_url} refused the key ({e.status_code}); check ${self.api.api_key_env}"
+                ) from None
             raise
 
     async def close(self) -> None:
@@ -115,21 +126,28 @@ class BatchTransport:
         """One Batch API call, retried on the failures a retry can mend (connection, timeout, 429, 5xx) with the
         online backoff: a batch runs for hours, and a hiccup while polling it must not end the run."""
         import openai
+
         for attempt in range(1, self.api.max_retries + 2):
             try:
                 return await make()
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
                 if attempt > self.api.max_retries:
-                    raise UserError(f"the Batch API failed {attempt} times to {what} ({self.client.scrub(str(e))}); "
-                                    "rerun the same command to continue where it stopped") from None
+                    raise UserError(
+                        f"the Batch API failed {attempt} times to {what} ({self.client.scrub(str(e))}); "
+                        "rerun the same command to continue where it stopped"
+                    ) from None
                 await asyncio.sleep(backoff_delay(self.api, attempt, None, self._jitter))
 
     # ---- submitting -------------------------------------------------------------------------------------------
 
     def _line(self, key) -> bytes:
         url, body = self.client.request(self.prompts_of(key), self.stop, self.logit_bias)
-        return json.dumps({"custom_id": str(key), "method": "POST", "url": url, "body": body},
-                          ensure_ascii=False).encode("utf-8") + b"\n"
+        return (
+            json.dumps({"custom_id": str(key), "method": "POST", "url": url, "body": body}, ensure_ascii=False).encode(
+                "utf-8"
+            )
+            + b"\n"
+        )
 
     async def submit(self, keys_wanted: list) -> int:
         """Submit requests (by key) in as many parts as the file limits need, each only once its worst case at
@@ -161,8 +179,16 @@ class BatchTransport:
             attempts.append(self.led.attempts[k])
             self.led.keys.add(k)
         p = Part(uuid.uuid4().hex[:16], keys, attempts, worst, at=time.time())
-        await self.led.journal.commit({"t": "upload", "n": p.n, self.led.field + "s": keys, "a": attempts,
-                                       "worst": [[w.usd, w.tokens] for w in worst], "at": p.at})
+        await self.led.journal.commit(
+            {
+                "t": "upload",
+                "n": p.n,
+                self.led.field + "s": keys,
+                "a": attempts,
+                "worst": [[w.usd, w.tokens] for w in worst],
+                "at": p.at,
+            }
+        )
         self.parts[p.n] = p
         await self._start(p, data)
 
@@ -173,8 +199,9 @@ class BatchTransport:
             if data is None:
                 data = await asyncio.get_running_loop().run_in_executor(None, self._rebuild, p)
             # an upload retried after a lost answer may leave a stray file at the API: no batch, no cost
-            f = await self._call("upload a file", lambda: c.files.create(file=(f"alpaca-ds-{p.n}.jsonl", data),
-                                                                         purpose="batch"))
+            f = await self._call(
+                "upload a file", lambda: c.files.create(file=(f"alpaca-ds-{p.n}.jsonl", data), purpose="batch")
+            )
             await self.led.journal.commit({"t": "file", "n": p.n, "file": f.id})
             p.file = f.id
         if p.batch is None:
@@ -182,8 +209,12 @@ class BatchTransport:
 
             async def find_or_create():  # a create whose answer was lost may have created it: look first
                 return await self._find_batch(p.file, p.at) or await c.batches.create(
-                    input_file_id=p.file, endpoint=url, completion_window=self.cfg.completion_window,
-                    metadata={**self.metadata, "part": p.n})
+                    input_file_id=p.file,
+                    endpoint=url,
+                    completion_window=self.cfg.completion_window,
+                    metadata={**self.metadata, "part": p.n},
+                )
+
             found = await self._call("create a batch", find_or_create)
             await self.led.journal.commit({"t": "batch", "n": p.n, "batch": found.id})
             p.batch, p.status = found.id, found.status
@@ -253,8 +284,11 @@ class BatchTransport:
         done = sum(p.counts.get("completed", 0) for p in self.parts.values())
         failed = sum(p.counts.get("failed", 0) for p in self.parts.values())
         status = ",".join(sorted({p.status for p in self.parts.values()})) or "-"
-        self.r.progress.update(0, f"{len(self.parts)} batches {status}: {done}/{total} done, {failed} failed; "
-                                  f"${self.r.budget.reserved_usd:.4f} reserved, ${self.r.budget.spent_usd:.4f} spent")
+        self.r.progress.update(
+            0,
+            f"{len(self.parts)} batches {status}: {done}/{total} done, {failed} failed; "
+            f"${self.r.budget.reserved_usd:.4f} reserved, ${self.r.budget.spent_usd:.4f} spent",
+        )
 
     async def _lines(self, file_id: str | None) -> list[dict]:
         if not file_id:
@@ -269,8 +303,10 @@ class BatchTransport:
             got[line["custom_id"]] = line
         if b.status in ("failed", "expired"):
             why = "; ".join(e.message for e in (b.errors.data or [])) if b.errors else ""
-            self.r.say(f"batch {p.batch} {b.status} ({why or 'no reason given'}): its unanswered requests go "
-                       "into the next wave")
+            self.r.say(
+                f"batch {p.batch} {b.status} ({why or 'no reason given'}): its unanswered requests go "
+                "into the next wave"
+            )
         await self._close(p, b.status, got)
 
     async def _close(self, p: Part, status: str, got: dict) -> None:
@@ -298,20 +334,28 @@ class BatchTransport:
 
     def _outcome(self, line: dict | None, status: str, num_prompts: int) -> Outcome:
         if line is None:  # the batch failed or was cancelled before answering it
-            return Outcome("cancelled" if status == "cancelled" else f"batch_{status}",
-                           error=f"the batch {status} without answering it")
+            return Outcome(
+                "cancelled" if status == "cancelled" else f"batch_{status}",
+                error=f"the batch {status} without answering it",
+            )
         resp, err = line.get("response"), line.get("error")
         if resp and resp.get("status_code") == 200:
             return self.client.parse(json.dumps(resp["body"]), num_prompts)
         if err:
-            return Outcome("expired" if err.get("code") == "batch_expired" else "batch_error",
-                           error=self.client.scrub(f"{err.get('code')}: {err.get('message')}"))
-        return Outcome("server_error", http=resp.get("status_code") if resp else None,
-                       error=self.client.scrub(json.dumps(resp)[:300] if resp else "no response"))
+            return Outcome(
+                "expired" if err.get("code") == "batch_expired" else "batch_error",
+                error=self.client.scrub(f"{err.get('code')}: {err.get('message')}"),
+            )
+        return Outcome(
+            "server_error",
+            http=resp.get("status_code") if resp else None,
+            error=self.client.scrub(json.dumps(resp)[:300] if resp else "no response"),
+        )
 
     async def cancel(self) -> int:
         """Cancel every part still running at the API; returns how many."""
         import openai
+
         n = 0
         for p in self.parts.values():
             try:
@@ -332,16 +376,20 @@ class BatchTransport:
             if n:
                 self.r.say(f"cancelled {n} batches; what they had answered is in the ledger")
         elif self.parts:
-            self.r.say(f"{len(self.parts)} batches are still running at the API (they are paid when they finish): "
-                       "rerun the same command to collect them, or add --cancel-batches to cancel them")
+            self.r.say(
+                f"{len(self.parts)} batches are still running at the API (they are paid when they finish): "
+                "rerun the same command to collect them, or add --cancel-batches to cancel them"
+            )
 
 
-async def run_keyed(runner, jobs: list, prompts_of, on_answer, metadata: dict | None = None,
-                    cancel: bool = False) -> None:
+async def run_keyed(
+    runner, jobs: list, prompts_of, on_answer, metadata: dict | None = None, cancel: bool = False
+) -> None:
     """`evaluate`'s requests through the Batch API: every job's request (keyed by what it asks, as online, so
     the ledger serves both transports), in waves as the budget allows, failed lines again first; then
     `on_answer(job, choices)` for every job the ledger has answered."""
     from alpaca_ds.api.runner import request_key
+
     keyed: dict = {}
     for job in jobs:
         keyed.setdefault(request_key(runner.api, prompts_of(job), None), []).append(job)
@@ -354,9 +402,11 @@ async def run_keyed(runner, jobs: list, prompts_of, on_answer, metadata: dict | 
         foreign = t.pending - set(keyed)
         if foreign and not cancel:
             await t.close()
-            raise UserError(f"{led.path}: batches of an earlier run hold {len(foreign)} requests this run does not "
-                            "ask (were the inputs or --limit changed?); rerun with the same inputs to collect them, "
-                            "or add --cancel-batches to cancel them")
+            raise UserError(
+                f"{led.path}: batches of an earlier run hold {len(foreign)} requests this run does not "
+                "ask (were the inputs or --limit changed?); rerun with the same inputs to collect them, "
+                "or add --cancel-batches to cancel them"
+            )
         try:
             await t.check_endpoints()
             await t.resume(create=not cancel)

@@ -9,6 +9,7 @@ not fit, the budget is exhausted.
 Retries come first: while a retry of a request already sent waits for room (`reserve_wait(priority=True)`), no
 new request gets any, so a budget that runs out leaves as few requests half done (sent, unanswered) as it can.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -96,6 +97,7 @@ class Budget:
         async def wake():
             async with cond:
                 cond.notify_all()
+
         try:
             asyncio.get_running_loop().create_task(wake())
         except RuntimeError:

@@ -13,6 +13,7 @@ Every wait ends early when the run stops (`stop_event`). Only cancelling the tas
 an attempt, and it is then recorded at once: charged its worst case if it was on the wire, nothing if not yet.
 What an ending means for the run (stop it, give the request up, ...) is the caller's to decide.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,9 +45,18 @@ class Caller:
     `on_send()` runs when an attempt leaves, `on_answer()` when its answer is settled (before it is on disk).
     """
 
-    def __init__(self, api: ApiConfig, key: str | None, ledger: CallLedger, budget: Budget,
-                 price: Price | None, stop_event: asyncio.Event, say: Callable[[str], None],
-                 on_send: Callable[[], None] | None = None, on_answer: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        api: ApiConfig,
+        key: str | None,
+        ledger: CallLedger,
+        budget: Budget,
+        price: Price | None,
+        stop_event: asyncio.Event,
+        say: Callable[[str], None],
+        on_send: Callable[[], None] | None = None,
+        on_answer: Callable[[], None] | None = None,
+    ):
         self.api = api
         self.client = ApiClient(api, key)
         self.limiter = RateLimiter(api.requests_per_minute, api.tokens_per_minute)
@@ -59,15 +69,23 @@ class Caller:
         self.say = say
         self.on_send = on_send
         self.on_answer = on_answer
-        self.settling = 0                # answered attempts whose result line is being written
-        self.jitter = random.Random()    # timing only: never touches what is generated
+        self.settling = 0  # answered attempts whose result line is being written
+        self.jitter = random.Random()  # timing only: never touches what is generated
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def call(self, key, prompts: list[str], worst: Cost, *, stop: list[str] | None,
-                   logit_bias: dict[str, int] | None = None, reservation: Cost | None = None,
-                   label: str = "a call") -> tuple[str, Outcome | None]:
+    async def call(
+        self,
+        key,
+        prompts: list[str],
+        worst: Cost,
+        *,
+        stop: list[str] | None,
+        logit_bias: dict[str, int] | None = None,
+        reservation: Cost | None = None,
+        label: str = "a call",
+    ) -> tuple[str, Outcome | None]:
         """(how it ended, the last attempt's outcome). How: "ok"; "fatal" (the API refused, as no later call can
         succeed); "failed" (not retryable, or out of retries); "budget" (its worst case can never fit: nothing is
         in flight to free room); "stopped" (the run stopped first).
@@ -81,7 +99,8 @@ class Caller:
                     return "stopped", outcome
                 # a retry (an earlier attempt was sent) is served before new requests
                 waiter = asyncio.get_running_loop().create_task(
-                    self.budget.reserve_wait(worst, priority=outcome is not None or key in self.ledger.attempts))
+                    self.budget.reserve_wait(worst, priority=outcome is not None or key in self.ledger.attempts)
+                )
                 if not await self._unless_stopped(waiter, cancel=False):
                     waiter.cancel()
                     got = (await asyncio.gather(waiter, return_exceptions=True))[0]
@@ -91,15 +110,17 @@ class Caller:
                 reservation = waiter.result()
                 if reservation is None:
                     return "budget", outcome
-            if self.stop_event.is_set() or (self.limiter.active and
-                                            not await self._unless_stopped(self.limiter.acquire(worst.tokens))):
+            if self.stop_event.is_set() or (
+                self.limiter.active and not await self._unless_stopped(self.limiter.acquire(worst.tokens))
+            ):
                 self.budget.settle(reservation, NOTHING)
                 return "stopped", outcome
             attempt = self.ledger.attempts.get(key, 0) + 1
             self.ledger.attempts[key] = attempt
             try:  # the intent to spend is on disk before the request leaves
-                await self.journal.commit({"t": "send", self.field: key, "a": attempt, "usd": reservation.usd,
-                                           "tok": reservation.tokens})
+                await self.journal.commit(
+                    {"t": "send", self.field: key, "a": attempt, "usd": reservation.usd, "tok": reservation.tokens}
+                )
             except asyncio.CancelledError:
                 self._record_now(key, attempt, reservation, "abandoned before it was sent", NOTHING, "none")
                 raise
@@ -121,8 +142,9 @@ class Caller:
                 return "fatal", outcome
             if not outcome.retryable or self.ledger.failed_attempts(key) > self.api.max_retries:
                 return "failed", outcome
-            if not await self._unless_stopped(asyncio.sleep(backoff_delay(self.api, attempt, outcome.retry_after,
-                                                                          self.jitter))):
+            if not await self._unless_stopped(
+                asyncio.sleep(backoff_delay(self.api, attempt, outcome.retry_after, self.jitter))
+            ):
                 return "stopped", outcome
             reservation = None
 
@@ -161,15 +183,25 @@ class Caller:
             p, c = outcome.usage
             charge, how = Cost(self.price.cost(p, c) if self.price is not None else 0.0, p + c), "usage"
             if charge.usd > reservation.usd + 1e-12 or charge.tokens > reservation.tokens:
-                self.say(f"warning: {label} was billed {charge.tokens} tokens, more than the {reservation.tokens} "
-                         "reserved (does the server honour max_tokens?)")
+                self.say(
+                    f"warning: {label} was billed {charge.tokens} tokens, more than the {reservation.tokens} "
+                    "reserved (does the server honour max_tokens?)"
+                )
         elif outcome.maybe_billed:
             charge, how = reservation, "worst_case"
         else:
             charge, how = NOTHING, "none"
-        entry = {"t": "result", self.field: key, "a": attempt, "kind": outcome.kind, "http": outcome.http,
-                 "usage": list(outcome.usage) if outcome.usage else None, "charged": how,
-                 "usd": charge.usd, "tok": charge.tokens}
+        entry = {
+            "t": "result",
+            self.field: key,
+            "a": attempt,
+            "kind": outcome.kind,
+            "http": outcome.http,
+            "usage": list(outcome.usage) if outcome.usage else None,
+            "charged": how,
+            "usd": charge.usd,
+            "tok": charge.tokens,
+        }
         if outcome.ok:
             entry["choices"] = outcome.choices
         else:

@@ -9,6 +9,7 @@ The API key lives only in the client object: error texts are scrubbed of it, and
 (whose headers carry it). `api_key` reads it from the environment and `prompt_tokens` counts what a request's
 prompts are billed for, for the generator and the evaluation calls alike.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,23 +37,25 @@ def api_key(api: ApiConfig | EndpointConfig) -> str | None:
         return None
     key = os.environ.get(api.api_key_env, "").strip()
     if not key:
-        raise UserError(f"the API key is read from the environment variable {api.api_key_env} (api.api_key_env), "
-                        "which is not set: export it, or name another variable with --set api.api_key_env=NAME "
-                        "(null for a local server that needs no key)")
+        raise UserError(
+            f"the API key is read from the environment variable {api.api_key_env} (api.api_key_env), "
+            "which is not set: export it, or name another variable with --set api.api_key_env=NAME "
+            "(null for a local server that needs no key)"
+        )
     return key
 
 
 @dataclass
 class Outcome:
-    kind: str                                   # ok | rate_limited | server_error | timeout | connection | malformed
-                                                # | bad_request | auth | not_found | quota
+    kind: str  # ok | rate_limited | server_error | timeout | connection | malformed
+    # | bad_request | auth | not_found | quota
     http: int | None = None
-    choices: list[dict] | None = None           # [{"prompt": p, "text": str, "finish_reason": str|None}]
-    usage: tuple[int, int] | None = None        # (prompt_tokens, completion_tokens) as the API reported them
-    maybe_billed: bool = False                  # no usage, but the API may have done (and billed) the work
+    choices: list[dict] | None = None  # [{"prompt": p, "text": str, "finish_reason": str|None}]
+    usage: tuple[int, int] | None = None  # (prompt_tokens, completion_tokens) as the API reported them
+    maybe_billed: bool = False  # no usage, but the API may have done (and billed) the work
     retry_after: float | None = None
     retryable: bool = False
-    fatal: bool = False                         # no later request can succeed: stop the run
+    fatal: bool = False  # no later request can succeed: stop the run
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -66,6 +69,7 @@ class ApiClient:
 
     def __init__(self, api: ApiConfig, key: str | None):
         from openai import AsyncOpenAI
+
         self.api = api
         self._secret = key
         kwargs = {}
@@ -75,12 +79,14 @@ class ApiClient:
             # than its default httpx transport, which matters with hundreds of requests in flight
             try:
                 from openai import DefaultAioHttpClient
+
                 kwargs["http_client"] = DefaultAioHttpClient(timeout=api.timeout_s)
                 self.backend = "aiohttp"
             except (ImportError, RuntimeError):  # an openai release without it, or without aiohttp
                 pass
-        self._client = AsyncOpenAI(base_url=api.base_url, api_key=key or "no-key", max_retries=0,
-                                   timeout=api.timeout_s, **kwargs)
+        self._client = AsyncOpenAI(
+            base_url=api.base_url, api_key=key or "no-key", max_retries=0, timeout=api.timeout_s, **kwargs
+        )
 
     def scrub(self, text: str) -> str:
         if self._secret:
@@ -95,12 +101,14 @@ class ApiClient:
         """The underlying AsyncOpenAI client (the Batch API's files and batches)."""
         return self._client
 
-    def request(self, prompts: list[str], stop: list[str] | None,
-                logit_bias: dict[str, int] | None) -> tuple[str, dict]:
+    def request(
+        self, prompts: list[str], stop: list[str] | None, logit_bias: dict[str, int] | None
+    ) -> tuple[str, dict]:
         """(endpoint, body) of one request: what is sent online, and what a batch input line holds."""
         api = self.api
-        body = dict(model=api.model, max_tokens=api.max_tokens, temperature=api.temperature, top_p=api.top_p,
-                    n=api.n, stop=stop)
+        body = dict(
+            model=api.model, max_tokens=api.max_tokens, temperature=api.temperature, top_p=api.top_p, n=api.n, stop=stop
+        )
         if logit_bias:
             body["logit_bias"] = logit_bias
         if api.mode == "completions":
@@ -136,8 +144,13 @@ class ApiClient:
             usage = data.get("usage")
             usage = (int(usage["prompt_tokens"]), int(usage["completion_tokens"])) if isinstance(usage, dict) else None
         except (ValueError, KeyError, TypeError, AttributeError):
-            return Outcome("malformed", http=200, maybe_billed=True, retryable=True,
-                           error=self.scrub(f"response is not valid JSON: {body[:200]!r}"))
+            return Outcome(
+                "malformed",
+                http=200,
+                maybe_billed=True,
+                retryable=True,
+                error=self.scrub(f"response is not valid JSON: {body[:200]!r}"),
+            )
         try:
             choices = []
             for c in data["choices"]:
@@ -145,8 +158,12 @@ class ApiClient:
                 text = c["text"] if self.api.mode == "completions" else c["message"]["content"]
                 if not isinstance(text, str):
                     raise TypeError("text is not a string")
-                choice = {"prompt": index // self.api.n, "index": index, "text": text,
-                          "finish_reason": c.get("finish_reason")}
+                choice = {
+                    "prompt": index // self.api.n,
+                    "index": index,
+                    "text": text,
+                    "finish_reason": c.get("finish_reason"),
+                }
                 if self.api.logprobs is not None:
                     choice["top_logprobs"] = top_logprobs(c.get("logprobs"), self.api.mode)
                 choices.append(choice)
@@ -154,12 +171,19 @@ class ApiClient:
             if not choices or choices[-1]["prompt"] >= num_prompts:
                 raise ValueError("choices do not match the prompts sent")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            return Outcome("malformed", http=200, usage=usage, maybe_billed=usage is None, retryable=True,
-                           error=self.scrub(f"unexpected response shape ({e}): {body[:200]!r}"))
+            return Outcome(
+                "malformed",
+                http=200,
+                usage=usage,
+                maybe_billed=usage is None,
+                retryable=True,
+                error=self.scrub(f"unexpected response shape ({e}): {body[:200]!r}"),
+            )
         return Outcome("ok", http=200, choices=choices, usage=usage, maybe_billed=usage is None)
 
     def _classify(self, e: Exception) -> Outcome:
         import openai
+
         message = self.scrub(f"{type(e).__name__}: {e}")
         if isinstance(e, openai.APIConnectionError) and _never_connected(e):
             # refused before anything was sent: it cannot have been billed
@@ -204,8 +228,12 @@ def _never_connected(e: BaseException) -> bool:
     """Whether the exception chain says no connection was made (so the request never reached the API)."""
     seen = 0
     while e is not None and seen < 10:
-        if type(e).__name__ in ("ConnectError", "ClientConnectorError", "ClientConnectorDNSError",
-                                "ConnectionRefusedError"):
+        if type(e).__name__ in (
+            "ConnectError",
+            "ClientConnectorError",
+            "ClientConnectorDNSError",
+            "ConnectionRefusedError",
+        ):
             return True
         e = e.__cause__ or e.__context__
         seen += 1

@@ -17,6 +17,7 @@ when a process died, and is charged its worst case, since the API may have bille
 attempts and failures per request. So a budget holds over every run that shares the ledger, and no answered
 request is paid for twice.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -30,8 +31,18 @@ INTERRUPTED = "the process stopped while this attempt was in flight; the API may
 
 def interrupted_result(field: str, key, attempt: int, charge: Cost, how: str, why: str) -> dict:
     """The result line of an attempt that got no answer: abandoned, or in flight when a process died."""
-    return {"t": "result", field: key, "a": attempt, "kind": "interrupted", "http": None, "usage": None,
-            "charged": how, "usd": charge.usd, "tok": charge.tokens, "error": why}
+    return {
+        "t": "result",
+        field: key,
+        "a": attempt,
+        "kind": "interrupted",
+        "http": None,
+        "usage": None,
+        "charged": how,
+        "usd": charge.usd,
+        "tok": charge.tokens,
+        "error": why,
+    }
 
 
 class CallLedger:
@@ -41,9 +52,9 @@ class CallLedger:
     def __init__(self, path: Path, field: str, writable: bool = True):
         self.path = Path(path)
         self.field = field
-        self.ok: dict = {}                 # request -> choices of its successful attempt
+        self.ok: dict = {}  # request -> choices of its successful attempt
         self.gave_up: set = set()
-        self.keys: set = set()             # every request the ledger names
+        self.keys: set = set()  # every request the ledger names
         self.attempts: Counter = Counter()  # request -> attempts made so far
         self.failures: Counter = Counter()  # request -> failed answers (attempts cut off by a kill not counted)
         self.outcomes: Counter = Counter()  # attempt kind -> count
@@ -51,8 +62,8 @@ class CallLedger:
         self.prompt_tokens = self.completion_tokens = 0
         self.charged_worst_case_usd = 0.0
         self.batch_entries: list[dict] = []
-        self.results: set = set()           # (request, attempt) of every result line
-        self.keep_choices = True           # False once a run takes answers straight from its calls (memory)
+        self.results: set = set()  # (request, attempt) of every result line
+        self.keep_choices = True  # False once a run takes answers straight from its calls (memory)
         entries, good = read_jsonl(self.path)
         sends, finished = {}, set()
         for e in entries:
@@ -70,8 +81,11 @@ class CallLedger:
             else:
                 finished.add((key, e["a"]))
                 self.add_result(e)
-        orphans = [interrupted_result(field, k, a, Cost(s["usd"], s["tok"]), "worst_case", INTERRUPTED)
-                   for (k, a), s in sends.items() if (k, a) not in finished]
+        orphans = [
+            interrupted_result(field, k, a, Cost(s["usd"], s["tok"]), "worst_case", INTERRUPTED)
+            for (k, a), s in sends.items()
+            if (k, a) not in finished
+        ]
         for r in orphans:
             self.add_result(r)
         self.interrupted = len(orphans)

@@ -4,6 +4,7 @@ Each bucket holds 10 seconds' worth (or one request's worth, if that is more) an
 second, so a run starts with a small burst and then paces itself instead of sending a whole minute's quota at
 once. Tokens are counted as the API's rate limiter counts them: the prompt plus max_tokens x n.
 """
+
 from __future__ import annotations
 
 import asyncio

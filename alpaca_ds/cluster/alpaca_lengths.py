@@ -4,8 +4,10 @@
 from `alpaca-ds data build --config data/alpaca.yaml` with the LLaMA tokenizer (32,000 pieces + [PAD]) on the
 public alpaca_data.json (sha256 2eddafc6...). A test rebuilds it from ../shared/data and compares, when present.
 """
+
 SOURCE = "Alpaca 52K (alpaca_data.json) under the LLaMA tokenizer, max_length 512"
 SHORTEST = 42
+# fmt: off
 COUNTS = (
     1, 2, 7, 15, 33, 39, 49, 79, 110, 115, 155, 140, 189, 234, 228, 280, 258, 292, 325, 347, 351, 366, 373, 385,
     414, 386, 412, 451, 448, 478, 515, 492, 503, 522, 519, 558, 573, 604, 619, 593, 626, 646, 636, 582, 566, 577,
@@ -25,5 +27,6 @@ COUNTS = (
     3, 2, 1, 2, 1, 1, 2, 3, 2, 3, 1, 3, 1, 1, 1, 1, 1, 0, 6, 0, 0, 2, 3, 0, 3, 2, 2, 3, 0, 0, 1, 0, 1, 1, 1, 2, 2,
     0, 2, 1, 0, 2, 1, 1, 1, 3, 2, 0, 1, 3, 3, 1, 0, 3, 1, 1, 2, 2, 0, 0, 2, 0, 1, 0, 97
 )
+# fmt: on
 EXAMPLES = 52002
 TOKENS = 6600133

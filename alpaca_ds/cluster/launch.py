@@ -19,6 +19,7 @@ Three ways to start a cluster, all with DeepSpeed's own launcher (`python -m dee
   launcher's `--no_ssh --node_rank` mode; `--nodes N --gpus-per-node G` without a hostfile writes one
   (`<output_dir>/hostfile`, names node-0..node-N-1: in this mode DeepSpeed only counts and orders them).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,18 @@ _HOST_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")
 
 # ---------------------------------------------------------------- the launcher command
 
-def launcher_command(module_args: Sequence[str], *, num_gpus: int | None = None, hostfile: str | None = None,
-                     node_rank: int | None = None, master_addr: str | None = None, master_port: int | None = None,
-                     launcher: str | None = None, python: str | None = None) -> list[str]:
+
+def launcher_command(
+    module_args: Sequence[str],
+    *,
+    num_gpus: int | None = None,
+    hostfile: str | None = None,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    launcher: str | None = None,
+    python: str | None = None,
+) -> list[str]:
     """The deepspeed launcher command that runs `python -m alpaca_ds.train MODULE_ARGS` on a cluster.
 
     Without a hostfile: `num_gpus` processes on this machine. With one: every host in it, started over pdsh/ssh
@@ -80,6 +90,7 @@ def train_args(config_path: str | Path, overrides: Sequence[str] = ()) -> list[s
 
 
 # ---------------------------------------------------------------- hostfiles
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -142,13 +153,16 @@ def read_hostfile(path: str | Path) -> Cluster:
     return Cluster(parse_hostfile(text, str(path)), hostfile=str(path))
 
 
-def cluster_from_options(hostfile: str | None, nodes: int | None, gpus_per_node: int | None,
-                         run_dir: str | Path = ".") -> Cluster:
+def cluster_from_options(
+    hostfile: str | None, nodes: int | None, gpus_per_node: int | None, run_dir: str | Path = "."
+) -> Cluster:
     """The cluster of `--hostfile H` or `--nodes N --gpus-per-node G` (a hostfile in run_dir when N > 1)."""
     if hostfile is not None:
         if nodes is not None or gpus_per_node is not None:
-            raise UserError("give either --hostfile or --nodes/--gpus-per-node, not both: the hostfile already "
-                            "says how many nodes and GPUs there are")
+            raise UserError(
+                "give either --hostfile or --nodes/--gpus-per-node, not both: the hostfile already "
+                "says how many nodes and GPUs there are"
+            )
         return read_hostfile(hostfile)
     if gpus_per_node is None:
         raise UserError("say how many GPUs: --gpus-per-node G (and --nodes N), or --hostfile H")
@@ -157,11 +171,15 @@ def cluster_from_options(hostfile: str | None, nodes: int | None, gpus_per_node:
         raise UserError(f"--nodes {nodes} --gpus-per-node {gpus_per_node}: both must be at least 1")
     if nodes == 1:
         return Cluster((("localhost", gpus_per_node),))
-    return Cluster(tuple((f"node-{i}", gpus_per_node) for i in range(nodes)),
-                   hostfile=str(Path(run_dir) / "hostfile"), synthetic=True)
+    return Cluster(
+        tuple((f"node-{i}", gpus_per_node) for i in range(nodes)),
+        hostfile=str(Path(run_dir) / "hostfile"),
+        synthetic=True,
+    )
 
 
 # ---------------------------------------------------------------- preparing a launch
+
 
 @dataclass
 class Launch:
@@ -172,50 +190,88 @@ class Launch:
     resolved_path: Path
     commands: list[tuple[int | None, list[str]]]  # (node rank or None for "this node drives all", command)
     node_rank: int | None
-    mode: str                                     # "single-node", "pdsh", "no-ssh"
+    mode: str  # "single-node", "pdsh", "no-ssh"
     problems: list[str] = field(default_factory=list)
 
 
-def prepare(config_path: str, overrides: Sequence[str], cluster: Cluster, *, node_rank: int | None = None,
-            master_addr: str | None = None, master_port: int | None = None, launcher: str | None = None,
-            dry_run: bool = False) -> Launch:
+def prepare(
+    config_path: str,
+    overrides: Sequence[str],
+    cluster: Cluster,
+    *,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    launcher: str | None = None,
+    dry_run: bool = False,
+) -> Launch:
     """Check everything that can be checked before the launch; a dry run turns path problems into warnings."""
     from alpaca_ds.train.ds_config import batch_arithmetic, build_ds_config
+
     cfg = load_config(TrainConfig, config_path, overrides)
     world = cluster.world
     arithmetic = batch_arithmetic(cfg, world)  # refuses an impossible combination with the arithmetic
-    ds_config = build_ds_config(cfg, world)    # and DeepSpeed's own schema check of the engine YAML
+    ds_config = build_ds_config(cfg, world)  # and DeepSpeed's own schema check of the engine YAML
     run_dir = Path(cfg.output_dir)
     resolved = run_dir / RESOLVED
     args = ["--config", str(resolved)]
 
     if node_rank is not None and not 0 <= node_rank < cluster.nodes:
-        raise UserError(f"--node-rank {node_rank}: the cluster has {cluster.nodes} node(s), ranks 0..{cluster.nodes - 1}")
+        raise UserError(
+            f"--node-rank {node_rank}: the cluster has {cluster.nodes} node(s), ranks 0..{cluster.nodes - 1}"
+        )
     if cluster.hostfile is None:
         mode = "single-node"
         commands = [(None, launcher_command(args, num_gpus=world, master_addr=master_addr, master_port=master_port))]
     elif node_rank is None and not cluster.synthetic:
         mode = "pdsh"
-        commands = [(None, launcher_command(args, hostfile=cluster.hostfile, master_addr=master_addr,
-                                            master_port=master_port or DEFAULT_MASTER_PORT, launcher=launcher))]
+        commands = [
+            (
+                None,
+                launcher_command(
+                    args,
+                    hostfile=cluster.hostfile,
+                    master_addr=master_addr,
+                    master_port=master_port or DEFAULT_MASTER_PORT,
+                    launcher=launcher,
+                ),
+            )
+        ]
     else:
         mode = "no-ssh"
         addr = master_addr or ("$MASTER_ADDR" if dry_run else None)
         if addr is None:
-            raise UserError("no-ssh mode needs the address of node 0 that every node can reach: --master-addr ADDR "
-                            "(launch/multi_node.sh and launch/slurm.sbatch take it from $MASTER_ADDR)")
+            raise UserError(
+                "no-ssh mode needs the address of node 0 that every node can reach: --master-addr ADDR "
+                "(launch/multi_node.sh and launch/slurm.sbatch take it from $MASTER_ADDR)"
+            )
         ranks = range(cluster.nodes) if node_rank is None else [node_rank]
         if node_rank is None and not dry_run:
-            raise UserError(f"{cluster.describe()} without a hostfile of reachable hosts: run this command on every "
-                            "node with --node-rank 0, 1, ... (the launcher's no-ssh mode), or pass --hostfile for "
-                            "pdsh/ssh mode")
-        commands = [(r, launcher_command(args, hostfile=cluster.hostfile, node_rank=r, master_addr=addr,
-                                         master_port=master_port or DEFAULT_MASTER_PORT)) for r in ranks]
+            raise UserError(
+                f"{cluster.describe()} without a hostfile of reachable hosts: run this command on every "
+                "node with --node-rank 0, 1, ... (the launcher's no-ssh mode), or pass --hostfile for "
+                "pdsh/ssh mode"
+            )
+        commands = [
+            (
+                r,
+                launcher_command(
+                    args,
+                    hostfile=cluster.hostfile,
+                    node_rank=r,
+                    master_addr=addr,
+                    master_port=master_port or DEFAULT_MASTER_PORT,
+                ),
+            )
+            for r in ranks
+        ]
 
     problems = check_paths(cfg)
     if mode == "pdsh" and not shutil.which("pdsh"):
-        problems.append("pdsh/ssh mode needs `pdsh` on this machine (apt-get install pdsh) and passwordless ssh to "
-                        "every host; or run the command on every node with --node-rank (no-ssh mode)")
+        problems.append(
+            "pdsh/ssh mode needs `pdsh` on this machine (apt-get install pdsh) and passwordless ssh to "
+            "every host; or run the command on every node with --node-rank (no-ssh mode)"
+        )
     if not problems:
         problems = _run_checks(cfg, world, here=mode != "pdsh")
     if problems and not dry_run:
@@ -226,6 +282,7 @@ def prepare(config_path: str, overrides: Sequence[str], cluster: Cluster, *, nod
 def check_paths(cfg: TrainConfig) -> list[str]:
     """Problems with the dataset, model and tokenizer paths, checked without touching the network."""
     from alpaca_ds.dataset.shards import read_manifest
+
     problems = []
     try:
         read_manifest(cfg.data.path)
@@ -249,20 +306,24 @@ def _missing_model(name_or_path: str, *files: str) -> str | None:
     if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         return "no such folder"
     from huggingface_hub import try_to_load_from_cache
+
     try:
         if any(isinstance(try_to_load_from_cache(name_or_path, f), str) for f in files):
             return None
     except ValueError:  # not a valid hub id either
         return "no such folder, and not a Hugging Face hub id"
-    return ("not a local folder and not in the Hugging Face cache of this machine; download it on every node "
-            f"first (`hf download {name_or_path}`) or point the recipe at a folder, so that no rank downloads at "
-            "start")
+    return (
+        "not a local folder and not in the Hugging Face cache of this machine; download it on every node "
+        f"first (`hf download {name_or_path}`) or point the recipe at a folder, so that no rank downloads at "
+        "start"
+    )
 
 
 def _run_checks(cfg: TrainConfig, world: int, here: bool) -> list[str]:
     """The trainer's own pre-flight (tokenizer of the dataset, output_dir of another run), before the launcher;
     `here`: ranks run on this machine (pdsh starts them on the hosts of the hostfile)."""
     from alpaca_ds.train.loop import preflight
+
     try:
         preflight(cfg, world, here=here)
     except UserError as e:
@@ -272,6 +333,7 @@ def _run_checks(cfg: TrainConfig, world: int, here: bool) -> list[str]:
 
 # ---------------------------------------------------------------- output and running
 
+
 def target_ds_config(launch: Launch) -> tuple[dict, str | None]:
     """The DeepSpeed config as the ranks will build it, and a note when it differs from this machine's."""
     ds = json.loads(json.dumps(launch.ds_config))
@@ -280,18 +342,24 @@ def target_ds_config(launch: Launch) -> tuple[dict, str | None]:
     # build_ds_config picks the optimizer kernel by the GPU of the machine it runs on; each rank builds its own.
     if params.get("torch_adam") is on_gpus:
         params["torch_adam"] = not on_gpus
-        return ds, (f"optimizer.params.torch_adam is {not on_gpus} as the ranks on the GPU nodes set it (this "
-                    f"machine has no GPU and would say {on_gpus}); DS_ACCELERATOR=cpu renders a CPU run")
+        return ds, (
+            f"optimizer.params.torch_adam is {not on_gpus} as the ranks on the GPU nodes set it (this "
+            f"machine has no GPU and would say {on_gpus}); DS_ACCELERATOR=cpu renders a CPU run"
+        )
     return ds, None
 
 
 def format_dry_run(launch: Launch) -> str:
     cfg, cluster = launch.cfg, launch.cluster
-    how = {"single-node": "one launcher on this machine",
-           "pdsh": f"one launcher here; DeepSpeed starts every host of {cluster.hostfile} over pdsh/ssh",
-           "no-ssh": "one launcher per node: run node r's command on node r (the launcher's no-ssh mode)"}
-    lines = [f"# alpaca-ds launch --dry-run: {cfg.output_dir} on {cluster.describe()}, {how[launch.mode]}",
-             f"# {launch.arithmetic}"]
+    how = {
+        "single-node": "one launcher on this machine",
+        "pdsh": f"one launcher here; DeepSpeed starts every host of {cluster.hostfile} over pdsh/ssh",
+        "no-ssh": "one launcher per node: run node r's command on node r (the launcher's no-ssh mode)",
+    }
+    lines = [
+        f"# alpaca-ds launch --dry-run: {cfg.output_dir} on {cluster.describe()}, {how[launch.mode]}",
+        f"# {launch.arithmetic}",
+    ]
     lines += [f"# warning: {p}" for p in launch.problems]
     writes = [str(launch.resolved_path)] + ([cluster.hostfile] if cluster.synthetic else [])
     lines.append(f"# a launch writes {' and '.join(writes)}, then runs:")
@@ -310,18 +378,20 @@ def format_dry_run(launch: Launch) -> str:
 def _shell(command: Sequence[str]) -> str:
     # "$MASTER_ADDR" stays a shell variable in the printed command
     return " ".join(a if a == "$MASTER_ADDR" else shlex.quote(a) for a in command).replace(
-        "$MASTER_ADDR", '"$MASTER_ADDR"')
+        "$MASTER_ADDR", '"$MASTER_ADDR"'
+    )
 
 
 def run(launch: Launch, echo=print) -> int:
     """Write the resolved config (and a generated hostfile), then run this node's launcher command."""
     from alpaca_ds.common.io import atomic_write_bytes
+
     run_dir = launch.resolved_path.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(launch.resolved_path, dump_config(launch.cfg).encode())
     if launch.cluster.synthetic:
         atomic_write_bytes(Path(launch.cluster.hostfile), hostfile_text(launch.cluster.hosts).encode())
-    (rank, command), = launch.commands  # prepare() leaves exactly one for a real launch
+    ((rank, command),) = launch.commands  # prepare() leaves exactly one for a real launch
     echo(launch.arithmetic)
     echo("+ " + _shell(command))
     return run_launcher(command, say=echo)

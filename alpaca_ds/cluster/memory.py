@@ -9,6 +9,7 @@ The formulas are explained in plan.py's docstring. LoRA (model.lora) changes two
   is, a bound: a frozen layer gathers without a gradient.
 - Activations: a frozen Linear keeps no input (see activation_bytes).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # per quantized weight: 4 bits + doub
 
 # ---------------------------------------------------------------- model states (DeepSpeed's estimators)
 
-def zero3_model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int,
-                       offload_optimizer: bool, offload_params: bool, zero_init: bool = True,
-                       buffer_factor: float = DS_BUFFER_FACTOR) -> tuple[int, int]:
+
+def zero3_model_states(
+    total_params: int,
+    largest_layer_params: int,
+    gpus_per_node: int,
+    nodes: int,
+    offload_optimizer: bool,
+    offload_params: bool,
+    zero_init: bool = True,
+    buffer_factor: float = DS_BUFFER_FACTOR,
+) -> tuple[int, int]:
     """(CPU bytes per node, GPU bytes) exactly as deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs."""
     total_gpus = nodes * gpus_per_node
     gpus_factor = 1 / nodes
@@ -42,8 +51,9 @@ def zero3_model_states(total_params: int, largest_layer_params: int, gpus_per_no
     return int(cpu * buffer_factor), int(gpu)
 
 
-def zero2_model_states(total_params: int, gpus_per_node: int, nodes: int, offload_optimizer: bool,
-                       buffer_factor: float = DS_BUFFER_FACTOR) -> tuple[int, int]:
+def zero2_model_states(
+    total_params: int, gpus_per_node: int, nodes: int, offload_optimizer: bool, buffer_factor: float = DS_BUFFER_FACTOR
+) -> tuple[int, int]:
     """(CPU bytes per node, GPU bytes) exactly as deepspeed.runtime.zero.stage_1_and_2.estimate_zero2_model_states_mem_needs."""
     total_gpus = nodes * gpus_per_node
     if offload_optimizer:
@@ -55,13 +65,22 @@ def zero2_model_states(total_params: int, gpus_per_node: int, nodes: int, offloa
     return int(cpu), int(gpu)
 
 
-def lora_model_states(frozen_bytes: int, trainable_params: int, largest_layer_params: int, gpus_per_node: int,
-                      nodes: int, stage: int, offload_optimizer: bool, offload_params: bool) -> tuple[int, int]:
+def lora_model_states(
+    frozen_bytes: int,
+    trainable_params: int,
+    largest_layer_params: int,
+    gpus_per_node: int,
+    nodes: int,
+    stage: int,
+    offload_optimizer: bool,
+    offload_params: bool,
+) -> tuple[int, int]:
     """(CPU bytes per node, GPU bytes) of a frozen base of `frozen_bytes` plus trainable parameters' states."""
     total_gpus = nodes * gpus_per_node
     if stage == 3:
-        cpu, gpu = zero3_model_states(trainable_params, largest_layer_params, gpus_per_node, nodes,
-                                      offload_optimizer, offload_params)
+        cpu, gpu = zero3_model_states(
+            trainable_params, largest_layer_params, gpus_per_node, nodes, offload_optimizer, offload_params
+        )
         if offload_params:
             return int(cpu + frozen_bytes / nodes), gpu
         return cpu, int(gpu + frozen_bytes / total_gpus)
@@ -70,6 +89,7 @@ def lora_model_states(frozen_bytes: int, trainable_params: int, largest_layer_pa
 
 
 # ---------------------------------------------------------------- activations
+
 
 @dataclass(frozen=True)
 class Dims:
@@ -80,8 +100,17 @@ class Dims:
     vocab: int
 
 
-def activation_bytes(d: Dims, micro: int, seq: int, *, checkpointing: bool, attention: str = "sdpa",
-                     packed: bool = False, trained: frozenset[str] | None = None, dropout: bool = False) -> int:
+def activation_bytes(
+    d: Dims,
+    micro: int,
+    seq: int,
+    *,
+    checkpointing: bool,
+    attention: str = "sdpa",
+    packed: bool = False,
+    trained: frozenset[str] | None = None,
+    dropout: bool = False,
+) -> int:
     """Peak activation memory of one forward + backward on one GPU (see the module docstring of plan.py).
 
     `trained`: the modules whose weights train (LoRA's target_modules and modules_to_save); None = every weight
@@ -104,9 +133,19 @@ def activation_bytes(d: Dims, micro: int, seq: int, *, checkpointing: bool, atte
     attn = 6 * d.heads * seq * seq * micro if attention == "eager" else 4 * d.heads * sb
     # two RMSNorms; q, k, v (6h); the attention output (2h, which sdpa keeps for its backward anyway);
     # SwiGLU's gate, SiLU and up (6i); and the inputs of the Linears that train
-    layer = sb * (2 * norm + 8 * d.hidden + 6 * d.intermediate + kept({"q_proj", "k_proj", "v_proj"}, d.hidden)
-                  + kept({"o_proj"}, d.hidden, kept_anyway=True) + kept({"gate_proj", "up_proj"}, d.hidden)
-                  + kept({"down_proj"}, d.intermediate)) + attn
+    layer = (
+        sb
+        * (
+            2 * norm
+            + 8 * d.hidden
+            + 6 * d.intermediate
+            + kept({"q_proj", "k_proj", "v_proj"}, d.hidden)
+            + kept({"o_proj"}, d.hidden, kept_anyway=True)
+            + kept({"gate_proj", "up_proj"}, d.hidden)
+            + kept({"down_proj"}, d.intermediate)
+        )
+        + attn
+    )
     after = sb * (norm + kept({"lm_head"}, d.hidden) + 4 * d.vocab)  # final norm, lm_head's input, fp32 logits
     loss_peak = 8 * sb * d.vocab
     mask = 4 * micro * seq * seq if packed else 0
@@ -124,11 +163,18 @@ def lora_shape(config: dict, lora) -> dict:
     """Trainable parameters (adapters + modules_to_save, peft's own count on the meta device), the decoder's
     Linear weights a 4-bit base quantizes (all but lm_head, which transformers keeps in 16 bits), and the frozen
     base's bytes for `lora` (alpaca_ds.config.LoraConfig)."""
-    base, quantizable, trainable = _lora_counts(json.dumps(config, sort_keys=True), lora.model_copy(
-        update={"quantize": "none", "dropout": 0.0, "merged_export": None}))
+    base, quantizable, trainable = _lora_counts(
+        json.dumps(config, sort_keys=True),
+        lora.model_copy(update={"quantize": "none", "dropout": 0.0, "merged_export": None}),
+    )
     frozen = 2 * base if lora.quantize == "none" else int(NF4_BYTES * quantizable + 2 * (base - quantizable))
-    return {"trainable_parameters": trainable, "frozen_parameters": base, "quantized_parameters":
-            quantizable if lora.quantize != "none" else 0, "frozen_bytes": frozen, "quantize": lora.quantize}
+    return {
+        "trainable_parameters": trainable,
+        "frozen_parameters": base,
+        "quantized_parameters": quantizable if lora.quantize != "none" else 0,
+        "frozen_bytes": frozen,
+        "quantize": lora.quantize,
+    }
 
 
 @lru_cache(maxsize=16)
@@ -138,13 +184,18 @@ def _lora_counts(config_json: str, lora) -> tuple[int, int, int]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from alpaca_ds.train.lora import peft_config
-    kwargs = {k: v for k, v in json.loads(config_json).items()
-              if k not in ("architectures", "transformers_version", "torch_dtype")}
+
+    kwargs = {
+        k: v
+        for k, v in json.loads(config_json).items()
+        if k not in ("architectures", "transformers_version", "torch_dtype")
+    }
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kwargs.pop("model_type", "llama"), **kwargs))
     base = sum({id(p): p.numel() for p in model.parameters()}.values())
-    quantizable = sum(m.weight.numel() for name, m in model.named_modules()
-                      if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    quantizable = sum(
+        m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"
+    )
     model = get_peft_model(model, peft_config(lora, None))
     return base, quantizable, sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -41,6 +41,7 @@ peak bf16 x the assumed MFU.
 The `mfu` alpaca-ds logs in metrics.jsonl counts 6 x parameters x real tokens only; the plan prints what that
 number would read, to compare a run against its plan. Offload's extra PCIe and CPU time is not modelled.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,13 +83,22 @@ ENGINES = (
 )
 
 
-def model_states(total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int,
-                 lora: dict | None = None) -> dict[str, dict]:
+def model_states(
+    total_params: int, largest_layer_params: int, gpus_per_node: int, nodes: int, lora: dict | None = None
+) -> dict[str, dict]:
     out = {}
     for key, label, stage, opt, params in ENGINES:
         if lora is not None:
-            cpu, gpu = lora_model_states(lora["frozen_bytes"], lora["trainable_parameters"], largest_layer_params,
-                                         gpus_per_node, nodes, stage, opt, params)
+            cpu, gpu = lora_model_states(
+                lora["frozen_bytes"],
+                lora["trainable_parameters"],
+                largest_layer_params,
+                gpus_per_node,
+                nodes,
+                stage,
+                opt,
+                params,
+            )
         elif stage == 3:
             cpu, gpu = zero3_model_states(total_params, largest_layer_params, gpus_per_node, nodes, opt, params)
         else:
@@ -98,6 +108,7 @@ def model_states(total_params: int, largest_layer_params: int, gpus_per_node: in
 
 
 # ---------------------------------------------------------------- the model's architecture
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -114,8 +125,9 @@ class Arch:
     @property
     def dims(self) -> Dims:
         c = self.config
-        return Dims(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                    self.vocab_size)
+        return Dims(
+            c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"], self.vocab_size
+        )
 
 
 def count_params(config: dict) -> tuple[int, int, str, int]:
@@ -126,6 +138,7 @@ def count_params(config: dict) -> tuple[int, int, str, int]:
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
     kwargs = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "torch_dtype")}
     hf_config = AutoConfig.for_model(kwargs.pop("model_type", "llama"), **kwargs)
     with torch.device("meta"):
@@ -165,8 +178,10 @@ def resolve_arch(cfg: TrainConfig, arch: str | None = None, dataset_vocab: int |
             name = ALIASES[model.lower()]
             source, config = f"model.name_or_path {model} = preset {name}", dict(ARCHS[name])
         else:
-            raise UserError(f"model.name_or_path {model!r}: no local config.json and no preset for it; pass its "
-                            f"architecture with --arch (a preset: {', '.join(ARCHS)}; or a config.json)")
+            raise UserError(
+                f"model.name_or_path {model!r}: no local config.json and no preset for it; pass its "
+                f"architecture with --arch (a preset: {', '.join(ARCHS)}; or a config.json)"
+            )
     base_vocab = config["vocab_size"]
     if dataset_vocab is not None:
         vocab, note = dataset_vocab, f"{dataset_vocab:,} from the dataset's tokenizer ({base_vocab:,} in the config)"
@@ -185,8 +200,11 @@ def _read_config(path: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable config.json ({e})") from None
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                           "vocab_size") if k not in config]
+    missing = [
+        k
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        if k not in config
+    ]
     if missing:
         raise UserError(f"{path}: a LLaMA-style config needs {', '.join(missing)}")
     return config
@@ -194,27 +212,39 @@ def _read_config(path: Path) -> dict:
 
 # ---------------------------------------------------------------- the workload
 
+
 def dataset_lengths(cfg: TrainConfig, dataset: str | None) -> tuple[np.ndarray, str, dict | None]:
     """Example lengths of the training split, the manifest when a dataset is built, else Alpaca's distribution."""
     from alpaca_ds.dataset.shards import TokenizedDataset
+
     folder = Path(dataset or cfg.data.path)
     if (folder / "manifest.json").is_file():
         ds = TokenizedDataset(folder, "train")
         return np.asarray(ds.lengths, dtype=np.int64), f"{folder} (manifest)", ds.manifest
     if dataset is not None:
         raise UserError(f"--dataset {dataset}: no manifest.json (not a built dataset)")
-    lengths = np.repeat(np.arange(alpaca_lengths.SHORTEST, alpaca_lengths.SHORTEST + len(alpaca_lengths.COUNTS)),
-                        alpaca_lengths.COUNTS)
+    lengths = np.repeat(
+        np.arange(alpaca_lengths.SHORTEST, alpaca_lengths.SHORTEST + len(alpaca_lengths.COUNTS)), alpaca_lengths.COUNTS
+    )
     return lengths, f"{folder} not built: assuming {alpaca_lengths.SOURCE}", None
 
 
 def workload(cfg: TrainConfig, lengths: np.ndarray, world: int, micro: int, accum: int, arch: Arch) -> dict:
     """Steps, tokens and FLOPs of the run, from the sampler's own batches for this world size (epoch 0)."""
     from alpaca_ds.dataset.sampler import MicroBatchSampler
+
     # One rank of micro x world rows per micro-step and accumulation `accum` draws the same global rows as
     # `world` ranks of `micro`: rank r's micro-batch is rows [r*micro, (r+1)*micro) of each.
-    sampler = MicroBatchSampler(lengths, micro * world, world_size=1, rank=0, seed=cfg.data.seed,
-                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    sampler = MicroBatchSampler(
+        lengths,
+        micro * world,
+        world_size=1,
+        rank=0,
+        seed=cfg.data.seed,
+        mode=cfg.data.batching,
+        pack_length=cfg.data.pack_length,
+        accumulation=accum,
+    )
     d = arch.dims
     real = slots = flops = 0.0
     longest = 0
@@ -232,15 +262,25 @@ def workload(cfg: TrainConfig, lengths: np.ndarray, world: int, micro: int, accu
         flops *= 4 / 3  # the forward runs twice
     if cfg.model.lora is not None:
         flops *= 2 / 3  # frozen weights need no weight gradients: forward 2N + input gradients 2N of 6N
-    return {"examples": int(len(lengths)), "steps_per_epoch": steps_per_epoch, "total_steps": int(total_steps),
-            "epochs": round(scale, 4), "real_tokens": int(real * scale), "computed_tokens": int(slots * scale),
-            "padding_efficiency": round(real / slots, 4), "longest_row": longest, "flops": flops * scale}
+    return {
+        "examples": int(len(lengths)),
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": int(total_steps),
+        "epochs": round(scale, 4),
+        "real_tokens": int(real * scale),
+        "computed_tokens": int(slots * scale),
+        "padding_efficiency": round(real / slots, 4),
+        "longest_row": longest,
+        "flops": flops * scale,
+    }
 
 
 # ---------------------------------------------------------------- the plan
 
+
 def engine_of(cfg: TrainConfig) -> dict:
     from alpaca_ds.train.ds_config import load_engine_yaml
+
     engine = load_engine_yaml(cfg.ds_config)
     zo = engine.get("zero_optimization", {}) or {}
     stage = int(zo.get("stage", 0))
@@ -248,8 +288,14 @@ def engine_of(cfg: TrainConfig) -> dict:
     params = (zo.get("offload_param") or {}).get("device", "none") in ("cpu", "nvme")
     key = next((k for k, _, s, o, p in ENGINES if (s, o, p) == (stage, opt, params and stage == 3)), None)
     buckets = {k: float(zo.get(k, v)) for k, v in BUCKET_DEFAULTS.items()}
-    return {"ds_config": cfg.ds_config, "stage": stage, "offload_optimizer": opt, "offload_params": params,
-            "key": key, "buckets": buckets}
+    return {
+        "ds_config": cfg.ds_config,
+        "stage": stage,
+        "offload_optimizer": opt,
+        "offload_params": params,
+        "key": key,
+        "buckets": buckets,
+    }
 
 
 def zero_buffers(buckets: dict, stage: int, total_params: int, trainable_params: int | None = None) -> int:
@@ -260,21 +306,33 @@ def zero_buffers(buckets: dict, stage: int, total_params: int, trainable_params:
     return int(2 * (min(buckets["reduce_bucket_size"], trainable) + min(gather, gathered)))
 
 
-def memory_needs(cfg: TrainConfig, a: Arch, engine: dict, gpus_per_node: int, nodes: int, micro: int, seq: int,
-                 reserve: int, lora) -> dict:
+def memory_needs(
+    cfg: TrainConfig, a: Arch, engine: dict, gpus_per_node: int, nodes: int, micro: int, seq: int, reserve: int, lora
+) -> dict:
     """Per-GPU memory of `cfg` on `a` for every engine, with `lora` (a LoraConfig) or full fine-tuning (None)."""
     shape = lora_shape(a.config, lora) if lora is not None else None
-    kw = {"attention": cfg.model.attn_implementation, "packed": cfg.data.batching == "packed",
-          "trained": trained_modules(lora), "dropout": lora is not None and lora.dropout > 0}
+    kw = {
+        "attention": cfg.model.attn_implementation,
+        "packed": cfg.data.batching == "packed",
+        "trained": trained_modules(lora),
+        "dropout": lora is not None and lora.dropout > 0,
+    }
     states = model_states(a.total_params, a.largest_layer_params, gpus_per_node, nodes, shape)
     act = {c: activation_bytes(a.dims, micro, seq, checkpointing=c, **kw) for c in (False, True)}
     trainable = shape["trainable_parameters"] if shape else None
-    buffers = {key: zero_buffers(engine["buckets"], stage, a.total_params, trainable)
-               for key, _, stage, _, _ in ENGINES}
+    buffers = {
+        key: zero_buffers(engine["buckets"], stage, a.total_params, trainable) for key, _, stage, _, _ in ENGINES
+    }
     key = engine["key"]
     total = (states[key]["gpu_bytes"] + act[cfg.model.gradient_checkpointing] + buffers[key] + reserve) if key else None
-    return {"lora": shape, "states": states, "activations": act, "buffers": buffers, "total": total,
-            "per_row": {c: activation_bytes(a.dims, 1, seq, checkpointing=c, **kw) for c in (False, True)}}
+    return {
+        "lora": shape,
+        "states": states,
+        "activations": act,
+        "buffers": buffers,
+        "total": total,
+        "per_row": {c: activation_bytes(a.dims, 1, seq, checkpointing=c, **kw) for c in (False, True)},
+    }
 
 
 def single_gpu_lora(cfg: TrainConfig, engine: dict, seq: int, reserve: int, gpus: Sequence[str]) -> list[dict]:
@@ -287,16 +345,32 @@ def single_gpu_lora(cfg: TrainConfig, engine: dict, seq: int, reserve: int, gpus
         for quantize in ("none", "nf4"):
             lora = cfg.model.lora.model_copy(update={"quantize": quantize})
             need = memory_needs(cfg, a, engine, 1, 1, cfg.batch.micro_batch_size, seq, reserve, lora)["total"]
-            rows.append({"model": name, "quantize": quantize, "micro_batch": cfg.batch.micro_batch_size,
-                         "needed_bytes": need,
-                         "fits": {g: need is not None and need <= GPUS[g].memory_bytes for g in gpus}})
+            rows.append(
+                {
+                    "model": name,
+                    "quantize": quantize,
+                    "micro_batch": cfg.batch.micro_batch_size,
+                    "needed_bytes": need,
+                    "fits": {g: need is not None and need <= GPUS[g].memory_bytes for g in gpus},
+                }
+            )
     return rows
 
 
-def make_plan(cfg: TrainConfig, recipe: str, nodes: int, gpus_per_node: int, *, arch: str | None = None,
-              dataset: str | None = None, seq_len: int | None = None, gpus: Sequence[str] = (),
-              mfu: float = DEFAULT_MFU, usd_per_gpu_hour: float | None = None,
-              reserve_gib: float = DEFAULT_RESERVE_GIB) -> dict:
+def make_plan(
+    cfg: TrainConfig,
+    recipe: str,
+    nodes: int,
+    gpus_per_node: int,
+    *,
+    arch: str | None = None,
+    dataset: str | None = None,
+    seq_len: int | None = None,
+    gpus: Sequence[str] = (),
+    mfu: float = DEFAULT_MFU,
+    usd_per_gpu_hour: float | None = None,
+    reserve_gib: float = DEFAULT_RESERVE_GIB,
+) -> dict:
     world = nodes * gpus_per_node
     micro, accum = cfg.batch.resolve(world)  # refuses an impossible combination with the arithmetic
     if not 0 < mfu <= 1:
@@ -320,41 +394,80 @@ def make_plan(cfg: TrainConfig, recipe: str, nodes: int, gpus_per_node: int, *, 
         return max(0, min(4096, (gpu.memory_bytes - fixed) // mem["per_row"][c]))
 
     rows = []
-    for name in (gpus or GPUS):
+    for name in gpus or GPUS:
         gpu = GPUS[name]
         seconds = work["flops"] / (world * gpu.bf16_tflops * 1e12 * mfu)
         price = gpu.usd_per_hour if usd_per_gpu_hour is None else usd_per_gpu_hour
-        by_engine = {key: {"without_checkpointing": max_micro(gpu, key, False),
-                           "with_checkpointing": max_micro(gpu, key, True)} for key, *_ in ENGINES}
+        by_engine = {
+            key: {"without_checkpointing": max_micro(gpu, key, False), "with_checkpointing": max_micro(gpu, key, True)}
+            for key, *_ in ENGINES
+        }
         largest = by_engine[recipe_key]["with_checkpointing" if ckpt else "without_checkpointing"] if recipe_key else 0
-        valid = [m for m in range(1, min(largest, cfg.batch.global_batch_size // world) + 1)
-                 if cfg.batch.global_batch_size % (m * world) == 0]
-        rows.append({
-            "gpu": name, "memory_bytes": gpu.memory_bytes, "bf16_tflops": gpu.bf16_tflops,
-            "needed_bytes": needed, "fits": needed is not None and needed <= gpu.memory_bytes,
-            "max_micro_batch": largest, "max_valid_micro_batch": valid[-1] if valid else 0,
-            "max_micro_batch_by_engine": by_engine, "hours": seconds / 3600, "usd_per_gpu_hour": price,
-            "cost_usd": seconds / 3600 * world * price,
-            "logged_mfu": (6 * a.total_params * work["real_tokens"] / (seconds * world * gpu.bf16_tflops * 1e12)
-                           if seconds else 0.0),
-        })
+        valid = [
+            m
+            for m in range(1, min(largest, cfg.batch.global_batch_size // world) + 1)
+            if cfg.batch.global_batch_size % (m * world) == 0
+        ]
+        rows.append(
+            {
+                "gpu": name,
+                "memory_bytes": gpu.memory_bytes,
+                "bf16_tflops": gpu.bf16_tflops,
+                "needed_bytes": needed,
+                "fits": needed is not None and needed <= gpu.memory_bytes,
+                "max_micro_batch": largest,
+                "max_valid_micro_batch": valid[-1] if valid else 0,
+                "max_micro_batch_by_engine": by_engine,
+                "hours": seconds / 3600,
+                "usd_per_gpu_hour": price,
+                "cost_usd": seconds / 3600 * world * price,
+                "logged_mfu": (
+                    6 * a.total_params * work["real_tokens"] / (seconds * world * gpu.bf16_tflops * 1e12)
+                    if seconds
+                    else 0.0
+                ),
+            }
+        )
     return {
         "recipe": recipe,
         "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node, "world": world},
-        "model": {"name": a.name, "source": a.source, "parameters": a.total_params,
-                  "largest_layer_parameters": a.largest_layer_params, "largest_layer": a.largest_layer,
-                  "matmul_parameters": a.matmul_params, "vocab_size": a.vocab_size, "vocab_note": a.vocab_note,
-                  "hidden_size": a.dims.hidden, "intermediate_size": a.dims.intermediate,
-                  "layers": a.dims.layers, "heads": a.dims.heads},
+        "model": {
+            "name": a.name,
+            "source": a.source,
+            "parameters": a.total_params,
+            "largest_layer_parameters": a.largest_layer_params,
+            "largest_layer": a.largest_layer,
+            "matmul_parameters": a.matmul_params,
+            "vocab_size": a.vocab_size,
+            "vocab_note": a.vocab_note,
+            "hidden_size": a.dims.hidden,
+            "intermediate_size": a.dims.intermediate,
+            "layers": a.dims.layers,
+            "heads": a.dims.heads,
+        },
         "batch": {"global": cfg.batch.global_batch_size, "micro": micro, "accumulation": accum, "world": world},
         "engine": {k: v for k, v in engine.items()},
-        "gradient_checkpointing": ckpt, "attention": attention, "batching": cfg.data.batching,
+        "gradient_checkpointing": ckpt,
+        "attention": attention,
+        "batching": cfg.data.batching,
         "workload": {"source": data_source, **work},
-        "lora": mem["lora"], "single_gpu_lora": single_gpu_lora(cfg, engine, seq, reserve, gpus or list(GPUS)),
-        "memory": {"micro_batch": micro, "sequence_length": seq, "model_states": states,
-                   "activations": {"without_checkpointing": act[False], "with_checkpointing": act[True]},
-                   "zero_buffers": buffers, "reserve": reserve, "total": needed},
-        "assumptions": {"mfu": mfu, "usd_per_gpu_hour": usd_per_gpu_hour, "reserve_gib": reserve_gib,
-                        "zero_init": True, "cpu_buffer_factor": DS_BUFFER_FACTOR},
+        "lora": mem["lora"],
+        "single_gpu_lora": single_gpu_lora(cfg, engine, seq, reserve, gpus or list(GPUS)),
+        "memory": {
+            "micro_batch": micro,
+            "sequence_length": seq,
+            "model_states": states,
+            "activations": {"without_checkpointing": act[False], "with_checkpointing": act[True]},
+            "zero_buffers": buffers,
+            "reserve": reserve,
+            "total": needed,
+        },
+        "assumptions": {
+            "mfu": mfu,
+            "usd_per_gpu_hour": usd_per_gpu_hour,
+            "reserve_gib": reserve_gib,
+            "zero_init": True,
+            "cpu_buffer_factor": DS_BUFFER_FACTOR,
+        },
         "gpus": rows,
     }

@@ -11,6 +11,7 @@ The launcher (`python -m deepspeed.launcher.runner`, command from alpaca_ds.clus
 With a log file (the quickstart), everything the launcher and the ranks print goes there, and the terminal gets the
 ranks' progress bar, warnings and errors, and the trainer's own lines, without DeepSpeed's INFO and WARNING lines.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,10 @@ def stop_leftover(pid_file: Path, marker: str, say=print) -> None:
         pid_file.unlink(missing_ok=True)
         return
     if any(marker in cmd for _, cmd in group_members(pgid)):
-        say(f"stopping the training an interrupted run left running (process group {pgid}); it resumes "
-            "from its last checkpoint")
+        say(
+            f"stopping the training an interrupted run left running (process group {pgid}); it resumes "
+            "from its last checkpoint"
+        )
         stop_group(pgid, marker, say)
     pid_file.unlink(missing_ok=True)
 
@@ -129,8 +132,15 @@ def _sigterm_interrupts():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_launcher(command: list[str], env: dict | None = None, *, marker: str = "", log_path: Path | None = None,
-                 pid_file: Path | None = None, say=print) -> int:
+def run_launcher(
+    command: list[str],
+    env: dict | None = None,
+    *,
+    marker: str = "",
+    log_path: Path | None = None,
+    pid_file: Path | None = None,
+    say=print,
+) -> int:
     """Run the launcher command to its end in a process group of its own; its exit status. On an interrupt, stop
     the launcher and its ranks (those whose command line holds `marker`) and re-raise.
 
@@ -161,11 +171,23 @@ def run_launcher(command: list[str], env: dict | None = None, *, marker: str = "
                 with lock:
                     log.flush()
 
-        pumps = [threading.Thread(target=_pump, args=(proc.stdout, Locked(), _binary(sys.stdout),
-                                                       lambda line: not muted.is_set() and not _DS_LOG.match(line)),
-                                  daemon=True),
-                 threading.Thread(target=_pump, args=(proc.stderr, Locked(), _binary(sys.stderr),
-                                                       lambda chunk: not muted.is_set()), daemon=True)]
+        pumps = [
+            threading.Thread(
+                target=_pump,
+                args=(
+                    proc.stdout,
+                    Locked(),
+                    _binary(sys.stdout),
+                    lambda line: not muted.is_set() and not _DS_LOG.match(line),
+                ),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=_pump,
+                args=(proc.stderr, Locked(), _binary(sys.stderr), lambda chunk: not muted.is_set()),
+                daemon=True,
+            ),
+        ]
     for p in pumps:
         p.start()
     restore = _sigterm_interrupts()

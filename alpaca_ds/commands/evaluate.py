@@ -1,5 +1,6 @@
 """`alpaca-ds evaluate ...`, `chat`, `serve` and `demo`: each loads its config and calls one function of
 alpaca_ds/evaluate."""
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,23 @@ def evaluate_answer(config_path, overrides, model, eval_set, output):
     """
     from alpaca_ds.evaluate import answers
     from alpaca_ds.evaluate.config import AnswerConfig
+
     endpoint = model is not None and model.startswith(("http://", "https://"))
-    extra = flags(**{"api.base_url": model if endpoint else None, "model": None if endpoint else model,
-                      "eval_set": eval_set, "output": output})
+    extra = flags(
+        **{
+            "api.base_url": model if endpoint else None,
+            "model": None if endpoint else model,
+            "eval_set": eval_set,
+            "output": output,
+        }
+    )
     cfg = load_config(AnswerConfig, config_path, (*extra, *overrides))
     result = answers.run(cfg)
     note = f"; {result['prompts_truncated']} prompts cut to fit the model" if result["prompts_truncated"] else ""
-    click.echo(f"wrote {result['output']}: {result['answers']} answers by {result['generator']} "
-               f"({result['answered_now']} generated now, {result['resumed']} from an earlier run{note})")
+    click.echo(
+        f"wrote {result['output']}: {result['answers']} answers by {result['generator']} "
+        f"({result['answered_now']} generated now, {result['resumed']} from an earlier run{note})"
+    )
 
 
 @evaluate_group.command("reference")
@@ -48,6 +58,7 @@ def evaluate_reference(eval_set, data_dir, output):
 
     from alpaca_ds.evaluate.answers import write_outputs
     from alpaca_ds.evaluate.eval_sets import reference_outputs
+
     records = reference_outputs(eval_set, data_dir)
     write_outputs(Path(output), records)
     click.echo(f"wrote {output}: {len(records)} outputs by {records[0].get('generator')}")
@@ -59,8 +70,11 @@ def evaluate_reference(eval_set, data_dir, output):
 @click.option("--a", "a_path", help="Outputs 1, the baseline (model_outputs.json shape).")
 @click.option("--b", "b_path", help="Outputs 2, the model judged; the win rate is B's over A.")
 @click.option("--out-dir", help="Folder for annotations, the call ledger and the report.")
-@click.option("--cancel-batches", is_flag=True, help="api.transport batch: cancel the batches a stopped run left "
-              "running, keep what they answered, and stop.")
+@click.option(
+    "--cancel-batches",
+    is_flag=True,
+    help="api.transport batch: cancel the batches a stopped run left running, keep what they answered, and stop.",
+)
 def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batches):
     """Ask a judge model which answer is better, in both orders, within a hard budget.
 
@@ -69,12 +83,15 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
     """
     from alpaca_ds.evaluate import judge
     from alpaca_ds.evaluate.config import JudgeConfig
+
     cfg = load_config(JudgeConfig, config_path, (*flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
     result = judge.run(cfg, cancel_batches=cancel_batches)
     cost = result["cost"]
-    line = (f"{result['judged']}/{result['pairs']} pairs judged in {result['out_dir']} (annotations.json, winrate.md); "
-            f"{result['calls']} calls now, {result['from_ledger']} from the ledger; spent ${cost['spent_usd']:.4f} "
-            f"of ${cfg.budget.max_usd:g}")
+    line = (
+        f"{result['judged']}/{result['pairs']} pairs judged in {result['out_dir']} (annotations.json, winrate.md); "
+        f"{result['calls']} calls now, {result['from_ledger']} from the ledger; spent ${cost['spent_usd']:.4f} "
+        f"of ${cfg.budget.max_usd:g}"
+    )
     if result["report"] is not None:
         o = result["report"]["overall"]
         wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.2f}%"
@@ -84,8 +101,10 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
         line += f", length-controlled {lc['win_rate']:.2f}%" if "win_rate" in lc else f" (no LC: {lc['skipped']})"
     calls = result["judge"]["calls_by_source"]
     if result["judge"]["mode"] == "weighted" and calls.get("verdict"):
-        line += (f"; {calls['verdict']} of {sum(calls.values())} calls had no log-probabilities for m/M and fell "
-                 "back to the verdict")
+        line += (
+            f"; {calls['verdict']} of {sum(calls.values())} calls had no log-probabilities for m/M and fell "
+            "back to the verdict"
+        )
     finish(result, line)
 
 
@@ -101,6 +120,7 @@ def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, g
     JSONL), as AlpacaEval 1.0 and 2.0 compute them."""
     from alpaca_ds.evaluate import winrate
     from alpaca_ds.evaluate.config import WinrateConfig
+
     extra = flags(annotations=annotations, out=out_dir, difficulty=difficulty, gamed=gamed)
     rep, md, js = winrate.run(load_config(WinrateConfig, config_path, (*extra, *overrides)))
     click.echo(winrate.markdown(rep), nl=False)
@@ -113,8 +133,13 @@ def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, g
 @evaluate_group.command("human")
 @click.option("--a", "a_path", required=True, help="Outputs 1 (model_outputs.json shape).")
 @click.option("--b", "b_path", required=True, help="Outputs 2; the win rate is B's over A.")
-@click.option("--out", "out_path", default="eval/human/judgments.jsonl", show_default=True,
-              help="JSONL the judgments are appended to; rerunning with it continues.")
+@click.option(
+    "--out",
+    "out_path",
+    default="eval/human/judgments.jsonl",
+    show_default=True,
+    help="JSONL the judgments are appended to; rerunning with it continues.",
+)
 @click.option("--port", default=8088, show_default=True, help="TCP port; 0 picks a free one (printed).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--seed", default=0, show_default=True, help="Seed of which answer is shown as A, per item.")
@@ -123,6 +148,7 @@ def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, g
 def evaluate_human(a_path, b_path, out_path, port, host, seed, rater, limit):
     """Serve a local page for blind A/B judgments by a person; each judgment is saved as it is made."""
     from alpaca_ds.evaluate import human
+
     session = human.HumanSession(a_path, b_path, out_path, seed=seed, rater=rater, limit=limit)
     human.serve(session, host=host, port=port, announce=lambda m: click.echo(m))
     click.echo(human.summary(session))
@@ -136,6 +162,7 @@ def chat_command(config_path, overrides, model):
     """Chat with a fine-tuned model in the terminal; answers stream as they are generated."""
     from alpaca_ds.evaluate import chat
     from alpaca_ds.evaluate.config import ServeConfig
+
     cfg = load_config(ServeConfig, config_path, (*flags(model=model), *overrides))
     chat.run(cfg)
 
@@ -150,6 +177,7 @@ def serve_command(config_path, overrides, model, port, host):
     """Serve a fine-tuned model as an OpenAI-compatible API (/v1/completions, /v1/chat/completions, streaming)."""
     from alpaca_ds.evaluate import serve
     from alpaca_ds.evaluate.config import ServeConfig
+
     cfg = load_config(ServeConfig, config_path, (*flags(model=model, port=port, host=host), *overrides))
     serve.serve(cfg, announce=lambda m: click.echo(m))
 
@@ -171,6 +199,7 @@ def demo_group(ctx, config_path, overrides, model, feedback, port, host):
         return
     from alpaca_ds.evaluate import demo
     from alpaca_ds.evaluate.config import DemoConfig
+
     extra = flags(model=model, feedback=feedback, port=port, host=host)
     demo.serve(load_config(DemoConfig, config_path, (*extra, *overrides)), announce=lambda m: click.echo(m))
 
@@ -182,6 +211,7 @@ def demo_group(ctx, config_path, overrides, model, feedback, port, host):
 def demo_summary(feedback_file, worst, as_json):
     """Counts, share of thumbs up and the thumbs-down answers of a demo's feedback file."""
     from alpaca_ds.evaluate import feedback
+
     s = feedback.summarize(feedback_file, worst)
     click.echo(json.dumps(s, indent=2, ensure_ascii=False) if as_json else feedback.markdown(s), nl=as_json)
 

@@ -1,16 +1,25 @@
 """Options and endings shared by the commands: `--config FILE` + repeatable `--set key=value`, command-line
 shortcuts as --set items, and the exit of a run that can stop early."""
+
 from __future__ import annotations
 
 import sys
 
 import click
 
-CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                      help="YAML config file (defaults apply to what it leaves out).")
-SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                   help="Override a config key, e.g. --set max_length=1024 (repeatable).")
-
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML config file (defaults apply to what it leaves out).",
+)
+SET = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set max_length=1024 (repeatable).",
+)
 
 
 def flags(**values) -> tuple[str, ...]:
@@ -26,4 +35,3 @@ def finish(result: dict, line: str) -> None:
         click.echo(f"stopped: {result['message']}", err=True)
         click.echo(line, err=True)
     sys.exit(result["exit_code"])
-

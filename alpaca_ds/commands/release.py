@@ -1,4 +1,5 @@
 """`alpaca-ds release ...`: weight diffs and their recovery, cards, the release folder (alpaca_ds/release)."""
+
 from __future__ import annotations
 
 import click
@@ -18,6 +19,7 @@ def release_diff(base, tuned, out):
     from pathlib import Path
 
     from alpaca_ds.release.weights import make_diff
+
     index = make_diff(Path(base), Path(tuned), Path(out))
     click.echo(f"wrote {out}: {len(index['tensors'])} tensors, tuned weights sha256 {index['sha256']}")
 
@@ -31,25 +33,35 @@ def release_recover(base, diff_dir, out):
     from pathlib import Path
 
     from alpaca_ds.release.weights import recover
+
     index = recover(Path(base), Path(diff_dir), Path(out))
-    click.echo(f"recovered {out}: {len(index['tensors'])} tensors, bit-identical to the tuned model "
-               f"(sha256 {index['sha256']})")
+    click.echo(
+        f"recovered {out}: {len(index['tensors'])} tensors, bit-identical to the tuned model (sha256 {index['sha256']})"
+    )
 
 
 @release_group.command("card")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--eval", "evals", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="winrate.json of a judge run on this model's answers (repeatable).")
+@click.option(
+    "--eval",
+    "evals",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="winrate.json of a judge run on this model's answers (repeatable).",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the cards [default: RUN_DIR].")
 def release_card(run_dir, evals, out):
     """Write MODEL_CARD.md and DATA_CARD.md from a training run's provenance chain."""
     from pathlib import Path
 
     from alpaca_ds.release.cards import write_cards
+
     chain = write_cards(Path(run_dir), Path(out or run_dir), [Path(e) for e in evals])
     bad = [name for name, ok in chain["checks"].items() if not ok]
-    click.echo(f"wrote MODEL_CARD.md and DATA_CARD.md in {out or run_dir}"
-               + (f"; WARNING: {', '.join(bad)}: no" if bad else ""))
+    click.echo(
+        f"wrote MODEL_CARD.md and DATA_CARD.md in {out or run_dir}"
+        + (f"; WARNING: {', '.join(bad)}: no" if bad else "")
+    )
 
 
 @release_group.command("pack")
@@ -57,13 +69,19 @@ def release_card(run_dir, evals, out):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The release folder to create.")
 @click.option("--base", type=click.Path(file_okay=False, exists=True), help="Base model: publish a weight diff.")
 @click.option("--full-weights", is_flag=True, help="Publish the weights themselves (when the base licence allows).")
-@click.option("--eval", "evals", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="winrate.json of a judge run on this model's answers (repeatable).")
+@click.option(
+    "--eval",
+    "evals",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="winrate.json of a judge run on this model's answers (repeatable).",
+)
 def release_pack(run_dir, out, base, full_weights, evals):
     """Gather weights (diff or full; a LoRA run's adapter always), tokenizer, cards, data and configs into a folder
     with SHA256SUMS. A LoRA run's adapter needs neither --base nor --full-weights."""
     from pathlib import Path
 
     from alpaca_ds.release.cards import pack
+
     folder = pack(Path(run_dir), Path(out), Path(base) if base else None, full_weights, [Path(e) for e in evals])
     click.echo(f"packed {folder} (SHA256SUMS lists every file)")

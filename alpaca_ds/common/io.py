@@ -1,4 +1,5 @@
 """Files on disk: atomic writes, checksums, and reading a YAML mapping with errors that name the file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -59,6 +60,5 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: {what}: the top level must be a mapping of keys to values, got "
-                        f"{type(data).__name__}")
+        raise UserError(f"{path}: {what}: the top level must be a mapping of keys to values, got {type(data).__name__}")
     return data

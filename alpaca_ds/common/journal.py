@@ -9,6 +9,7 @@ Group commit: `commit()` queues a line and waits until it is durable; everything
 event loop is written and fsync'd at once, so many requests in flight share an fsync. `append()` is the
 synchronous form (startup, cancellation paths).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,10 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
                 if not isinstance(obj, dict):
                     raise ValueError("not an object")
             except ValueError as e:
-                raise UserError(f"{path}:{lineno}: damaged line ({e}); this file is append-only and written "
-                                "with fsync, so something else changed it. Restore it or use a new out_dir.") from None
+                raise UserError(
+                    f"{path}:{lineno}: damaged line ({e}); this file is append-only and written "
+                    "with fsync, so something else changed it. Restore it or use a new out_dir."
+                ) from None
             objects.append(obj)
             good += len(line)
     return objects, good
@@ -59,7 +62,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
         self._f = open(path, "ab", buffering=0)
-        self._lock = threading.Lock()          # one writer at a time: the flusher thread or a sync append
+        self._lock = threading.Lock()  # one writer at a time: the flusher thread or a sync append
         self._pending: list[tuple[bytes, asyncio.Future | None]] = []
         self._scheduled = False
 
@@ -67,7 +70,7 @@ class Journal:
         with self._lock:
             view = memoryview(data)
             while view:
-                view = view[self._f.write(view):]
+                view = view[self._f.write(view) :]
             os.fsync(self._f.fileno())
 
     def append(self, obj: dict) -> None:

@@ -5,6 +5,7 @@ for a JSON list), streaming either way (a JSON list through ijson), so a 52K-rec
 twice. A JSONL line that cannot be read (not UTF-8, invalid JSON) comes out as a `Bad`, which the caller may skip
 (`data build --skip-invalid`) or raise; a JSON list cannot be read past broken syntax, so that raises at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def read_objects(path: str | Path, what: str = "input", hint: str = "") -> Itera
         elif first == b"":
             raise UserError(f"{path}: the {what} is empty{hint}")
         else:
-            raise UserError(f"{path}: neither a JSON list nor JSONL (one JSON object per line); it starts with "
-                            f"{first!r}{hint}")
+            raise UserError(
+                f"{path}: neither a JSON list nor JSONL (one JSON object per line); it starts with {first!r}{hint}"
+            )
 
 
 def read_all(path: str | Path, what: str = "input", hint: str = "") -> list[tuple[str, dict]]:
@@ -78,7 +80,7 @@ def _jsonl(path: Path, f) -> Iterator[tuple[str, Any] | Bad]:
         try:
             text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            yield Bad(where, f"not UTF-8 (byte {e.start} of the line is {raw[e.start:e.start + 1]!r})", torn)
+            yield Bad(where, f"not UTF-8 (byte {e.start} of the line is {raw[e.start : e.start + 1]!r})", torn)
             continue
         if not text.strip():
             continue
@@ -95,8 +97,10 @@ def _json_list(path: Path, f) -> Iterator[tuple[str, Any]]:
             yield f"{path}: record {index}", obj
             index += 1
     except ijson.JSONError as e:
-        raise UserError(f"{path}: record {index}: invalid JSON: {_first_line(e)}; a JSON list cannot be read past "
-                        "broken syntax, so fix the file (or convert it to JSONL to skip bad lines)") from None
+        raise UserError(
+            f"{path}: record {index}: invalid JSON: {_first_line(e)}; a JSON list cannot be read past "
+            "broken syntax, so fix the file (or convert it to JSONL to skip bad lines)"
+        ) from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: record {index}: not UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
 

@@ -1,4 +1,5 @@
 """One process at a time per folder: an exclusive lock file that the kernel releases however the holder dies."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Each stage records what it consumed by content hash, so `alpaca-ds release card` can walk the chain and a reader
 can check every link. This module only reads the files the stages write; it imports none of them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +28,7 @@ def tensor_sha256(t) -> str:
     """One tensor's identity: dtype, shape and bytes (torch imported here only: generate and evaluate read this
     module without it)."""
     import torch
+
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -41,11 +43,19 @@ def generation_summary(regen: Path) -> dict | None:
     run, cost, stats = (json.loads(p.read_text()) for p in files.values())
     fp = run["fingerprint"]
     return {
-        "out_dir": str(out.resolve()), "teacher_model": fp["api"]["model"], "api_mode": fp["api"]["mode"],
-        "prompt_template_sha256": fp["prompt_template_sha256"], "seed_tasks_sha256": fp["seed_tasks_sha256"],
-        "seed_tasks": run.get("config", {}).get("seed_tasks"), "rouge_threshold": fp["rouge_threshold"],
-        "accepted": stats["accepted"], "target": stats["target"], "requests": stats["requests"],
-        "rejected": stats["candidates"]["rejected"], "spent_usd": cost["spent_usd"],
-        "prompt_tokens": cost["prompt_tokens"], "completion_tokens": cost["completion_tokens"],
+        "out_dir": str(out.resolve()),
+        "teacher_model": fp["api"]["model"],
+        "api_mode": fp["api"]["mode"],
+        "prompt_template_sha256": fp["prompt_template_sha256"],
+        "seed_tasks_sha256": fp["seed_tasks_sha256"],
+        "seed_tasks": run.get("config", {}).get("seed_tasks"),
+        "rouge_threshold": fp["rouge_threshold"],
+        "accepted": stats["accepted"],
+        "target": stats["target"],
+        "requests": stats["requests"],
+        "rejected": stats["candidates"]["rejected"],
+        "spent_usd": cost["spent_usd"],
+        "prompt_tokens": cost["prompt_tokens"],
+        "completion_tokens": cost["completion_tokens"],
         "files_sha256": {name: sha256_file(p) for name, p in files.items()},
     }

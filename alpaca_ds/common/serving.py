@@ -1,5 +1,6 @@
 """Run an aiohttp application until Ctrl-C: how every HTTP server here (teacher simulator, serve, human A/B) runs;
 and a free loopback port for a server or a rendezvous that must be named before it starts."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,9 @@ def serve_until_interrupted(app, host: str, port: int, on_ready: Callable[[int],
             await web.TCPSite(runner, host, port, backlog=backlog).start()
         except OSError as e:
             await runner.cleanup()
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port "
-                            "(0 = any free)") from None
+            raise UserError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port (0 = any free)"
+            ) from None
         on_ready(runner.addresses[0][1])
         try:
             await asyncio.Event().wait()

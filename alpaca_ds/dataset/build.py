@@ -6,6 +6,7 @@
 Records stream from the input in batches to worker processes that tokenize them the way Alpaca's train.py
 does; the main process writes shards in input order and the manifest last.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,10 @@ def run(cfg: DataBuildConfig) -> dict:
             raise
     if counts["examples"] == 0:
         shutil.rmtree(build_dir, ignore_errors=True)
-        raise UserError(f"input {cfg.input!r}: no usable records ({counts['records']} read, "
-                        f"{counts['invalid_skipped']} invalid, {counts['dropped_overlength']} over max_length)")
+        raise UserError(
+            f"input {cfg.input!r}: no usable records ({counts['records']} read, "
+            f"{counts['invalid_skipped']} invalid, {counts['dropped_overlength']} over max_length)"
+        )
 
     manifest = {
         "format": FORMAT,
@@ -94,16 +97,31 @@ def run(cfg: DataBuildConfig) -> dict:
         "build": build_dir.name,
         "source": {"input": cfg.input, "path": str(source), "sha256": sha256_file(source)},
         "generation": generation_summary(source),
-        "tokenizer": {**tokenizer_identity(cfg.tokenizer), "class": type(tokenizer).__name__,
-                      "encoder": encoder.backend, "vocab_size": len(tokenizer), "added_special_tokens": added,
-                      "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                      "pad_token_id": tokenizer.pad_token_id},
+        "tokenizer": {
+            **tokenizer_identity(cfg.tokenizer),
+            "class": type(tokenizer).__name__,
+            "encoder": encoder.backend,
+            "vocab_size": len(tokenizer),
+            "added_special_tokens": added,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
         "template": {"name": "alpaca", **PROMPT_DICT},
         "max_length": cfg.max_length,
         "overlength": cfg.overlength,
         "dtype": np.dtype(dtype).name,
-        "counts": {k: counts[k] for k in ("records", "examples", "invalid_skipped", "truncated",
-                                          "dropped_overlength", "no_supervised_tokens")},
+        "counts": {
+            k: counts[k]
+            for k in (
+                "records",
+                "examples",
+                "invalid_skipped",
+                "truncated",
+                "dropped_overlength",
+                "no_supervised_tokens",
+            )
+        },
         "invalid_records": invalid,
         "splits": splits,
         "seconds": round(time.time() - started, 2),
@@ -168,6 +186,7 @@ def _write(batch, writers: dict[str, ShardWriter], counts: Counter, bar: tqdm) -
     for code, name in enumerate(SPLITS):
         keep = batch.split == code
         if keep.any():
-            writers[name].add(batch.ids[np.repeat(keep, batch.lengths)], batch.lengths[keep], batch.masked[keep],
-                              batch.records[keep])
+            writers[name].add(
+                batch.ids[np.repeat(keep, batch.lengths)], batch.lengths[keep], batch.masked[keep], batch.records[keep]
+            )
     bar.update(len(batch.lengths) + batch.counts["dropped_overlength"])

@@ -6,6 +6,7 @@ does. Rows of several examples (packing) are laid end to end with position ids r
 logits, hence its loss, equal those it gets alone. (transformers' sdpa and eager attention take the 4D mask;
 flash-attention reads the boundaries from the position ids.)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,7 @@ def _pad(examples: list[dict[str, np.ndarray]], pad_id: int) -> dict:
         n = len(e["input_ids"])
         input_ids[b, :n] = torch.from_numpy(e["input_ids"])
         labels[b, :n] = torch.from_numpy(e["labels"])
-    attention_mask = (torch.arange(width)[None, :] < torch.tensor([len(e["input_ids"]) for e in examples])[:, None])
+    attention_mask = torch.arange(width)[None, :] < torch.tensor([len(e["input_ids"]) for e in examples])[:, None]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask.long()}
 
 
@@ -43,12 +44,12 @@ def _pack(rows: list[list[dict[str, np.ndarray]]], pad_id: int, dtype: torch.dty
         start = 0
         for k, e in enumerate(row):
             n = len(e["input_ids"])
-            input_ids[b, start:start + n] = torch.from_numpy(e["input_ids"])
-            labels[b, start:start + n] = torch.from_numpy(e["labels"])
+            input_ids[b, start : start + n] = torch.from_numpy(e["input_ids"])
+            labels[b, start : start + n] = torch.from_numpy(e["labels"])
             # The first token of an example is never predicted, as when it stands alone.
             labels[b, start] = IGNORE_INDEX
-            position_ids[b, start:start + n] = torch.arange(n)
-            segment[b, start:start + n] = k
+            position_ids[b, start : start + n] = torch.arange(n)
+            segment[b, start : start + n] = k
             start += n
         segment[b, start:] = torch.arange(len(row), len(row) + width - start)  # padding attends to itself only
     same = segment[:, :, None] == segment[:, None, :]

@@ -1,4 +1,5 @@
 """The dataset stage's configuration (`alpaca-ds data build`), loaded by alpaca_ds.config.load_config."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -17,7 +18,8 @@ class DataBuildConfig(Schema):
     tokenizer: str = Field(description="tokenizer folder or hub id (the model's tokenizer)")
     max_length: int = Field(512, gt=1, description="truncation length in tokens, as Alpaca's model_max_length")
     overlength: Literal["truncate", "drop"] = Field(
-        "truncate", description="truncate as Alpaca does, or drop examples longer than max_length")
+        "truncate", description="truncate as Alpaca does, or drop examples longer than max_length"
+    )
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of records hashed into validation")
     split_seed: int = Field(0, description="seed of the content hash that assigns records to splits")
     shard_size: int = Field(100_000, gt=0, description="examples per shard file")

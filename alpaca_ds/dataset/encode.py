@@ -2,6 +2,7 @@
 
 This module runs inside the builder's worker processes, so it imports neither transformers nor torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,27 @@ from alpaca_ds.dataset.template import format_prompt
 
 # Strings where SentencePiece and a transformers tokenizer are most likely to part ways: leading, repeated and
 # trailing spaces, newlines, tabs, digits, bytes outside the vocabulary, special tokens inside text.
-PROBES = ("Hello world", "  two leading spaces", "a  b   c", "trailing ", "\n\nnewlines\n", "tab\tsep", "1234567",
-          "émoji 😀 中文", "x</s>y", "foo </s> bar", "<s>", "</s>", "", " ", "### Response:", "x</", "<", "a [PAD",
-          "<unk")
+PROBES = (
+    "Hello world",
+    "  two leading spaces",
+    "a  b   c",
+    "trailing ",
+    "\n\nnewlines\n",
+    "tab\tsep",
+    "1234567",
+    "émoji 😀 中文",
+    "x</s>y",
+    "foo </s> bar",
+    "<s>",
+    "</s>",
+    "",
+    " ",
+    "### Response:",
+    "x</",
+    "<",
+    "a [PAD",
+    "<unk",
+)
 
 
 class Encoder:
@@ -35,18 +54,22 @@ class Encoder:
         self._sp = None
         if sp_model_file is not None:
             import sentencepiece as spm
+
             sp = spm.SentencePieceProcessor(model_file=sp_model_file)
             self._specials = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
             self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in self._specials}
-            self._special_re = (re.compile("(" + "|".join(map(re.escape, self._specials)) + ")")
-                                if self._specials else None)
+            self._special_re = (
+                re.compile("(" + "|".join(map(re.escape, self._specials)) + ")") if self._specials else None
+            )
             empty = tokenizer("")["input_ids"]
             self._prefix = empty[:1] if empty and tokenizer.bos_token_id == empty[0] else []
-            self._suffix = empty[len(self._prefix):]
+            self._suffix = empty[len(self._prefix) :]
             self._sp, self._sp_proto = sp, sp.serialized_model_proto()
             with_eos = [t + self.eos_token for t in PROBES]
-            if (self.encode(list(PROBES)) != tokenizer(list(PROBES))["input_ids"]
-                    or self.encode(list(PROBES), eos=True) != tokenizer(with_eos)["input_ids"]):
+            if (
+                self.encode(list(PROBES)) != tokenizer(list(PROBES))["input_ids"]
+                or self.encode(list(PROBES), eos=True) != tokenizer(with_eos)["input_ids"]
+            ):
                 self._sp = self._sp_proto = None
         if self._sp_proto is not None:
             self._hf = None  # workers need only SentencePiece; keeps the pickle small
@@ -64,6 +87,7 @@ class Encoder:
             return self._hf([t + self.eos_token for t in texts] if eos else texts)["input_ids"]
         if self._sp is None:
             import sentencepiece as spm
+
             self._sp = spm.SentencePieceProcessor(model_proto=self._sp_proto)
         # Special tokens inside a text are single ids; a substring test first, since few texts hold any.
         parts = [self._special_re.split(t) if any(s in t for s in self._specials) else [t] for t in texts]
@@ -96,6 +120,7 @@ class Preprocess:
 @dataclass
 class Batch:
     """Tokenized examples of one batch of records, in record order; `split` is 0 train, 1 validation."""
+
     ids: np.ndarray
     lengths: np.ndarray
     masked: np.ndarray  # how many leading labels are IGNORE_INDEX
@@ -118,7 +143,7 @@ def tokenize_records(records: list[tuple[int, str, str, str]], pre: Preprocess) 
                 counts["dropped_overlength"] += 1
                 continue
             counts["truncated"] += 1
-            ex = ex[:pre.max_length]
+            ex = ex[: pre.max_length]
         n_masked = min(len(src), pre.max_length, len(ex))
         counts["no_supervised_tokens"] += n_masked == len(ex)
         ids.extend(ex)
@@ -126,9 +151,14 @@ def tokenize_records(records: list[tuple[int, str, str, str]], pre: Preprocess) 
         masked.append(n_masked)
         kept.append(index)
         split.append(_is_validation((ins, inp, out), pre))
-    return Batch(np.asarray(ids, dtype=np.int32), np.asarray(lengths, dtype=np.int64),
-                 np.asarray(masked, dtype=np.int64), np.asarray(kept, dtype=np.int64),
-                 np.asarray(split, dtype=np.int8), counts)
+    return Batch(
+        np.asarray(ids, dtype=np.int32),
+        np.asarray(lengths, dtype=np.int64),
+        np.asarray(masked, dtype=np.int64),
+        np.asarray(kept, dtype=np.int64),
+        np.asarray(split, dtype=np.int8),
+        counts,
+    )
 
 
 _WORKER_PREPROCESS: Preprocess | None = None
@@ -150,5 +180,7 @@ def _is_validation(fields: tuple[str, str, str], pre: Preprocess) -> bool:
     # A content hash, not a position: the same record lands in the same split however the file is ordered.
     if pre.val_fraction <= 0:
         return False
-    h = hashlib.blake2b(json.dumps(fields).encode(), digest_size=8, key=pre.split_seed.to_bytes(8, "little", signed=True))
+    h = hashlib.blake2b(
+        json.dumps(fields).encode(), digest_size=8, key=pre.split_seed.to_bytes(8, "little", signed=True)
+    )
     return int.from_bytes(h.digest(), "little") / 2**64 < pre.val_fraction

@@ -3,6 +3,7 @@
 A record is `{"instruction": str, "input": str, "output": str}`; `input` may be absent (it is then "", as in
 Alpaca's train.py) and extra keys are ignored.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from alpaca_ds.common.jsonfile import Bad, read_objects
 @dataclass(frozen=True)
 class Invalid:
     """A record that cannot be used, where it is, and why."""
+
     where: str
     problem: str
 

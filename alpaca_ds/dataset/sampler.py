@@ -5,6 +5,7 @@ to the longest example (`random`, as Alpaca, or `length_grouped`), several when 
 Every epoch covers every example: the last optimizer step (micro x world x accumulation rows) is filled by
 wrapping around to the epoch's start, as torch's DistributedSampler does, so every step has the full global batch.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left, insort
@@ -18,17 +19,30 @@ MODES = ("random", "length_grouped", "packed")
 
 
 class MicroBatchSampler:
-    def __init__(self, lengths: np.ndarray, micro_batch_size: int, *, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, mode: str = "random", pack_length: int | None = None, accumulation: int = 1,
-                 group_steps: int = 50, pack_window: int = 8192):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        micro_batch_size: int,
+        *,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        mode: str = "random",
+        pack_length: int | None = None,
+        accumulation: int = 1,
+        group_steps: int = 50,
+        pack_window: int = 8192,
+    ):
         if mode not in MODES:
             raise UserError(f"batching mode {mode!r}: expected one of {', '.join(MODES)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         longest = int(np.max(lengths)) if len(lengths) else 0
         if mode == "packed" and (pack_length is None or longest > pack_length):
-            raise UserError(f"packed batching needs a pack_length of at least the longest example ({longest} "
-                            f"tokens), got {pack_length}; set it to at least the dataset's max_length")
+            raise UserError(
+                f"packed batching needs a pack_length of at least the longest example ({longest} "
+                f"tokens), got {pack_length}; set it to at least the dataset's max_length"
+            )
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.micro, self.world, self.rank, self.seed, self.mode = micro_batch_size, world_size, rank, seed, mode
         self.pack_length, self.group_steps, self.pack_window = pack_length, group_steps, pack_window
@@ -43,15 +57,23 @@ class MicroBatchSampler:
             self.epoch, self.position = epoch, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "mode": self.mode,
-                "world_size": self.world, "micro_batch_size": self.micro}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "mode": self.mode,
+            "world_size": self.world,
+            "micro_batch_size": self.micro,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
         for key in ("seed", "mode", "world_size", "micro_batch_size"):
             if state[key] != mine[key]:
-                raise UserError(f"cannot resume: the checkpoint's sampler has {key}={state[key]!r}, this run "
-                                f"{mine[key]!r}; resume with the same settings")
+                raise UserError(
+                    f"cannot resume: the checkpoint's sampler has {key}={state[key]!r}, this run "
+                    f"{mine[key]!r}; resume with the same settings"
+                )
         self.epoch, self.position = state["epoch"], state["position"]
 
     def __len__(self) -> int:
@@ -68,7 +90,9 @@ class MicroBatchSampler:
         if self._cache is None or self._cache[0] != epoch:
             rows = self._global_rows(np.random.default_rng([self.seed, epoch]))
             step = self.micro * self.world
-            mine = [rows[s + self.rank * self.micro: s + (self.rank + 1) * self.micro] for s in range(0, len(rows), step)]
+            mine = [
+                rows[s + self.rank * self.micro : s + (self.rank + 1) * self.micro] for s in range(0, len(rows), step)
+            ]
             self._cache = (epoch, mine)
         return self._cache[1]
 
@@ -76,8 +100,11 @@ class MicroBatchSampler:
         order = rng.permutation(len(self.lengths))
         step = self.micro * self.world
         if self.mode == "packed":
-            rows = [row for w in range(0, len(order), self.pack_window)
-                    for row in pack(order[w:w + self.pack_window], self.lengths, self.pack_length)]
+            rows = [
+                row
+                for w in range(0, len(order), self.pack_window)
+                for row in pack(order[w : w + self.pack_window], self.lengths, self.pack_length)
+            ]
             rows = [rows[i] for i in rng.permutation(len(rows))]
         else:
             rows = [[int(i)] for i in order]
@@ -87,9 +114,12 @@ class MicroBatchSampler:
             # Sort within megabatches of `group_steps` global steps, then shuffle the steps: each step holds
             # examples of similar length (little padding) and the order of steps stays random.
             mega = step * self.group_steps
-            rows = [r for m in range(0, len(rows), mega)
-                    for r in sorted(rows[m:m + mega], key=lambda r: -self.lengths[r[0]])]
-            steps = [rows[s:s + step] for s in range(0, len(rows), step)]
+            rows = [
+                r
+                for m in range(0, len(rows), mega)
+                for r in sorted(rows[m : m + mega], key=lambda r: -self.lengths[r[0]])
+            ]
+            steps = [rows[s : s + step] for s in range(0, len(rows), step)]
             rows = [r for i in rng.permutation(len(steps)) for r in steps[i]]
         return rows
 

@@ -11,6 +11,7 @@ Layout of a dataset directory:
 A rebuild writes a new build-<id> folder and replaces the manifest atomically, so a killed rebuild leaves the
 previous dataset readable, and a killed first build leaves no manifest.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,15 +49,25 @@ class ShardWriter:
             mask = (position >= np.repeat(masked[:take], lengths[:take])).astype(np.uint8)
             self._parts.append((ids[:end].astype(self.dtype), mask, lengths[:take], records[:take]))
             self._pending += take
-            ids, lengths, masked, records, starts = ids[end:], lengths[take:], masked[take:], records[take:], starts[take:]
+            ids, lengths, masked, records, starts = (
+                ids[end:],
+                lengths[take:],
+                masked[take:],
+                records[take:],
+                starts[take:],
+            )
             if self._pending == self.shard_size:
                 self._flush()
 
     def close(self) -> dict:
         if self._pending:
             self._flush()
-        return {"examples": self.examples, "tokens": self.tokens, "label_tokens": self.label_tokens,
-                "shards": self.shards}
+        return {
+            "examples": self.examples,
+            "tokens": self.tokens,
+            "label_tokens": self.label_tokens,
+            "shards": self.shards,
+        }
 
     def _flush(self) -> None:
         ids, mask, lengths, records = (np.concatenate(p) for p in zip(*self._parts))
@@ -68,8 +79,11 @@ class ShardWriter:
             path = self.folder / f"{self.split}-{len(self.shards):05d}.{name}.npy"
             with open(path, "wb") as f:
                 np.save(f, arrays[name])
-            shard["files"][name] = {"path": path.relative_to(self.folder.parent).as_posix(),
-                                    "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            shard["files"][name] = {
+                "path": path.relative_to(self.folder.parent).as_posix(),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
         self.shards.append(shard)
         self.examples += shard["examples"]
         self.tokens += shard["tokens"]
@@ -81,8 +95,10 @@ def read_manifest(folder: str | Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         why = "the build did not finish" if folder.is_dir() else "the directory does not exist"
-        raise UserError(f"{folder}: no {MANIFEST} ({why}); build it with "
-                        f"`alpaca-ds data build --config CONFIG --set output={folder}`")
+        raise UserError(
+            f"{folder}: no {MANIFEST} ({why}); build it with "
+            f"`alpaca-ds data build --config CONFIG --set output={folder}`"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -96,8 +112,13 @@ class TokenizedDataset:
     """One split of a built dataset; item i is {"input_ids", "labels"} as int64 arrays, labels -100 on the prompt
     (unless train_on_prompt)."""
 
-    def __init__(self, folder: str | Path, split: str = "train", tokenizer_sha256: str | None = None,
-                 train_on_prompt: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str = "train",
+        tokenizer_sha256: str | None = None,
+        train_on_prompt: bool = False,
+    ):
         self.folder = Path(folder)
         self.train_on_prompt = train_on_prompt  # labels on the prompt tokens too (alpaca-lora's default)
         self.manifest = read_manifest(self.folder)
@@ -112,14 +133,19 @@ class TokenizedDataset:
             for name, meta in shard["files"].items():
                 path = self.folder / meta["path"]
                 if not path.is_file() or path.stat().st_size != meta["bytes"]:
-                    raise UserError(f"{path}: missing or of the wrong size ({meta['bytes']} bytes expected); "
-                                    "the dataset is damaged, rebuild it")
+                    raise UserError(
+                        f"{path}: missing or of the wrong size ({meta['bytes']} bytes expected); "
+                        "the dataset is damaged, rebuild it"
+                    )
                 files[name] = np.load(path, mmap_mode="r")
             self._shards.append(files)
         counts = [len(s["offsets"]) - 1 for s in self._shards]
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.lengths = (np.concatenate([np.diff(s["offsets"]) for s in self._shards]) if self._shards
-                        else np.zeros(0, dtype=np.int64))
+        self.lengths = (
+            np.concatenate([np.diff(s["offsets"]) for s in self._shards])
+            if self._shards
+            else np.zeros(0, dtype=np.int64)
+        )
 
     def __len__(self) -> int:
         return int(self._first[-1])
@@ -150,6 +176,8 @@ class TokenizedDataset:
 def check_tokenizer(manifest: dict, folder: Path, tokenizer_sha256: str) -> None:
     built = manifest["tokenizer"]
     if built["sha256"] != tokenizer_sha256:
-        raise UserError(f"{folder}: built with tokenizer {built['name_or_path']!r} (sha256 {built['sha256'][:12]}), "
-                        f"but this run uses one with sha256 {tokenizer_sha256[:12]}; rebuild the dataset with "
-                        "the model's tokenizer or train the model it was built for")
+        raise UserError(
+            f"{folder}: built with tokenizer {built['name_or_path']!r} (sha256 {built['sha256'][:12]}), "
+            f"but this run uses one with sha256 {tokenizer_sha256[:12]}; rebuild the dataset with "
+            "the model's tokenizer or train the model it was built for"
+        )

@@ -1,4 +1,5 @@
 """Alpaca's prompt template, byte for byte, and its label convention."""
+
 from __future__ import annotations
 
 IGNORE_INDEX = -100

@@ -6,6 +6,7 @@ folder that has `tokenizer.model` but no `tokenizer.json` is loaded through it; 
 `tokenizer_config.json`) gets LLaMA's convention of a BOS token in front. tests/unit/dataset/test_alpaca_reference.py pins this
 against SentencePiece itself on the LLaMA tokenizer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,16 @@ from alpaca_ds.common.io import sha256_file
 from alpaca_ds.dataset.template import DEFAULT_BOS_TOKEN, DEFAULT_EOS_TOKEN, DEFAULT_PAD_TOKEN, DEFAULT_UNK_TOKEN
 
 # Files that define a tokenizer's behaviour; their hashes make up its identity.
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
 
 
 def tokenizer_dir(name_or_path: str) -> Path:
@@ -29,10 +38,13 @@ def tokenizer_dir(name_or_path: str) -> Path:
     if path.exists() or name_or_path.startswith((".", "/", "~")):
         raise UserError(f"tokenizer {name_or_path!r}: not a folder holding tokenizer files")
     from huggingface_hub import snapshot_download
+
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=list(TOKENIZER_FILES)))
     except Exception as e:  # the hub client raises many kinds; all mean the same to the user
-        raise UserError(f"tokenizer {name_or_path!r}: not a local folder and not fetchable from the hub ({e})") from None
+        raise UserError(
+            f"tokenizer {name_or_path!r}: not a local folder and not fetchable from the hub ({e})"
+        ) from None
 
 
 def load_tokenizer(name_or_path: str):
@@ -40,14 +52,20 @@ def load_tokenizer(name_or_path: str):
     folder = tokenizer_dir(name_or_path)
     # Imported where used: `transformers.AutoTokenizer` pulls in torch (~190 MiB, ~1 s) and a build needs neither.
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
     try:
         if (folder / "tokenizer.model").exists() and not (folder / "tokenizer.json").exists():
             kwargs: dict[str, Any] = {}
             if not (folder / "tokenizer_config.json").exists():
-                kwargs = dict(add_bos_token=True, bos_token=DEFAULT_BOS_TOKEN, eos_token=DEFAULT_EOS_TOKEN,
-                              unk_token=DEFAULT_UNK_TOKEN)
+                kwargs = dict(
+                    add_bos_token=True,
+                    bos_token=DEFAULT_BOS_TOKEN,
+                    eos_token=DEFAULT_EOS_TOKEN,
+                    unk_token=DEFAULT_UNK_TOKEN,
+                )
             return TokenizersBackend.from_pretrained(str(folder), **kwargs)
         from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as e:
         raise UserError(f"tokenizer {name_or_path!r}: cannot be loaded: {e}") from None
@@ -55,8 +73,12 @@ def load_tokenizer(name_or_path: str):
 
 def add_missing_special_tokens(tokenizer) -> dict[str, str]:
     """Add the special tokens Alpaca adds when missing ([PAD] for LLaMA); returns what was added."""
-    defaults = {"pad_token": DEFAULT_PAD_TOKEN, "eos_token": DEFAULT_EOS_TOKEN,
-                "bos_token": DEFAULT_BOS_TOKEN, "unk_token": DEFAULT_UNK_TOKEN}
+    defaults = {
+        "pad_token": DEFAULT_PAD_TOKEN,
+        "eos_token": DEFAULT_EOS_TOKEN,
+        "bos_token": DEFAULT_BOS_TOKEN,
+        "unk_token": DEFAULT_UNK_TOKEN,
+    }
     missing = {name: tok for name, tok in defaults.items() if getattr(tokenizer, name) is None}
     if missing:
         tokenizer.add_special_tokens(missing)
@@ -71,4 +93,3 @@ def tokenizer_identity(name_or_path: str) -> dict[str, Any]:
         raise UserError(f"tokenizer {name_or_path!r}: {folder} holds none of {', '.join(TOKENIZER_FILES)}")
     combined = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()
     return {"name_or_path": name_or_path, "sha256": combined, "files": files}
-

@@ -13,6 +13,7 @@ Nothing is lost on a crash: a local run appends each finished batch to OUTPUT.pa
 continues from it; an endpoint run keeps every call in OUTPUT.calls.jsonl (the call ledger, which is also a
 cache: a rerun pays only for what is missing, and a budget holds over all reruns).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,10 +45,17 @@ def write_outputs(path: Path, records: list[dict], model: str | None = None, cfg
     # AlpacaEval writes its outputs with indent 4 and ensure_ascii=False; the same here, so diffs stay small
     atomic_write_bytes(path, (json.dumps(records, indent=4, ensure_ascii=False) + "\n").encode("utf-8"))
     if cfg is not None:
-        atomic_write_json(provenance_path(path), {
-            "model": model, "model_sha256": weights_sha256(model) if model else None, "eval_set": cfg.eval_set,
-            "answers": len(records), "decoding": cfg.decoding.model_dump(mode="json"),
-            "outputs_sha256": sha256_file(path)})
+        atomic_write_json(
+            provenance_path(path),
+            {
+                "model": model,
+                "model_sha256": weights_sha256(model) if model else None,
+                "eval_set": cfg.eval_set,
+                "answers": len(records),
+                "decoding": cfg.decoding.model_dump(mode="json"),
+                "outputs_sha256": sha256_file(path),
+            },
+        )
 
 
 def provenance_path(outputs: Path) -> Path:
@@ -57,7 +65,7 @@ def provenance_path(outputs: Path) -> Path:
 def run(cfg: AnswerConfig) -> dict:
     items = load_eval_set(cfg.eval_set, cfg.data_dir)
     if cfg.limit:
-        items = items[:cfg.limit]
+        items = items[: cfg.limit]
     if cfg.api is not None:
         return _run_endpoint(cfg, items)
     return _run_local(cfg, items)
@@ -65,6 +73,7 @@ def run(cfg: AnswerConfig) -> dict:
 
 def _bar(cfg: AnswerConfig, total: int, initial: int, desc: str):
     from alpaca_ds.api.progress import Progress
+
     return Progress(total, desc, "answer", initial=initial, enabled=cfg.progress)
 
 
@@ -74,13 +83,18 @@ def _bar(cfg: AnswerConfig, total: int, initial: int, desc: str):
 
 def _run_local(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
     from alpaca_ds.evaluate.local import LocalModel, check_folder, model_name
+
     check_folder(cfg.model)
     generator = cfg.generator or model_name(cfg.model)
     output = Path(cfg.output) if cfg.output else default_output(generator, cfg.eval_set)
     partial = output.with_name(output.name + ".partial.jsonl")
-    fingerprint = {"model": str(Path(cfg.model).expanduser().resolve()), "weights": _weights_stamp(cfg.model),
-                   "instructions": hashlib.sha256("\0".join(i.instruction for i in items).encode()).hexdigest(),
-                   "decoding": cfg.decoding.model_dump(), "generator": generator}
+    fingerprint = {
+        "model": str(Path(cfg.model).expanduser().resolve()),
+        "weights": _weights_stamp(cfg.model),
+        "instructions": hashlib.sha256("\0".join(i.instruction for i in items).encode()).hexdigest(),
+        "decoding": cfg.decoding.model_dump(),
+        "generator": generator,
+    }
     done = _read_partial(partial, fingerprint)
     todo = [i for i in range(len(items)) if i not in done]
     model = LocalModel(cfg.model, cfg.dtype, cfg.device) if todo else None
@@ -95,22 +109,35 @@ def _run_local(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
             # longest first: similar lengths share a batch (little padding), and memory trouble shows at once
             order = sorted(todo, key=lambda i: -len(model.tokenizer(prompts[i])["input_ids"]))
             for start in range(0, len(order), cfg.batch_size):
-                batch = order[start:start + cfg.batch_size]
-                answers = model.generate([prompts[i] for i in batch], cfg.decoding,
-                                         seed=cfg.decoding.seed + start, strip=True)
+                batch = order[start : start + cfg.batch_size]
+                answers = model.generate(
+                    [prompts[i] for i in batch], cfg.decoding, seed=cfg.decoding.seed + start, strip=True
+                )
                 lines = []
                 for i, a in zip(batch, answers):
                     done[i] = a.text
                     truncated += a.prompt_truncated
-                    lines.append({"i": i, "output": a.text, "finish_reason": a.finish_reason,
-                                  "completion_tokens": a.completion_tokens})
+                    lines.append(
+                        {
+                            "i": i,
+                            "output": a.text,
+                            "finish_reason": a.finish_reason,
+                            "completion_tokens": a.completion_tokens,
+                        }
+                    )
                 _append(f, *lines)
                 bar.update(len(batch))
     records = [output_record(item, done[i], generator) for i, item in enumerate(items)]
     write_outputs(output, records, str(Path(cfg.model).expanduser().resolve()), cfg)
     partial.unlink(missing_ok=True)
-    return {"output": str(output), "answers": len(records), "generator": generator, "answered_now": len(todo),
-            "resumed": len(items) - len(todo), "prompts_truncated": truncated}
+    return {
+        "output": str(output),
+        "answers": len(records),
+        "generator": generator,
+        "answered_now": len(todo),
+        "resumed": len(items) - len(todo),
+        "prompts_truncated": truncated,
+    }
 
 
 def _weights_stamp(folder: str) -> str:
@@ -132,6 +159,7 @@ def _read_partial(path: Path, fingerprint: dict) -> dict[int, str]:
     if not path.exists():
         return {}
     from alpaca_ds.common.journal import read_jsonl
+
     entries, good = read_jsonl(path)
     if good < path.stat().st_size:  # a line torn by a kill: cut it before appending
         with open(path, "r+b") as f:
@@ -142,8 +170,10 @@ def _read_partial(path: Path, fingerprint: dict) -> dict[int, str]:
     if entries[0]["fingerprint"] != fingerprint:
         old = entries[0]["fingerprint"]
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        raise UserError(f"{path}: answers of an unfinished run with other settings ({', '.join(diff)}). Rerun with "
-                        "the same settings to continue it, or delete this file to start over.")
+        raise UserError(
+            f"{path}: answers of an unfinished run with other settings ({', '.join(diff)}). Rerun with "
+            "the same settings to continue it, or delete this file to start over."
+        )
     return {e["i"]: e["output"] for e in entries[1:]}
 
 
@@ -154,24 +184,40 @@ def _read_partial(path: Path, fingerprint: dict) -> dict[int, str]:
 def endpoint_api(cfg: AnswerConfig, model: str) -> ApiConfig:
     """The generator's ApiConfig for the endpoint, with the eval's decoding settings."""
     e, d = cfg.api, cfg.decoding
-    return ApiConfig(base_url=e.base_url, model=model, mode=e.mode, api_key_env=e.api_key_env, encoding=e.encoding,
-                     n=1, max_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p,
-                     ban_end_of_text=False, timeout_s=e.timeout_s, max_retries=e.max_retries,
-                     backoff_initial_s=e.backoff_initial_s, backoff_max_s=e.backoff_max_s,
-                     requests_per_minute=e.requests_per_minute, tokens_per_minute=e.tokens_per_minute)
+    return ApiConfig(
+        base_url=e.base_url,
+        model=model,
+        mode=e.mode,
+        api_key_env=e.api_key_env,
+        encoding=e.encoding,
+        n=1,
+        max_tokens=d.max_new_tokens,
+        temperature=d.temperature,
+        top_p=d.top_p,
+        ban_end_of_text=False,
+        timeout_s=e.timeout_s,
+        max_retries=e.max_retries,
+        backoff_initial_s=e.backoff_initial_s,
+        backoff_max_s=e.backoff_max_s,
+        requests_per_minute=e.requests_per_minute,
+        tokens_per_minute=e.tokens_per_minute,
+    )
 
 
 async def served_model(base_url: str, key: str | None, timeout: float = 30.0) -> str:
     """The model an endpoint serves (the first of /v1/models), for `api.model: null`."""
     from openai import AsyncOpenAI
+
     client = AsyncOpenAI(base_url=base_url, api_key=key or "no-key", max_retries=2, timeout=timeout)
     try:
         models = await client.models.list()
         names = [m.id for m in models.data]
     except Exception as e:  # noqa: BLE001 - any failure means the same: say which setting to give
         detail = str(e).replace(key, "***") if key else str(e)
-        raise UserError(f"api.base_url {base_url}: cannot list its models ({type(e).__name__}: {detail[:200]}); "
-                        "is the server up? Set api.model to skip this question") from None
+        raise UserError(
+            f"api.base_url {base_url}: cannot list its models ({type(e).__name__}: {detail[:200]}); "
+            "is the server up? Set api.model to skip this question"
+        ) from None
     finally:
         await client.close()
     if not names:
@@ -183,6 +229,7 @@ def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
     from alpaca_ds.api.client import api_key
     from alpaca_ds.api.ledger import CallLedger
     from alpaca_ds.api.runner import Runner
+
     key = api_key(cfg.api)
     model = cfg.api.model or asyncio.run(served_model(cfg.api.base_url, key))
     api = endpoint_api(cfg, model)
@@ -215,9 +262,18 @@ def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
     cost = {**runner.cost_report(), "this_run": {"calls": runner.calls, "from_ledger": runner.cached}}
     if runner.stopping or len(answers) < len(items):
         why = runner.message if runner.stopping else "some answers are missing"
-        raise UserError(f"answers stopped with {len(answers)}/{len(items)} done: {why}. "
-                        f"Rerun the same command to continue ({ledger.path} keeps every answered call).")
+        raise UserError(
+            f"answers stopped with {len(answers)}/{len(items)} done: {why}. "
+            f"Rerun the same command to continue ({ledger.path} keeps every answered call)."
+        )
     records = [output_record(item, answers[i], generator) for i, item in enumerate(items)]
     write_outputs(output, records, cfg.model, cfg)
-    return {"output": str(output), "answers": len(records), "generator": generator,
-            "answered_now": runner.calls, "resumed": runner.cached, "cost": cost, "prompts_truncated": 0}
+    return {
+        "output": str(output),
+        "answers": len(records),
+        "generator": generator,
+        "answered_now": runner.calls,
+        "resumed": runner.cached,
+        "cost": cost,
+        "prompts_truncated": 0,
+    }

@@ -7,6 +7,7 @@ Each line you type is an instruction, wrapped in Alpaca's template (Alpaca answe
 instruction stands alone). Commands: `/input TEXT` gives the next instruction an input (the template's input
 variant); a line ending in `\\` continues on the next line; `/quit` or Ctrl-D leaves.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,10 @@ from alpaca_ds.dataset.template import format_prompt
 from alpaca_ds.evaluate.config import ServeConfig
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
 
-HELP = ("Type an instruction and press Enter. /input TEXT sets an input for the next instruction; end a line with "
-        "\\ to continue it; /quit or Ctrl-D leaves.")
+HELP = (
+    "Type an instruction and press Enter. /input TEXT sets an input for the next instruction; end a line with "
+    "\\ to continue it; /quit or Ctrl-D leaves."
+)
 
 
 def run(cfg: ServeConfig, stdin=None, stdout=None) -> None:
@@ -24,8 +27,10 @@ def run(cfg: ServeConfig, stdin=None, stdout=None) -> None:
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     model = LocalModel(cfg.model, cfg.dtype, cfg.device)
-    stdout.write(f"alpaca-ds chat with {model_name(cfg.model)} (temperature {cfg.decoding.temperature:g}, "
-                 f"top_p {cfg.decoding.top_p:g}, at most {cfg.decoding.max_new_tokens} tokens). {HELP}\n")
+    stdout.write(
+        f"alpaca-ds chat with {model_name(cfg.model)} (temperature {cfg.decoding.temperature:g}, "
+        f"top_p {cfg.decoding.top_p:g}, at most {cfg.decoding.max_new_tokens} tokens). {HELP}\n"
+    )
     pending_input = ""
 
     def read(prompt: str) -> str | None:
@@ -58,7 +63,7 @@ def run(cfg: ServeConfig, stdin=None, stdout=None) -> None:
             stdout.write(HELP + "\n")
             continue
         if text.startswith("/input"):
-            pending_input = text[len("/input"):].strip()
+            pending_input = text[len("/input") :].strip()
             stdout.write(f"(input set for the next instruction: {len(pending_input)} characters)\n")
             continue
         prompt = format_prompt(text, pending_input)

@@ -5,6 +5,7 @@ The word list is checked as the answer streams (before each piece is sent, so a 
 the moderation endpoint judges the whole answer once it is complete. When the endpoint cannot be reached the
 filter fails closed: the prompt is refused, the answer withheld, and the reason says so.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,13 @@ class ContentFilter:
         self.model = cfg.moderation_model
         if cfg.moderation_url:
             from openai import AsyncOpenAI
+
             key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
             if cfg.api_key_env and not key:
                 raise UserError(f"filter.api_key_env: the environment variable {cfg.api_key_env} is not set")
-            self.client = AsyncOpenAI(base_url=cfg.moderation_url.rstrip("/"), api_key=key or "none",
-                                      timeout=30, max_retries=2)
+            self.client = AsyncOpenAI(
+                base_url=cfg.moderation_url.rstrip("/"), api_key=key or "none", timeout=30, max_retries=2
+            )
 
     @property
     def active(self) -> bool:
@@ -57,6 +60,7 @@ class ContentFilter:
         if reason or self.client is None:
             return reason
         import openai
+
         try:
             kwargs = {"model": self.model} if self.model else {}
             result = (await self.client.moderations.create(input=text, **kwargs)).results[0]

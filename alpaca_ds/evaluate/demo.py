@@ -19,6 +19,7 @@ HTTP API (the X-Token header carries the token; errors are {"error": message} wi
           or {"type": "refused" | "withheld" | "error", "message"}
   POST /api/feedback {id, rating?: "up" | "down" | null, comment?: str} -> the saved rating and comment
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,7 @@ from alpaca_ds.evaluate.feedback import RATINGS, FeedbackLog
 from alpaca_ds.evaluate.local import Answer, LocalModel, model_name
 from alpaca_ds.evaluate.serve import BadRequest, json_object
 
-MAX_TEXT = 20_000   # characters of an instruction + input, or of a comment
+MAX_TEXT = 20_000  # characters of an instruction + input, or of a comment
 REFUSAL = "Sorry, this demo does not answer that request: it did not pass the content filter."
 WITHHELD = "The answer was withheld: it did not pass the content filter."
 
@@ -55,20 +56,30 @@ class EndpointModel:
 
     async def start(self) -> None:
         import openai
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.key or "none", timeout=600,
-                                         max_retries=2)
+
+        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.key or "none", timeout=600, max_retries=2)
         if self.name is None:
             try:
                 self.name = (await self.client.models.list()).data[0].id
             except (openai.OpenAIError, IndexError) as e:
-                raise UserError(f"model {self.base_url}: cannot list its models ({type(e).__name__}: {e}); is it "
-                                "an OpenAI-compatible endpoint ending in /v1? Or set name=...") from None
+                raise UserError(
+                    f"model {self.base_url}: cannot list its models ({type(e).__name__}: {e}); is it "
+                    "an OpenAI-compatible endpoint ending in /v1? Or set name=..."
+                ) from None
 
-    async def astream(self, prompt: str, decoding: DecodingConfig, max_new_tokens: int,
-                      seed: int | None = None) -> AsyncIterator[str | Answer]:
+    async def astream(
+        self, prompt: str, decoding: DecodingConfig, max_new_tokens: int, seed: int | None = None
+    ) -> AsyncIterator[str | Answer]:
         stream = await self.client.completions.create(
-            model=self.name, prompt=prompt, temperature=decoding.temperature, top_p=decoding.top_p,
-            max_tokens=max_new_tokens, seed=seed, stream=True, stream_options={"include_usage": True})
+            model=self.name,
+            prompt=prompt,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            max_tokens=max_new_tokens,
+            seed=seed,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         text, reason, usage = "", "stop", None
         async with stream:  # closes the response when the consumer stops early (an answer withheld)
             async for chunk in stream:
@@ -119,12 +130,14 @@ class Demo:
     def _decoding(self, body: dict) -> tuple[DecodingConfig, int | None]:
         """The request's decoding, and its seed: reproducible sampling when given, a fresh draw when None."""
         d = self.cfg.decoding
-        values = {k: body.get(k) if body.get(k) is not None else getattr(d, k)
-                  for k in ("temperature", "top_p", "max_new_tokens")}
+        values = {
+            k: body.get(k) if body.get(k) is not None else getattr(d, k)
+            for k in ("temperature", "top_p", "max_new_tokens")
+        }
         seed = body.get("seed")
         if any(isinstance(v, (bool, str)) for v in (*values.values(), seed)):
             raise BadRequest("temperature, top_p, max_new_tokens and seed must be numbers")
-        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2 ** 32):
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**32):
             raise BadRequest("seed must be a whole number in [0, 2^32)")
         try:
             decoding = DecodingConfig(**values, seed=d.seed if seed is None else seed)
@@ -138,21 +151,38 @@ class Demo:
 
     async def info(self, request):
         from aiohttp import web
+
         self._authorised(request)
-        return web.json_response({"model": self.name, "decoding": self.cfg.decoding.model_dump(),
-                                  "max_new_tokens_cap": self.cfg.max_new_tokens_cap, "filter": self.filter.active})
+        return web.json_response(
+            {
+                "model": self.name,
+                "decoding": self.cfg.decoding.model_dump(),
+                "max_new_tokens_cap": self.cfg.max_new_tokens_cap,
+                "filter": self.filter.active,
+            }
+        )
 
     async def history(self, request):
         from aiohttp import web
+
         self._authorised(request)
-        answers = [{"id": r["id"], "instruction": r.get("instruction"), "input": r.get("input"),
-                    "answer": None if r.get("withheld") else r["answer"], "withheld": bool(r.get("withheld")),
-                    "rating": r.get("rating"), "comment": r.get("comment")}
-                   for r in self.log.history(request.query.get("client", ""))]
+        answers = [
+            {
+                "id": r["id"],
+                "instruction": r.get("instruction"),
+                "input": r.get("input"),
+                "answer": None if r.get("withheld") else r["answer"],
+                "withheld": bool(r.get("withheld")),
+                "rating": r.get("rating"),
+                "comment": r.get("comment"),
+            }
+            for r in self.log.history(request.query.get("client", ""))
+        ]
         return web.json_response({"answers": answers})
 
     async def feedback(self, request):
         from aiohttp import web
+
         body = await self._body(request)
         record = self.log.records.get(body.get("id")) if isinstance(body.get("id"), str) else None
         if record is None or record.get("answer") is None:
@@ -160,7 +190,7 @@ class Demo:
         update = {}
         if "rating" in body:
             if body["rating"] not in (*RATINGS, None):
-                raise BadRequest("rating must be \"up\", \"down\" or null")
+                raise BadRequest('rating must be "up", "down" or null')
             update["rating"] = body["rating"]
         if "comment" in body:
             update["comment"] = _text(body, "comment").strip()
@@ -171,15 +201,24 @@ class Demo:
 
     async def generate(self, request):
         from aiohttp import web
+
         body = await self._body(request)
         instruction, input_ = _text(body, "instruction", required=True), _text(body, "input")
         client = body.get("client") if isinstance(body.get("client"), str) else ""
         decoding, seed = self._decoding(body)
         prompt = format_prompt(instruction, input_)
-        record = {"id": uuid.uuid4().hex, "client": client[:64], "model": self.name, "instruction": instruction,
-                  "input": input_, "prompt": prompt, "answer": None,
-                  "decoding": decoding.model_dump(exclude=set() if seed is not None else {"seed"}), "rating": None,
-                  "comment": ""}
+        record = {
+            "id": uuid.uuid4().hex,
+            "client": client[:64],
+            "model": self.name,
+            "instruction": instruction,
+            "input": input_,
+            "prompt": prompt,
+            "answer": None,
+            "decoding": decoding.model_dump(exclude=set() if seed is not None else {"seed"}),
+            "rating": None,
+            "comment": "",
+        }
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
         await response.prepare(request)
 
@@ -194,8 +233,9 @@ class Demo:
                 return response
             await send(type="start", id=record["id"])
             text, final, withheld = "", None, None
-            async with contextlib.aclosing(self.model.astream(prompt, decoding, decoding.max_new_tokens,
-                                                              seed=seed)) as pieces:
+            async with contextlib.aclosing(
+                self.model.astream(prompt, decoding, decoding.max_new_tokens, seed=seed)
+            ) as pieces:
                 async for piece in pieces:
                     if isinstance(piece, Answer):
                         final = piece
@@ -226,9 +266,9 @@ class Demo:
 
     async def index(self, request):
         from aiohttp import web
+
         page = (resources.files("alpaca_ds.evaluate") / "static" / "demo.html").read_bytes()
-        return web.Response(body=page, content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
     def app(self):
         from aiohttp import web
@@ -275,8 +315,14 @@ def serve(cfg: DemoConfig, announce=print) -> None:
     demo = Demo(cfg, model, name, log, content_filter)
     note = "" if cfg.host in ("127.0.0.1", "localhost", "::1") else " (reachable from the network)"
     try:
-        serve_until_interrupted(demo.app(), cfg.host, cfg.port, lambda port: announce(
-            f"demo of {demo.name}: http://{cfg.host}:{port}/?t={demo.token}{note}  (feedback to {cfg.feedback}; "
-            "Ctrl-C to stop)"))
+        serve_until_interrupted(
+            demo.app(),
+            cfg.host,
+            cfg.port,
+            lambda port: announce(
+                f"demo of {demo.name}: http://{cfg.host}:{port}/?t={demo.token}{note}  (feedback to {cfg.feedback}; "
+                "Ctrl-C to stop)"
+            ),
+        )
     finally:
         log.close()

@@ -11,6 +11,7 @@ Named sets, found under `data_dir` (default ../shared/data):
 Any other value is a file: a JSON list or JSONL of records with `instruction` (and optionally `input`,
 `dataset`), or self-instruct tasks (`instruction` + `instances[0].input`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,10 +21,14 @@ from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.jsonfile import read_all
 
 NAMED = {
-    "selfinstruct": ("self-instruct/user_oriented_instructions.jsonl",
-                     "yizhongw/self-instruct, human_eval/user_oriented_instructions.jsonl"),
-    "alpaca_eval": ("alpaca_eval/text_davinci_003_outputs.json",
-                    "tatsu-lab/alpaca_eval, results/text_davinci_003/model_outputs.json"),
+    "selfinstruct": (
+        "self-instruct/user_oriented_instructions.jsonl",
+        "yizhongw/self-instruct, human_eval/user_oriented_instructions.jsonl",
+    ),
+    "alpaca_eval": (
+        "alpaca_eval/text_davinci_003_outputs.json",
+        "tatsu-lab/alpaca_eval, results/text_davinci_003/model_outputs.json",
+    ),
 }
 OUTPUT_KEYS = ("dataset", "instruction", "output", "generator")  # AlpacaEval's model_outputs.json, in its order
 
@@ -31,12 +36,13 @@ OUTPUT_KEYS = ("dataset", "instruction", "output", "generator")  # AlpacaEval's 
 @dataclass(frozen=True)
 class EvalItem:
     dataset: str
-    instruction: str          # AlpacaEval's instruction (what outputs and judges see)
-    prompt_instruction: str   # what Alpaca's template gets as instruction ...
-    input: str = ""           # ... and as input
+    instruction: str  # AlpacaEval's instruction (what outputs and judges see)
+    prompt_instruction: str  # what Alpaca's template gets as instruction ...
+    input: str = ""  # ... and as input
 
     def alpaca_prompt(self) -> str:
         from alpaca_ds.dataset.template import format_prompt
+
         return format_prompt(self.prompt_instruction, self.input)
 
 
@@ -49,9 +55,11 @@ def set_path(name: str, data_dir: str | Path) -> Path:
     if name in NAMED:
         path = Path(data_dir).expanduser() / NAMED[name][0]
         if not path.is_file():
-            raise UserError(f"eval set {name!r}: {path} not found. Get it from {NAMED[name][1]} and put it there, "
-                            f"set data_dir to the folder that holds {NAMED[name][0]}, or pass the file itself "
-                            "as --eval-set FILE")
+            raise UserError(
+                f"eval set {name!r}: {path} not found. Get it from {NAMED[name][1]} and put it there, "
+                f"set data_dir to the folder that holds {NAMED[name][0]}, or pass the file itself "
+                "as --eval-set FILE"
+            )
         return path
     path = Path(name).expanduser()
     if not path.is_file():
@@ -140,8 +148,14 @@ class Pair:
 
     def annotation(self) -> dict:
         """The AlpacaEval annotation keys this pair fills (preference is added by whoever judges it)."""
-        return {"dataset": self.dataset, "instruction": self.instruction, "output_1": self.output_1,
-                "generator_1": self.generator_1, "output_2": self.output_2, "generator_2": self.generator_2}
+        return {
+            "dataset": self.dataset,
+            "instruction": self.instruction,
+            "output_1": self.output_1,
+            "generator_1": self.generator_1,
+            "output_2": self.output_2,
+            "generator_2": self.generator_2,
+        }
 
 
 def pair_outputs(a_path: str | Path, b_path: str | Path, limit: int | None = None) -> list[Pair]:
@@ -159,13 +173,23 @@ def pair_outputs(a_path: str | Path, b_path: str | Path, limit: int | None = Non
             missing.append(rec["instruction"])
             continue
         other = matches.pop(0)
-        pairs.append(Pair(len(pairs), str(rec.get("dataset") or other.get("dataset") or ""), rec["instruction"],
-                          rec["output"], other["output"], str(rec.get("generator") or Path(a_path).stem),
-                          str(other.get("generator") or Path(b_path).stem)))
+        pairs.append(
+            Pair(
+                len(pairs),
+                str(rec.get("dataset") or other.get("dataset") or ""),
+                rec["instruction"],
+                rec["output"],
+                other["output"],
+                str(rec.get("generator") or Path(a_path).stem),
+                str(other.get("generator") or Path(b_path).stem),
+            )
+        )
     extra_b = sum(len(v) for v in by_instruction.values())
     if not pairs or (missing and extra_b):
         first = f" (first missing from {b_path}: {missing[0][:80]!r})" if missing else ""
-        raise UserError(f"{a_path} and {b_path} answer different instructions: {len(pairs)} in common, {len(missing)} "
-                        f"only in the first, {extra_b} only in the second{first}; answer the same eval set with "
-                        "both models")
+        raise UserError(
+            f"{a_path} and {b_path} answer different instructions: {len(pairs)} in common, {len(missing)} "
+            f"only in the first, {extra_b} only in the second{first}; answer the same eval set with "
+            "both models"
+        )
     return pairs[:limit] if limit else pairs

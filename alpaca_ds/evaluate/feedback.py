@@ -8,6 +8,7 @@ instruction, input, prompt (Alpaca's template), answer, decoding, finish_reason,
 comment, and `refused` / `withheld` (the content filter's reason) where it applied. A new line is written when
 the answer is complete and again at each rating or comment; the last line of an id is its current state.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -66,19 +67,30 @@ def summarize(path: str | Path, worst: int = 10) -> dict:
     def counts(rows: list[dict]) -> dict:
         up = sum(r.get("rating") == "up" for r in rows)
         down = sum(r.get("rating") == "down" for r in rows)
-        return {"answers": len(rows), "rated": up + down, "up": up, "down": down,
-                "share_up": up / (up + down) if up + down else None,
-                "comments": sum(bool(r.get("comment")) for r in rows),
-                "withheld": sum(bool(r.get("withheld")) for r in rows)}
+        return {
+            "answers": len(rows),
+            "rated": up + down,
+            "up": up,
+            "down": down,
+            "share_up": up / (up + down) if up + down else None,
+            "comments": sum(bool(r.get("comment")) for r in rows),
+            "withheld": sum(bool(r.get("withheld")) for r in rows),
+        }
 
     models = sorted({str(r.get("model")) for r in answers})
     down = [r for r in answers if r.get("rating") == "down"]
     down.sort(key=lambda r: r.get("time") or "", reverse=True)
     down.sort(key=lambda r: not r.get("comment"))  # newest first, those with a comment (saying why) before
-    return {"source": str(path), "overall": counts(answers), "refused_prompts": len(records) - len(answers),
-            "by_model": {m: counts([r for r in answers if str(r.get("model")) == m]) for m in models},
-            "worst": [{k: r.get(k) for k in ("id", "time", "model", "instruction", "input", "answer", "comment")}
-                      for r in down[:worst]]}
+    return {
+        "source": str(path),
+        "overall": counts(answers),
+        "refused_prompts": len(records) - len(answers),
+        "by_model": {m: counts([r for r in answers if str(r.get("model")) == m]) for m in models},
+        "worst": [
+            {k: r.get(k) for k in ("id", "time", "model", "instruction", "input", "answer", "comment")}
+            for r in down[:worst]
+        ],
+    }
 
 
 def _short(text, n: int = 160) -> str:
@@ -89,17 +101,28 @@ def _short(text, n: int = 160) -> str:
 def markdown(s: dict) -> str:
     o = s["overall"]
     share = "n/a" if o["share_up"] is None else f"{100 * o['share_up']:.1f}%"
-    lines = [f"# Demo feedback: {s['source']}", "",
-             f"{o['answers']} answers, {o['rated']} rated: {o['up']} thumbs up, {o['down']} thumbs down "
-             f"({share} up); {o['comments']} with a comment; {o['withheld']} answers withheld and "
-             f"{s['refused_prompts']} prompts refused by the content filter.", "",
-             "| model | answers | rated | up | down | share up |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Demo feedback: {s['source']}",
+        "",
+        f"{o['answers']} answers, {o['rated']} rated: {o['up']} thumbs up, {o['down']} thumbs down "
+        f"({share} up); {o['comments']} with a comment; {o['withheld']} answers withheld and "
+        f"{s['refused_prompts']} prompts refused by the content filter.",
+        "",
+        "| model | answers | rated | up | down | share up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m, c in s["by_model"].items():
         share = "n/a" if c["share_up"] is None else f"{100 * c['share_up']:.1f}%"
         lines.append(f"| {m} | {c['answers']} | {c['rated']} | {c['up']} | {c['down']} | {share} |")
     if s["worst"]:
-        lines += ["", "## Rated thumbs down (commented first)", "", "| instruction | answer | comment |",
-                  "|---|---|---|"]
-        lines += [f"| {_short(w['instruction'])} | {_short(w['answer'])} | {_short(w['comment'])} |"
-                  for w in s["worst"]]
+        lines += [
+            "",
+            "## Rated thumbs down (commented first)",
+            "",
+            "| instruction | answer | comment |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {_short(w['instruction'])} | {_short(w['answer'])} | {_short(w['comment'])} |" for w in s["worst"]
+        ]
     return "\n".join(lines) + "\n"

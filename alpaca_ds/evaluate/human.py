@@ -13,6 +13,7 @@ AlpacaEval annotation (instruction, output_1 = --a, output_2 = --b, preference 1
 was shown (`shown_as_a`: 1 or 2), the rater and the time, so `alpaca-ds evaluate winrate FILE` reads it as it
 reads a judge's annotations; the page shows that report when the last item is done.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,16 @@ CHOICES = ("A", "B", "tie")
 
 
 class HumanSession:
-    def __init__(self, a: str | Path, b: str | Path, out: str | Path, seed: int = 0, rater: str = "rater",
-                 limit: int | None = None, token: str | None = None):
+    def __init__(
+        self,
+        a: str | Path,
+        b: str | Path,
+        out: str | Path,
+        seed: int = 0,
+        rater: str = "rater",
+        limit: int | None = None,
+        token: str | None = None,
+    ):
         self.pairs = pair_outputs(a, b, limit)
         self.out = Path(out)
         self.seed = seed
@@ -48,8 +57,10 @@ class HumanSession:
             i = row.get("item")
             ours = isinstance(i, int) and 0 <= i < len(self.pairs)
             if not ours or row.get("instruction") != self.pairs[i].instruction:
-                raise UserError(f"{self.out}:{n}: this judgment is not about the pairs of --a/--b (item {i!r}); "
-                                "use another --out for another comparison")
+                raise UserError(
+                    f"{self.out}:{n}: this judgment is not about the pairs of --a/--b (item {i!r}); "
+                    "use another --out for another comparison"
+                )
             self.judged[i] = row
         self.journal = Journal(self.out, good)
         self._shown_at: dict[int, float] = {}
@@ -90,10 +101,17 @@ class HumanSession:
             picked_a = choice == "A"
             preference = shown_as_a if picked_a else 3 - shown_as_a
         started = self._shown_at.pop(i, None)
-        row = {**p.annotation(), "preference": preference, "annotator": f"human:{self.rater}", "item": i,
-               "shown_as_a": shown_as_a, "choice": choice, "rater": self.rater,
-               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "seconds": round(time.monotonic() - started, 1) if started is not None else None}
+        row = {
+            **p.annotation(),
+            "preference": preference,
+            "annotator": f"human:{self.rater}",
+            "item": i,
+            "shown_as_a": shown_as_a,
+            "choice": choice,
+            "rater": self.rater,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - started, 1) if started is not None else None,
+        }
         self.journal.append(row)  # on disk (fsync) before the page is told
         self.judged[i] = row
         return row
@@ -116,8 +134,9 @@ def make_app(session: HumanSession):
         return secrets.compare_digest(request.headers.get("X-Token", ""), session.token)
 
     async def index(request):
-        return web.Response(body=page_html(), content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
+        return web.Response(
+            body=page_html(), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"}
+        )
 
     async def state(request):
         if not authorised(request):
@@ -143,9 +162,13 @@ def make_app(session: HumanSession):
 
 def serve(session: HumanSession, host: str = "127.0.0.1", port: int = 8088, announce=print) -> None:
     """Serve the page until interrupted; announces 'human A/B page: http://HOST:PORT/?t=TOKEN'."""
+
     def ready(bound: int) -> None:
-        announce(f"human A/B page: http://{host}:{bound}/?t={session.token}  ({len(session.judged)}/"
-                 f"{len(session.pairs)} judged; writing {session.out}; Ctrl-C to stop)")
+        announce(
+            f"human A/B page: http://{host}:{bound}/?t={session.token}  ({len(session.judged)}/"
+            f"{len(session.pairs)} judged; writing {session.out}; Ctrl-C to stop)"
+        )
+
     try:
         serve_until_interrupted(make_app(session), host, port, ready)
     finally:
@@ -156,6 +179,7 @@ def summary(session: HumanSession) -> str:
     if not session.judged:
         return f"no judgments yet in {session.out}"
     o = session.report()["overall"]
-    return (f"{len(session.judged)}/{len(session.pairs)} judged in {session.out}; win rate of output_2 over output_1 "
-            f"so far: {o['win_rate']:.1f}% (alpaca-ds evaluate winrate {session.out} for the report)")
-
+    return (
+        f"{len(session.judged)}/{len(session.pairs)} judged in {session.out}; win rate of output_2 over output_1 "
+        f"so far: {o['win_rate']:.1f}% (alpaca-ds evaluate winrate {session.out} for the report)"
+    )

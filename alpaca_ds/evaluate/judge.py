@@ -35,6 +35,7 @@ dataset, annotator, preference, plus raw_completion), OUT/cost.json and the win-
 length-controlled, OUT/winrate.md + winrate.json. Exit status: 0 all pairs judged, 3 budget, 4 some calls failed
 all retries (their pairs are left out; a rerun asks again), 5 key/model refused, 130 interrupted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,7 +60,7 @@ from alpaca_ds.evaluate.eval_sets import Pair, pair_outputs
 
 PLACEHOLDERS = ("instruction", "output_a", "output_b")
 _VERDICT = re.compile(r"output\s*\(?\s*([ab])\s*\)?", re.IGNORECASE)
-FIRST, SECOND = "m", "M"            # AlpacaEval's weighted annotators' identifiers: shown first, shown second
+FIRST, SECOND = "m", "M"  # AlpacaEval's weighted annotators' identifiers: shown first, shown second
 TOP_LOGPROBS = 5
 PROMPTS = {"weighted": "judge_prompt_weighted.txt", "discrete": "judge_prompt.txt"}
 
@@ -112,6 +113,7 @@ def combine(shares: list[float | None]) -> float | int | None:
 def default_out_dir(pairs: list[Pair]) -> Path:
     def safe(s: str) -> str:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:60] or "model"
+
     return Path("eval") / "judge" / f"{safe(pairs[0].generator_2)}-vs-{safe(pairs[0].generator_1)}"
 
 
@@ -126,8 +128,7 @@ class Judge:
         self.orders = 2 if cfg.both_orders else 1
         self.weighted = cfg.mode == "weighted"
         # what is asked of the API: one token and its log-probabilities, in weighted mode
-        self.api = cfg.api.model_copy(update={"max_tokens": 1, "logprobs": TOP_LOGPROBS}) if self.weighted \
-            else cfg.api
+        self.api = cfg.api.model_copy(update={"max_tokens": 1, "logprobs": TOP_LOGPROBS}) if self.weighted else cfg.api
 
     def prompt(self, pair: Pair, order: int) -> str:
         a, b = (pair.output_1, pair.output_2) if order == 0 else (pair.output_2, pair.output_1)
@@ -161,8 +162,15 @@ class Judge:
     async def _main(self, runner: Runner, jobs: list, prompts_of, on_answer) -> None:
         if self.cfg.api.transport == "batch":
             from alpaca_ds.api.batch import run_keyed
-            await run_keyed(runner, jobs, prompts_of, on_answer, cancel=self.cancel_batches,
-                            metadata={"alpaca_ds": "evaluate judge", "out_dir": str(self.out)})
+
+            await run_keyed(
+                runner,
+                jobs,
+                prompts_of,
+                on_answer,
+                cancel=self.cancel_batches,
+                metadata={"alpaca_ds": "evaluate judge", "out_dir": str(self.out)},
+            )
             return
         async with runner:
             await runner.map(jobs, prompts_of, on_answer, self.cfg.concurrency, give_up=True)
@@ -183,12 +191,13 @@ class Judge:
 
     def _write(self, runner, replies: dict) -> dict:
         annotations = []
-        sources: Counter = Counter()   # calls by what their preference was read from
+        sources: Counter = Counter()  # calls by what their preference was read from
         no_verdict = 0
         for p in self.pairs:
             # what this run was told, else what the ledger holds (a run that stopped early did not ask for it)
-            choices = [replies.get((p.index, o)) or _first(runner.answered([self.prompt(p, o)]))
-                       for o in range(self.orders)]
+            choices = [
+                replies.get((p.index, o)) or _first(runner.answered([self.prompt(p, o)])) for o in range(self.orders)
+            ]
             if any(c is None for c in choices):
                 continue  # not (fully) judged yet: a rerun completes it
             shares, read_from = zip(*(self.read(c) for c in choices))
@@ -210,14 +219,26 @@ class Judge:
         if rep is not None:
             rep["judge"] = judged_by
             # which models (by weights hash) the two outputs came from, when `evaluate answer` wrote them
-            rep["provenance"] = {side: json.loads(p.read_text()) if (p := provenance_path(Path(f))).is_file() else None
-                                 for side, f in (("output_1", self.cfg.a), ("output_2", self.cfg.b))}
+            rep["provenance"] = {
+                side: json.loads(p.read_text()) if (p := provenance_path(Path(f))).is_file() else None
+                for side, f in (("output_1", self.cfg.a), ("output_2", self.cfg.b))
+            }
             winrate.write_report(rep, self.out)
-        return {"out_dir": str(self.out), "pairs": len(self.pairs), "judged": len(annotations),
-                "no_verdict_replies": no_verdict, "judge": judged_by, "calls": runner.calls,
-                "from_ledger": runner.cached, "interrupted_before": runner.ledger.interrupted, "cost": cost,
-                "report": rep, "stop_reason": runner.stop_reason, "message": runner.message,
-                "exit_code": runner.exit_code}
+        return {
+            "out_dir": str(self.out),
+            "pairs": len(self.pairs),
+            "judged": len(annotations),
+            "no_verdict_replies": no_verdict,
+            "judge": judged_by,
+            "calls": runner.calls,
+            "from_ledger": runner.cached,
+            "interrupted_before": runner.ledger.interrupted,
+            "cost": cost,
+            "report": rep,
+            "stop_reason": runner.stop_reason,
+            "message": runner.message,
+            "exit_code": runner.exit_code,
+        }
 
 
 def _first(choices: list[dict] | None) -> dict | None:

@@ -23,6 +23,7 @@ Optional inputs, AlpacaEval's own files fit both (its df_gamed.csv serves as eit
     (standardised Δlen), `instruction_difficulty` (when difficulty is used), `model` (optional). They enter with
     indicator 0 for ψ and total weight λ = gamed_weight (0.2) shared evenly among the gamed models.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,8 +49,8 @@ def as_number(x) -> float | None:
     return None if math.isnan(v) else v
 
 
-N_SPLITS = 5          # AlpacaEval: GLM_INFO[...]["kwargs"]["n_splits"]
-RANDOM_STATE = 123    # AlpacaEval's liblinear seed
+N_SPLITS = 5  # AlpacaEval: GLM_INFO[...]["kwargs"]["n_splits"]
+RANDOM_STATE = 123  # AlpacaEval's liblinear seed
 
 
 def _read_csv(path: str | Path, required: list[str], what: str) -> list[dict]:
@@ -65,8 +66,10 @@ def _read_csv(path: str | Path, required: list[str], what: str) -> list[dict]:
         raise UserError(f"{path}: cannot read the {what} CSV: {e}") from None
     missing = [c for c in required if c not in columns]
     if missing:
-        raise UserError(f"{path}: the {what} CSV has no column {', '.join(map(repr, missing))} "
-                        f"(columns: {', '.join(columns) or 'none'})")
+        raise UserError(
+            f"{path}: the {what} CSV has no column {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(columns) or 'none'})"
+        )
     return rows
 
 
@@ -85,8 +88,10 @@ def read_difficulty(path: str | Path, annotations: list[dict]) -> np.ndarray:
     rows = _read_csv(path, ["instruction_difficulty"], "difficulty")
     key = "index" if rows and "index" in rows[0] else "instruction"
     if rows and key not in rows[0]:
-        raise UserError(f"{path}: the difficulty CSV needs an 'index' (the annotation's row, from 0) or an "
-                        "'instruction' column to say which annotation each difficulty belongs to")
+        raise UserError(
+            f"{path}: the difficulty CSV needs an 'index' (the annotation's row, from 0) or an "
+            "'instruction' column to say which annotation each difficulty belongs to"
+        )
     found: dict[str, float] = {}
     for lineno, row in enumerate(rows, start=2):
         k = str(int(_float(path, lineno, "index", row["index"]))) if key == "index" else row["instruction"]
@@ -95,8 +100,9 @@ def read_difficulty(path: str | Path, annotations: list[dict]) -> np.ndarray:
     for i, a in enumerate(annotations):
         k = str(i) if key == "index" else str(a.get("instruction"))
         if k not in found:
-            raise UserError(f"{path}: no difficulty for annotation {i} ({key} {k[:80]!r}); the file must cover "
-                            "every annotation")
+            raise UserError(
+                f"{path}: no difficulty for annotation {i} ({key} {k[:80]!r}); the file must cover every annotation"
+            )
         out.append(found[k])
     return np.array(out)
 
@@ -111,8 +117,10 @@ def read_gamed(path: str | Path, with_difficulty: bool, weight: float) -> tuple[
         if math.isnan(p):  # AlpacaEval fits only rows with a preference
             continue
         if not 0 <= p <= 1:
-            raise UserError(f"{path}:{lineno}: preference {p} is outside 0..1 (AlpacaEval's df_gamed.csv scale: "
-                            "the probability that the gamed output wins)")
+            raise UserError(
+                f"{path}:{lineno}: preference {p} is outside 0..1 (AlpacaEval's df_gamed.csv scale: "
+                "the probability that the gamed output wins)"
+            )
         x = [math.tanh(_float(path, lineno, "std_delta_len", row["std_delta_len"]))]
         if with_difficulty:
             x.append(_float(path, lineno, "instruction_difficulty", row["instruction_difficulty"]))
@@ -161,6 +169,7 @@ def fit(features: np.ndarray, labels: np.ndarray, weights: np.ndarray):
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import make_scorer
     from sklearn.model_selection import GroupKFold
+
     n = len(labels)
     x = np.vstack([features, features])
     y = np.r_[np.ones(n), np.zeros(n)]
@@ -169,10 +178,16 @@ def fit(features: np.ndarray, labels: np.ndarray, weights: np.ndarray):
     groups = np.r_[np.arange(n), np.arange(n)]  # both rows of an annotation land in the same fold
     with sklearn.config_context(enable_metadata_routing=True):  # routes the soft labels to the scorer
         scorer = make_scorer(_soft_log_loss, response_method="predict_proba", greater_is_better=False)
-        model = LogisticRegressionCV(Cs=10, l1_ratios=(1,), solver="liblinear", fit_intercept=False,
-                                     cv=GroupKFold(n_splits=N_SPLITS), random_state=RANDOM_STATE,
-                                     scoring=scorer.set_score_request(true_prob=True, true_sample_weight=True),
-                                     use_legacy_attributes=False)
+        model = LogisticRegressionCV(
+            Cs=10,
+            l1_ratios=(1,),
+            solver="liblinear",
+            fit_intercept=False,
+            cv=GroupKFold(n_splits=N_SPLITS),
+            random_state=RANDOM_STATE,
+            scoring=scorer.set_score_request(true_prob=True, true_sample_weight=True),
+            use_legacy_attributes=False,
+        )
         model.set_fit_request(sample_weight=True)
         with _liblinear_quiet():
             model.fit(x, y, sample_weight=prob * w, groups=groups, true_prob=prob, true_sample_weight=w)
@@ -190,8 +205,12 @@ def _lengths(annotations: list[dict]) -> np.ndarray | str:
     return np.array(out, dtype=float)
 
 
-def length_controlled(annotations: list[dict], raw_win_rate: float | None, difficulty: np.ndarray | None = None,
-                      gamed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+def length_controlled(
+    annotations: list[dict],
+    raw_win_rate: float | None,
+    difficulty: np.ndarray | None = None,
+    gamed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> dict:
     """The LC win rate of output_2 over output_1 and what went into it; {"skipped": why} when it cannot be had."""
     terms = ["length", "ψ"] + (["difficulty"] if difficulty is not None else [])
     g1 = {a.get("generator_1") for a in annotations}
@@ -214,8 +233,10 @@ def length_controlled(annotations: list[dict], raw_win_rate: float | None, diffi
         prefs = np.array([_preference(a.get("preference")) for a in annotations])
         keep = ~np.isnan(prefs)
         if keep.sum() < N_SPLITS:
-            return {"skipped": f"{int(keep.sum())} annotations with a preference; the GLM's {N_SPLITS}-fold "
-                               f"cross-validation needs at least {N_SPLITS}"}
+            return {
+                "skipped": f"{int(keep.sum())} annotations with a preference; the GLM's {N_SPLITS}-fold "
+                f"cross-validation needs at least {N_SPLITS}"
+            }
         x, p, w = features[keep], prefs[keep], np.ones(int(keep.sum()))
         n_fit, n_gamed = len(p), 0
         if gamed is not None:  # AlpacaEval puts the gamed rows first (the folds depend on the order)
@@ -231,11 +252,21 @@ def length_controlled(annotations: list[dict], raw_win_rate: float | None, diffi
     se = float(predicted.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else None
     warning = None
     if raw_win_rate is not None and is_extreme_change(raw_win_rate, lc):
-        warning = (f"Length controlled win rate is very different from the raw one: {lc:.1f}% vs "
-                   f"{raw_win_rate:.1f}%. This might be a sign of failure of the GLM.")
-    return {"win_rate": lc, "standard_error": se, "n_total": n, "n_fit": n_fit, "n_gamed": n_gamed,
-            "terms": terms + (["gamed baselines"] if n_gamed else []), "coefficients": coefficients, "C": c,
-            "warning": warning}
+        warning = (
+            f"Length controlled win rate is very different from the raw one: {lc:.1f}% vs "
+            f"{raw_win_rate:.1f}%. This might be a sign of failure of the GLM."
+        )
+    return {
+        "win_rate": lc,
+        "standard_error": se,
+        "n_total": n,
+        "n_fit": n_fit,
+        "n_gamed": n_gamed,
+        "terms": terms + (["gamed baselines"] if n_gamed else []),
+        "coefficients": coefficients,
+        "C": c,
+        "warning": warning,
+    }
 
 
 def _preference(value) -> float:

@@ -5,6 +5,7 @@ generation_config.json); any causal-LM folder that transformers loads works too 
 token pads with its EOS). Prompts are tokenized as in training (the tokenizer's own BOS convention) and padded
 on the left so every answer starts right after its prompt.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 @dataclass
 class Answer:
     text: str
-    finish_reason: str        # "stop" (EOS or a stop string) | "length" (max_new_tokens)
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_new_tokens)
     prompt_tokens: int
     completion_tokens: int
     prompt_truncated: bool = False
@@ -37,11 +38,15 @@ def model_name(folder: str | Path) -> str:
 def check_folder(folder: str | Path) -> Path:
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise UserError(f"model {str(folder)!r}: no such folder (an exported model: RUN/final of alpaca-ds train, "
-                        "or `alpaca-ds export CKPT OUT`)")
+        raise UserError(
+            f"model {str(folder)!r}: no such folder (an exported model: RUN/final of alpaca-ds train, "
+            "or `alpaca-ds export CKPT OUT`)"
+        )
     if not (path / "config.json").is_file():
-        raise UserError(f"model {str(folder)!r}: no config.json; expected an exported HF folder (config.json, "
-                        "*.safetensors, tokenizer files), as alpaca-ds train writes to RUN/final")
+        raise UserError(
+            f"model {str(folder)!r}: no config.json; expected an exported HF folder (config.json, "
+            "*.safetensors, tokenizer files), as alpaca-ds train writes to RUN/final"
+        )
     return path
 
 
@@ -49,6 +54,7 @@ class LocalModel:
     def __init__(self, folder: str | Path, dtype: str = "auto", device: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
         path = check_folder(folder)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,8 +98,11 @@ class LocalModel:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _kwargs(self, d: DecodingConfig, max_new_tokens: int) -> dict:
-        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                  eos_token_id=sorted(self.eos_ids) or None)
+        kw = dict(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids) or None,
+        )
         if d.temperature > 0:
             kw.update(do_sample=True, temperature=d.temperature, top_p=d.top_p, top_k=0)
         else:
@@ -117,18 +126,25 @@ class LocalModel:
 
     # ---- generation -------------------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[str], decoding: DecodingConfig, max_new_tokens: int | None = None,
-                 stop: list[str] | None = None, seed: int | None = None, strip: bool = False) -> list[Answer]:
+    def generate(
+        self,
+        prompts: list[str],
+        decoding: DecodingConfig,
+        max_new_tokens: int | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        strip: bool = False,
+    ) -> list[Answer]:
         """Answers to `prompts`, generated together in one left-padded batch (`strip`: without surrounding
         whitespace, as answers are stored)."""
         import torch
+
         max_new = max_new_tokens or decoding.max_new_tokens
         encoded = [self.encode(p, max_new) for p in prompts]
         width = max(len(ids) for ids, _ in encoded)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in encoded], device=self.device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded],
-                                 device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in encoded], device=self.device)
         kwargs = self._kwargs(decoding, max_new)
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
@@ -142,11 +158,18 @@ class LocalModel:
             answers.append(Answer(text.strip() if strip else text, reason, len(ids), used, truncated))
         return answers
 
-    def stream(self, prompt: str, decoding: DecodingConfig, max_new_tokens: int | None = None,
-               stop: list[str] | None = None, seed: int | None = None) -> Iterator[str | Answer]:
+    def stream(
+        self,
+        prompt: str,
+        decoding: DecodingConfig,
+        max_new_tokens: int | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str | Answer]:
         """Yield pieces of text as they are generated, then the whole Answer."""
         import torch
         from transformers import TextIteratorStreamer
+
         max_new = max_new_tokens or decoding.max_new_tokens
         ids, truncated = self.encode(prompt, max_new)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -160,11 +183,13 @@ class LocalModel:
                 with self._lock, torch.no_grad():
                     if seed is not None:
                         torch.manual_seed(seed)
-                    out = self.model.generate(input_ids=torch.tensor([ids], device=self.device),
-                                              attention_mask=torch.ones(1, len(ids), dtype=torch.long,
-                                                                        device=self.device),
-                                              streamer=streamer, **kwargs)
-                result["ids"] = out[0].tolist()[len(ids):]
+                    out = self.model.generate(
+                        input_ids=torch.tensor([ids], device=self.device),
+                        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                        streamer=streamer,
+                        **kwargs,
+                    )
+                result["ids"] = out[0].tolist()[len(ids) :]
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
                 result["error"] = e
                 streamer.end()
@@ -181,9 +206,9 @@ class LocalModel:
             if hit is not None:
                 stopped = True
                 break
-            safe = text[:len(text) - holdback] if holdback else text
+            safe = text[: len(text) - holdback] if holdback else text
             if len(safe) > len(sent):
-                yield safe[len(sent):]
+                yield safe[len(sent) :]
                 sent = safe
         if stopped:
             for _ in streamer:  # drain until generation ends (at the stop string, by stop_strings)
@@ -193,12 +218,17 @@ class LocalModel:
             raise result["error"]
         final, reason, used = self._finish(result["ids"], stop or [])
         if len(final) > len(sent) and final.startswith(sent):
-            yield final[len(sent):]
+            yield final[len(sent) :]
         yield Answer(final, reason, len(ids), used, truncated)
 
-
-    async def astream(self, prompt: str, decoding: DecodingConfig, max_new_tokens: int | None = None,
-                      stop: list[str] | None = None, seed: int | None = None) -> AsyncIterator[str | Answer]:
+    async def astream(
+        self,
+        prompt: str,
+        decoding: DecodingConfig,
+        max_new_tokens: int | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[str | Answer]:
         """stream() on a worker thread, for an event loop that keeps serving other requests meanwhile."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

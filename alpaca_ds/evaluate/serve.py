@@ -13,6 +13,7 @@ max_tokens get the config's `decoding` values; `stop`, `n`, `seed` and `stream` 
 batch); the others wait their turn. Bind to 127.0.0.1 (the default) unless you mean to share the model: the
 server has no authentication.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,14 +73,19 @@ class Server:
 
     def _params(self, body: dict) -> tuple[DecodingConfig, int, list[str], int, int | None]:
         if body.get("model") not in (None, self.name):
-            raise BadRequest(f"The model `{body.get('model')}` does not exist; this server serves `{self.name}`.",
-                             status=404, code="model_not_found", param="model")
+            raise BadRequest(
+                f"The model `{body.get('model')}` does not exist; this server serves `{self.name}`.",
+                status=404,
+                code="model_not_found",
+                param="model",
+            )
         for key in ("echo", "best_of", "logprobs", "suffix", "tools", "functions"):
             if body.get(key) not in (None, False, 1 if key == "best_of" else None):
                 raise BadRequest(f"{key} is not supported by alpaca-ds serve", param=key)
         try:
-            temperature = (float(body["temperature"]) if body.get("temperature") is not None
-                           else self.decoding.temperature)
+            temperature = (
+                float(body["temperature"]) if body.get("temperature") is not None else self.decoding.temperature
+            )
             top_p = float(body["top_p"]) if body.get("top_p") is not None else self.decoding.top_p
             max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             max_tokens = int(max_tokens) if max_tokens is not None else self.decoding.max_new_tokens
@@ -92,22 +98,25 @@ class Server:
         if not 0 < top_p <= 1:
             raise BadRequest("top_p must be in (0, 1]", param="top_p")
         if not 1 <= max_tokens <= self.cap:
-            raise BadRequest(f"max_tokens must be in [1, {self.cap}] (the server's max_new_tokens_cap)",
-                             param="max_tokens")
+            raise BadRequest(
+                f"max_tokens must be in [1, {self.cap}] (the server's max_new_tokens_cap)", param="max_tokens"
+            )
         if not 1 <= n <= 16:
             raise BadRequest("n must be in [1, 16]", param="n")
         stop = body.get("stop")
         stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
             raise BadRequest("stop must be a string or a list of up to 4 non-empty strings", param="stop")
-        decoding = DecodingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens,
-                                  seed=self.decoding.seed)
+        decoding = DecodingConfig(
+            temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, seed=self.decoding.seed
+        )
         return decoding, max_tokens, stop, n, seed
 
     # ---- HTTP -----------------------------------------------------------------------------------------------------
 
     def app(self):
         from aiohttp import web
+
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", lambda r: web.json_response({"status": "ok"}))
@@ -117,8 +126,13 @@ class Server:
 
     async def _models(self, request):
         from aiohttp import web
-        return web.json_response({"object": "list", "data": [
-            {"id": self.name, "object": "model", "created": self.created, "owned_by": "alpaca-ds"}]})
+
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": self.name, "object": "model", "created": self.created, "owned_by": "alpaca-ds"}],
+            }
+        )
 
     async def _completions(self, request):
         return await self._handle(request, chat=False)
@@ -128,9 +142,11 @@ class Server:
 
     def _error(self, e: BadRequest):
         from aiohttp import web
+
         kind = "invalid_request_error" if e.status < 500 else "server_error"
-        return web.json_response({"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}},
-                                 status=e.status)
+        return web.json_response(
+            {"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}, status=e.status
+        )
 
     async def _handle(self, request, chat: bool):
         try:
@@ -149,30 +165,47 @@ class Server:
             return self._error(e)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if stream:
-            return await self._stream(request, rid, chat, prompts, decoding, max_tokens, stop, n, seed,
-                                      usage_in_stream)
+            return await self._stream(request, rid, chat, prompts, decoding, max_tokens, stop, n, seed, usage_in_stream)
         expanded = [p for p in prompts for _ in range(n)]  # choice index = prompt index x n + j, as OpenAI
         loop = asyncio.get_running_loop()
         answers: list[Answer] = await loop.run_in_executor(
-            None, lambda: self.model.generate(expanded, decoding, max_tokens, stop, seed))
+            None, lambda: self.model.generate(expanded, decoding, max_tokens, stop, seed)
+        )
         choices = []
         for index, a in enumerate(answers):
             if chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": a.text},
-                                "finish_reason": a.finish_reason, "logprobs": None})
+                choices.append(
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": a.text},
+                        "finish_reason": a.finish_reason,
+                        "logprobs": None,
+                    }
+                )
             else:
                 choices.append({"index": index, "text": a.text, "finish_reason": a.finish_reason, "logprobs": None})
         prompt_tokens = sum(a.prompt_tokens for a in answers[::n])
         completion_tokens = sum(a.completion_tokens for a in answers)
         from aiohttp import web
-        return web.json_response({
-            "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": self.name, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}})
+
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": self.name,
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
 
     async def _stream(self, request, rid, chat, prompts, decoding, max_tokens, stop, n, seed, usage_in_stream):
         from aiohttp import web
+
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         created = int(time.time())
@@ -189,27 +222,50 @@ class Server:
             for j in range(n):
                 index = p_index * n + j
                 if chat:
-                    await send([{"index": index, "delta": {"role": "assistant", "content": ""},
-                                 "finish_reason": None, "logprobs": None}])
+                    await send(
+                        [
+                            {
+                                "index": index,
+                                "delta": {"role": "assistant", "content": ""},
+                                "finish_reason": None,
+                                "logprobs": None,
+                            }
+                        ]
+                    )
                 final: Answer | None = None
                 async for piece in self.model.astream(prompt, decoding, max_tokens, stop, seed):
                     if isinstance(piece, Answer):
                         final = piece
                         continue
                     delta = {"content": piece} if chat else None
-                    await send([{"index": index, "delta": delta, "finish_reason": None, "logprobs": None} if chat
-                                else {"index": index, "text": piece, "finish_reason": None, "logprobs": None}])
+                    await send(
+                        [
+                            {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
+                            if chat
+                            else {"index": index, "text": piece, "finish_reason": None, "logprobs": None}
+                        ]
+                    )
                 if final is None:
                     raise RuntimeError("generation ended without a result")
                 if j == 0:
                     prompt_tokens += final.prompt_tokens
                 completion_tokens += final.completion_tokens
-                await send([{"index": index, "delta": {}, "finish_reason": final.finish_reason, "logprobs": None}
-                            if chat else {"index": index, "text": "", "finish_reason": final.finish_reason,
-                                          "logprobs": None}])
+                await send(
+                    [
+                        {"index": index, "delta": {}, "finish_reason": final.finish_reason, "logprobs": None}
+                        if chat
+                        else {"index": index, "text": "", "finish_reason": final.finish_reason, "logprobs": None}
+                    ]
+                )
         if usage_in_stream:
-            await send([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                            "total_tokens": prompt_tokens + completion_tokens})
+            await send(
+                [],
+                {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -220,5 +276,9 @@ def serve(cfg: ServeConfig, announce=print) -> None:
     model = LocalModel(cfg.model, cfg.dtype, cfg.device)
     name = cfg.name or model_name(cfg.model)
     server = Server(model, name, cfg.decoding, cfg.max_new_tokens_cap)
-    serve_until_interrupted(server.app(), cfg.host, cfg.port,
-                            lambda port: announce(f"serving {name} on http://{cfg.host}:{port}/v1 (Ctrl-C to stop)"))
+    serve_until_interrupted(
+        server.app(),
+        cfg.host,
+        cfg.port,
+        lambda port: announce(f"serving {name} on http://{cfg.host}:{port}/v1 (Ctrl-C to stop)"),
+    )

@@ -18,6 +18,7 @@ Reported overall and per `dataset` (AlpacaEval's subsets: helpful_base, koala, o
 with AlpacaEval 2.0's length-controlled win rate beside the raw one (lc_winrate.py; `--difficulty CSV` and
 `--gamed CSV` are its optional inputs).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,10 @@ def read_annotations(path: str | Path) -> list[dict]:
         if not isinstance(row, dict):
             raise UserError(f"{w}: expected an annotation object, got {type(row).__name__}")
         if "preference" not in row:
-            raise UserError(f"{w}: no 'preference' key (expected AlpacaEval's annotation shape: instruction, "
-                            "output_1, output_2, preference)")
+            raise UserError(
+                f"{w}: no 'preference' key (expected AlpacaEval's annotation shape: instruction, "
+                "output_1, output_2, preference)"
+            )
     if not rows:
         raise UserError(f"{path}: no annotations")
     return rows
@@ -63,8 +66,14 @@ def _describe(values: list[float | None]) -> dict:
         sem = math.sqrt(var / n)
     else:
         sem = float("nan")
-    return {"win_rate": mean * 100, "standard_error": sem * 100, "n_wins": sum(1 for x in kept if x > 0.5),
-            "n_wins_base": sum(1 for x in kept if x < 0.5), "n_draws": n_draws, "n_total": n}
+    return {
+        "win_rate": mean * 100,
+        "standard_error": sem * 100,
+        "n_wins": sum(1 for x in kept if x > 0.5),
+        "n_wins_base": sum(1 for x in kept if x < 0.5),
+        "n_draws": n_draws,
+        "n_total": n,
+    }
 
 
 def head2head(preferences: list) -> dict:
@@ -86,9 +95,13 @@ def report(annotations: list[dict], source: str = "", length_controlled: dict | 
         by.setdefault(str(a.get("dataset") or "(none)"), []).append(a.get("preference"))
     g1 = sorted({str(a["generator_1"]) for a in annotations if a.get("generator_1") is not None})
     g2 = sorted({str(a["generator_2"]) for a in annotations if a.get("generator_2") is not None})
-    rep = {"source": source, "generator_1": ", ".join(g1) or "output_1", "generator_2": ", ".join(g2) or "output_2",
-           "overall": head2head([a.get("preference") for a in annotations]),
-           "by_dataset": {name: head2head(prefs) for name, prefs in sorted(by.items())}}
+    rep = {
+        "source": source,
+        "generator_1": ", ".join(g1) or "output_1",
+        "generator_2": ", ".join(g2) or "output_2",
+        "overall": head2head([a.get("preference") for a in annotations]),
+        "by_dataset": {name: head2head(prefs) for name, prefs in sorted(by.items())},
+    }
     if length_controlled is not None:
         rep["length_controlled"] = length_controlled
     return rep
@@ -103,18 +116,27 @@ def markdown(rep: dict) -> str:
     if rep["source"]:
         lines += [f"Annotations: `{rep['source']}`", ""]
     o = rep["overall"]
-    lines += [f"**{_fmt(o['win_rate'])}% ± {_fmt(o['standard_error'])}** (standard error) over {o['n_total']} "
-              f"pairs: {o['n_wins']} wins, {o['n_wins_base']} losses, {o['n_draws']} ties"
-              + (f"; {o['n_dropped']} without a preference dropped" if o["n_dropped"] else "") + ".", "",
-              "| dataset | n | win rate % | ± s.e. | discrete win rate % | wins | losses | ties |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"**{_fmt(o['win_rate'])}% ± {_fmt(o['standard_error'])}** (standard error) over {o['n_total']} "
+        f"pairs: {o['n_wins']} wins, {o['n_wins_base']} losses, {o['n_draws']} ties"
+        + (f"; {o['n_dropped']} without a preference dropped" if o["n_dropped"] else "")
+        + ".",
+        "",
+        "| dataset | n | win rate % | ± s.e. | discrete win rate % | wins | losses | ties |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     rows = [("**all**", o)] + list(rep["by_dataset"].items())
     for name, r in rows:
-        lines.append(f"| {name} | {r['n_total']} | {_fmt(r['win_rate'])} | {_fmt(r['standard_error'])} | "
-                     f"{_fmt(r['discrete_win_rate'])} | {r['n_wins']} | {r['n_wins_base']} | {r['n_draws']} |")
-    lines += ["", "Win rate = 100 × mean(preference − 1) as in AlpacaEval (discrete preferences: "
-              "(wins + ½ ties) / n); "
-              "discrete win rate rounds each preference to a win, loss or tie first."]
+        lines.append(
+            f"| {name} | {r['n_total']} | {_fmt(r['win_rate'])} | {_fmt(r['standard_error'])} | "
+            f"{_fmt(r['discrete_win_rate'])} | {r['n_wins']} | {r['n_wins_base']} | {r['n_draws']} |"
+        )
+    lines += [
+        "",
+        "Win rate = 100 × mean(preference − 1) as in AlpacaEval (discrete preferences: "
+        "(wins + ½ ties) / n); "
+        "discrete win rate rounds each preference to a win, loss or tie first.",
+    ]
     if "judge" in rep:
         lines += _judge_markdown(rep["judge"])
     if "length_controlled" in rep:
@@ -128,11 +150,15 @@ def _judge_markdown(judge: dict) -> list[str]:
     if judge["mode"] != "weighted":
         return ["", f"Judge: discrete verdicts ({judge['no_verdict']} replies named neither output)."]
     fell_back = calls.get("verdict", 0)
-    line = (f"Judge: weighted, preferences from log-probabilities for {calls.get('logprobs', 0)} of "
-            f"{sum(calls.values())} calls")
+    line = (
+        f"Judge: weighted, preferences from log-probabilities for {calls.get('logprobs', 0)} of "
+        f"{sum(calls.values())} calls"
+    )
     if fell_back:
-        line += (f"; **{fell_back} fell back to the discrete verdict** (the API returned no log-probabilities, or "
-                 f"neither m nor M was among the top 5), {judge['no_verdict']} of them without one")
+        line += (
+            f"; **{fell_back} fell back to the discrete verdict** (the API returned no log-probabilities, or "
+            f"neither m nor M was among the top 5), {judge['no_verdict']} of them without one"
+        )
     return ["", line + "."]
 
 
@@ -140,20 +166,28 @@ def _lc_markdown(raw: dict, lc: dict) -> list[str]:
     lines = ["", "## Length-controlled win rate (AlpacaEval 2.0)", ""]
     if "skipped" in lc:
         return lines + [f"Not computed: {lc['skipped']}."]
-    lines += ["| | win rate % | ± s.e. | n |", "|---|---:|---:|---:|",
-              f"| raw | {_fmt(raw['win_rate'])} | {_fmt(raw['standard_error'])} | {raw['n_total']} |",
-              f"| length-controlled | {_fmt(lc['win_rate'])} | {_fmt(lc['standard_error'])} | {lc['n_total']} |", ""]
+    lines += [
+        "| | win rate % | ± s.e. | n |",
+        "|---|---:|---:|---:|",
+        f"| raw | {_fmt(raw['win_rate'])} | {_fmt(raw['standard_error'])} | {raw['n_total']} |",
+        f"| length-controlled | {_fmt(lc['win_rate'])} | {_fmt(lc['standard_error'])} | {lc['n_total']} |",
+        "",
+    ]
     if lc["C"] is None:
         lines.append("output_1 and output_2 come from the same generator: 50 by construction.")
     else:
         weights = ", ".join(f"{k} {v:+.3f}" for k, v in lc["coefficients"].items())
-        lines.append(f"GLM fitted on {lc['n_fit']} annotations" + (f" and {lc['n_gamed']} gamed-baseline rows"
-                                                                    if lc["n_gamed"] else "")
-                     + f" (C = {lc['C']:.4g}): {weights}.")
+        lines.append(
+            f"GLM fitted on {lc['n_fit']} annotations"
+            + (f" and {lc['n_gamed']} gamed-baseline rows" if lc["n_gamed"] else "")
+            + f" (C = {lc['C']:.4g}): {weights}."
+        )
     if "difficulty" not in lc["terms"]:
-        lines.append("Without an instruction-difficulty file the model has only the length term and ψ, so every "
-                     "prediction is σ(ψ) and the standard error (AlpacaEval's: of the mean of the per-instruction "
-                     "predictions) is 0.")
+        lines.append(
+            "Without an instruction-difficulty file the model has only the length term and ψ, so every "
+            "prediction is σ(ψ) and the standard error (AlpacaEval's: of the mean of the per-instruction "
+            "predictions) is 0."
+        )
     if lc["warning"]:
         lines += ["", f"**Warning**: {lc['warning']}"]
     return lines

@@ -1,14 +1,14 @@
 """Self-instruct generation on top of the API layer (alpaca_ds.api); never evaluate, no torch.
 
-  config.py           GenerateConfig, FilterConfig
-  run.py              `alpaca-ds generate`: the entry point
-  setup.py            checks and the pieces a run needs
-  seeds.py            seed tasks (self-instruct format)
-  prompts.py          prompts from seeds (prompt.txt), parsing the teacher's answers
-  filters.py          Alpaca's filters
-  rouge.py            exact ROUGE-L de-duplication (rouge_kernels.py: its compiled loops)
-  processor.py        answers -> accepted records, strictly in request order
-  rundir.py           the run directory: ledger, accepted.jsonl, regen.json, stats, cost
-  online.py, batch.py the two transports
-  dryrun.py           the dry run: requests, tokens, dollars
+config.py           GenerateConfig, FilterConfig
+run.py              `alpaca-ds generate`: the entry point
+setup.py            checks and the pieces a run needs
+seeds.py            seed tasks (self-instruct format)
+prompts.py          prompts from seeds (prompt.txt), parsing the teacher's answers
+filters.py          Alpaca's filters
+rouge.py            exact ROUGE-L de-duplication (rouge_kernels.py: its compiled loops)
+processor.py        answers -> accepted records, strictly in request order
+rundir.py           the run directory: ledger, accepted.jsonl, regen.json, stats, cost
+online.py, batch.py the two transports
+dryrun.py           the dry run: requests, tokens, dollars
 """

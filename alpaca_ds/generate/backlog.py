@@ -10,6 +10,7 @@ processing reaches it. `lag` (answers received, not yet processed) is what the p
 The thread writes the records it accepts to accepted.jsonl itself (one fsync per run of requests it processed
 in a row), so neither the JSON encoding nor the fsync of accepted records runs on the event loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from collections.abc import Callable
 
 from alpaca_ds.generate.rundir import RunDir
 
-SPILLED = object()        # an answer whose choices are left in the ledger
-MAX_RUN = 32              # requests processed before their records are written (and the loop is told)
+SPILLED = object()  # an answer whose choices are left in the ledger
+MAX_RUN = 32  # requests processed before their records are written (and the loop is told)
 
 
 class LedgerAnswers:
@@ -27,7 +28,7 @@ class LedgerAnswers:
 
     def __init__(self, path, field: str):
         self.path, self.field = path, field
-        self.pos = 0                       # the ledger is scanned once, front to back, as far as needed
+        self.pos = 0  # the ledger is scanned once, front to back, as far as needed
         self.offsets: dict[int, int] = {}  # request -> offset of its first ok result line, found by the scan
 
     def choices(self, i: int) -> list[dict]:
@@ -60,8 +61,8 @@ class Backlog:
         self.window = window
         self.on_processed, self.on_done = on_processed, on_done
         self.ledger = LedgerAnswers(rd.ledger.path, rd.ledger.field)
-        self.answers: dict[int, object] = {}   # request -> choices, None (it failed all retries) or SPILLED
-        self.busy = False                      # the thread is processing (answers it took are not in `answers`)
+        self.answers: dict[int, object] = {}  # request -> choices, None (it failed all retries) or SPILLED
+        self.busy = False  # the thread is processing (answers it took are not in `answers`)
         self.max_lag = 0
         self._cond = threading.Condition()
         self._final = self._abandon = False

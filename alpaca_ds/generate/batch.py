@@ -15,6 +15,7 @@ settled by the usage in the output files. Every step is in the ledger before the
 after a kill collects the batches it already has instead of submitting their requests again; Ctrl-C leaves the
 batches running and says how to collect or cancel them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,10 +33,22 @@ class BatchGenerator:
     def __init__(self, rd: RunDir, cancel: bool = False):
         self.rd, self.s, self.cfg = rd, rd.s, rd.cfg
         self.cancel = cancel
-        self.progress = Progress(self.cfg.num_instructions, "generate (batch)", "instr",
-                                 initial=len(rd.proc.accepted), enabled=self.cfg.progress)
-        self.runner = Runner(self.cfg.api, self.s.key, rd.ledger, self.cfg.budget, price=self.s.price,
-                             enc=self.s.enc, progress=self.progress)
+        self.progress = Progress(
+            self.cfg.num_instructions,
+            "generate (batch)",
+            "instr",
+            initial=len(rd.proc.accepted),
+            enabled=self.cfg.progress,
+        )
+        self.runner = Runner(
+            self.cfg.api,
+            self.s.key,
+            rd.ledger,
+            self.cfg.budget,
+            price=self.s.price,
+            enc=self.s.enc,
+            progress=self.progress,
+        )
         self.submitted = 0
         self.running = 0
 
@@ -53,8 +66,11 @@ class BatchGenerator:
         rd, led, cfg = self.rd, self.rd.ledger, self.cfg
         pending = t.pending
         top = max(led.keys, default=-1)
-        gaps = [i for i in range(rd.next_to_process, top + 1)
-                if not led.complete(i) and i not in pending and i not in t.given_up]
+        gaps = [
+            i
+            for i in range(rd.next_to_process, top + 1)
+            if not led.complete(i) and i not in pending and i not in t.given_up
+        ]
         proc = rd.proc
         if proc.processed_requests:
             per_request = len(proc.accepted) / proc.processed_requests
@@ -68,14 +84,19 @@ class BatchGenerator:
             last = min(last, cfg.max_requests)
         wave = gaps + list(range(top + 1, last))
         if cfg.api.batch.max_wave_requests is not None:
-            wave = wave[:cfg.api.batch.max_wave_requests]
+            wave = wave[: cfg.api.batch.max_wave_requests]
         return wave
 
     async def _main(self) -> None:
         rd, runner = self.rd, self.runner
         async with runner:
-            t = BatchTransport(runner, self.s.prompts, stop=self.s.stop, logit_bias=self.s.logit_bias,
-                               metadata={"alpaca_ds": "generate", "out_dir": str(rd.out)})
+            t = BatchTransport(
+                runner,
+                self.s.prompts,
+                stop=self.s.stop,
+                logit_bias=self.s.logit_bias,
+                metadata={"alpaca_ds": "generate", "out_dir": str(rd.out)},
+            )
             try:
                 await t.check_endpoints()
                 await t.resume(create=not self.cancel)
@@ -113,5 +134,6 @@ class BatchGenerator:
             self.progress.close()
         led = self.rd.ledger
         answered = {i: led.ok.get(i) for i in led.keys if led.complete(i)}
-        return self.rd.conclude(self.runner, answered, {"requests_submitted": self.submitted,
-                                                         "batches_running": self.running})
+        return self.rd.conclude(
+            self.runner, answered, {"requests_submitted": self.submitted, "batches_running": self.running}
+        )

@@ -3,6 +3,7 @@ real prompts; no request is sent.
 
     alpaca-ds generate --config launch/recipes/self_instruct_openai.yaml --dry-run
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,15 @@ def dry_run(cfg: GenerateConfig) -> dict:
         prompt_tokens += setup.prompt_tokens(setup.prompts(i))
     # completion length: what the seed tasks look like when written in the response format
     enc = setup.enc
-    block_tokens = [len(enc.encode(f"###\n4. Instruction: {e.instruction}\n4. Input:\n{e.input or '<noinput>'}\n"
-                                   f"4. Output:\n{e.output}\n", disallowed_special=())) for e in setup.seeds]
+    block_tokens = [
+        len(
+            enc.encode(
+                f"###\n4. Instruction: {e.instruction}\n4. Input:\n{e.input or '<noinput>'}\n4. Output:\n{e.output}\n",
+                disallowed_special=(),
+            )
+        )
+        for e in setup.seeds
+    ]
     per_task = sum(block_tokens) / len(block_tokens)
     completions = requests * per_req * cfg.api.n
     completion_expected = int(completions * min(cfg.api.max_tokens, per_task * tasks_per_prompt))
@@ -55,23 +63,42 @@ def dry_run(cfg: GenerateConfig) -> dict:
     worst_usd = price.cost(prompt_tokens, completion_worst)
     batch = price.batch()
     return {
-        "model": cfg.api.model, "mode": cfg.api.mode, "encoding": setup.encoding_name, "base_url": cfg.api.base_url,
-        "target": cfg.num_instructions, "accept_rate": accept_rate, "accept_rate_source": source,
-        "tasks_per_prompt": tasks_per_prompt, "requests": requests, "prompts": requests * per_req,
-        "prompt_tokens": prompt_tokens, "completion_tokens_expected": completion_expected,
-        "completion_tokens_worst": completion_worst, "tokens_per_task": per_task,
-        "expected_usd": expected_usd, "worst_usd": worst_usd,
+        "model": cfg.api.model,
+        "mode": cfg.api.mode,
+        "encoding": setup.encoding_name,
+        "base_url": cfg.api.base_url,
+        "target": cfg.num_instructions,
+        "accept_rate": accept_rate,
+        "accept_rate_source": source,
+        "tasks_per_prompt": tasks_per_prompt,
+        "requests": requests,
+        "prompts": requests * per_req,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens_expected": completion_expected,
+        "completion_tokens_worst": completion_worst,
+        "tokens_per_task": per_task,
+        "expected_usd": expected_usd,
+        "worst_usd": worst_usd,
         "batch_expected_usd": batch.cost(prompt_tokens, completion_expected),
-        "batch_worst_usd": batch.cost(prompt_tokens, completion_worst), "transport": cfg.api.transport,
+        "batch_worst_usd": batch.cost(prompt_tokens, completion_worst),
+        "transport": cfg.api.transport,
         "accepted_per_request": per_request,
-        "price": {"prompt_usd_per_1m": price.prompt_usd_per_1m, "completion_usd_per_1m": price.completion_usd_per_1m,
-                  "source": price.source},
-        "batch_price": {"prompt_usd_per_1m": batch.prompt_usd_per_1m,
-                        "completion_usd_per_1m": batch.completion_usd_per_1m, "source": batch.source},
-        "budget_usd": cfg.budget.max_usd, "budget_tokens": cfg.budget.max_tokens,
+        "price": {
+            "prompt_usd_per_1m": price.prompt_usd_per_1m,
+            "completion_usd_per_1m": price.completion_usd_per_1m,
+            "source": price.source,
+        },
+        "batch_price": {
+            "prompt_usd_per_1m": batch.prompt_usd_per_1m,
+            "completion_usd_per_1m": batch.completion_usd_per_1m,
+            "source": batch.source,
+        },
+        "budget_usd": cfg.budget.max_usd,
+        "budget_tokens": cfg.budget.max_tokens,
         # at the transport's price: what the budget holds per request until it is answered
-        "worst_request_usd": setup.worst_case(setup.prompt_tokens(setup.prompts(0)), per_req,
-                                              price.for_transport(cfg.api.transport)).usd,
+        "worst_request_usd": setup.worst_case(
+            setup.prompt_tokens(setup.prompts(0)), per_req, price.for_transport(cfg.api.transport)
+        ).usd,
     }
 
 
@@ -91,11 +118,14 @@ def format_dry_run(d: dict) -> str:
         f"(${d['batch_price']['prompt_usd_per_1m']:g} / ${d['batch_price']['completion_usd_per_1m']:g}, "
         f"{d['batch_price']['source']}; answered within 24 h)",
         f"transport: {d['transport']} (api.transport: online | batch)",
-        f"budget: ${d['budget_usd']:,.2f}" + (f", {d['budget_tokens']:,} tokens" if d['budget_tokens'] else "")
+        f"budget: ${d['budget_usd']:,.2f}"
+        + (f", {d['budget_tokens']:,} tokens" if d["budget_tokens"] else "")
         + f"; each request reserves up to ${d['worst_request_usd']:.4f} while in flight",
     ]
     expected = d["batch_expected_usd"] if d["transport"] == "batch" else d["expected_usd"]
     if expected > d["budget_usd"]:
-        lines.append(f"warning: the expected cost exceeds budget.max_usd; the run would stop at about "
-                     f"{d['budget_usd'] / expected:.0%} of the target")
+        lines.append(
+            f"warning: the expected cost exceeds budget.max_usd; the run would stop at about "
+            f"{d['budget_usd'] / expected:.0%} of the target"
+        )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 In Alpaca's order: word count (3 < words <= 150), blacklisted whole words, the "Write a program" prefix, a first
 character that is punctuation or not ASCII. ROUGE-L de-duplication comes after these (see run.py / rouge.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,9 @@ class Filters:
         self.cfg = cfg
         words = sorted(cfg.blacklist, key=len, reverse=True)
         # one alternation is the same test as Alpaca's per-word re.search(r"\b(word)\b", s, re.IGNORECASE)
-        self._blacklist = (re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
-                           if words else None)
+        self._blacklist = (
+            re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE) if words else None
+        )
 
     def reject_reason(self, instruction: str) -> str | None:
         cfg = self.cfg

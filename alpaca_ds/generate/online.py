@@ -9,6 +9,7 @@ request order as they arrive, by a thread of their own (backlog.py) that the req
   * Gaps first: a request below the highest one sent that has no answer yet (a retry, or one a stop left
     unanswered) is sent before any new one, and retries get the budget before new requests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +42,7 @@ class OnlineGenerator:
         # answered requests not processed yet (the replay stopped at a gap before them), and what is left to send
         led, start = self.ledger, rd.next_to_process
         # answers more than two rounds of requests ahead of processing are read back from the ledger when needed
-        self.backlog = Backlog(rd, 2 * self.cfg.concurrency, on_processed=self._processed,
-                               on_done=self._stop_at_target)
+        self.backlog = Backlog(rd, 2 * self.cfg.concurrency, on_processed=self._processed, on_done=self._stop_at_target)
         for i in range(start, rd.max_index + 1):
             if led.complete(i):
                 self.backlog.put(i, led.ok.get(i))
@@ -53,11 +53,22 @@ class OnlineGenerator:
         led.keep_choices = False
         self.tasks: dict[int, asyncio.Task] = {}
         self.specs: dict[int, tuple[list[str], Cost]] = {}
-        self.progress = Progress(self.cfg.num_instructions, "generate", "instr", initial=len(self.proc.accepted),
-                                 enabled=self.cfg.progress)
-        self.runner = Runner(self.cfg.api, self.s.key, self.ledger, self.cfg.budget, price=self.s.price,
-                             enc=self.s.enc, progress=self.progress, on_stop=self._wake_up,
-                             on_abandon=self._abandon_all, on_send=self._sent, on_answer=self._answered)
+        self.progress = Progress(
+            self.cfg.num_instructions, "generate", "instr", initial=len(self.proc.accepted), enabled=self.cfg.progress
+        )
+        self.runner = Runner(
+            self.cfg.api,
+            self.s.key,
+            self.ledger,
+            self.cfg.budget,
+            price=self.s.price,
+            enc=self.s.enc,
+            progress=self.progress,
+            on_stop=self._wake_up,
+            on_abandon=self._abandon_all,
+            on_send=self._sent,
+            on_answer=self._answered,
+        )
 
     # ---- scheduling -------------------------------------------------------------------------------------------
 
@@ -95,8 +106,11 @@ class OnlineGenerator:
 
     def _launch(self) -> None:
         runner = self.runner
-        while (not runner.stopping and len(self.tasks) - runner.caller.settling < self.cfg.concurrency
-               and self._need_more()):
+        while (
+            not runner.stopping
+            and len(self.tasks) - runner.caller.settling < self.cfg.concurrency
+            and self._need_more()
+        ):
             i = self._peek_index()
             if i is None:
                 break
@@ -116,19 +130,30 @@ class OnlineGenerator:
         """('ok', choices) | ('failed', None) when it gave up | ('incomplete', None) when stopped before an answer."""
         prompts, worst = self._spec(i)
         api = self.cfg.api
-        how, outcome = await self.runner.call(i, prompts, worst, stop=self.s.stop, logit_bias=self.s.logit_bias,
-                                              reservation=reservation, label=f"request {i}")
+        how, outcome = await self.runner.call(
+            i,
+            prompts,
+            worst,
+            stop=self.s.stop,
+            logit_bias=self.s.logit_bias,
+            reservation=reservation,
+            label=f"request {i}",
+        )
         if how == "ok":
             self.consecutive_failures = 0
             return "ok", outcome.choices
         if how == "failed":
-            await self.ledger.journal.commit({"t": "gave_up", "i": i, "a": self.ledger.attempts[i],
-                                              "kind": outcome.kind, "error": outcome.error})
+            await self.ledger.journal.commit(
+                {"t": "gave_up", "i": i, "a": self.ledger.attempts[i], "kind": outcome.kind, "error": outcome.error}
+            )
             self.ledger.gave_up.add(i)
             self.consecutive_failures += 1
             if self.consecutive_failures >= api.max_consecutive_failures:
-                self.runner.stop("failures", f"{self.consecutive_failures} requests in a row failed all retries "
-                                 f"(last: {outcome.kind}: {outcome.error}); is the API healthy?")
+                self.runner.stop(
+                    "failures",
+                    f"{self.consecutive_failures} requests in a row failed all retries "
+                    f"(last: {outcome.kind}: {outcome.error}); is the API healthy?",
+                )
             return "failed", None
         return "incomplete", None
 
@@ -217,11 +242,15 @@ class OnlineGenerator:
 
     def _this_run(self) -> dict:
         window = (self._last_answer - self._first_send) if self._first_send and self._last_answer else 0.0
-        return {"requests_completed": self.completed_this_run, "attempts": self.attempts_this_run,
-                # from the first request sent to the last answer received (startup excluded)
-                "request_seconds": round(window, 3),
-                "requests_per_s": round(self.completed_this_run / window, 3) if window > 0 else None,
-                "concurrency": self.cfg.concurrency, "max_processing_lag": self.backlog.max_lag}
+        return {
+            "requests_completed": self.completed_this_run,
+            "attempts": self.attempts_this_run,
+            # from the first request sent to the last answer received (startup excluded)
+            "request_seconds": round(window, 3),
+            "requests_per_s": round(self.completed_this_run / window, 3) if window > 0 else None,
+            "concurrency": self.cfg.concurrency,
+            "max_processing_lag": self.backlog.max_lag,
+        }
 
     def _status(self) -> None:
         now = time.monotonic()
@@ -229,11 +258,15 @@ class OnlineGenerator:
             return
         self._last_status = now
         rate = self.completed_this_run / max(now - (self._first_send or now), 1e-9)
-        self.progress.update(0, f"{rate:.1f} req/s, {self.backlog.lag} answers to process, "
-                                f"${self.runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}")
+        self.progress.update(
+            0,
+            f"{rate:.1f} req/s, {self.backlog.lag} answers to process, "
+            f"${self.runner.budget.spent_usd:.4f} of ${self.cfg.budget.max_usd:g}",
+        )
         # not while the processor is in the middle of a request (the loop does not wait for it): next turn then
-        if now - self._last_files > 5.0 and self.rd.write_reports(self.runner, self._this_run(),
-                                                                                final=False, wait=False):
+        if now - self._last_files > 5.0 and self.rd.write_reports(
+            self.runner, self._this_run(), final=False, wait=False
+        ):
             self._last_files = now
             # Everything alive now (accepted records, the ROUGE index, the ledger) lives until the end: move it out
             # of the cyclic GC's reach, whose full passes over a growing heap otherwise stall the event loop.

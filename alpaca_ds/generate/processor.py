@@ -3,6 +3,7 @@
 Requests are processed strictly in request order, so the same answers give the same dataset whatever order they
 arrived in, at any concurrency and with either transport.
 """
+
 from __future__ import annotations
 
 import threading
@@ -16,6 +17,7 @@ from alpaca_ds.generate.setup import Setup
 class Processor:
     def __init__(self, setup: Setup):
         from alpaca_ds.generate.rouge import RougeIndex
+
         cfg = setup.cfg
         self.cfg = cfg
         self.k = cfg.num_prompt_instructions
@@ -73,10 +75,16 @@ class Processor:
                 if reason is not None:
                     self.rejected[reason] += 1
                     continue
-                record = {"instruction": cand.instruction, "input": cand.input, "output": cand.output,
-                          "most_similar_instructions": {t: float(s) for t, s in match.top},
-                          "avg_similarity_score": float(match.mean),
-                          "request": index, "prompt": choice["prompt"], "choice": choice["index"]}
+                record = {
+                    "instruction": cand.instruction,
+                    "input": cand.input,
+                    "output": cand.output,
+                    "most_similar_instructions": {t: float(s) for t, s in match.top},
+                    "avg_similarity_score": float(match.mean),
+                    "request": index,
+                    "prompt": choice["prompt"],
+                    "choice": choice["index"],
+                }
                 self.index.add(cand.instruction)
                 self.seen.add(cand.instruction)
                 self.accepted.append(record)
@@ -88,9 +96,9 @@ class Processor:
 
 def alpaca_record(record: dict) -> dict:
     """An accepted record as Alpaca's regen.json has it (without our provenance keys)."""
-    return {k: record[k] for k in ("instruction", "input", "output", "most_similar_instructions",
-                                   "avg_similarity_score")}
-
+    return {
+        k: record[k] for k in ("instruction", "input", "output", "most_similar_instructions", "avg_similarity_score")
+    }
 
 
 def process_in_order(proc: Processor, ledger, start: int = 0) -> int:

@@ -18,6 +18,7 @@ The teacher continues the list; generation stops at task `num_tasks` (stop seque
 Alpaca). Request i's examples are drawn by an RNG seeded with (seed, i) alone, so a prompt never depends on
 what ran before it, on timing, or on a restart.
 """
+
 from __future__ import annotations
 
 import random
@@ -63,8 +64,9 @@ def request_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"alpaca-ds/generate/{seed}/{index}")
 
 
-def request_prompts(template: str, seeds: list[Example], k: int, num_tasks: int, seed: int, index: int,
-                    prompts: int) -> list[str]:
+def request_prompts(
+    template: str, seeds: list[Example], k: int, num_tasks: int, seed: int, index: int, prompts: int
+) -> list[str]:
     """The prompts of request `index`: each shows k seed examples sampled without replacement (Alpaca)."""
     rng = request_rng(seed, index)
     return [encode_prompt(template, rng.sample(seeds, k), num_tasks) for _ in range(prompts)]
@@ -87,7 +89,9 @@ class Candidate:
     output: str
 
 
-def parse_response(text: str, finish_reason: str | None, k: int, chat: bool = False) -> tuple[list[Candidate], dict[str, int]]:
+def parse_response(
+    text: str, finish_reason: str | None, k: int, chat: bool = False
+) -> tuple[list[Candidate], dict[str, int]]:
     """Alpaca's post_process_gpt3_response, parsing only: the candidates, and counts of blocks dropped by reason.
 
     Blocks are split by "###"; block j must read "N. Instruction: ... N. Input: ... N. Output: ..." with
@@ -99,7 +103,7 @@ def parse_response(text: str, finish_reason: str | None, k: int, chat: bool = Fa
     if chat:
         text = text.lstrip()
         if text.startswith(opening):
-            text = text[len(opening):]
+            text = text[len(opening) :]
     blocks = re.split("###", opening + text)
     out: list[Candidate] = []
     for pos, block in enumerate(blocks):

@@ -86,6 +86,7 @@ where str.lower() itself yields ASCII (the Kelvin sign lowers to "k"), exactly a
 
 This module imports numpy and numba only (no torch, no rouge_score).
 """
+
 from __future__ import annotations
 
 import re
@@ -98,10 +99,10 @@ from alpaca_ds.generate import rouge_kernels as K
 __all__ = ["Match", "RougeIndex", "tokenize", "rouge_l_f"]
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
-_WORD = K.WORD             # instructions of <= 64 tokens live in one machine word per bit-parallel step
-_ROW = K.ROW               # score table row length: lcs in 0..64
-_DENSE_COLUMNS = 16          # the most frequent tokens scanned densely (rouge_kernels.py) ...
-_DENSE_MIN = 256             # ... once in this many instructions (and in > 1/5 of them)
+_WORD = K.WORD  # instructions of <= 64 tokens live in one machine word per bit-parallel step
+_ROW = K.ROW  # score table row length: lcs in 0..64
+_DENSE_COLUMNS = 16  # the most frequent tokens scanned densely (rouge_kernels.py) ...
+_DENSE_MIN = 256  # ... once in this many instructions (and in > 1/5 of them)
 _INITIAL = {"texts": 1024, "tokens": 1024, "arena": 1 << 16}  # capacities, doubled as needed
 _MIN_PREFIX_THRESHOLD = 0.01  # below this the prefix filter would probe (almost) everything: use query()
 
@@ -130,25 +131,37 @@ def _score_table(m: int) -> np.ndarray:
         precision = lcs / n
         recall = lcs / m
         table = 2 * precision * recall / (precision + recall)
-    table[0, :] = 0.0   # empty existing text
-    table[:, 0] = 0.0   # lcs 0 (p + r == 0)
+    table[0, :] = 0.0  # empty existing text
+    table[:, 0] = 0.0  # lcs 0 (p + r == 0)
     table[np.isnan(table)] = 0.0
     return np.ascontiguousarray(table.ravel())
 
 
 @dataclass(frozen=True)
 class Match:
-    max_score: float                     # exact max rougeL F over all added texts (0.0 if none)
-    top: list[tuple[str, float]]         # exact top-k (text, score), score descending, ties broken by insertion order
-    mean: float | None                   # mean score over all added texts, or None when not computed
+    max_score: float  # exact max rougeL F over all added texts (0.0 if none)
+    top: list[tuple[str, float]]  # exact top-k (text, score), score descending, ties broken by insertion order
+    mean: float | None  # mean score over all added texts, or None when not computed
 
 
 # Arrays grown by doubling, per group: name -> (dtype, fill of new entries, trailing shape).
-_PER_TEXT = {"_lens": (np.int32, 0, ()), "_short": (np.uint8, 0, ()),
-             "_tokmat": (np.int32, -1, (_WORD,)), "_v": (np.uint64, K.ONES, ()), "_f": (np.float64, 0.0, ()),
-             "_acc": (np.uint8, 0, ()), "_touched": (np.int64, 0, ())}
-_PER_TOKEN = {"_slot": (np.int64, -1, ()), "_start": (np.int64, 0, ()), "_cap": (np.int64, 0, ()), "_plen": (np.int64, 0, ()),
-              "_df": (np.int64, 0, ()), "_lut": (np.uint64, 0, ())}
+_PER_TEXT = {
+    "_lens": (np.int32, 0, ()),
+    "_short": (np.uint8, 0, ()),
+    "_tokmat": (np.int32, -1, (_WORD,)),
+    "_v": (np.uint64, K.ONES, ()),
+    "_f": (np.float64, 0.0, ()),
+    "_acc": (np.uint8, 0, ()),
+    "_touched": (np.int64, 0, ()),
+}
+_PER_TOKEN = {
+    "_slot": (np.int64, -1, ()),
+    "_start": (np.int64, 0, ()),
+    "_cap": (np.int64, 0, ()),
+    "_plen": (np.int64, 0, ()),
+    "_df": (np.int64, 0, ()),
+    "_lut": (np.uint64, 0, ()),
+}
 _ARENA = {"_p_ids": (np.uint32, 0, ()), "_p_masks": (np.uint64, 0, ())}
 
 
@@ -173,10 +186,10 @@ class RougeIndex:
         self.top_k = int(top_k)
         self.compute_mean = bool(compute_mean)
         self._texts: list[str] = []
-        self._vocab: dict[str, int] = {}            # token -> token id
-        self._seen: set[tuple[str, ...]] = set()    # token sequences added (an exact repeat scores 1.0)
+        self._vocab: dict[str, int] = {}  # token -> token id
+        self._seen: set[tuple[str, ...]] = set()  # token sequences added (an exact repeat scores 1.0)
         self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
-        self._tables: dict[int, np.ndarray] = {}    # query length -> score table
+        self._tables: dict[int, np.ndarray] = {}  # query length -> score table
         self._top = np.empty(self.top_k, dtype=np.int64)
         self._arena_top = 0
         # instructions of > 64 tokens (rouge_kernels.py), appended rarely
@@ -201,7 +214,7 @@ class RougeIndex:
             new = np.full((cap, *shape), fill, dtype=dtype)
             old = getattr(self, name, None)
             if old is not None:
-                new[:len(old)] = old
+                new[: len(old)] = old
             setattr(self, name, new)
 
     # ------------------------------------------------------------------ adding
@@ -225,9 +238,24 @@ class RougeIndex:
             q = np.array(tids, dtype=np.int32)
             self._short[i] = n
             self._tokmat[i, :n] = q
-            while (top := K.add_postings(i, q, self._p_ids, self._p_masks, self._arena_top, self._start,
-                                         self._cap, self._plen, self._df, self._lut, self._slot,
-                                         self._dense, self._n_dense, _DENSE_MIN)) < 0:
+            while (
+                top := K.add_postings(
+                    i,
+                    q,
+                    self._p_ids,
+                    self._p_masks,
+                    self._arena_top,
+                    self._start,
+                    self._cap,
+                    self._plen,
+                    self._df,
+                    self._lut,
+                    self._slot,
+                    self._dense,
+                    self._n_dense,
+                    _DENSE_MIN,
+                )
+            ) < 0:
                 self._resize(_ARENA, 2 * len(self._p_ids))
             self._arena_top = top
         else:
@@ -257,7 +285,7 @@ class RougeIndex:
         table = self._tables.get(m)
         if table is None:
             table = _score_table(m)
-            if m <= 256:           # 34 KB each; a freak query length is not worth keeping
+            if m <= 256:  # 34 KB each; a freak query length is not worth keeping
                 self._tables[m] = table
         return table
 
@@ -269,9 +297,26 @@ class RougeIndex:
         tokens = self._tokens(text)
         q = self._ids(tokens)
         f = self._f
-        filled, best = K.all_scores(q, n_total, self._p_ids, self._p_masks, self._start, self._plen, self._slot,
-                                    self._dense, self._lens, self._short, self._table(len(q)), self._long_ids,
-                                    self._long_start, self._long_tok, self._v, self._lut, f, self._top)
+        filled, best = K.all_scores(
+            q,
+            n_total,
+            self._p_ids,
+            self._p_masks,
+            self._start,
+            self._plen,
+            self._slot,
+            self._dense,
+            self._lens,
+            self._short,
+            self._table(len(q)),
+            self._long_ids,
+            self._long_start,
+            self._long_tok,
+            self._v,
+            self._lut,
+            f,
+            self._top,
+        )
         texts = self._texts
         ids = self._top[:filled].tolist()
         top = list(zip([texts[i] for i in ids], f[ids].tolist()))
@@ -289,10 +334,25 @@ class RougeIndex:
         if not self._texts or m == 0 or thr >= 1.0:
             return False  # every score is 0.0, or no score can exceed 1.0
         if tuple(tokens) in self._seen:
-            return True   # an exact token-sequence repeat scores 1.0 > thr
+            return True  # an exact token-sequence repeat scores 1.0 > thr
         if m > _WORD or thr < _MIN_PREFIX_THRESHOLD:
             return self.query(text).max_score > thr
-        return K.any_above(self._ids(tokens), thr, len(self._texts), self._p_ids, self._p_masks,
-                           self._start, self._plen, self._df, self._lens, self._tokmat,
-                           self._table(m), self._long_ids, self._long_start, self._long_tok, self._acc,
-                           self._touched, self._lut)
+        return K.any_above(
+            self._ids(tokens),
+            thr,
+            len(self._texts),
+            self._p_ids,
+            self._p_masks,
+            self._start,
+            self._plen,
+            self._df,
+            self._lens,
+            self._tokmat,
+            self._table(m),
+            self._long_ids,
+            self._long_start,
+            self._long_tok,
+            self._acc,
+            self._touched,
+            self._lut,
+        )

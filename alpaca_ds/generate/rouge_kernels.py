@@ -23,6 +23,7 @@ Storage, all numpy arrays owned by the index:
   * work arrays that are restored before returning: `v` (all ones), `acc` (zeros), `lut` (zeros, one entry per
     token id).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,10 @@ LOW = np.array([(1 << n) - 1 for n in range(ROW)], dtype=np.uint64)  # the low n
 @intrinsic
 def _popcount(typingctx, x):
     """The CPU's popcount instruction (LLVM ctpop); numba has no builtin for it."""
+
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
+
     return types.int64(types.uint64), codegen
 
 
@@ -77,8 +80,8 @@ def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, 
         df[t] += 1
         if plen[t] == cap[t]:  # full: move the list to the arena's end with twice the room
             new_cap = max(4, 2 * cap[t])
-            p_ids[top:top + plen[t]] = p_ids[start[t]:start[t] + plen[t]]
-            p_masks[top:top + plen[t]] = p_masks[start[t]:start[t] + plen[t]]
+            p_ids[top : top + plen[t]] = p_ids[start[t] : start[t] + plen[t]]
+            p_masks[top : top + plen[t]] = p_masks[start[t] : start[t] + plen[t]]
             start[t] = top
             cap[t] = new_cap
             top += new_cap
@@ -138,7 +141,7 @@ def _lcs_dp(a, b):
 
 @njit(cache=True, nogil=True)
 def _long_lcs(q, k, long_start, long_tok, lut):
-    toks = long_tok[long_start[k]:long_start[k + 1]]
+    toks = long_tok[long_start[k] : long_start[k + 1]]
     if len(q) <= WORD:
         return _lcs_lut(toks, lut, len(q))
     return _lcs_dp(q, toks)
@@ -158,8 +161,26 @@ def _long_scores(q, lens, long_ids, long_start, long_tok, lut, f):
 
 
 @njit(cache=True, nogil=True)
-def all_scores(q, n_total, p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids, long_start,
-               long_tok, v, lut, f, top):
+def all_scores(
+    q,
+    n_total,
+    p_ids,
+    p_masks,
+    start,
+    plen,
+    slot,
+    dense,
+    lens,
+    short,
+    table,
+    long_ids,
+    long_start,
+    long_tok,
+    v,
+    lut,
+    f,
+    top,
+):
     """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
     descending, earlier first on ties), k = len(top). Returns (number of top entries filled, max score)."""
     # Hyyro's step for every instruction containing each query token, in query order (bits = their positions)
@@ -209,15 +230,32 @@ def all_scores(q, n_total, p_ids, p_masks, start, plen, slot, dense, lens, short
 
 
 @njit(cache=True, nogil=True)
-def any_above(q, thr, n_total, p_ids, p_masks, start, plen, df, lens, tokmat, table,
-              long_ids, long_start, long_tok, acc, touched, lut):
+def any_above(
+    q,
+    thr,
+    n_total,
+    p_ids,
+    p_masks,
+    start,
+    plen,
+    df,
+    lens,
+    tokmat,
+    table,
+    long_ids,
+    long_start,
+    long_tok,
+    acc,
+    touched,
+    lut,
+):
     """Whether some instruction scores > thr against the query q (1..64 tokens, thr >= 0.01): the length,
     prefix and overlap filters of rouge.py's docstring, then the exact score of the survivors."""
     m = len(q)
     tl = thr - 1e-9
-    x = tl * m / (2.0 - tl)       # any duplicate has lcs > x and n > x
-    n_hi = m * (2.0 - tl) / tl    # and n < n_hi
-    need = int(np.floor(x)) + 1   # matched query positions a duplicate needs
+    x = tl * m / (2.0 - tl)  # any duplicate has lcs > x and n > x
+    n_hi = m * (2.0 - tl) / tl  # and n < n_hi
+    need = int(np.floor(x)) + 1  # matched query positions a duplicate needs
     # the distinct known tokens and how often each occurs in the query (lut as a scratch counter)
     uniq = np.empty(m, dtype=np.int64)
     n_uniq = 0

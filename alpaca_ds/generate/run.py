@@ -11,6 +11,7 @@ same answers per request index give the same regen.json whichever transport, con
 Budget: a request (or a batch) is sent only after its worst case (prompt tokens + max_tokens x completions,
 priced for the transport) is reserved against what is left; the API's usage settles it.
 """
+
 from __future__ import annotations
 
 from alpaca_ds.generate.config import GenerateConfig
@@ -29,8 +30,10 @@ def run(cfg: GenerateConfig, cancel_batches: bool = False) -> dict:
     try:
         if cfg.api.transport == "batch":
             from alpaca_ds.generate.batch import BatchGenerator
+
             return BatchGenerator(rd, cancel=cancel_batches).run()
         from alpaca_ds.generate.online import OnlineGenerator
+
         return OnlineGenerator(rd).run()
     finally:
         rd.close()

@@ -11,6 +11,7 @@ Opening one replays the ledger in request order and rebuilds everything from it:
 ROUGE index, rejection counts, which requests still need an answer. accepted.jsonl must equal the replay (a torn
 last line is cut, records a kill kept from being written are appended), so no record is lost or written twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ class RunDir:
         self.cfg = setup.cfg
         self.out = Path(self.cfg.out_dir)
         self.started = time.monotonic()
-        self.skipped = 0                 # requests without an answer that `finish` stepped over
+        self.skipped = 0  # requests without an answer that `finish` stepped over
         self._lock = exclusive(self.out, "alpaca-ds generate")
         try:
             self._recover()
@@ -50,11 +51,14 @@ class RunDir:
             old = json.loads(run_json.read_text())["fingerprint"]
             if old != fp:
                 diff = sorted(diff_keys(old, fp))
-                raise UserError(f"{self.out} was generated with different settings ({', '.join(diff)}); a restart "
-                                "must use the same ones to continue exactly. Restore them, or use a new out_dir.")
+                raise UserError(
+                    f"{self.out} was generated with different settings ({', '.join(diff)}); a restart "
+                    "must use the same ones to continue exactly. Restore them, or use a new out_dir."
+                )
         else:
-            atomic_write_json(run_json, {"fingerprint": fp, "config": json.loads(json.dumps(
-                self.cfg.model_dump(mode="json")))})
+            atomic_write_json(
+                run_json, {"fingerprint": fp, "config": json.loads(json.dumps(self.cfg.model_dump(mode="json")))}
+            )
         self.ledger = CallLedger(self.out / LEDGER, "i")
         self.max_index = max(self.ledger.keys, default=-1)
         self.proc = Processor(self.s)
@@ -62,18 +66,26 @@ class RunDir:
         replayed = self.proc.accepted
         on_disk, acc_good = read_jsonl(self.out / ACCEPTED)
         if len(on_disk) > len(replayed):
-            extra = ("more than num_instructions; raise num_instructions or use a new out_dir"
-                     if self.proc.done else "more than the ledger explains")
+            extra = (
+                "more than num_instructions; raise num_instructions or use a new out_dir"
+                if self.proc.done
+                else "more than the ledger explains"
+            )
             raise UserError(f"{self.out / ACCEPTED} holds {len(on_disk)} records, {extra}")
         for j, rec in enumerate(on_disk):
             if rec != replayed[j]:
-                raise UserError(f"{self.out / ACCEPTED}:{j + 1} differs from the replay of {LEDGER} "
-                                f"({rec.get('instruction')!r} vs {replayed[j]['instruction']!r}); the files do "
-                                "not belong together. Use a new out_dir.")
+                raise UserError(
+                    f"{self.out / ACCEPTED}:{j + 1} differs from the replay of {LEDGER} "
+                    f"({rec.get('instruction')!r} vs {replayed[j]['instruction']!r}); the files do "
+                    "not belong together. Use a new out_dir."
+                )
         self.accepted_journal = Journal(self.out / ACCEPTED, acc_good)
-        self.accepted_journal.append_many(replayed[len(on_disk):])
-        self.recovered = {"accepted_on_disk": len(on_disk), "accepted_restored": len(replayed) - len(on_disk),
-                          "interrupted_attempts": self.ledger.interrupted}
+        self.accepted_journal.append_many(replayed[len(on_disk) :])
+        self.recovered = {
+            "accepted_on_disk": len(on_disk),
+            "accepted_restored": len(replayed) - len(on_disk),
+            "interrupted_attempts": self.ledger.interrupted,
+        }
 
     def accept(self, records: list[dict], requests: int) -> None:
         """Write the records of the next `requests` requests in order (processed) to accepted.jsonl with one
@@ -109,25 +121,35 @@ class RunDir:
         led, proc = self.ledger, self.proc
         attempts = sum(led.attempts.values())
         stats = {
-            "target": self.cfg.num_instructions, "accepted": len(proc.accepted), "done": proc.done,
-            "stop_reason": runner.stop_reason, "transport": self.cfg.api.transport,
+            "target": self.cfg.num_instructions,
+            "accepted": len(proc.accepted),
+            "done": proc.done,
+            "stop_reason": runner.stop_reason,
+            "transport": self.cfg.api.transport,
             "requests": {
-                "sent": len(led.attempts), "succeeded": len(led.ok), "failed": len(led.gave_up),
-                "processed": proc.processed_requests, "unanswered_skipped": self.skipped, "attempts": attempts,
+                "sent": len(led.attempts),
+                "succeeded": len(led.ok),
+                "failed": len(led.gave_up),
+                "processed": proc.processed_requests,
+                "unanswered_skipped": self.skipped,
+                "attempts": attempts,
                 "retries": attempts - len(led.attempts),
             },
             "attempt_outcomes": dict(sorted(led.outcomes.items())),
             "candidates": {
-                "parsed": proc.candidates, "accepted": len(proc.accepted),
+                "parsed": proc.candidates,
+                "accepted": len(proc.accepted),
                 "rejected": dict(sorted(proc.rejected.items())),
                 "dropped_blocks": dict(sorted(proc.dropped_blocks.items())),
                 "unused_after_target": proc.unused_after_target,
             },
-            "this_run": {"seconds": round(time.monotonic() - self.started, 3), **this_run,
-                         "recovered": self.recovered},
+            "this_run": {"seconds": round(time.monotonic() - self.started, 3), **this_run, "recovered": self.recovered},
         }
-        cost = {**runner.cost_report(), "encoding": self.s.encoding_name,
-                "usd_per_accepted": (runner.budget.spent_usd / len(proc.accepted)) if proc.accepted else None}
+        cost = {
+            **runner.cost_report(),
+            "encoding": self.s.encoding_name,
+            "usd_per_accepted": (runner.budget.spent_usd / len(proc.accepted)) if proc.accepted else None,
+        }
         atomic_write_json(self.out / "stats.json", stats)
         atomic_write_json(self.out / "cost.json", cost)
         if final:
@@ -147,11 +169,20 @@ class RunDir:
         stats, cost = self.write_reports(runner, this_run, final=True)
         message = runner.message
         if self.skipped:
-            message += (f" {self.skipped} requests sent but never answered were skipped; every answered one is "
-                        "in regen.json, and a rerun completes the gaps.")
-        return {"stop_reason": runner.stop_reason, "message": message.strip(), "accepted": len(self.proc.accepted),
-                "target": self.cfg.num_instructions, "out_dir": str(self.out), "stats": stats, "cost": cost,
-                "exit_code": runner.exit_code}
+            message += (
+                f" {self.skipped} requests sent but never answered were skipped; every answered one is "
+                "in regen.json, and a rerun completes the gaps."
+            )
+        return {
+            "stop_reason": runner.stop_reason,
+            "message": message.strip(),
+            "accepted": len(self.proc.accepted),
+            "target": self.cfg.num_instructions,
+            "out_dir": str(self.out),
+            "stats": stats,
+            "cost": cost,
+            "exit_code": runner.exit_code,
+        }
 
     def close(self) -> None:
         self.ledger.close()

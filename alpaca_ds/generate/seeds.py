@@ -4,6 +4,7 @@ One JSON object per line: `{"id", "name", "instruction", "instances": [{"input",
 "is_classification"}` — this project's seeds/seed_tasks.jsonl and the original 175 of self-instruct/Alpaca
 alike. As in Alpaca, a task's first instance is its in-context example.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from alpaca_ds.common.jsonfile import Bad, read_objects
 @dataclass(frozen=True)
 class Example:
     """An Alpaca-format record: what a prompt shows and what the teacher writes."""
+
     instruction: str
     input: str
     output: str
@@ -59,8 +61,10 @@ def _validate(obj, where: str) -> SeedTask:
         raise UserError(f"{where}: a seed task must be a JSON object, got {type(obj).__name__}")
     missing = [k for k in ("id", "name", "instruction", "instances", "is_classification") if k not in obj]
     if missing:
-        raise UserError(f"{where}: missing key(s) {', '.join(map(repr, missing))} (self-instruct format: "
-                        '{"id", "name", "instruction", "instances": [{"input", "output"}], "is_classification"})')
+        raise UserError(
+            f"{where}: missing key(s) {', '.join(map(repr, missing))} (self-instruct format: "
+            '{"id", "name", "instruction", "instances": [{"input", "output"}], "is_classification"})'
+        )
     for key in ("id", "name", "instruction"):
         if not isinstance(obj[key], str):
             raise UserError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__}")
@@ -70,11 +74,14 @@ def _validate(obj, where: str) -> SeedTask:
         raise UserError(f"{where}: 'is_classification' must be true or false")
     instances = obj["instances"]
     if not isinstance(instances, list) or not instances:
-        raise UserError(f"{where}: 'instances' must be a non-empty list of {{\"input\", \"output\"}} objects")
+        raise UserError(f'{where}: \'instances\' must be a non-empty list of {{"input", "output"}} objects')
     examples = []
     for j, inst in enumerate(instances):
-        if not isinstance(inst, dict) or not isinstance(inst.get("input"), str) \
-                or not isinstance(inst.get("output"), str):
+        if (
+            not isinstance(inst, dict)
+            or not isinstance(inst.get("input"), str)
+            or not isinstance(inst.get("output"), str)
+        ):
             raise UserError(f"{where}: instances[{j}] must be an object with string 'input' and 'output'")
         examples.append(Example(obj["instruction"], inst["input"], inst["output"]))
     return SeedTask(obj["id"], obj["name"], obj["instruction"], tuple(examples), obj["is_classification"])

@@ -1,4 +1,5 @@
 """Everything a generation run checks before its first request, and the settings its output depends on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,7 @@ from alpaca_ds.generate.seeds import Example, load_seed_tasks
 @dataclass
 class Setup:
     """Everything checked before any request: seeds, template, tokenizer, price, key."""
+
     cfg: GenerateConfig
     seeds: list[Example]
     seeds_sha256: str
@@ -35,8 +37,9 @@ class Setup:
 
     def prompts(self, index: int) -> list[str]:
         c = self.cfg
-        return P.request_prompts(self.template, self.seeds, c.num_prompt_instructions, c.num_tasks, c.seed, index,
-                                 self.prompts_per_request)
+        return P.request_prompts(
+            self.template, self.seeds, c.num_prompt_instructions, c.num_tasks, c.seed, index, self.prompts_per_request
+        )
 
     def prompt_tokens(self, prompts: list[str]) -> int:
         return prompt_tokens(self.enc, prompts, self.cfg.api.mode)
@@ -50,13 +53,23 @@ class Setup:
         """The settings a run's output depends on; a restart must use the same ones."""
         c, a = self.cfg, self.cfg.api
         return {
-            "seed": c.seed, "seed_tasks_sha256": self.seeds_sha256,
+            "seed": c.seed,
+            "seed_tasks_sha256": self.seeds_sha256,
             "prompt_template_sha256": hashlib.sha256(self.template.encode()).hexdigest(),
-            "num_prompt_instructions": c.num_prompt_instructions, "num_tasks": c.num_tasks,
-            "rouge_threshold": c.rouge_threshold, "filters": c.filters.model_dump(mode="json"),
-            "api": {"model": a.model, "mode": a.mode, "prompts_per_request": self.prompts_per_request, "n": a.n,
-                    "max_tokens": a.max_tokens, "temperature": a.temperature, "top_p": a.top_p,
-                    "ban_end_of_text": a.ban_end_of_text},
+            "num_prompt_instructions": c.num_prompt_instructions,
+            "num_tasks": c.num_tasks,
+            "rouge_threshold": c.rouge_threshold,
+            "filters": c.filters.model_dump(mode="json"),
+            "api": {
+                "model": a.model,
+                "mode": a.mode,
+                "prompts_per_request": self.prompts_per_request,
+                "n": a.n,
+                "max_tokens": a.max_tokens,
+                "temperature": a.temperature,
+                "top_p": a.top_p,
+                "ban_end_of_text": a.ban_end_of_text,
+            },
             "encoding": self.encoding_name,
         }
 
@@ -64,19 +77,32 @@ class Setup:
 def prepare(cfg: GenerateConfig, need_key: bool = True) -> Setup:
     """Check every input that can be wrong before a request is made; each problem is one clear UserError."""
     if cfg.num_tasks <= cfg.num_prompt_instructions + 1:
-        raise UserError(f"num_tasks ({cfg.num_tasks}) must exceed num_prompt_instructions + 1 "
-                        f"({cfg.num_prompt_instructions + 1}) to leave tasks for the teacher to write")
+        raise UserError(
+            f"num_tasks ({cfg.num_tasks}) must exceed num_prompt_instructions + 1 "
+            f"({cfg.num_prompt_instructions + 1}) to leave tasks for the teacher to write"
+        )
     tasks = load_seed_tasks(cfg.seed_tasks)
     if len(tasks) < cfg.num_prompt_instructions:
-        raise UserError(f"{cfg.seed_tasks}: {len(tasks)} seed tasks, fewer than num_prompt_instructions "
-                        f"({cfg.num_prompt_instructions})")
+        raise UserError(
+            f"{cfg.seed_tasks}: {len(tasks)} seed tasks, fewer than num_prompt_instructions "
+            f"({cfg.num_prompt_instructions})"
+        )
     template = P.load_template(cfg.prompt_template)
     enc = get_encoding(cfg.api.model, cfg.api.encoding)
     price = price_for(cfg.api.model, cfg.budget)
     key = api_key(cfg.api) if need_key else None
-    return Setup(cfg, [t.example for t in tasks], sha256_file(cfg.seed_tasks), template, enc.name, enc, price, key,
-                 P.stop_sequences(cfg.num_tasks), P.logit_bias(enc) if cfg.api.ban_end_of_text else None)
-
+    return Setup(
+        cfg,
+        [t.example for t in tasks],
+        sha256_file(cfg.seed_tasks),
+        template,
+        enc.name,
+        enc,
+        price,
+        key,
+        P.stop_sequences(cfg.num_tasks),
+        P.logit_bias(enc) if cfg.api.ban_end_of_text else None,
+    )
 
 
 def diff_keys(a, b, prefix="") -> list[str]:

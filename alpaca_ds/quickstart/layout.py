@@ -1,5 +1,6 @@
 """Where the quickstart keeps things: the run directory's paths, each step's stage config (written to
 configs/ for running a step by hand) and the hand commands; shared by the pipeline and its report."""
+
 from __future__ import annotations
 
 import shlex
@@ -18,12 +19,17 @@ from alpaca_ds.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "launch" / "recipes" / "quickstart.yaml"
-PATH_KEYS = (("generate", "seed_tasks"), ("data", "tokenizer"), ("train", "recipe"), ("train", "ds_config"),
-             ("evaluate", "eval_set"))
+PATH_KEYS = (
+    ("generate", "seed_tasks"),
+    ("data", "tokenizer"),
+    ("train", "recipe"),
+    ("train", "ds_config"),
+    ("evaluate", "eval_set"),
+)
 STEPS = ("generate", "data", "train", "export", "answer", "judge")
-GENERATOR = "quickstart-tiny"    # the `generator` name of the model's answers
-REFERENCE = "reference"          # ... and of the eval set's own outputs
-HAND_PORT = 8765                 # the teacher port the configs in configs/ name (by hand: teacher serve --port 8765)
+GENERATOR = "quickstart-tiny"  # the `generator` name of the model's answers
+REFERENCE = "reference"  # ... and of the eval set's own outputs
+HAND_PORT = 8765  # the teacher port the configs in configs/ name (by hand: teacher serve --port 8765)
 STATE = "quickstart.json"
 
 
@@ -56,45 +62,86 @@ class Paths:
 
     def output(self, step: str) -> Path:
         """The file whose presence says a finished step's output is still there."""
-        return {"generate": self.generated / "regen.json", "data": self.tokenized / "manifest.json",
-                "train": self.run / "final" / "config.json", "export": self.export / "config.json",
-                "answer": self.answers, "judge": self.judge / "winrate.json"}[step]
+        return {
+            "generate": self.generated / "regen.json",
+            "data": self.tokenized / "manifest.json",
+            "train": self.run / "final" / "config.json",
+            "export": self.export / "config.json",
+            "answer": self.answers,
+            "judge": self.judge / "winrate.json",
+        }[step]
 
 
 def stage_configs(cfg: QuickstartConfig, paths: Paths, base_url: str) -> dict[str, Schema]:
     """Each step's config, exactly as its command would load it (the teacher at `base_url`)."""
     g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
     generate = GenerateConfig(
-        out_dir=str(paths.generated), num_instructions=g.num_instructions, seed=g.seed, concurrency=g.concurrency,
+        out_dir=str(paths.generated),
+        num_instructions=g.num_instructions,
+        seed=g.seed,
+        concurrency=g.concurrency,
         seed_tasks=g.seed_tasks,
-        api=ApiConfig(base_url=base_url, model=g.teacher_model, mode="completions", api_key_env=None, timeout_s=30,
-                      max_retries=5, backoff_initial_s=0.2),
-        budget=BudgetConfig(max_usd=g.budget_usd))
-    data = DataBuildConfig(input=str(paths.generated / "regen.json"), output=str(paths.tokenized),
-                           tokenizer=d.tokenizer, max_length=d.max_length, val_fraction=d.val_fraction)
-    train = load_config(TrainConfig, t.recipe, [
-        f"output_dir={paths.run}", f"data.path={paths.tokenized}", f"model.tokenizer={d.tokenizer}",
-        f"ds_config={t.ds_config}", f"optim.epochs={t.epochs}",
-        f"optim.max_steps={'null' if t.max_steps is None else t.max_steps}"])
-    answer = AnswerConfig(model=str(paths.export), eval_set=e.eval_set, limit=e.tasks, output=str(paths.answers),
-                          generator=GENERATOR, device="cpu",
-                          decoding=DecodingConfig(temperature=e.temperature, max_new_tokens=e.max_new_tokens))
+        api=ApiConfig(
+            base_url=base_url,
+            model=g.teacher_model,
+            mode="completions",
+            api_key_env=None,
+            timeout_s=30,
+            max_retries=5,
+            backoff_initial_s=0.2,
+        ),
+        budget=BudgetConfig(max_usd=g.budget_usd),
+    )
+    data = DataBuildConfig(
+        input=str(paths.generated / "regen.json"),
+        output=str(paths.tokenized),
+        tokenizer=d.tokenizer,
+        max_length=d.max_length,
+        val_fraction=d.val_fraction,
+    )
+    train = load_config(
+        TrainConfig,
+        t.recipe,
+        [
+            f"output_dir={paths.run}",
+            f"data.path={paths.tokenized}",
+            f"model.tokenizer={d.tokenizer}",
+            f"ds_config={t.ds_config}",
+            f"optim.epochs={t.epochs}",
+            f"optim.max_steps={'null' if t.max_steps is None else t.max_steps}",
+        ],
+    )
+    answer = AnswerConfig(
+        model=str(paths.export),
+        eval_set=e.eval_set,
+        limit=e.tasks,
+        output=str(paths.answers),
+        generator=GENERATOR,
+        device="cpu",
+        decoding=DecodingConfig(temperature=e.temperature, max_new_tokens=e.max_new_tokens),
+    )
     # discrete verdicts: the report counts the simulated judge's wins, losses and ties
-    judge = JudgeConfig(a=str(paths.reference), b=str(paths.answers), out_dir=str(paths.judge), mode="discrete",
-                        api=JudgeApiConfig(base_url=base_url, model=e.judge_model, api_key_env=None, timeout_s=30,
-                                           max_retries=3, backoff_initial_s=0.2),
-                        budget=BudgetConfig(max_usd=e.judge_budget_usd))
+    judge = JudgeConfig(
+        a=str(paths.reference),
+        b=str(paths.answers),
+        out_dir=str(paths.judge),
+        mode="discrete",
+        api=JudgeApiConfig(
+            base_url=base_url, model=e.judge_model, api_key_env=None, timeout_s=30, max_retries=3, backoff_initial_s=0.2
+        ),
+        budget=BudgetConfig(max_usd=e.judge_budget_usd),
+    )
     return {"generate": generate, "data": data, "train": train, "answer": answer, "judge": judge}
 
 
 _HEADERS = {
     "generate": "# `alpaca-ds generate --config {path}`, against `alpaca-ds teacher serve --port {port}` (the local "
-                "teacher simulator)",
+    "teacher simulator)",
     "data": "# `alpaca-ds data build --config {path}`",
     "train": "# `DS_ACCELERATOR=cpu alpaca-ds train --config {path} --num-gpus {ranks}` (CPU ranks)",
     "answer": "# `alpaca-ds evaluate answer --config {path}`",
     "judge": "# `alpaca-ds evaluate judge --config {path}`, the judge being `alpaca-ds teacher serve --port {port}` "
-             "(its judge mode)",
+    "(its judge mode)",
 }
 
 
@@ -105,8 +152,10 @@ def write_hand_configs(cfg: QuickstartConfig, paths: Paths) -> dict[str, Path]:
     for name, config in stage_configs(cfg, paths, f"http://127.0.0.1:{HAND_PORT}/v1").items():
         path = paths.configs / f"{name}.yaml"
         header = _HEADERS[name].format(path=path, port=HAND_PORT, ranks=cfg.train.ranks)
-        text = (f"{header}\n# Written by `alpaca-ds quickstart` for the run in {paths.root}; the quickstart itself "
-                "uses these settings with its own loopback port.\n" + dump_config(config))
+        text = (
+            f"{header}\n# Written by `alpaca-ds quickstart` for the run in {paths.root}; the quickstart itself "
+            "uses these settings with its own loopback port.\n" + dump_config(config)
+        )
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             atomic_write_bytes(path, text.encode("utf-8"))
         written[name] = path

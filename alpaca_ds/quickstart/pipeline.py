@@ -19,6 +19,7 @@ there; once a step runs, every later step runs again. A step interrupted half-wa
 since every stage resumes by itself (the generator's and judge's ledgers, the trainer's checkpoints, the
 answers' partial file). A different configuration in the same run directory is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,6 +54,7 @@ from alpaca_ds.quickstart.report import write_report
 
 # ---------------------------------------------------------------------------------------------- the state file
 
+
 def _fingerprint(cfg: QuickstartConfig) -> dict:
     data = cfg.model_dump(mode="json", exclude={"out_dir", "quick"})
     for section, key in PATH_KEYS:
@@ -76,8 +78,10 @@ class State:
             self.data = json.loads(self.path.read_text())
             if self.data.get("config") != fingerprint:
                 keys = ", ".join(_diff_keys(self.data.get("config") or {}, fingerprint)) or "?"
-                raise UserError(f"{paths.root} holds a quickstart run with other settings ({keys}); rerun it with "
-                                "the same ones to continue it, or pick another --out (or delete it to start over)")
+                raise UserError(
+                    f"{paths.root} holds a quickstart run with other settings ({keys}); rerun it with "
+                    "the same ones to continue it, or pick another --out (or delete it to start over)"
+                )
         else:
             self.data = {"config": fingerprint, "steps": {}, "invocations": []}
 
@@ -85,13 +89,17 @@ class State:
         return self.data["steps"].get(step)
 
     def forget_from(self, step: str) -> None:
-        for later in STEPS[STEPS.index(step):]:
+        for later in STEPS[STEPS.index(step) :]:
             self.data["steps"].pop(later, None)
 
     def finish(self, step: str, seconds: float, info: dict) -> None:
         earlier = self.data.setdefault("interrupted", {}).pop(step, 0.0)
-        self.data["steps"][step] = {"seconds": round(seconds + earlier, 2), "interrupted_seconds": round(earlier, 2),
-                                    "finished": _now(), **info}
+        self.data["steps"][step] = {
+            "seconds": round(seconds + earlier, 2),
+            "interrupted_seconds": round(earlier, 2),
+            "finished": _now(),
+            **info,
+        }
         self.save()
 
     def interrupted(self, step: str, seconds: float) -> None:
@@ -111,6 +119,7 @@ def _now() -> str:
 
 # ---------------------------------------------------------------------------------------------- the steps
 
+
 class Context:
     def __init__(self, cfg: QuickstartConfig, paths: Paths, hand: dict[str, Path], echo, stack: ExitStack):
         self.cfg, self.paths, self.hand, self.echo, self.stack = cfg, paths, hand, echo, stack
@@ -121,8 +130,10 @@ class Context:
         """The local teacher simulator, started on first use and stopped when the quickstart ends."""
         if self._teacher is None:
             from alpaca_ds.simulator.local import LocalSimulator
-            self._teacher = self.stack.enter_context(LocalSimulator(self.cfg.generate.seed_tasks,
-                                                                    seed=self.cfg.generate.seed))
+
+            self._teacher = self.stack.enter_context(
+                LocalSimulator(self.cfg.generate.seed_tasks, seed=self.cfg.generate.seed)
+            )
             self.echo(f"      local teacher simulator listening on {self._teacher.base_url}")
         return self._teacher
 
@@ -138,23 +149,32 @@ def describe(step: str, ctx: Context) -> str:
     cfg, p = ctx.cfg, ctx.paths
     g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
     if step == "generate":
-        return (f"generate: {g.num_instructions} instructions from {short(g.seed_tasks)} by the local teacher "
-                f"SIMULATOR, budget ${g.budget_usd:.2f} at {g.teacher_model} prices -> {p.generated}")
+        return (
+            f"generate: {g.num_instructions} instructions from {short(g.seed_tasks)} by the local teacher "
+            f"SIMULATOR, budget ${g.budget_usd:.2f} at {g.teacher_model} prices -> {p.generated}"
+        )
     if step == "data":
-        return (f"data build: tokenize {p.generated / 'regen.json'} with {short(d.tokenizer)} (max length "
-                f"{d.max_length}, {d.val_fraction:.0%} validation) -> {p.tokenized}")
+        return (
+            f"data build: tokenize {p.generated / 'regen.json'} with {short(d.tokenizer)} (max length "
+            f"{d.max_length}, {d.val_fraction:.0%} validation) -> {p.tokenized}"
+        )
     if step == "train":
         stage = _zero_stage(t.ds_config)
-        return (f"train: {Path(t.recipe).stem} recipe, ZeRO-{stage} on {t.ranks} CPU ranks through the deepspeed "
-                f"launcher, {t.epochs} epochs" + (f" (at most {t.max_steps} steps)" if t.max_steps else "")
-                + f" -> {p.run}")
+        return (
+            f"train: {Path(t.recipe).stem} recipe, ZeRO-{stage} on {t.ranks} CPU ranks through the deepspeed "
+            f"launcher, {t.epochs} epochs" + (f" (at most {t.max_steps} steps)" if t.max_steps else "") + f" -> {p.run}"
+        )
     if step == "export":
         return f"export: consolidate the last checkpoint of {p.run} into {p.export} and verify its logits"
     if step == "answer":
-        return (f"evaluate answer: {e.tasks} held-out tasks from {short(e.eval_set)} with {p.export} "
-                f"(at most {e.max_new_tokens} new tokens) -> {p.answers.parent}")
-    return (f"evaluate judge: {GENERATOR} vs the tasks' reference outputs, both orders, by the simulator's judge "
-            f"mode -> {p.judge}")
+        return (
+            f"evaluate answer: {e.tasks} held-out tasks from {short(e.eval_set)} with {p.export} "
+            f"(at most {e.max_new_tokens} new tokens) -> {p.answers.parent}"
+        )
+    return (
+        f"evaluate judge: {GENERATOR} vs the tasks' reference outputs, both orders, by the simulator's judge "
+        f"mode -> {p.judge}"
+    )
 
 
 def _zero_stage(ds_config: str):
@@ -166,20 +186,26 @@ def _zero_stage(ds_config: str):
 
 def step_generate(ctx: Context) -> dict:
     from alpaca_ds.generate import run as gen
+
     result = gen.run(ctx.configs()["generate"])
     if result["exit_code"] == 130:
         raise Interrupted("generate")
     if result["exit_code"] != 0:
-        raise UserError(f"generate stopped: {result['message']} (raise generate.budget_usd with --set if the "
-                        "budget stopped it, then rerun)")
-    ctx.echo(f"      {result['accepted']}/{result['target']} instructions accepted, "
-             f"{result['stats']['requests']['succeeded']} requests, ${result['cost']['spent_usd']:.4f} at "
-             f"{result['cost']['model']} prices")
+        raise UserError(
+            f"generate stopped: {result['message']} (raise generate.budget_usd with --set if the "
+            "budget stopped it, then rerun)"
+        )
+    ctx.echo(
+        f"      {result['accepted']}/{result['target']} instructions accepted, "
+        f"{result['stats']['requests']['succeeded']} requests, ${result['cost']['spent_usd']:.4f} at "
+        f"{result['cost']['model']} prices"
+    )
     return {"accepted": result["accepted"], "teacher": ctx.teacher.base_url}
 
 
 def step_data(ctx: Context) -> dict:
     from alpaca_ds.dataset import build
+
     manifest = build.run(ctx.configs()["data"])
     splits = ", ".join(f"{n} {s['examples']} examples / {s['tokens']} tokens" for n, s in manifest["splits"].items())
     ctx.echo(f"      {manifest['counts']['records']} records -> {splits}")
@@ -209,46 +235,56 @@ def step_train(ctx: Context) -> dict:
     from alpaca_ds.cluster.launch import launcher_command, train_args
     from alpaca_ds.cluster.runner import run_launcher
     from alpaca_ds.common.serving import free_port
+
     cfg = ctx.cfg
     before = comm_op_build()
     if before is None:
-        ctx.echo("      first DeepSpeed run on this machine: the ranks compile its CPU communication op once (about "
-                 f"a minute on 2 cores; cached in {extensions_dir()})")
+        ctx.echo(
+            "      first DeepSpeed run on this machine: the ranks compile its CPU communication op once (about "
+            f"a minute on 2 cores; cached in {extensions_dir()})"
+        )
     started = time.time()
     config = ctx.hand["train"]
     # a free rendezvous port: another DeepSpeed job on this machine (a test, a second quickstart) may hold 29500
     command = launcher_command(train_args(str(config)), num_gpus=cfg.train.ranks, master_port=free_port())
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore::FutureWarning",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONUNBUFFERED": "1"}
     ctx.echo(f"      + {shlex.join(command)}")
     ctx.echo(f"      (the launcher's full output: {ctx.paths.train_log})")
-    code = run_launcher(command, env, marker=str(config), log_path=ctx.paths.train_log,
-                        pid_file=ctx.paths.train_pid, say=ctx.echo)
+    code = run_launcher(
+        command, env, marker=str(config), log_path=ctx.paths.train_log, pid_file=ctx.paths.train_pid, say=ctx.echo
+    )
     if code != 0:
         raise UserError(f"training failed (exit status {code}); the full log is {ctx.paths.train_log}")
     after = comm_op_build()
     compiled = after is not None and after != before and after[1] >= started
-    return {"ranks": cfg.train.ranks, "compiled_comm_op": compiled,
-            "compile_seconds": round(after[1] - max(after[0], started), 1) if compiled else 0.0}
+    return {
+        "ranks": cfg.train.ranks,
+        "compiled_comm_op": compiled,
+        "compile_seconds": round(after[1] - max(after[0], started), 1) if compiled else 0.0,
+    }
 
 
 def step_export(ctx: Context) -> dict:
     os.environ["DS_ACCELERATOR"] = "cpu"  # zero_to_fp32 imports deepspeed, which would look for a GPU
     from alpaca_ds.train.checkpoint import latest_tag
     from alpaca_ds.train.export import export_checkpoint
+
     checkpoints = ctx.paths.run / "checkpoints"
     tag = latest_tag(checkpoints)
     if tag is None:
         raise UserError(f"{checkpoints}: no complete checkpoint to export")
     diff = export_checkpoint(checkpoints / tag, ctx.paths.export)
     same = _max_tensor_diff(ctx.paths.export, ctx.paths.run / "final")
-    ctx.echo(f"      exported {checkpoints / tag} -> {ctx.paths.export}: reloaded logits within {diff:.2g} of the "
-             f"checkpoint's weights; tensors vs the trainer's own export run/final: max |diff| {same:.2g}")
+    ctx.echo(
+        f"      exported {checkpoints / tag} -> {ctx.paths.export}: reloaded logits within {diff:.2g} of the "
+        f"checkpoint's weights; tensors vs the trainer's own export run/final: max |diff| {same:.2g}"
+    )
     return {"checkpoint": str(checkpoints / tag), "logits_max_diff": diff, "max_tensor_diff_vs_final": same}
 
 
 def _max_tensor_diff(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
+
     ta = {k: v for f in sorted(a.glob("*.safetensors")) for k, v in load_file(f).items()}
     tb = {k: v for f in sorted(b.glob("*.safetensors")) for k, v in load_file(f).items()}
     if set(ta) != set(tb):
@@ -261,27 +297,34 @@ def write_reference(cfg: QuickstartConfig, paths: Paths) -> int:
     from alpaca_ds.common.jsonfile import read_all
     from alpaca_ds.evaluate.answers import write_outputs
     from alpaca_ds.evaluate.eval_sets import load_eval_set, output_record, set_path
+
     path = set_path(cfg.evaluate.eval_set, ".")
-    items = load_eval_set(cfg.evaluate.eval_set, ".")[:cfg.evaluate.tasks]
-    records = [rec for _, rec in read_all(path, "eval set")][:cfg.evaluate.tasks]
+    items = load_eval_set(cfg.evaluate.eval_set, ".")[: cfg.evaluate.tasks]
+    records = [rec for _, rec in read_all(path, "eval set")][: cfg.evaluate.tasks]
     if any(not isinstance(r.get("output"), str) or not r["output"].strip() for r in records):
-        raise UserError(f"{path}: the quickstart judges against the eval set's own `output`s; every one of the first "
-                        f"{cfg.evaluate.tasks} records needs one")
+        raise UserError(
+            f"{path}: the quickstart judges against the eval set's own `output`s; every one of the first "
+            f"{cfg.evaluate.tasks} records needs one"
+        )
     write_outputs(paths.reference, [output_record(i, r["output"], REFERENCE) for i, r in zip(items, records)])
     return len(records)
 
 
 def step_answer(ctx: Context) -> dict:
     from alpaca_ds.evaluate import answers
+
     n = write_reference(ctx.cfg, ctx.paths)
     result = answers.run(stage_configs(ctx.cfg, ctx.paths, "http://unused/v1")["answer"])
-    ctx.echo(f"      {result['answers']} answers by {result['generator']} -> {result['output']}; {n} reference "
-             f"outputs -> {ctx.paths.reference}")
+    ctx.echo(
+        f"      {result['answers']} answers by {result['generator']} -> {result['output']}; {n} reference "
+        f"outputs -> {ctx.paths.reference}"
+    )
     return {"answers": result["answers"]}
 
 
 def step_judge(ctx: Context) -> dict:
     from alpaca_ds.evaluate import judge
+
     result = judge.run(ctx.configs()["judge"])
     if result["exit_code"] == 130:
         raise Interrupted("judge")
@@ -290,16 +333,25 @@ def step_judge(ctx: Context) -> dict:
     o = result["report"]["overall"]
     wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.1f}%"
     se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.1f}"
-    ctx.echo(f"      {result['judged']}/{result['pairs']} pairs judged; win rate of {GENERATOR} over the reference: "
-             f"{wr} ± {se}")
+    ctx.echo(
+        f"      {result['judged']}/{result['pairs']} pairs judged; win rate of {GENERATOR} over the reference: "
+        f"{wr} ± {se}"
+    )
     return {"judged": result["judged"]}
 
 
-STEP_FUNCS = {"generate": step_generate, "data": step_data, "train": step_train, "export": step_export,
-              "answer": step_answer, "judge": step_judge}
+STEP_FUNCS = {
+    "generate": step_generate,
+    "data": step_data,
+    "train": step_train,
+    "export": step_export,
+    "answer": step_answer,
+    "judge": step_judge,
+}
 
 
 # ---------------------------------------------------------------------------------------------- the run
+
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
@@ -319,9 +371,17 @@ def environment() -> dict:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return None
-    return {"cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version(), "alpaca-ds": version("alpaca-ds"), "torch": version("torch"),
-            "deepspeed": version("deepspeed"), "transformers": version("transformers")}
+
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "alpaca-ds": version("alpaca-ds"),
+        "torch": version("torch"),
+        "deepspeed": version("deepspeed"),
+        "transformers": version("transformers"),
+    }
 
 
 def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
@@ -336,13 +396,17 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
     try:
         state = State(paths, cfg)
         from alpaca_ds.cluster.runner import stop_leftover
+
         stop_leftover(paths.train_pid, str(paths.configs / "train.yaml"), say=echo)
         hand = write_hand_configs(cfg, paths)
-        state.data["invocations"].append({"started": _now(), "quick": quick, "argv": sys.argv[1:],
-                                          "cwd": os.getcwd(), "environment": environment()})
+        state.data["invocations"].append(
+            {"started": _now(), "quick": quick, "argv": sys.argv[1:], "cwd": os.getcwd(), "environment": environment()}
+        )
         state.save()
-        echo(f"alpaca-ds quickstart -> {paths.root}{' (--quick)' if quick else ''}: generate, data build, train, "
-             "export, evaluate, offline on CPU")
+        echo(
+            f"alpaca-ds quickstart -> {paths.root}{' (--quick)' if quick else ''}: generate, data build, train, "
+            "export, evaluate, offline on CPU"
+        )
         with ExitStack() as stack:
             ctx = Context(cfg, paths, hand, echo, stack)
             redo = False
@@ -366,21 +430,36 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
                 ran.append(step)
                 echo(f"      done in {seconds:.1f} s")
         seconds = time.monotonic() - started
-        state.data["invocations"][-1].update({"finished": _now(), "seconds": round(seconds, 2), "ran": ran,
-                                              "skipped": skipped})
+        state.data["invocations"][-1].update(
+            {"finished": _now(), "seconds": round(seconds, 2), "ran": ran, "skipped": skipped}
+        )
         state.save()
         report = write_report(cfg, paths, state.data)
-        echo(f"report: {report} ({seconds:.0f} s{' this time' if skipped else ''}; "
-             f"{sum(s['seconds'] for s in state.data['steps'].values()):.0f} s over the steps)")
-        return {"exit_code": 0, "message": "", "report": str(report), "seconds": seconds, "ran": ran,
-                "skipped": skipped}
+        echo(
+            f"report: {report} ({seconds:.0f} s{' this time' if skipped else ''}; "
+            f"{sum(s['seconds'] for s in state.data['steps'].values()):.0f} s over the steps)"
+        )
+        return {
+            "exit_code": 0,
+            "message": "",
+            "report": str(report),
+            "seconds": seconds,
+            "ran": ran,
+            "skipped": skipped,
+        }
     except (KeyboardInterrupt, Interrupted):
         if current is not None and state is not None:
             state.interrupted(current, time.monotonic() - t0)
         where = f" during {current}" if current else ""
-        return {"exit_code": 130, "message": f"interrupted{where}; rerun the same command to continue (finished "
-                f"steps are kept, and {current or 'the step'} continues where it stopped)",
-                "report": None, "seconds": time.monotonic() - started, "ran": ran, "skipped": skipped}
+        return {
+            "exit_code": 130,
+            "message": f"interrupted{where}; rerun the same command to continue (finished "
+            f"steps are kept, and {current or 'the step'} continues where it stopped)",
+            "report": None,
+            "seconds": time.monotonic() - started,
+            "ran": ran,
+            "skipped": skipped,
+        }
     finally:
         _on_sigterm(previous_sigterm)
         lock.release()

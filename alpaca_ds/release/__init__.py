@@ -1,5 +1,5 @@
 """Release assets with provenance.
 
-  weights.py  weight diffs and their recovery, bit-identical
-  cards.py    model and data cards; the release folder (`release pack`), LoRA adapters included
+weights.py  weight diffs and their recovery, bit-identical
+cards.py    model and data cards; the release folder (`release pack`), LoRA adapters included
 """

@@ -8,6 +8,7 @@ float32 (float64 for the rare tensor where float32 would not give the tuned bits
 to the vocabulary as they are, the tuned model's config and tokenizer files, and a sha256 of every tuned tensor:
 `recover` refuses the result, naming the first tensor that differs, unless it is the tuned model bit for bit.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,14 @@ from alpaca_ds.common.provenance import tensor_sha256
 
 DIFF_INDEX = "weight_diff.json"
 SHARD_BYTES = 2 * 2**30  # diff shards of at most 2 GiB: one is the most held in memory at once
-COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-          "special_tokens_map.json", "tokenizer.model")
+COPIED = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+)
 
 
 class Weights:
@@ -45,8 +52,10 @@ class Weights:
             with safe_open(self.folder / "model.safetensors", "pt") as f:
                 self.where = {k: "model.safetensors" for k in f.keys()}
         else:
-            raise UserError(f"{self.folder}: no model.safetensors or model.safetensors.index.json (an HF model "
-                            "folder saved with safetensors is needed)")
+            raise UserError(
+                f"{self.folder}: no model.safetensors or model.safetensors.index.json (an HF model "
+                "folder saved with safetensors is needed)"
+            )
 
     def names(self) -> list[str]:
         return sorted(self.where)
@@ -61,8 +70,10 @@ def make_diff(base: Path, tuned: Path, out: Path, shard_bytes: int = SHARD_BYTES
     base_w, tuned_w = Weights(base), Weights(tuned)
     missing = [n for n in tuned_w.names() if n not in base_w.where]
     if missing:
-        raise UserError(f"{base}: has no tensor {missing[0]!r} of the tuned model ({len(missing)} missing); "
-                        "is it the model the tuned one was trained from?")
+        raise UserError(
+            f"{base}: has no tensor {missing[0]!r} of the tuned model ({len(missing)} missing); "
+            "is it the model the tuned one was trained from?"
+        )
     index = {"format": "alpaca-ds/weight-diff/v1", "tensors": {}, "shards": []}
     with _staged(out) as stage:
         for shard_name, tensors in _shards(_diffs(base_w, tuned_w, index), "diff", shard_bytes):
@@ -95,15 +106,19 @@ def recover(base: Path, diff: Path, out: Path, shard_bytes: int = SHARD_BYTES) -
                 raise UserError(f"{base}: has no tensor {name!r}; wrong base model")
             old = base_w.get(name)
             if list(old.shape[1:]) != meta["shape"][1:] or old.shape[0] > meta["shape"][0]:
-                raise UserError(f"{base}: tensor {name!r} has shape {list(old.shape)}, the diff expects "
-                                f"{meta['shape']}; wrong base model")
+                raise UserError(
+                    f"{base}: tensor {name!r} has shape {list(old.shape)}, the diff expects "
+                    f"{meta['shape']}; wrong base model"
+                )
             tensor = _padded(old, meta["shape"]).to(delta.dtype)
             tensor += delta  # in place: temporaries of the largest tensor dominate the peak memory
             del old, delta
             tensor = tensor.to(getattr(torch, meta["dtype"]))
             if tensor_sha256(tensor) != meta["sha256"]:
-                raise UserError(f"{base}: recovered tensor {name!r} does not match the tuned model's checksum; "
-                                "this is not the base model the diff was made from (first mismatching tensor)")
+                raise UserError(
+                    f"{base}: recovered tensor {name!r} does not match the tuned model's checksum; "
+                    "this is not the base model the diff was made from (first mismatching tensor)"
+                )
             yield name, tensor
 
     with _staged(out) as stage:
@@ -120,15 +135,21 @@ def _diffs(base_w: Weights, tuned_w: Weights, index: dict) -> Iterator[tuple[str
     for name in tqdm(tuned_w.names(), desc="diff", unit="tensor"):
         new, old = tuned_w.get(name), base_w.get(name)
         if list(old.shape[1:]) != list(new.shape[1:]) or old.shape[0] > new.shape[0]:
-            raise UserError(f"tensor {name!r}: base shape {list(old.shape)} cannot grow into tuned "
-                            f"{list(new.shape)}; is this the base model the tuned one was trained from?")
+            raise UserError(
+                f"tensor {name!r}: base shape {list(old.shape)} cannot grow into tuned "
+                f"{list(new.shape)}; is this the base model the tuned one was trained from?"
+            )
         added_rows = new.shape[0] - old.shape[0] if new.dim() else 0
         old = _padded(old, list(new.shape))  # rows of added tokens: the diff holds them as they are
         delta = new.float() - old.float()
         if not torch.equal((old.float() + delta).to(new.dtype), new):
             delta = new.double() - old.double()
-        index["tensors"][name] = {"shape": list(new.shape), "dtype": str(new.dtype).removeprefix("torch."),
-                                  "sha256": tensor_sha256(new), "added_rows": int(added_rows)}
+        index["tensors"][name] = {
+            "shape": list(new.shape),
+            "dtype": str(new.dtype).removeprefix("torch."),
+            "sha256": tensor_sha256(new),
+            "added_rows": int(added_rows),
+        }
         yield name, delta
 
 
@@ -186,8 +207,12 @@ def _write_model_index(out: Path, written: list[tuple[str, list[str]]]) -> None:
         return
     weight_map = {name: shard for shard, names in written for name in names}
     total = sum((out / shard).stat().st_size for shard, _ in written)
-    atomic_write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    atomic_write_json(
+        out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
 
 
 def _combined(index: dict) -> str:
-    return hashlib.sha256("".join(f"{n}\0{m['sha256']}\n" for n, m in sorted(index["tensors"].items())).encode()).hexdigest()
+    return hashlib.sha256(
+        "".join(f"{n}\0{m['sha256']}\n" for n, m in sorted(index["tensors"].items())).encode()
+    ).hexdigest()

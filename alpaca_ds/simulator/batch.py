@@ -17,6 +17,7 @@ Faults: a share of lines fails (`line_failure`, drawn per line and attempt), pro
 nothing billed), the next `expire_batches` expire with half their lines answered; `lost_creates` creates answer
 500 after making their batch, and `flaky_calls` calls answer 503.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,12 +32,12 @@ ENDPOINTS = {"/v1/completions": False, "/v1/chat/completions": True}  # url -> c
 
 @dataclass(frozen=True)
 class BatchBehaviour:
-    seconds: float = 1.0          # how long a batch stays in progress
-    line_failure: float = 0.0     # share of lines answered 500 (in the error file)
-    fail_batches: int = 0         # the first N batches created fail whole
-    expire_batches: int = 0       # the next N expire, half answered
-    lost_creates: int = 0         # the first N creates make the batch but answer 500, as if the answer were lost
-    flaky_calls: int = 0          # the first N calls (upload, create, retrieve, content) answer 503
+    seconds: float = 1.0  # how long a batch stays in progress
+    line_failure: float = 0.0  # share of lines answered 500 (in the error file)
+    fail_batches: int = 0  # the first N batches created fail whole
+    expire_batches: int = 0  # the next N expire, half answered
+    lost_creates: int = 0  # the first N creates make the batch but answer 500, as if the answer were lost
+    flaky_calls: int = 0  # the first N calls (upload, create, retrieve, content) answer 503
 
 
 class BatchApi:
@@ -45,14 +46,17 @@ class BatchApi:
         self.files: dict[str, dict] = {}
         self.content: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
-        self.custom_ids: dict[str, list[str]] = {}   # batch id -> the custom_ids it was given
+        self.custom_ids: dict[str, list[str]] = {}  # batch id -> the custom_ids it was given
         self._tasks: set[asyncio.Task] = set()
         self._seq = 0
         self._flaky = self._lost = 0
 
     def stats(self) -> dict:
-        return {"created": len(self.batches), "by_status": dict(Counter(b["status"] for b in self.batches.values())),
-                "custom_ids": self.custom_ids}
+        return {
+            "created": len(self.batches),
+            "by_status": dict(Counter(b["status"] for b in self.batches.values())),
+            "custom_ids": self.custom_ids,
+        }
 
     def routes(self, app, sim) -> None:
         self.sim = sim
@@ -74,30 +78,49 @@ class BatchApi:
 
     def _new_file(self, data: bytes, filename: str, purpose: str) -> dict:
         fid = self._id("file")
-        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                           "filename": filename, "purpose": purpose, "status": "processed"}
+        self.files[fid] = {
+            "id": fid,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
         self.content[fid] = data
         return self.files[fid]
 
     @staticmethod
     def _json(data, status: int = 200):
         from aiohttp import web
+
         return web.json_response(data, status=status)
 
     def _error(self, status: int, message: str):
-        return self._json({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                     "code": None}}, status)
+        return self._json(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}, status
+        )
 
     def _guard(self, request):
         from alpaca_ds.simulator.server import HttpError
+
         try:
             self.sim.check_key(request)
         except HttpError as e:
             return self._json(e.body(), e.status)
         if self._flaky < self.behaviour.flaky_calls:
             self._flaky += 1
-            return self._json({"error": {"message": "Service unavailable (simulated).", "type": "server_error",
-                                         "param": None, "code": None}}, 503)
+            return self._json(
+                {
+                    "error": {
+                        "message": "Service unavailable (simulated).",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                503,
+            )
         return None
 
     # ---- files --------------------------------------------------------------------------------------------------
@@ -114,11 +137,22 @@ class BatchApi:
     def _find(self, table: dict, request, what: str):
         """The object the URL names, or a 404 as the API answers it."""
         from aiohttp import web
+
         found = table.get(request.match_info["id"])
         if found is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": {
-                "message": f"No such {what} object: {request.match_info['id']}", "type": "invalid_request_error",
-                "param": None, "code": None}}), content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps(
+                    {
+                        "error": {
+                            "message": f"No such {what} object: {request.match_info['id']}",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                ),
+                content_type="application/json",
+            )
         return found
 
     async def _file(self, request):
@@ -126,6 +160,7 @@ class BatchApi:
 
     async def _file_content(self, request):
         from aiohttp import web
+
         if (denied := self._guard(request)) is not None:
             return denied
         return web.Response(body=self._find(self.content, request, "File"), content_type="application/octet-stream")
@@ -144,12 +179,27 @@ class BatchApi:
         bid = self._id("batch")
         now = int(time.time())
         self.batches[bid] = {
-            "id": bid, "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": fid,
-            "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
-            "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
-            "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
-            "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
-            "metadata": body.get("metadata")}
+            "id": bid,
+            "object": "batch",
+            "endpoint": endpoint,
+            "errors": None,
+            "input_file_id": fid,
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
         task = asyncio.get_running_loop().create_task(self._process(bid, len(self.batches)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -174,10 +224,17 @@ class BatchApi:
         after = request.query.get("after")
         ids = sorted(self.batches, reverse=True)  # newest first, as the API lists them
         if after in ids:
-            ids = ids[ids.index(after) + 1:]
+            ids = ids[ids.index(after) + 1 :]
         page = [self.batches[i] for i in ids[:limit]]
-        return self._json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                           "last_id": page[-1]["id"] if page else None, "has_more": len(ids) > limit})
+        return self._json(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(ids) > limit,
+            }
+        )
 
     async def _process(self, bid: str, number: int) -> None:
         b, beh = self.batches[bid], self.behaviour
@@ -186,9 +243,14 @@ class BatchApi:
         if problem is None and number <= beh.fail_batches:
             problem = "the batch failed (simulated)"
         if problem is not None:
-            b.update(status="failed", failed_at=int(time.time()),
-                     errors={"object": "list", "data": [{"code": "invalid_request", "message": problem,
-                                                         "param": None, "line": None}]})
+            b.update(
+                status="failed",
+                failed_at=int(time.time()),
+                errors={
+                    "object": "list",
+                    "data": [{"code": "invalid_request", "message": problem, "param": None, "line": None}],
+                },
+            )
             return
         b.update(status="in_progress", in_progress_at=int(time.time()))
         b["request_counts"]["total"] = len(lines)
@@ -204,24 +266,56 @@ class BatchApi:
         for k, ln in enumerate(lines):
             rid = f"batch_req_{hashlib.sha256(f'{bid}/{k}'.encode()).hexdigest()[:20]}"
             if expire and k >= len(lines) // 2:
-                err.append({"id": rid, "custom_id": ln["custom_id"], "response": None, "error": {
-                    "code": "batch_expired",
-                    "message": "This request could not be executed before the completion window expired."}})
+                err.append(
+                    {
+                        "id": rid,
+                        "custom_id": ln["custom_id"],
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the completion window expired.",
+                        },
+                    }
+                )
                 continue
             raw = json.dumps(ln["body"], sort_keys=True).encode()
             prompts = self.sim.prompts_of(ln["body"], chat)
             fault, frng = self.sim.fault(raw, prompts)
             if fault == "500" or frng.random() < beh.line_failure:
                 self.sim.counts["batch_line_500"] += 1
-                err.append({"id": rid, "custom_id": ln["custom_id"], "response": {
-                    "status_code": 500, "request_id": rid,
-                    "body": {"error": {"message": "The server had an error (simulated).", "type": "server_error",
-                                       "param": None, "code": None}}}, "error": None})
+                err.append(
+                    {
+                        "id": rid,
+                        "custom_id": ln["custom_id"],
+                        "response": {
+                            "status_code": 500,
+                            "request_id": rid,
+                            "body": {
+                                "error": {
+                                    "message": "The server had an error (simulated).",
+                                    "type": "server_error",
+                                    "param": None,
+                                    "code": None,
+                                }
+                            },
+                        },
+                        "error": None,
+                    }
+                )
                 continue
             self.sim.counts["batch_line_ok"] += 1
-            out.append({"id": rid, "custom_id": ln["custom_id"], "response": {
-                "status_code": 200, "request_id": rid, "body": self.sim.complete(ln["body"], chat, batch=True)},
-                "error": None})
+            out.append(
+                {
+                    "id": rid,
+                    "custom_id": ln["custom_id"],
+                    "response": {
+                        "status_code": 200,
+                        "request_id": rid,
+                        "body": self.sim.complete(ln["body"], chat, batch=True),
+                    },
+                    "error": None,
+                }
+            )
             if k % 20 == 19:
                 await asyncio.sleep(0)  # let the server answer polls while a big batch is being written
         b.update(status="finalizing", finalizing_at=int(time.time()))
@@ -241,8 +335,13 @@ def _read_lines(data: bytes, endpoint: str) -> tuple[list[dict], str | None]:
             continue
         try:
             ln = json.loads(raw)
-            ok = (isinstance(ln.get("custom_id"), str) and ln.get("method") == "POST" and ln.get("url") == endpoint
-                  and isinstance(ln.get("body"), dict) and "model" in ln["body"])
+            ok = (
+                isinstance(ln.get("custom_id"), str)
+                and ln.get("method") == "POST"
+                and ln.get("url") == endpoint
+                and isinstance(ln.get("body"), dict)
+                and "model" in ln["body"]
+            )
         except (ValueError, AttributeError):
             ok = False
         if not ok or ln["custom_id"] in seen:

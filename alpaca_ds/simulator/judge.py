@@ -18,6 +18,7 @@ better) = σ(margin), the margin being the first score difference that is not 0 
 words ×0.1), so they follow the verdict without being 0 or 1; "m" and "M" share 0.9 of the mass and three other
 tokens the rest, so a reader must normalise over the two. A refusal's first token puts no mass on m or M.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ NO_VERDICT = "NOVERDICT"
 _LABEL = re.compile(r"^[#*\s]*Output \(([abmM])\)[:*\s]*$", re.M)
 _HEADING = re.compile(r"^\s*(#+ |[A-Z][^\n]{0,60}[:?]\s*$)", re.M)  # "## Verdict", "Answer:", "Which is better?"
 _PAIRS = (["a", "b"], ["m", "M"])
-_OTHERS = {"Both": 0.05, "The": 0.03, "Output": 0.02}                 # beside m and M, 0.1 in all
+_OTHERS = {"Both": 0.05, "The": 0.03, "Output": 0.02}  # beside m and M, 0.1 in all
 _REFUSAL = {"Both": 0.7, "The": 0.2, "Neither": 0.05, "Each": 0.03, "I": 0.02}
 
 
@@ -42,11 +43,11 @@ def split_judge_prompt(prompt: str) -> tuple[str, str, str, list[str]] | None:
     if len(labels) < 2 or order[-2:] not in _PAIRS:
         return None
     la, lb = labels[-2], labels[-1]
-    a = prompt[la.end():lb.start()]
-    rest = prompt[lb.end():]
+    a = prompt[la.end() : lb.start()]
+    rest = prompt[lb.end() :]
     end = _HEADING.search(rest)
-    b = rest[:end.start()] if end else rest
-    return prompt[:la.start()], a.strip(), b.strip(), order[-2:]
+    b = rest[: end.start()] if end else rest
+    return prompt[: la.start()], a.strip(), b.strip(), order[-2:]
 
 
 def judge_reply(prompt: str, vocabulary: list[str]) -> tuple[str, dict[str, float] | None] | None:

@@ -1,6 +1,7 @@
 """Starting the SIMULATOR: as a server process (`alpaca-ds teacher serve`), or in a background thread of this
 process on a free loopback port (`with LocalSimulator(seeds) as sim: ... sim.base_url`), which lives and dies with
 its user (the quickstart, tests, benchmarks: no process to clean up after a kill)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,24 +15,46 @@ from alpaca_ds.simulator.server import Faults, Simulator
 from alpaca_ds.simulator.teacher import DEFAULT_MODEL, TeacherSim
 
 
-def build(seeds_path: str | Path, seed: int = 0, tasks: int = 20, noise: float = 0.2, latency: float = 0.0,
-          jitter: float = 0.0, faults: Faults = Faults(), require_key: str | None = None, price=None,
-          batch: BatchBehaviour | None = BatchBehaviour(), logprobs: bool = True,
-          moderation_words: tuple[str, ...] = ()) -> Simulator:
+def build(
+    seeds_path: str | Path,
+    seed: int = 0,
+    tasks: int = 20,
+    noise: float = 0.2,
+    latency: float = 0.0,
+    jitter: float = 0.0,
+    faults: Faults = Faults(),
+    require_key: str | None = None,
+    price=None,
+    batch: BatchBehaviour | None = BatchBehaviour(),
+    logprobs: bool = True,
+    moderation_words: tuple[str, ...] = (),
+) -> Simulator:
     """A simulator writing from the seed tasks at `seeds_path`; `batch` None: without the Batch API; `logprobs`
     False: answers without log-probabilities; `moderation_words`: what /v1/moderations flags."""
     content = TeacherSim([t.example for t in load_seed_tasks(seeds_path)], seed=seed, tasks=tasks, noise=noise)
     content._enc(DEFAULT_MODEL)  # load tiktoken before the first request, so it is not slow
-    return Simulator(content, latency=latency, jitter=jitter, faults=faults, require_key=require_key, price=price,
-                     batch=BatchApi(batch) if batch is not None else None, logprobs=logprobs,
-                     moderation_words=tuple(moderation_words))
+    return Simulator(
+        content,
+        latency=latency,
+        jitter=jitter,
+        faults=faults,
+        require_key=require_key,
+        price=price,
+        batch=BatchApi(batch) if batch is not None else None,
+        logprobs=logprobs,
+        moderation_words=tuple(moderation_words),
+    )
 
 
 def serve(sim: Simulator, port: int, host: str = "127.0.0.1", announce=print) -> None:
     """Run the simulator until interrupted; announces 'teacher simulator listening on http://HOST:PORT/v1'."""
-    serve_until_interrupted(sim.app(), host, port,
-                            lambda bound: announce(f"teacher simulator listening on http://{host}:{bound}/v1"),
-                            backlog=1024)
+    serve_until_interrupted(
+        sim.app(),
+        host,
+        port,
+        lambda bound: announce(f"teacher simulator listening on http://{host}:{bound}/v1"),
+        backlog=1024,
+    )
 
 
 class LocalSimulator:
@@ -46,6 +69,7 @@ class LocalSimulator:
 
     def __enter__(self) -> LocalSimulator:
         from aiohttp import web
+
         ready = threading.Event()
 
         async def main():
@@ -94,9 +118,26 @@ class SimulatorProcess:
         import re
         import subprocess
         import sys
+
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "alpaca_ds.cli", "teacher", "serve", "--port", "0", "--seeds", str(seeds_path),
-             *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+            [
+                sys.executable,
+                "-m",
+                "alpaca_ds.cli",
+                "teacher",
+                "serve",
+                "--port",
+                "0",
+                "--seeds",
+                str(seeds_path),
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
         line = self.proc.stdout.readline()
         found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
         if not found:
@@ -107,11 +148,13 @@ class SimulatorProcess:
     def stats(self) -> dict:
         import json
         import urllib.request
+
         with urllib.request.urlopen(self.url.replace("/v1", "/sim/stats"), timeout=30) as r:
             return json.loads(r.read())
 
     def close(self) -> None:
         import subprocess
+
         self.proc.terminate()
         try:
             self.proc.wait(10)

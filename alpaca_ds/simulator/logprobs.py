@@ -7,6 +7,7 @@
 The first token of a judge reply has the distribution judge.py gives it; every other token is certain (logprob 0,
 itself its only alternative): the simulator writes deterministically, and only the judge's first token is read.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,21 @@ def logprobs(enc, text: str, first: dict[str, float] | None, top: int, chat: boo
         ranked = sorted(dist.items(), key=lambda kv: -kv[1])[:top]
         positions.append((token, math.log(dist[token]), [(t, math.log(p)) for t, p in ranked]))
     if chat:
+
         def entry(t, lp):
             return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
-        return {"content": [{**entry(t, lp), "top_logprobs": [entry(*x) for x in alts]} for t, lp, alts in positions],
-                "refusal": None}
+
+        return {
+            "content": [{**entry(t, lp), "top_logprobs": [entry(*x) for x in alts]} for t, lp, alts in positions],
+            "refusal": None,
+        }
     offsets, at = [], offset
     for t, _, _ in positions:
         offsets.append(at)
         at += len(t)
-    return {"tokens": [t for t, _, _ in positions], "token_logprobs": [lp for _, lp, _ in positions],
-            "top_logprobs": [dict(alts) for _, _, alts in positions], "text_offset": offsets}
+    return {
+        "tokens": [t for t, _, _ in positions],
+        "token_logprobs": [lp for _, lp, _ in positions],
+        "top_logprobs": [dict(alts) for _, _, alts in positions],
+        "text_offset": offsets,
+    }

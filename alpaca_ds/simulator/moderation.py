@@ -7,15 +7,28 @@
 A text is flagged, in `category`, when it holds one of `words` (whole words, any case); the texts asked about are
 kept in `inputs`, in order. Like the completion endpoints it wants the simulator's key when one is required.
 """
+
 from __future__ import annotations
 
 import hashlib
 import re
 
 # OpenAI's omni-moderation categories
-CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
-              "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
-              "violence/graphic")
+CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
 
 
 class Moderation:
@@ -37,9 +50,12 @@ class Moderation:
         results = []
         for text in texts:
             flagged = bool(self.pattern and self.pattern.search(text))
-            results.append({"flagged": flagged,
-                            "categories": {c: flagged and c == self.category for c in CATEGORIES},
-                            "category_scores": {c: (0.9 if flagged and c == self.category else 0.001)
-                                                for c in CATEGORIES}})
+            results.append(
+                {
+                    "flagged": flagged,
+                    "categories": {c: flagged and c == self.category for c in CATEGORIES},
+                    "category_scores": {c: (0.9 if flagged and c == self.category else 0.001) for c in CATEGORIES},
+                }
+            )
         digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:24]
         return {"id": f"modr-{digest}", "model": body.get("model") or "omni-moderation-latest", "results": results}

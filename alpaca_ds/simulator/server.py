@@ -19,6 +19,7 @@ Log-probabilities (logprobs.py) when a request asks for them (chat: logprobs + t
 logprobs), unless `logprobs` is off (an endpoint without them); what was returned is kept per prompt in
 `logprobs_returned`. /v1/moderations flags texts holding one of `moderation_words` (moderation.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,8 @@ class Faults:
     rate_malformed: float = 0.0
     retry_after: float = 1.0
     hang_s: float = 600.0
-    fail_first: int = 0                 # 429s to the first attempts of each distinct request
-    fail_matching: str | None = None    # a regex: matching prompts always fail (500)
+    fail_first: int = 0  # 429s to the first attempts of each distinct request
+    fail_matching: str | None = None  # a regex: matching prompts always fail (500)
 
     def total(self) -> float:
         return self.rate_429 + self.rate_500 + self.rate_timeout + self.rate_truncate + self.rate_malformed
@@ -62,9 +63,18 @@ class HttpError(Exception):
 
 
 class Simulator:
-    def __init__(self, content: TeacherSim, latency: float = 0.0, jitter: float = 0.0, faults: Faults = Faults(),
-                 require_key: str | None = None, price=None, batch=None, logprobs: bool = True,
-                 moderation_words: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        content: TeacherSim,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        faults: Faults = Faults(),
+        require_key: str | None = None,
+        price=None,
+        batch=None,
+        logprobs: bool = True,
+        moderation_words: tuple[str, ...] = (),
+    ):
         if faults.total() > 1:
             raise ValueError("fault rates add up to more than 1")
         self.content = content
@@ -73,13 +83,13 @@ class Simulator:
         self.faults = faults
         self.require_key = require_key
         self._fail = re.compile(faults.fail_matching) if faults.fail_matching else None
-        self._price = price                 # an api.prices.Price; None: the table's price of the model asked for
-        self._prices: dict = {}             # model -> its price (the table is read once)
-        self.batch = batch                  # batch.BatchApi, or None: no /v1/files, /v1/batches
-        self.seen: Counter = Counter()      # request body digest -> attempts
-        self.counts: Counter = Counter()    # outcome -> requests
+        self._price = price  # an api.prices.Price; None: the table's price of the model asked for
+        self._prices: dict = {}  # model -> its price (the table is read once)
+        self.batch = batch  # batch.BatchApi, or None: no /v1/files, /v1/batches
+        self.seen: Counter = Counter()  # request body digest -> attempts
+        self.counts: Counter = Counter()  # outcome -> requests
         self.answered: Counter = Counter()  # prompt digest -> answers given (online and batch)
-        self.keys: set[str] = set()         # Authorization headers seen (in memory only, for tests)
+        self.keys: set[str] = set()  # Authorization headers seen (in memory only, for tests)
         self.billed = {"online": [0.0, 0], "batch": [0.0, 0]}  # transport -> [usd, tokens]
         self.logprobs = logprobs
         self.logprobs_returned: dict[str, dict] = {}  # prompt -> the logprobs object of its last answer
@@ -90,11 +100,14 @@ class Simulator:
     def price(self, model: str, batch: bool):
         """What a request for `model` is billed at: the price given, else the table's (an unknown model: 0)."""
         from alpaca_ds.api.prices import Price, load_table
+
         if model not in self._prices:
             e = load_table(None).get(model) if self._price is None else None
             self._prices[model] = self._price or (
                 Price(e["prompt"], e["completion"], "table", e.get("batch_prompt"), e.get("batch_completion"))
-                if e else Price(0.0, 0.0, "unpriced model"))
+                if e
+                else Price(0.0, 0.0, "unpriced model")
+            )
         p = self._prices[model]
         return p.batch() if batch else p
 
@@ -120,8 +133,13 @@ class Simulator:
         if seen < f.fail_first:
             return "429", frng
         draw = frng.random()
-        for name, rate in (("429", f.rate_429), ("500", f.rate_500), ("timeout", f.rate_timeout),
-                           ("truncate", f.rate_truncate), ("malformed", f.rate_malformed)):
+        for name, rate in (
+            ("429", f.rate_429),
+            ("500", f.rate_500),
+            ("timeout", f.rate_timeout),
+            ("truncate", f.rate_truncate),
+            ("malformed", f.rate_malformed),
+        ):
             if draw < rate:
                 return name, frng
             draw -= rate
@@ -141,13 +159,20 @@ class Simulator:
             for j in range(n):
                 index = p * n + j
                 cut = frng.randint(1, max(1, max_tokens - 1)) if truncate else None
-                text, reason, used = self.content.finish(model, self.content.answer(model, prompt, j, chat), stop,
-                                                         max_tokens, cut)
+                text, reason, used = self.content.finish(
+                    model, self.content.answer(model, prompt, j, chat), stop, max_tokens, cut
+                )
                 completion_tokens += used
                 logprobs = self._logprobs(body, chat, prompt, text, enc)
                 if chat:
-                    choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                    "finish_reason": reason, "logprobs": logprobs})
+                    choices.append(
+                        {
+                            "index": index,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": reason,
+                            "logprobs": logprobs,
+                        }
+                    )
                 else:
                     choices.append({"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs})
             self.answered[hashlib.sha256(prompt.encode()).hexdigest()] += 1
@@ -158,10 +183,18 @@ class Simulator:
         bill[0] += self.price(model, batch).cost(prompt_tokens, completion_tokens)
         bill[1] += prompt_tokens + completion_tokens
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        return {"id": f"sim-{digest[:24]}", "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": model, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        return {
+            "id": f"sim-{digest[:24]}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     def _logprobs(self, body: dict, chat: bool, prompt: str, text: str, enc) -> dict | None:
         """A choice's log-probabilities, when asked for and not switched off (kept per prompt for tests)."""
@@ -176,6 +209,7 @@ class Simulator:
 
     def app(self):
         from aiohttp import web
+
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
@@ -194,24 +228,34 @@ class Simulator:
             raise HttpError(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
 
     def stats(self) -> dict:
-        out = {"requests": sum(self.counts.values()), "by_outcome": dict(self.counts),
-               "billed_usd": {k: v[0] for k, v in self.billed.items()},
-               "billed_tokens": {k: v[1] for k, v in self.billed.items()}}
+        out = {
+            "requests": sum(self.counts.values()),
+            "by_outcome": dict(self.counts),
+            "billed_usd": {k: v[0] for k, v in self.billed.items()},
+            "billed_tokens": {k: v[1] for k, v in self.billed.items()},
+        }
         if self.batch is not None:
             out["batches"] = self.batch.stats()
         return out
 
     async def _stats(self, request):
         from aiohttp import web
+
         return web.json_response(self.stats())
 
     async def _models(self, request):
         from aiohttp import web
-        return web.json_response({"object": "list", "data": [
-            {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "alpaca-ds-simulator"}]})
+
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "alpaca-ds-simulator"}],
+            }
+        )
 
     async def _moderations(self, request):
         from aiohttp import web
+
         try:
             self.check_key(request)
             try:
@@ -232,6 +276,7 @@ class Simulator:
 
     async def _serve(self, request, chat: bool):
         from aiohttp import web
+
         raw = await request.read()
         arrived = time.monotonic()
         try:
@@ -250,20 +295,27 @@ class Simulator:
         f = self.faults
         delay = self.latency + (frng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0)
         if fault == "429":
-            e = HttpError(429, "Rate limit reached (simulated).", "requests", code="rate_limit_exceeded",
-                          headers={"Retry-After": f"{f.retry_after:g}"})
+            e = HttpError(
+                429,
+                "Rate limit reached (simulated).",
+                "requests",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": f"{f.retry_after:g}"},
+            )
             return web.json_response(e.body(), status=429, headers=e.headers)
         if fault in ("500", "timeout"):
             await asyncio.sleep(max(0.0, delay))
             if fault == "timeout":
                 await asyncio.sleep(f.hang_s)
-                return web.json_response(HttpError(504, "Gateway timeout (simulated hang).", "server_error").body(),
-                                         status=504)
-            return web.json_response(HttpError(500, "The server had an error (simulated).", "server_error").body(),
-                                     status=500)
+                return web.json_response(
+                    HttpError(504, "Gateway timeout (simulated hang).", "server_error").body(), status=504
+                )
+            return web.json_response(
+                HttpError(500, "The server had an error (simulated).", "server_error").body(), status=500
+            )
         text = json.dumps(self.complete(body, chat, frng=frng, truncate=fault == "truncate"))
         if fault == "malformed":
-            text = text[:frng.randint(1, max(1, len(text) // 2))]
+            text = text[: frng.randint(1, max(1, len(text) // 2))]
         # the answer is computed first and the latency counts from the request's arrival, so a burst of
         # requests is not also delayed by the simulator working through them one after another
         await asyncio.sleep(max(0.0, delay - (time.monotonic() - arrived)))

@@ -6,6 +6,7 @@ reject (seed repeats, near repeats, too short, "Write a program", blacklisted wo
 misnumbered blocks), deterministically: the answer is a function of (model, prompt, choice) and the seed only,
 never of timing, order or transport. A judge prompt gets a verdict instead (judge.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,16 @@ from alpaca_ds.simulator.judge import judge_verdict
 
 DEFAULT_MODEL = "gpt-3.5-turbo-instruct"
 # kinds of bad task the simulator writes on purpose, so every filter has work
-NOISE_KINDS = ("exact_seed", "near_seed", "short", "write_program", "blacklisted", "punctuation", "non_ascii",
-               "misnumbered")
+NOISE_KINDS = (
+    "exact_seed",
+    "near_seed",
+    "short",
+    "write_program",
+    "blacklisted",
+    "punctuation",
+    "non_ascii",
+    "misnumbered",
+)
 
 
 class TeacherSim:
@@ -40,6 +49,7 @@ class TeacherSim:
     def _enc(self, model: str):
         if model not in self._encodings:
             from alpaca_ds.api.tokens import get_encoding
+
             try:
                 self._encodings[model] = get_encoding(model)
             except Exception:  # an unknown model name: count with cl100k_base
@@ -73,15 +83,15 @@ class TeacherSim:
     def _instruction_plain(self, rng: random.Random) -> str:
         a = rng.choice(self.seeds).instruction.split()
         b = rng.choice(self.seeds).instruction.split()
-        head = a[:rng.randint(1, max(1, len(a) // 2))]
-        tail = b[rng.randint(len(b) // 2, max(len(b) // 2, len(b) - 1)):]
+        head = a[: rng.randint(1, max(1, len(a) // 2))]
+        tail = b[rng.randint(len(b) // 2, max(len(b) // 2, len(b) - 1)) :]
         middle = [rng.choice(self.vocab).lower() for _ in range(rng.randint(2, 5))]
         return " ".join(head + middle + tail)
 
     def _task(self, rng: random.Random) -> tuple[str, str, str, bool]:
         inst, ok = self._instruction(rng)
         inp = rng.choice(self.seeds).input.strip() if rng.random() < 0.4 else ""
-        out_words = rng.choice(self.seeds).output.split()[:rng.randint(5, 60)]
+        out_words = rng.choice(self.seeds).output.split()[: rng.randint(5, 60)]
         return inst, inp or "<noinput>", " ".join(out_words), ok
 
     def answer(self, model: str, prompt: str, choice: int, chat: bool) -> str:
@@ -107,7 +117,7 @@ class TeacherSim:
         """Apply stop sequences, then max_tokens (or a forced cut): (text, finish_reason, completion tokens)."""
         ends = [text.find(s) for s in stop if s and text.find(s) >= 0]
         if ends:
-            text = text[:min(ends)]
+            text = text[: min(ends)]
         enc = self._enc(model)
         ids = enc.encode(text, disallowed_special=())
         limit = max_tokens if cut is None else min(max_tokens, cut)

@@ -1,8 +1,9 @@
 """Checkpoints that resume exactly: DeepSpeed's engine state plus the sampler position and every RNG.
 
-    <output_dir>/checkpoints/step-00000040/...   DeepSpeed's files, plus rng-rank<r>.pt per rank
-    <output_dir>/checkpoints/latest              the newest complete tag, written only after every rank is done
+<output_dir>/checkpoints/step-00000040/...   DeepSpeed's files, plus rng-rank<r>.pt per rank
+<output_dir>/checkpoints/latest              the newest complete tag, written only after every rank is done
 """
+
 from __future__ import annotations
 
 import random
@@ -32,8 +33,9 @@ def save(engine, checkpoints: Path, step: int, client_state: dict, keep_last: in
     tag = tag_for(step)
     # A frozen base (LoRA) is not saved: it is the model loaded at start, and a checkpoint of a 7B base + adapter
     # would be 13 GB instead of a few MB. Full fine-tuning has no frozen parameter, so this changes nothing there.
-    engine.save_checkpoint(str(checkpoints), tag=tag, client_state=client_state, save_latest=False,
-                           exclude_frozen_parameters=True)
+    engine.save_checkpoint(
+        str(checkpoints), tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+    )
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(rng, checkpoints / tag / f"rng-rank{dist.get_rank()}.pt")
     dist.barrier()
@@ -54,8 +56,13 @@ def load_latest(engine, checkpoints: Path) -> dict | None:
     tag = latest_tag(checkpoints)
     if tag is None:
         return None
-    _, client_state = engine.load_checkpoint(str(checkpoints), tag=tag, load_optimizer_states=True,
-                                             load_lr_scheduler_states=True, load_module_strict=not _frozen(engine))
+    _, client_state = engine.load_checkpoint(
+        str(checkpoints),
+        tag=tag,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+        load_module_strict=not _frozen(engine),
+    )
     rng = torch.load(checkpoints / tag / f"rng-rank{dist.get_rank()}.pt", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

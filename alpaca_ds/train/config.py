@@ -1,5 +1,6 @@
 """The training recipe's configuration (`alpaca-ds train`, `launch`, `export`, `plan`): model (full or LoRA),
 data, batch, optimizer, checkpoints and logging. Loaded by alpaca_ds.config.load_config; imports no torch."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -16,23 +17,31 @@ class LoraConfig(Schema):
     r: int = Field(8, gt=0, description="rank of each adapter (B·A with A r x in, B out x r)")
     alpha: float = Field(16, gt=0, description="the update is scaled by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1,
-                                            description="Linear layers (name suffixes) that get an adapter")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "v_proj"), min_length=1, description="Linear layers (name suffixes) that get an adapter"
+    )
     modules_to_save: tuple[str, ...] = Field(
-        (), description="modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head] to "
-        "train the rows of added tokens")
+        (),
+        description="modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head] to "
+        "train the rows of added tokens",
+    )
     quantize: Literal["none", "nf4"] = Field(
-        "none", description="nf4: QLoRA, the frozen base in 4 bits (bitsandbytes; needs a CUDA GPU)")
+        "none", description="nf4: QLoRA, the frozen base in 4 bits (bitsandbytes; needs a CUDA GPU)"
+    )
     merged_export: bool | None = Field(
-        None, description="also write final/ (base + B·A·alpha/r merged, an HF folder) beside adapter/; null = yes "
-        "for a bf16 base, no for a 4-bit one (it has no exact bf16 weights to merge into)")
+        None,
+        description="also write final/ (base + B·A·alpha/r merged, an HF folder) beside adapter/; null = yes "
+        "for a bf16 base, no for a 4-bit one (it has no exact bf16 weights to merge into)",
+    )
 
     @model_validator(mode="after")
     def _mergeable(self):
         if self.quantize != "none" and self.merged_export:
-            raise ValueError("model.lora.merged_export: a 4-bit (nf4) base has no exact bf16 weights to merge the "
-                             "adapter into; leave merged_export unset (the adapter is exported and checked on the "
-                             "4-bit base) and merge it onto the bf16 base afterwards")
+            raise ValueError(
+                "model.lora.merged_export: a 4-bit (nf4) base has no exact bf16 weights to merge the "
+                "adapter into; leave merged_export unset (the adapter is exported and checked on the "
+                "4-bit base) and merge it onto the bf16 base afterwards"
+            )
         return self
 
     @property
@@ -47,8 +56,9 @@ class ModelConfig(Schema):
     tokenizer: str | None = Field(None, description="the model's tokenizer; defaults to name_or_path")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
-    lora: LoraConfig | None = Field(None, description="train low-rank adapters on a frozen base instead of "
-                                    "every weight; null = full fine-tuning")
+    lora: LoraConfig | None = Field(
+        None, description="train low-rank adapters on a frozen base instead of every weight; null = full fine-tuning"
+    )
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -66,11 +76,15 @@ class ModelConfig(Schema):
 class TrainDataConfig(Schema):
     path: str = Field(description="tokenized dataset directory (alpaca-ds data build)")
     batching: Literal["random", "length_grouped", "packed"] = Field(
-        "random", description="random: pad to longest, as Alpaca; length_grouped; packed: several examples per row")
+        "random", description="random: pad to longest, as Alpaca; length_grouped; packed: several examples per row"
+    )
     pack_length: int = Field(2048, gt=0, description="tokens per packed row")
     seed: int = Field(42, description="shuffling seed")
-    train_on_prompt: bool = Field(False, description="compute the loss on the prompt tokens too (alpaca-lora's "
-                                  "default); false masks them with -100, as Alpaca does")
+    train_on_prompt: bool = Field(
+        False,
+        description="compute the loss on the prompt tokens too (alpaca-lora's "
+        "default); false masks them with -100, as Alpaca does",
+    )
 
 
 class BatchConfig(Schema):
@@ -84,18 +98,25 @@ class BatchConfig(Schema):
         if self.gradient_accumulation_steps is not None:
             accum = self.gradient_accumulation_steps
             if micro * accum * world_size != glob:
-                raise UserError(f"batch: micro_batch_size {micro} x gradient_accumulation_steps {accum} x world "
-                                f"{world_size} = {micro * accum * world_size}, not global_batch_size {glob}; unset "
-                                "gradient_accumulation_steps to derive it from the world size")
+                raise UserError(
+                    f"batch: micro_batch_size {micro} x gradient_accumulation_steps {accum} x world "
+                    f"{world_size} = {micro * accum * world_size}, not global_batch_size {glob}; unset "
+                    "gradient_accumulation_steps to derive it from the world size"
+                )
             return micro, accum
         if glob % (micro * world_size):
             fits = [m for m in range(1, glob + 1) if glob % (m * world_size) == 0]
-            hint = (f"micro_batch_size values that work on {world_size} GPUs: {', '.join(map(str, fits[:8]))}"
-                    if fits else f"no micro-batch size works: {glob} is not divisible by {world_size} GPUs; "
-                    "change the GPU count or global_batch_size")
-            raise UserError(f"batch: global_batch_size {glob} / (micro_batch_size {micro} x world {world_size} = "
-                            f"{micro * world_size}) = {glob / (micro * world_size):g} is not a whole number of "
-                            f"accumulation steps; {hint}")
+            hint = (
+                f"micro_batch_size values that work on {world_size} GPUs: {', '.join(map(str, fits[:8]))}"
+                if fits
+                else f"no micro-batch size works: {glob} is not divisible by {world_size} GPUs; "
+                "change the GPU count or global_batch_size"
+            )
+            raise UserError(
+                f"batch: global_batch_size {glob} / (micro_batch_size {micro} x world {world_size} = "
+                f"{micro * world_size}) = {glob / (micro * world_size):g} is not a whole number of "
+                f"accumulation steps; {hint}"
+            )
         return micro, glob // (micro * world_size)
 
 

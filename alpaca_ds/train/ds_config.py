@@ -4,6 +4,7 @@
 
 DeepSpeed's "auto" values are filled in only by the HF Trainer, so alpaca-ds resolves every value itself.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,16 +14,27 @@ from alpaca_ds.common.io import read_yaml_mapping
 from alpaca_ds.train.config import TrainConfig
 
 # Keys the recipe decides; an engine YAML that sets them would silently disagree with the recipe.
-INJECTED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
-            "scheduler", "gradient_clipping", "tensorboard", "csv_monitor", "wandb")
+INJECTED = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "scheduler",
+    "gradient_clipping",
+    "tensorboard",
+    "csv_monitor",
+    "wandb",
+)
 
 
 def load_engine_yaml(path: str) -> dict:
     engine = read_yaml_mapping(path, "the DeepSpeed config (ds_config)")
     clash = [k for k in INJECTED if k in engine]
     if clash:
-        raise UserError(f"ds_config {path}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} set from the "
-                        "recipe (batch.*, optim.*, log.*); remove from the engine YAML")
+        raise UserError(
+            f"ds_config {path}: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'} set from the "
+            "recipe (batch.*, optim.*, log.*); remove from the engine YAML"
+        )
     return engine
 
 
@@ -30,17 +42,25 @@ def build_ds_config(cfg: TrainConfig, world_size: int) -> dict:
     """The complete DeepSpeed JSON for `cfg` on `world_size` GPUs (batch invariant checked)."""
     micro, accum = cfg.batch.resolve(world_size)
     ds = load_engine_yaml(cfg.ds_config)
-    ds.update({
-        "train_batch_size": cfg.batch.global_batch_size,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": cfg.optim.grad_clip,
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
-            "weight_decay": cfg.optim.weight_decay,
-            # torch's AdamW on the CPU accelerator; DeepSpeed's fused kernel on GPUs
-            "torch_adam": not _has_gpu()}},
-    })
+    ds.update(
+        {
+            "train_batch_size": cfg.batch.global_batch_size,
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": accum,
+            "gradient_clipping": cfg.optim.grad_clip,
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": cfg.optim.lr,
+                    "betas": list(cfg.optim.betas),
+                    "eps": cfg.optim.eps,
+                    "weight_decay": cfg.optim.weight_decay,
+                    # torch's AdamW on the CPU accelerator; DeepSpeed's fused kernel on GPUs
+                    "torch_adam": not _has_gpu(),
+                },
+            },
+        }
+    )
     monitor_dir = str(Path(cfg.output_dir) / "monitor")
     for key, on in (("tensorboard", cfg.log.tensorboard), ("csv_monitor", cfg.log.csv)):
         if on:
@@ -53,8 +73,9 @@ def build_ds_config(cfg: TrainConfig, world_size: int) -> dict:
 
 def batch_arithmetic(cfg: TrainConfig, world_size: int) -> str:
     micro, accum = cfg.batch.resolve(world_size)
-    return (f"global batch {cfg.batch.global_batch_size} = micro-batch {micro} x accumulation {accum} x "
-            f"world {world_size}")
+    return (
+        f"global batch {cfg.batch.global_batch_size} = micro-batch {micro} x accumulation {accum} x world {world_size}"
+    )
 
 
 def _validate(ds: dict, path: str, world_size: int) -> None:
@@ -62,6 +83,7 @@ def _validate(ds: dict, path: str, world_size: int) -> None:
     import torch.distributed as dist
     from deepspeed.runtime.config import DeepSpeedConfig
     from pydantic import ValidationError
+
     # DeepSpeedConfig checks the batch arithmetic against this process's world: the run's inside a launched
     # rank, a single process when rendering or checking before the launch.
     checked = ds if dist.is_initialized() else {**ds, "train_batch_size": ds["train_batch_size"] // world_size}
@@ -74,4 +96,5 @@ def _validate(ds: dict, path: str, world_size: int) -> None:
 
 def _has_gpu() -> bool:
     import torch
+
     return torch.cuda.is_available()

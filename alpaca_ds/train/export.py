@@ -6,6 +6,7 @@ The end of a run exports from the live engine; `alpaca-ds export` does it from a
 run exports its adapter folder (adapter/, which peft loads) and, merged into the base, final/.
 Either way the folder is reloaded with transformers and its logits checked before success is reported.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,17 +30,20 @@ def write_skeleton(model: torch.nn.Module, tokenizer, run_dir: Path) -> None:
 def model_from_state(state_dict: dict[str, torch.Tensor], run_dir: Path, dtype: str) -> torch.nn.Module:
     """The run's HF model holding `state_dict` (in `dtype`, sharing its tensors where the dtype is the same)."""
     from accelerate import init_empty_weights
+
     config = AutoConfig.from_pretrained(run_dir / SKELETON)
     # parameters on the meta device (state_dict replaces them), buffers real: the rotary tables are computed,
     # not saved, and the model may run (the LoRA export's logits)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
-    missing, unexpected = model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in state_dict.items()},
-                                                strict=False, assign=True)
+    missing, unexpected = model.load_state_dict(
+        {k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}, strict=False, assign=True
+    )
     missing = [k for k in missing if k not in _tied(model)]
     if missing or unexpected:
-        raise UserError(f"export: the checkpoint does not fit the model config (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+        raise UserError(
+            f"export: the checkpoint does not fit the model config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if _tied(model):
         model.tie_weights()
     model.eval()
@@ -51,8 +55,9 @@ def write_hf_folder(state_dict: dict[str, torch.Tensor], run_dir: Path, out: Pat
     skeleton = run_dir / SKELETON
     model = model_from_state(state_dict, run_dir, dtype)
     tokenizer = AutoTokenizer.from_pretrained(skeleton)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -66,13 +71,22 @@ def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     model.eval()
     device = next(model.parameters()).device  # a 4-bit base sits on its GPU
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"].to(device),
-                     attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
+        return (
+            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            .logits.float()
+            .cpu()
+        )
 
 
-def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, out: Path, cfg,
-                batch: dict[str, torch.Tensor], reference: torch.Tensor
-                ) -> tuple[dict[str, float], dict[str, str] | None]:
+def export_lora(
+    model,
+    state_dict: dict[str, torch.Tensor],
+    run_dir: Path,
+    out: Path,
+    cfg,
+    batch: dict[str, torch.Tensor],
+    reference: torch.Tensor,
+) -> tuple[dict[str, float], dict[str, str] | None]:
     """A LoRA run's exports from its consolidated peft state dict (rank 0 only): out/adapter, loaded back with
     peft onto the run's base, and, if model.lora merges, out/final (base + B·A·alpha/r) reloaded with
     transformers; each one's logits checked against the engine's (`reference`). Returns the differences, and the
@@ -81,6 +95,7 @@ def export_lora(model, state_dict: dict[str, torch.Tensor], run_dir: Path, out: 
     from alpaca_ds.common.provenance import tensor_sha256
     from alpaca_ds.train import lora
     from alpaca_ds.train.model import quantized_base
+
     dtype, adapter_dir = cfg.export_dtype, out / lora.ADAPTER
     lora.write_adapter(model, lora.adapter_state(model, state_dict), adapter_dir, DTYPES[dtype])
     AutoTokenizer.from_pretrained(run_dir / SKELETON).save_pretrained(adapter_dir)
@@ -111,10 +126,12 @@ def check_logits(exported: torch.Tensor, reference: torch.Tensor, mask: torch.Te
     keep = mask.bool()
     diff = float((exported[keep] - reference[keep]).abs().max())
     scale = float(reference[keep].abs().max())
-    tolerance = ulps * 2 ** -7 * max(scale, 1.0)  # a few units in the last place of bf16
+    tolerance = ulps * 2**-7 * max(scale, 1.0)  # a few units in the last place of bf16
     if not diff <= tolerance:
-        raise UserError(f"export verification failed: reloaded logits differ by {diff:.3g} "
-                        f"(tolerance {tolerance:.3g}); the exported folder is not the trained model")
+        raise UserError(
+            f"export verification failed: reloaded logits differ by {diff:.3g} "
+            f"(tolerance {tolerance:.3g}); the exported folder is not the trained model"
+        )
     return diff
 
 
@@ -124,11 +141,14 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str | None = None) -> 
 
     from alpaca_ds.config import load_config
     from alpaca_ds.train.config import TrainConfig
+
     checkpoint = Path(checkpoint)
     run_dir = checkpoint.parent.parent
     if not (checkpoint.is_dir() and (run_dir / SKELETON).is_dir() and (run_dir / "config.resolved.yaml").is_file()):
-        raise UserError(f"{checkpoint}: not a checkpoint of an alpaca-ds run (expected "
-                        "RUN/checkpoints/step-NNNNNNNN with RUN/model and RUN/config.resolved.yaml)")
+        raise UserError(
+            f"{checkpoint}: not a checkpoint of an alpaca-ds run (expected "
+            "RUN/checkpoints/step-NNNNNNNN with RUN/model and RUN/config.resolved.yaml)"
+        )
     cfg = load_config(TrainConfig, run_dir / "config.resolved.yaml")
     dtype = dtype or cfg.export_dtype
     if cfg.model.lora is not None:
@@ -153,17 +173,23 @@ def _export_lora_checkpoint(checkpoint: Path, run_dir: Path, out: Path, cfg) -> 
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from alpaca_ds.train.model import build_model
+
     if cfg.model.lora.quantize != "none":
-        raise UserError(f"{checkpoint}: a QLoRA run exports at its end, on its GPU (the 4-bit base is rebuilt "
-                        "there); relaunch the same command to finish it")
-    adapter = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
-                                                       exclude_frozen_parameters=True)
+        raise UserError(
+            f"{checkpoint}: a QLoRA run exports at its end, on its GPU (the 4-bit base is rebuilt "
+            "there); relaunch the same command to finish it"
+        )
+    adapter = get_fp32_state_dict_from_zero_checkpoint(
+        str(checkpoint.parent), tag=checkpoint.name, exclude_frozen_parameters=True
+    )
     vocab = AutoConfig.from_pretrained(run_dir / SKELETON).vocab_size
     model = build_model(cfg.model, {"train_micro_batch_size_per_gpu": 1}, vocab).to(DTYPES[cfg.export_dtype])
     missing = sorted({name for name, p in model.named_parameters() if p.requires_grad} - set(adapter))
     if missing:
-        raise UserError(f"{checkpoint}: holds no {missing[0]!r} ({len(missing)} adapter tensors missing); is it a "
-                        "checkpoint of this run?")
+        raise UserError(
+            f"{checkpoint}: holds no {missing[0]!r} ({len(missing)} adapter tensors missing); is it a "
+            "checkpoint of this run?"
+        )
     model.load_state_dict(adapter, strict=False)
     batch = fixed_batch(vocab)
     diffs, _ = export_lora(model, model.state_dict(), run_dir, Path(out), cfg, batch, logits(model, batch))

@@ -5,6 +5,7 @@
 
 Relaunching the same command resumes from the last complete checkpoint and continues exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,15 @@ def preflight(cfg: TrainConfig, world_size: int, here: bool = True) -> tuple[dic
     run_dir = Path(cfg.output_dir)
     # The recipe is compared as settings, not as text, so that a run started before a setting existed (its
     # default now) resumes; the engine JSON as text.
-    for name, same in (("config.resolved.yaml", lambda path: _same_config(path, cfg)),
-                       ("ds_config.json", lambda path: path.read_text() == _json(ds_config))):
+    for name, same in (
+        ("config.resolved.yaml", lambda path: _same_config(path, cfg)),
+        ("ds_config.json", lambda path: path.read_text() == _json(ds_config)),
+    ):
         if (run_dir / name).is_file() and not same(run_dir / name):
-            raise UserError(f"{cfg.output_dir}: holds a different run ({name} differs from this one's: another "
-                            "recipe, override or world size); pick another output_dir, or delete it to start over")
+            raise UserError(
+                f"{cfg.output_dir}: holds a different run ({name} differs from this one's: another "
+                "recipe, override or world size); pick another output_dir, or delete it to start over"
+            )
     return ds_config, manifest, identity
 
 
@@ -75,11 +80,22 @@ def train(cfg: TrainConfig) -> None:
     micro, accum = cfg.batch.resolve(world)
     run_dir, checkpoints = Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"
     train_set = TokenizedDataset(cfg.data.path, "train", train_on_prompt=cfg.data.train_on_prompt)
-    val_set = (TokenizedDataset(cfg.data.path, "validation", train_on_prompt=cfg.data.train_on_prompt)
-               if manifest["splits"]["validation"]["examples"] else None)
+    val_set = (
+        TokenizedDataset(cfg.data.path, "validation", train_on_prompt=cfg.data.train_on_prompt)
+        if manifest["splits"]["validation"]["examples"]
+        else None
+    )
     pad_id = manifest["tokenizer"]["pad_token_id"]
-    sampler = MicroBatchSampler(train_set.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
-                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    sampler = MicroBatchSampler(
+        train_set.lengths,
+        micro,
+        world_size=world,
+        rank=rank,
+        seed=cfg.data.seed,
+        mode=cfg.data.batching,
+        pack_length=cfg.data.pack_length,
+        accumulation=accum,
+    )
     steps_per_epoch = len(sampler) // accum
     total_steps = min(cfg.optim.epochs * steps_per_epoch, cfg.optim.max_steps or math.inf)
     warmup_steps = math.ceil(cfg.optim.warmup_ratio * total_steps)
@@ -87,13 +103,19 @@ def train(cfg: TrainConfig) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.resolved.yaml", dump_config(cfg).encode())
         atomic_write_bytes(run_dir / "ds_config.json", _json(ds_config).encode())
-        print(f"{batch_arithmetic(cfg, world)}; {len(train_set)} examples, {steps_per_epoch} steps per epoch, "
-              f"{total_steps} steps ({warmup_steps} warmup)", flush=True)
+        print(
+            f"{batch_arithmetic(cfg, world)}; {len(train_set)} examples, {steps_per_epoch} steps per epoch, "
+            f"{total_steps} steps ({warmup_steps} warmup)",
+            flush=True,
+        )
 
     model = build_model(cfg.model, ds_config, manifest["tokenizer"]["vocab_size"])
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
-        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup_steps, total_steps))
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config,
+        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup_steps, total_steps),
+    )
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     if main:
         tokenizer = load_tokenizer(cfg.model.tokenizer_path)
@@ -120,14 +142,16 @@ def train(cfg: TrainConfig) -> None:
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
-            window.add(loss.item(), int(batch["input_ids"].numel()),
-                       sum(int(train_set.lengths[row].sum()) for row in rows))
+            window.add(
+                loss.item(), int(batch["input_ids"].numel()), sum(int(train_set.lengths[row].sum()) for row in rows)
+            )
             if sampler.position % accum:
                 continue  # still accumulating gradients for this optimizer step
             step += 1
             bar.update(1)
-            evaluate_now = val_set is not None and (step == total_steps or (
-                cfg.log.eval_every_steps and step % cfg.log.eval_every_steps == 0))
+            evaluate_now = val_set is not None and (
+                step == total_steps or (cfg.log.eval_every_steps and step % cfg.log.eval_every_steps == 0)
+            )
             if step % cfg.log.every_steps == 0 or step == total_steps or evaluate_now:
                 row = window.summary(step, sampler, steps_per_epoch, lr, engine, n_params, cfg.log.peak_tflops, world)
                 if evaluate_now:
@@ -137,8 +161,9 @@ def train(cfg: TrainConfig) -> None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
                 _monitor(engine, row)
             if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
-                checkpoint.save(engine, checkpoints, step, {"step": step, "sampler": sampler.state_dict()},
-                                cfg.checkpoint.keep_last)
+                checkpoint.save(
+                    engine, checkpoints, step, {"step": step, "sampler": sampler.state_dict()}, cfg.checkpoint.keep_last
+                )
             if step == total_steps:
                 break
     bar.close()
@@ -149,21 +174,42 @@ def train(cfg: TrainConfig) -> None:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
     diffs, base_sha256 = export_final(engine, cfg, run_dir)
     if main:
-        atomic_write_json(run_dir / PROVENANCE, {
-            "dataset": {"path": str(Path(cfg.data.path).resolve()),
-                        "manifest_sha256": sha256_file(Path(cfg.data.path) / "manifest.json")},
-            "model": {"name_or_path": cfg.model.name_or_path, "init_config": cfg.model.init_config},
-            "world_size": world, "accelerator": get_accelerator().device_name(),
-            "device": get_accelerator().get_device_name() if hasattr(get_accelerator(), "get_device_name") else None,
-            "steps": step, "seconds_this_launch": round(time.time() - started, 1),
-            "resumed_from_step": state["step"] if state else None,
-            "final_weights_sha256": weights_sha256(run_dir / "final"),
-            "export_logits_max_diff": max(diffs.values()),
-            **({"lora": {**cfg.model.lora.model_dump(mode="json"), "adapter_sha256": weights_sha256(
-                run_dir / lora.ADAPTER), "base_tensors_sha256": base_sha256}} if cfg.model.lora else {})})
+        atomic_write_json(
+            run_dir / PROVENANCE,
+            {
+                "dataset": {
+                    "path": str(Path(cfg.data.path).resolve()),
+                    "manifest_sha256": sha256_file(Path(cfg.data.path) / "manifest.json"),
+                },
+                "model": {"name_or_path": cfg.model.name_or_path, "init_config": cfg.model.init_config},
+                "world_size": world,
+                "accelerator": get_accelerator().device_name(),
+                "device": get_accelerator().get_device_name()
+                if hasattr(get_accelerator(), "get_device_name")
+                else None,
+                "steps": step,
+                "seconds_this_launch": round(time.time() - started, 1),
+                "resumed_from_step": state["step"] if state else None,
+                "final_weights_sha256": weights_sha256(run_dir / "final"),
+                "export_logits_max_diff": max(diffs.values()),
+                **(
+                    {
+                        "lora": {
+                            **cfg.model.lora.model_dump(mode="json"),
+                            "adapter_sha256": weights_sha256(run_dir / lora.ADAPTER),
+                            "base_tensors_sha256": base_sha256,
+                        }
+                    }
+                    if cfg.model.lora
+                    else {}
+                ),
+            },
+        )
         folders = {"merged": "final", "adapter": lora.ADAPTER}
-        exported = ", ".join(f"{run_dir / folders[kind]} (reloaded logits within {diff:.2g} of the engine's)"
-                             for kind, diff in diffs.items())
+        exported = ", ".join(
+            f"{run_dir / folders[kind]} (reloaded logits within {diff:.2g} of the engine's)"
+            for kind, diff in diffs.items()
+        )
         print(f"done: {step} steps; exported {exported}")
     # Leave together: a rank that exits while another still holds the gloo/NCCL group can abort the other's exit.
     dist.barrier()
@@ -178,8 +224,10 @@ def unlink_cpu_allreduce_buffers() -> None:
         return
     dist.barrier()
     env = os.environ
-    Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_"
-         f"{env.get('MASTER_PORT', '')}_{dist.get_rank()}").unlink(missing_ok=True)
+    Path(
+        f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_"
+        f"{env.get('MASTER_PORT', '')}_{dist.get_rank()}"
+    ).unlink(missing_ok=True)
 
 
 def on_device(batch: dict[str, torch.Tensor], engine) -> dict[str, torch.Tensor]:
@@ -210,8 +258,11 @@ def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, flo
     # a 4-bit base is not gathered: only the adapter is exported (and checked on the base reloaded in 4 bits)
     quantized = lora_cfg is not None and lora_cfg.quantize != "none"
     zero3 = engine.zero_optimization_stage() == 3
-    state_dict = (engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=quantized) if zero3
-                  else engine.module.state_dict())
+    state_dict = (
+        engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=quantized)
+        if zero3
+        else engine.module.state_dict()
+    )
     batch = export.fixed_batch(engine.module.config.vocab_size)
     engine.eval()
     with torch.no_grad():
@@ -221,11 +272,13 @@ def export_final(engine, cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, flo
     if dist.get_rank() == 0:
         if cfg.model.lora is None:
             export.write_hf_folder(state_dict, run_dir, run_dir / "final", cfg.export_dtype)
-            diffs = {"merged": export.check_logits(export.reload_logits(run_dir / "final", batch, cfg.export_dtype),
-                                                   reference, batch["attention_mask"])}
+            diffs = {
+                "merged": export.check_logits(
+                    export.reload_logits(run_dir / "final", batch, cfg.export_dtype), reference, batch["attention_mask"]
+                )
+            }
         else:
-            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, run_dir, cfg, batch,
-                                                    reference)
+            diffs, base_sha256 = export.export_lora(engine.module, state_dict, run_dir, run_dir, cfg, batch, reference)
         diff[:] = torch.tensor([diffs[k] for k in kinds])
     dist.broadcast(diff, 0)
     return dict(zip(kinds, diff.tolist())), base_sha256
@@ -251,12 +304,19 @@ class _Window:
         seconds = time.time() - self.start
         real_per_s = float(sums[3]) / seconds
         grad_norm = engine.get_global_grad_norm()
-        row = {"step": step, "epoch": round(sampler.epoch + sampler.position / len(sampler), 4),
-               "loss": float(sums[0] / sums[1]), "lr": lr,
-               "grad_norm": None if grad_norm is None else float(grad_norm),
-               "tokens": int(sums[2]), "real_tokens": int(sums[3]), "tokens_per_s": round(real_per_s, 1),
-               "mfu": round(6 * n_params * real_per_s / (peak_tflops * 1e12 * world), 6),
-               "memory_mb": _memory_mb(), "seconds": round(seconds, 3)}
+        row = {
+            "step": step,
+            "epoch": round(sampler.epoch + sampler.position / len(sampler), 4),
+            "loss": float(sums[0] / sums[1]),
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "tokens": int(sums[2]),
+            "real_tokens": int(sums[3]),
+            "tokens_per_s": round(real_per_s, 1),
+            "mfu": round(6 * n_params * real_per_s / (peak_tflops * 1e12 * world), 6),
+            "memory_mb": _memory_mb(),
+            "seconds": round(seconds, 3),
+        }
         self.reset()
         return row
 
@@ -270,8 +330,13 @@ def _memory_mb() -> float:
 
 def _monitor(engine, row: dict) -> None:
     if engine.monitor.enabled:
-        engine.monitor.write_events([(f"Train/{k}", v, row["step"]) for k, v in row.items()
-                                     if k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss") and v is not None])
+        engine.monitor.write_events(
+            [
+                (f"Train/{k}", v, row["step"])
+                for k, v in row.items()
+                if k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss") and v is not None
+            ]
+        )
 
 
 def _json(obj) -> str:
@@ -279,8 +344,9 @@ def _json(obj) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m alpaca_ds.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m alpaca_ds.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="recipe YAML (launch/recipes/*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # from the deepspeed launcher

@@ -9,6 +9,7 @@ rank (the same seed on each) and deepspeed.initialize partitions them too. Only 
 modules_to_save) require gradients, and only they reach the optimizer, so only they carry fp32 masters and Adam
 states, and checkpoints hold only them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,18 +27,23 @@ def check_quantization(cfg: ModelConfig, gpu_here: bool = True) -> None:
     if cfg.lora is None or cfg.lora.quantize == "none":
         return
     if cfg.name_or_path is None:
-        raise UserError("model.lora.quantize nf4: QLoRA quantizes pretrained weights as they load; set "
-                        "model.name_or_path (a random model.init_config has nothing to quantize)")
+        raise UserError(
+            "model.lora.quantize nf4: QLoRA quantizes pretrained weights as they load; set "
+            "model.name_or_path (a random model.init_config has nothing to quantize)"
+        )
     if not gpu_here:
         return
     if not torch.cuda.is_available():
-        raise UserError("model.lora.quantize nf4: QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes' kernels) and "
-                        "this machine has none; set model.lora.quantize=none to train LoRA on a bf16 base")
+        raise UserError(
+            "model.lora.quantize nf4: QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes' kernels) and "
+            "this machine has none; set model.lora.quantize=none to train LoRA on a bf16 base"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise UserError("model.lora.quantize nf4: bitsandbytes is not installed; `pip install bitsandbytes` "
-                        "(alpaca-ds[qlora])") from None
+        raise UserError(
+            "model.lora.quantize nf4: bitsandbytes is not installed; `pip install bitsandbytes` (alpaca-ds[qlora])"
+        ) from None
 
 
 def quantization_config(cfg: ModelConfig):
@@ -46,8 +52,14 @@ def quantization_config(cfg: ModelConfig):
     if cfg.lora is None or cfg.lora.quantize == "none":
         return None
     from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+    )
 
 
 def load_kwargs(cfg: ModelConfig, ds_config: dict) -> dict:
@@ -62,20 +74,31 @@ def load_kwargs(cfg: ModelConfig, ds_config: dict) -> dict:
 
 def peft_config(cfg: LoraConfig, base: str | None):
     from peft import LoraConfig as PeftLoraConfig
-    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules), modules_to_save=list(cfg.modules_to_save) or None,
-                          bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base)
+
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        modules_to_save=list(cfg.modules_to_save) or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base,
+    )
 
 
 def add_adapters(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     """`model` wrapped by peft: base frozen, adapters initialised from model.init_seed (the same on every rank)."""
     from peft import get_peft_model
+
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     for key in ("target_modules", "modules_to_save"):
         missing = [m for m in getattr(cfg.lora, key) if m not in names]
         if missing:
-            raise UserError(f"model.lora.{key}: the model has no module named {missing[0]!r}; LLaMA's are "
-                            "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, embed_tokens, lm_head")
+            raise UserError(
+                f"model.lora.{key}: the model has no module named {missing[0]!r}; LLaMA's are "
+                "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, embed_tokens, lm_head"
+            )
     if cfg.gradient_checkpointing:
         # recomputed layers must see an input that requires grad, or the frozen base's checkpoints drop the
         # adapters' gradients
@@ -95,26 +118,38 @@ def adapter_state(model, state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     """The adapter's tensors, in peft's file naming, from a consolidated state dict of the peft model; refuses
     a missing or empty one (the known failure: ZeRO-3 partitions saved without gathering, 0 elements each)."""
     from peft import get_peft_model_state_dict
+
     # Only trained tensors: peft would add a targeted lm_head's frozen base weight (the resized vocabulary), which
     # the base the adapter is loaded onto has anyway.
     adapter = get_peft_model_state_dict(model, state_dict=state_dict, save_embedding_layers=False)
     # what must be there: the adapter's share of the trainable parameters' names
-    expected = set(get_peft_model_state_dict(model, state_dict={
-        name: torch.ones(1) for name, p in model.named_parameters() if p.requires_grad}, save_embedding_layers=False))
+    expected = set(
+        get_peft_model_state_dict(
+            model,
+            state_dict={name: torch.ones(1) for name, p in model.named_parameters() if p.requires_grad},
+            save_embedding_layers=False,
+        )
+    )
     problems = sorted(expected - set(adapter)) + sorted(k for k, v in adapter.items() if v.numel() == 0)
     if problems or not adapter:
-        raise UserError(f"adapter export: tensor {problems[0] if problems else '(none at all)'} is missing or empty; "
-                        "the consolidated weights do not hold the trained adapter")
+        raise UserError(
+            f"adapter export: tensor {problems[0] if problems else '(none at all)'} is missing or empty; "
+            "the consolidated weights do not hold the trained adapter"
+        )
     return adapter
 
 
 def write_adapter(model, adapter: dict[str, torch.Tensor], out: Path, dtype: torch.dtype) -> None:
     """An adapter folder that `PeftModel.from_pretrained(base, out)` loads (rank 0 only)."""
     from safetensors.torch import save_file
+
     out.mkdir(parents=True, exist_ok=True)
     model.peft_config["default"].save_pretrained(out)
-    save_file({k: v.to(dtype).contiguous() for k, v in adapter.items()}, out / "adapter_model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.to(dtype).contiguous() for k, v in adapter.items()},
+        out / "adapter_model.safetensors",
+        metadata={"format": "pt"},
+    )
 
 
 def base_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,6 +166,7 @@ def base_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_with_adapter(base: torch.nn.Module, adapter_dir: Path):
     """peft's own loading of an adapter folder onto a base model (which has the run's added token rows)."""
     from peft import PeftModel
+
     model = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False)
     model.eval()
     return model

@@ -1,4 +1,5 @@
 """metrics.jsonl (one JSON line per logged step) and the loss-curve PNG drawn from it."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int):
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step(line) is not None
-                    and _step(line) <= resume_step]
+            kept = [
+                line for line in path.read_text().splitlines() if _step(line) is not None and _step(line) <= resume_step
+            ]
             atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
         self._file = open(path, "a", encoding="utf-8")
 
@@ -39,6 +41,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_loss_curve(metrics: Path, png: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

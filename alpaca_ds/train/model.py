@@ -1,5 +1,6 @@
 """The model under ZeRO-3: loaded already partitioned (or a tiny random one), with Alpaca's added tokens, and
 LoRA adapters when the recipe asks for them (lora.py)."""
+
 from __future__ import annotations
 
 import deepspeed
@@ -22,9 +23,12 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
     hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841
     if cfg.name_or_path is not None:
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
-                                                         attn_implementation=cfg.attn_implementation,
-                                                         **lora.load_kwargs(cfg, ds_config))
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.name_or_path,
+                dtype=torch.bfloat16,
+                attn_implementation=cfg.attn_implementation,
+                **lora.load_kwargs(cfg, ds_config),
+            )
         except OSError as e:
             raise UserError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it ({e})") from None
     else:
@@ -41,10 +45,13 @@ def build_model(cfg: ModelConfig, ds_config: dict, vocab_size: int) -> torch.nn.
 
 def quantized_base(cfg: ModelConfig, vocab_size: int) -> torch.nn.Module:
     """The 4-bit base as training loaded it (same quantization, same added rows), on this rank's GPU."""
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.bfloat16,
-                                                 attn_implementation=cfg.attn_implementation,
-                                                 quantization_config=lora.quantization_config(cfg),
-                                                 device_map={"": torch.cuda.current_device()})
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.name_or_path,
+        dtype=torch.bfloat16,
+        attn_implementation=cfg.attn_implementation,
+        quantization_config=lora.quantization_config(cfg),
+        device_map={"": torch.cuda.current_device()},
+    )
     resize_with_mean_rows(model, vocab_size)
     return model
 
@@ -62,8 +69,10 @@ def resize_with_mean_rows(model: torch.nn.Module, vocab_size: int) -> None:
     embeddings = model.get_input_embeddings().weight
     old = embeddings.ds_shape[0] if hasattr(embeddings, "ds_shape") else embeddings.shape[0]  # ZeRO-3 partitioned
     if vocab_size < old:
-        raise UserError(f"the dataset's tokenizer has {vocab_size} tokens but the model {old} embedding rows; "
-                        "is the dataset built with this model's tokenizer?")
+        raise UserError(
+            f"the dataset's tokenizer has {vocab_size} tokens but the model {old} embedding rows; "
+            "is the dataset built with this model's tokenizer?"
+        )
     if vocab_size == old:
         return
     # transformers builds the resized matrices whole, even under ZeRO-3 (deepspeed.initialize partitions them)

@@ -1,5 +1,6 @@
 """Helpers for the evaluation tests: a tiny random model folder shaped like the trainer's export, the simulator over
 a real socket, CLI subprocesses, and headless chromium for the browser tests."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,40 +22,57 @@ CHROMEDRIVER = shutil.which("chromedriver")
 needs_browser = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER and importlib.util.find_spec("selenium")),
     reason="a browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
-           ".ci/run installs them) and selenium (pip install -e '.[test]')")
+    ".ci/run installs them) and selenium (pip install -e '.[test]')",
+)
 
 
 def browser():
     """Headless chromium driven by Selenium through chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1200,900"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,900"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def make_tiny_model(folder: Path, seed: int = 0, layers: int = 1, hidden: int = 32, heads: int = 2,
-                    kv_heads: int = 1, intermediate: int | None = None) -> Path:
+def make_tiny_model(
+    folder: Path,
+    seed: int = 0,
+    layers: int = 1,
+    hidden: int = 32,
+    heads: int = 2,
+    kv_heads: int = 1,
+    intermediate: int | None = None,
+) -> Path:
     """A random LlamaForCausalLM with the project's tokenizer and Alpaca's [PAD]: the folder shape the trainer
     exports (config, safetensors, tokenizer, generation_config), without DeepSpeed."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer
+
     tokenizer = load_tokenizer(str(ROOT / "data" / "tokenizer"))
     add_missing_special_tokens(tokenizer)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -66,16 +84,18 @@ def cli(*args: str, **kwargs) -> list[str]:
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cli(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})}
+    )
 
 
 class Background:
     """A CLI command running in the background until it prints a line matching `ready` (e.g. its URL)."""
 
     def __init__(self, *args: str, ready: str, timeout: float = 120, cwd: Path = ROOT):
-        self.proc = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=cwd, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
+        )
         self.lines: list[str] = []
         deadline = time.time() + timeout
         pattern = re.compile(ready)
@@ -95,6 +115,7 @@ class Background:
 
     def stop(self, sig=None) -> tuple[str, str]:
         import signal
+
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGINT)
             try:
@@ -117,6 +138,7 @@ def simulator(**kwargs):
     moderation endpoint: `.base_url`, `.sim.answered` (prompt digest -> answers), `.sim.seen` (request body
     digest -> attempts), `.sim.keys`, `.sim.logprobs_returned`, `.sim.moderation.inputs`."""
     from alpaca_ds.simulator.local import LocalSimulator
+
     return LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl", **kwargs)
 
 

@@ -13,6 +13,7 @@ tests/integration/test_train.py (losses) and benchmarks/bench_train.py (throughp
 Not read from the recipe: ds_config (this is always FSDP full shard with bf16), model.gradient_checkpointing,
 validation, checkpoints, and log.every_steps (every step is written), so it refuses log.every_steps other than 1.
 """
+
 import argparse
 import json
 import math
@@ -36,8 +37,9 @@ from alpaca_ds.train.model import resize_with_mean_rows
 def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     m = cfg.model
     if m.name_or_path is not None:
-        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=torch.float32,
-                                                     attn_implementation=m.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            m.name_or_path, dtype=torch.float32, attn_implementation=m.attn_implementation
+        )
     else:
         torch.manual_seed(m.init_seed)
         model = LlamaForCausalLM(LlamaConfig(**m.init_config, attn_implementation=m.attn_implementation))
@@ -58,8 +60,16 @@ def main(config: str, sets: list[str]) -> None:
     micro, accum = cfg.batch.resolve(world)
     data = TokenizedDataset(cfg.data.path, "train")
     pad_id = data.manifest["tokenizer"]["pad_token_id"]
-    sampler = MicroBatchSampler(data.lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed,
-                                mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
+    sampler = MicroBatchSampler(
+        data.lengths,
+        micro,
+        world_size=world,
+        rank=rank,
+        seed=cfg.data.seed,
+        mode=cfg.data.batching,
+        pack_length=cfg.data.pack_length,
+        accumulation=accum,
+    )
     o = cfg.optim
     total = min(o.epochs * (len(sampler) // accum), o.max_steps or math.inf)
     model = build_model(cfg, data.manifest["tokenizer"]["vocab_size"])
@@ -89,8 +99,18 @@ def main(config: str, sets: list[str]) -> None:
                 sums = torch.tensor([sum(losses), len(losses), tokens, real], dtype=torch.float64)
                 dist.all_reduce(sums)
                 step += 1
-                f.write(json.dumps({"step": step, "loss": float(sums[0] / sums[1]), "tokens": int(sums[2]),
-                                    "real_tokens": int(sums[3]), "seconds": round(time.time() - start, 3)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "loss": float(sums[0] / sums[1]),
+                            "tokens": int(sums[2]),
+                            "real_tokens": int(sums[3]),
+                            "seconds": round(time.time() - start, 3),
+                        }
+                    )
+                    + "\n"
+                )
                 f.flush()
                 losses, tokens, real, start = [], 0, 0, time.time()
                 if step == total:

@@ -1,4 +1,5 @@
 """Helpers for the generate tests: the teacher simulator as a real server process, configs, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,18 @@ def Teacher(*flags: str) -> SimulatorProcess:
 
 
 def overrides(out_dir: Path, url: str, *extra: str) -> list[str]:
-    return [f"out_dir={out_dir}", f"api.base_url={url}", "api.api_key_env=null", "progress=false",
-            "budget.max_usd=5", f"seed_tasks={seeds_path()}", "api.timeout_s=5", "api.backoff_initial_s=0.05",
-            "api.backoff_max_s=0.5", *extra]
+    return [
+        f"out_dir={out_dir}",
+        f"api.base_url={url}",
+        "api.api_key_env=null",
+        "progress=false",
+        "budget.max_usd=5",
+        f"seed_tasks={seeds_path()}",
+        "api.timeout_s=5",
+        "api.backoff_initial_s=0.05",
+        "api.backoff_max_s=0.5",
+        *extra,
+    ]
 
 
 def gen_config(out_dir: Path, url: str, *extra: str) -> GenerateConfig:
@@ -48,8 +58,14 @@ def gen_config(out_dir: Path, url: str, *extra: str) -> GenerateConfig:
 
 def run_generate_cli(out_dir: Path, url: str, *extra: str, env: dict | None = None, timeout: float = 120):
     args = [a for o in overrides(out_dir, url, *extra) for a in ("--set", o)]
-    return subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "generate", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env or cli_env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "alpaca_ds.cli", "generate", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env or cli_env(),
+        timeout=timeout,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:

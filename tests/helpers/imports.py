@@ -1,4 +1,5 @@
 """Which modules an import pulls in, seen from a fresh interpreter."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """The judge tests' pairs and settings: output pairs whose preference under the simulated judge is known, the judge
 config against a simulator, its ledger, and `alpaca-ds evaluate judge` in the background."""
+
 from __future__ import annotations
 
 import os
@@ -33,20 +34,43 @@ def make_pairs(tmp_path: Path, n: int) -> tuple[Path, Path, list]:
         else:
             out_b, pref = "NOVERDICT " + out_a, None
         ds = ["selfinstruct", "koala"][i % 2]
-        a.append({"dataset": ds, "instruction": f"Task {i}: do thing {{x}} number {i}.", "output": out_a,
-                  "generator": "model_a"})
-        b.append({"dataset": ds, "instruction": f"Task {i}: do thing {{x}} number {i}.", "output": out_b,
-                  "generator": "model_b"})
+        a.append(
+            {
+                "dataset": ds,
+                "instruction": f"Task {i}: do thing {{x}} number {i}.",
+                "output": out_a,
+                "generator": "model_a",
+            }
+        )
+        b.append(
+            {
+                "dataset": ds,
+                "instruction": f"Task {i}: do thing {{x}} number {i}.",
+                "output": out_b,
+                "generator": "model_b",
+            }
+        )
         expected.append(pref)
     return write_outputs(tmp_path / "a.json", a), write_outputs(tmp_path / "b.json", list(reversed(b))), expected
 
 
 def overrides(url: str, out: Path, *extra: str) -> list[str]:
     """The discrete judge unless `extra` says mode=weighted (a later --set wins)."""
-    return [f"out_dir={out}", f"api.base_url={url}", "api.model=judge-sim", "api.api_key_env=JUDGE_TEST_KEY",
-            "api.encoding=cl100k_base", "api.backoff_initial_s=0.01", "budget.prompt_usd_per_1m=1000",
-            "budget.completion_usd_per_1m=1000", "budget.max_usd=100", "concurrency=4", "progress=false",
-            "mode=discrete", *extra]
+    return [
+        f"out_dir={out}",
+        f"api.base_url={url}",
+        "api.model=judge-sim",
+        "api.api_key_env=JUDGE_TEST_KEY",
+        "api.encoding=cl100k_base",
+        "api.backoff_initial_s=0.01",
+        "budget.prompt_usd_per_1m=1000",
+        "budget.completion_usd_per_1m=1000",
+        "budget.max_usd=100",
+        "concurrency=4",
+        "progress=false",
+        "mode=discrete",
+        *extra,
+    ]
 
 
 def config(a: Path, b: Path, url: str, out: Path, *extra: str) -> JudgeConfig:
@@ -62,5 +86,12 @@ def start_judge(a, b, url, out, *extra) -> subprocess.Popen:
     args = ["evaluate", "judge", "--a", str(a), "--b", str(b)]
     for item in overrides(url, out, *extra):
         args += ["--set", item]
-    return subprocess.Popen(cli(*args), cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        cli(*args),
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )

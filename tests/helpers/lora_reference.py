@@ -6,6 +6,7 @@ micro-step it runs each rank's micro-batch (from alpaca-ds's sampler and collato
 test) and averages the gradients over ranks and accumulation steps, as data parallelism does; then clipping,
 AdamW and the cosine schedule with warmup. No dropout (the comparison needs model.lora.dropout 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,11 +43,22 @@ def train(cfg: TrainConfig, init: dict[str, tuple[torch.Tensor, torch.Tensor]], 
         a, b = (torch.nn.Parameter(t.detach().float().clone()) for t in (a, b))
         params += [a, b]
         modules[name].register_forward_hook(
-            lambda m, args, out, a=a, b=b: out + (args[0] @ a.to(out.dtype).T @ b.to(out.dtype).T) * scale)
+            lambda m, args, out, a=a, b=b: out + (args[0] @ a.to(out.dtype).T @ b.to(out.dtype).T) * scale
+        )
     micro, accum = cfg.batch.resolve(world)
-    samplers = [MicroBatchSampler(data.lengths, micro, world_size=world, rank=r, seed=cfg.data.seed,
-                                  mode=cfg.data.batching, pack_length=cfg.data.pack_length, accumulation=accum)
-                for r in range(world)]
+    samplers = [
+        MicroBatchSampler(
+            data.lengths,
+            micro,
+            world_size=world,
+            rank=r,
+            seed=cfg.data.seed,
+            mode=cfg.data.batching,
+            pack_length=cfg.data.pack_length,
+            accumulation=accum,
+        )
+        for r in range(world)
+    ]
     o = cfg.optim
     total = min(o.epochs * (len(samplers[0]) // accum), o.max_steps or math.inf)
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)

@@ -1,5 +1,6 @@
 """The training tests' launches: the tiny recipe on 2 CPU ranks through the deepspeed launcher, its metrics, and
 the LoRA settings the LoRA tests add to it."""
+
 from __future__ import annotations
 
 import json
@@ -19,20 +20,38 @@ RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
 FROM_INIT_STEPS = 24  # what the `from_init` fixture's runs train
 # lm_head among the targets: on a random model, adapters on attention alone barely move the loss in 24 steps
-LORA = ("model.lora.r=8", "model.lora.alpha=16", "model.lora.dropout=0", "optim.lr=1e-2",
-        "model.lora.target_modules=[q_proj, v_proj, lm_head]")
+LORA = (
+    "model.lora.r=8",
+    "model.lora.alpha=16",
+    "model.lora.dropout=0",
+    "optim.lr=1e-2",
+    "model.lora.target_modules=[q_proj, v_proj, lm_head]",
+)
 
 
-def launch(*overrides: str, wait: bool = True,
-           port: int | None = None) -> subprocess.Popen | subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-               str(port or free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
+def launch(
+    *overrides: str, wait: bool = True, port: int | None = None
+) -> subprocess.Popen | subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port or free_port()),
+        "--module",
+        "alpaca_ds.train",
+        "--config",
+        str(RECIPE),
+    ]
     for item in overrides:
         command += ["--set", item]
     if wait:
         return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def metrics(run: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """Cards and the release folder from a real, quickstart-sized chain: the teacher simulator -> generate -> data build
 -> train (ZeRO-3, 2 CPU ranks) -> evaluate answer -> judge -> release card / pack. Every number the cards show is
 checked against the run's own files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,14 @@ pytestmark = pytest.mark.slow
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                            env=env or cli_env(), timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "alpaca_ds.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
@@ -36,27 +43,87 @@ def chain(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("chain")
     gen, data, runs = root / "generated", root / "tokenized", root / "run"
     with Teacher() as teacher:
-        run("generate", "--config", "launch/recipes/self_instruct_local.yaml", "--set", f"out_dir={gen}",
-            "--set", f"api.base_url={teacher.url}", "--set", "num_instructions=120", "--set", "progress=false")
+        run(
+            "generate",
+            "--config",
+            "launch/recipes/self_instruct_local.yaml",
+            "--set",
+            f"out_dir={gen}",
+            "--set",
+            f"api.base_url={teacher.url}",
+            "--set",
+            "num_instructions=120",
+            "--set",
+            "progress=false",
+        )
     run("data", "build", "--set", f"input={gen / 'regen.json'}", "--set", f"output={data}", "--set", "workers=1")
-    subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-                    str(free_port()), "--module", "alpaca_ds.train", "--config", "launch/recipes/tiny.yaml",
-                    "--set", f"output_dir={runs}", "--set", f"data.path={data}", "--set", "optim.max_steps=4"],
-                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "alpaca_ds.train",
+            "--config",
+            "launch/recipes/tiny.yaml",
+            "--set",
+            f"output_dir={runs}",
+            "--set",
+            f"data.path={data}",
+            "--set",
+            "optim.max_steps=4",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     tasks = root / "tasks.jsonl"
     records = json.loads((gen / "regen.json").read_text())[:6]
-    tasks.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"]}) + "\n" for r in records))
+    tasks.write_text(
+        "".join(json.dumps({"instruction": r["instruction"], "input": r["input"]}) + "\n" for r in records)
+    )
     ours = root / "ours" / "model_outputs.json"
-    run("evaluate", "answer", "--model", str(runs / "final"), "--eval-set", str(tasks), "--output", str(ours),
-        "--set", "decoding.max_new_tokens=8")
+    run(
+        "evaluate",
+        "answer",
+        "--model",
+        str(runs / "final"),
+        "--eval-set",
+        str(tasks),
+        "--output",
+        str(ours),
+        "--set",
+        "decoding.max_new_tokens=8",
+    )
     answers = json.loads(ours.read_text())
-    reference = write_outputs(root / "reference.json", [{**a, "output": r["output"], "generator": "teacher"}
-                                                       for a, r in zip(answers, records)])
+    reference = write_outputs(
+        root / "reference.json",
+        [{**a, "output": r["output"], "generator": "teacher"} for a, r in zip(answers, records)],
+    )
     with simulator() as s:
-        cfg = load_config(JudgeConfig, None, [
-            f"a={reference}", f"b={ours}", f"out_dir={root / 'judged'}", f"api.base_url={s.base_url}",
-            "api.model=judge-sim", "api.api_key_env=null", "api.encoding=cl100k_base",
-            "budget.prompt_usd_per_1m=1", "budget.completion_usd_per_1m=1", "budget.max_usd=1", "progress=false"])
+        cfg = load_config(
+            JudgeConfig,
+            None,
+            [
+                f"a={reference}",
+                f"b={ours}",
+                f"out_dir={root / 'judged'}",
+                f"api.base_url={s.base_url}",
+                "api.model=judge-sim",
+                "api.api_key_env=null",
+                "api.encoding=cl100k_base",
+                "budget.prompt_usd_per_1m=1",
+                "budget.completion_usd_per_1m=1",
+                "budget.max_usd=1",
+                "progress=false",
+            ],
+        )
         assert judge.run(cfg)["exit_code"] == 0
     return {"root": root, "gen": gen, "data": data, "run": runs, "winrate": root / "judged" / "winrate.json"}
 
@@ -73,8 +140,13 @@ def test_cards_name_the_runs_real_numbers(chain, tmp_path):
     report = json.loads(chain["winrate"].read_text())
     fp = run_json["fingerprint"]
     # generation: teacher, prompt template hash, seed set hash, counts, cost
-    for text in (fp["api"]["model"], fp["prompt_template_sha256"], fp["seed_tasks_sha256"],
-                 f"{stats['accepted']:,} instructions accepted", f"${cost['spent_usd']:.4f}"):
+    for text in (
+        fp["api"]["model"],
+        fp["prompt_template_sha256"],
+        fp["seed_tasks_sha256"],
+        f"{stats['accepted']:,} instructions accepted",
+        f"${cost['spent_usd']:.4f}",
+    ):
         assert text in data, text
     for reason, count in stats["candidates"]["rejected"].items():
         assert f"{reason} {count:,}" in data
@@ -105,9 +177,18 @@ def test_pack_has_everything_with_checksums(chain, tmp_path):
     out = tmp_path / "release"
     pack(chain["run"], out, None, True, [chain["winrate"]])
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"MODEL_CARD.md", "DATA_CARD.md", "SHA256SUMS", "model/model.safetensors", "tokenizer/tokenizer.json",
-            "data/regen.json", "configs/config.resolved.yaml", "configs/dataset-manifest.json",
-            "configs/generation-run.json", "configs/provenance.json"} <= files
+    assert {
+        "MODEL_CARD.md",
+        "DATA_CARD.md",
+        "SHA256SUMS",
+        "model/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "data/regen.json",
+        "configs/config.resolved.yaml",
+        "configs/dataset-manifest.json",
+        "configs/generation-run.json",
+        "configs/provenance.json",
+    } <= files
     sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == files - {"SHA256SUMS"}
     for name, digest in sums.items():

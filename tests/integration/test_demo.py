@@ -3,6 +3,7 @@ filtered prompt refused politely), its HTTP API refusing malformed requests with
 counting what the file holds, and the demo in front of an endpoint (`alpaca-ds serve`) with a moderation
 endpoint as its filter. The model is a tiny random LLaMA; its answers are checked against the same model run
 directly."""
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def model(tmp_path_factory):
 def expected_answer(model, instruction: str, input_: str = "", seed: int | None = None) -> str:
     """The model's answer run directly: greedy, or sampled at temperature 1 with `seed`."""
     from alpaca_ds.evaluate.local import LocalModel
+
     decoding = GREEDY if seed is None else GREEDY.model_copy(update={"temperature": 1.0})
     return LocalModel(model).generate([format_prompt(instruction, input_)], decoding, seed=seed)[0].text
 
@@ -59,11 +61,22 @@ def stop_at_the_end(request, server: Background) -> None:
 def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
     words = tmp_path / "blocklist.txt"
     words.write_text("# what the demo refuses\nforbidden\nvery bad phrase\n")
     feedback = tmp_path / "demo" / "feedback.jsonl"
-    server = Background("demo", "--model", str(model), "--port", "0", "--feedback", str(feedback),
-                        "--set", f"filter.words={words}", ready=READY)
+    server = Background(
+        "demo",
+        "--model",
+        str(model),
+        "--port",
+        "0",
+        "--feedback",
+        str(feedback),
+        "--set",
+        f"filter.words={words}",
+        ready=READY,
+    )
     stop_at_the_end(request, server)
     name, base, token = server.match.groups()
     asked = [("Name three colours.", ""), ("Translate this sentence to French.", "Good morning, friends.")]
@@ -86,10 +99,14 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
             card = driver.find_element(By.CSS_SELECTOR, ".card")  # the newest is on top
             answer = card.find_element(By.CLASS_NAME, "answer")
             assert answer.get_attribute("textContent") == expected[k]  # the model's own greedy answer
-            assert int(answer.get_attribute("data-pieces")) > 1      # it arrived in pieces, as generated
+            assert int(answer.get_attribute("data-pieces")) > 1  # it arrived in pieces, as generated
             row = lines(feedback)[-1]
-            assert (row["instruction"], row["input"], row["answer"], row["rating"]) == (instruction, input_,
-                                                                                          expected[k], None)
+            assert (row["instruction"], row["input"], row["answer"], row["rating"]) == (
+                instruction,
+                input_,
+                expected[k],
+                None,
+            )
             assert row["prompt"] == format_prompt(instruction, input_) and row["model"] == "tiny"
             assert row["decoding"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16}
             # rate: the first thumbs down with a comment, the second thumbs up
@@ -118,15 +135,21 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
         assert len(driver.find_elements(By.CSS_SELECTOR, ".card")) == 2  # no answer card for it
     finally:
         driver.quit()
-    assert lines(feedback)[:len(on_disk)] == on_disk
+    assert lines(feedback)[: len(on_disk)] == on_disk
     refused = lines(feedback)[-1]
     assert refused["answer"] is None and refused["refused"] == "word list: 'Forbidden'"
 
     # malformed requests: 4xx with a message, never a traceback
     assert post(base, "api/generate", {"instruction": "x"}, None)[0] == 403
-    for body in ("{not json", "[1, 2]", {"input": "no instruction"}, {"instruction": 7},
-                 {"instruction": "x", "temperature": 3}, {"instruction": "x", "max_new_tokens": 10 ** 6},
-                 {"instruction": "x", "top_p": "high"}):
+    for body in (
+        "{not json",
+        "[1, 2]",
+        {"input": "no instruction"},
+        {"instruction": 7},
+        {"instruction": "x", "temperature": 3},
+        {"instruction": "x", "max_new_tokens": 10**6},
+        {"instruction": "x", "top_p": "high"},
+    ):
         status, text = post(base, "api/generate", body, token)
         assert status == 400 and "error" in json.loads(text), (body, status, text)
     assert post(base, "api/feedback", {"id": "nope", "rating": "up"}, token)[0] == 404
@@ -139,8 +162,7 @@ def test_ask_rate_reload_refuse_and_summarize(model, tmp_path, request):
     r = run_cli("demo", "summary", str(feedback), "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["overall"] == {"answers": 2, "rated": 2, "up": 1, "down": 1, "share_up": 0.5, "comments": 1,
-                            "withheld": 0}
+    assert s["overall"] == {"answers": 2, "rated": 2, "up": 1, "down": 1, "share_up": 0.5, "comments": 1, "withheld": 0}
     assert s["refused_prompts"] == 1 and s["by_model"]["tiny"]["answers"] == 2
     assert [w["instruction"] for w in s["worst"]] == ["Name three colours."]
     r = run_cli("demo", "summary", str(feedback))
@@ -163,25 +185,43 @@ def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypat
     asked = ["Name three colours.", "Describe a sunny day.", "List two fruits."]
     # sampled with a seed each: a random model's greedy answers hardly depend on the prompt
     answers = [expected_answer(model, q, seed=seed) for seed, q in enumerate(asked, start=1)]
-    flagged = word_only_in(answers[1], *asked, answers[0], answers[2])   # the moderation endpoint flags it
-    listed = word_only_in(answers[2], *asked, answers[0], answers[1])    # the word list holds it
+    flagged = word_only_in(answers[1], *asked, answers[0], answers[2])  # the moderation endpoint flags it
+    listed = word_only_in(answers[2], *asked, answers[0], answers[1])  # the word list holds it
     words = tmp_path / "words.txt"
     words.write_text(listed + "\n")
     monkeypatch.setenv("MOD_KEY", "mod-key")
     feedback = tmp_path / "feedback.jsonl"
-    with simulator(require_key="mod-key", moderation_words=("violent", flagged)) as moderation, \
-            Background("serve", "--model", str(model), "--port", "0", ready=r"serving \S+ on (http://\S+/v1)") as api:
-        demo = Background("demo", "--model", api.match.group(1), "--port", "0", "--feedback", str(feedback),
-                          "--set", f"filter.moderation_url={moderation.base_url}", "--set",
-                          "filter.api_key_env=MOD_KEY",
-                          "--set", f"filter.words={words}", ready=READY)
+    with (
+        simulator(require_key="mod-key", moderation_words=("violent", flagged)) as moderation,
+        Background("serve", "--model", str(model), "--port", "0", ready=r"serving \S+ on (http://\S+/v1)") as api,
+    ):
+        demo = Background(
+            "demo",
+            "--model",
+            api.match.group(1),
+            "--port",
+            "0",
+            "--feedback",
+            str(feedback),
+            "--set",
+            f"filter.moderation_url={moderation.base_url}",
+            "--set",
+            "filter.api_key_env=MOD_KEY",
+            "--set",
+            f"filter.words={words}",
+            ready=READY,
+        )
         stop_at_the_end(request, demo)
         name, base, token = demo.match.groups()
         assert name == "tiny"  # the endpoint's /v1/models
         streams = []
         for seed, instruction in [(1, asked[0]), (0, "Write something violent."), (2, asked[1]), (3, asked[2])]:
-            status, text = post(base, "api/generate", {"instruction": instruction, "temperature": 1.0, "seed": seed,
-                                                       "max_new_tokens": 16}, token)
+            status, text = post(
+                base,
+                "api/generate",
+                {"instruction": instruction, "temperature": 1.0, "seed": seed, "max_new_tokens": 16},
+                token,
+            )
             assert status == 200
             streams.append([json.loads(x) for x in text.splitlines()])
         output, errors = demo.stop(signal.SIGINT)
@@ -191,8 +231,14 @@ def test_demo_of_an_endpoint_with_a_moderation_filter(model, tmp_path, monkeypat
     assert streams[1] == [{"type": "refused", "message": REFUSAL}]
     assert shown[2] == answers[1] and streams[2][-1]["type"] == "withheld"  # judged once complete
     assert streams[3][-1]["type"] == "withheld" and listed not in shown[3] and answers[2].startswith(shown[3])
-    assert moderation.sim.moderation.inputs == [asked[0] + "\n\n", answers[0], "Write something violent.\n\n",
-                                                asked[1] + "\n\n", answers[1], asked[2] + "\n\n"]
+    assert moderation.sim.moderation.inputs == [
+        asked[0] + "\n\n",
+        answers[0],
+        "Write something violent.\n\n",
+        asked[1] + "\n\n",
+        answers[1],
+        asked[2] + "\n\n",
+    ]
     assert moderation.sim.keys == {"Bearer mod-key"}
     rows = lines(feedback)
     assert rows[0]["answer"] == answers[0] and rows[0]["withheld"] is None and rows[0]["model"] == "tiny"
@@ -208,11 +254,13 @@ def test_the_simulators_moderations_speak_openais_protocol():
     """What the demo's filter is tested against: /v1/moderations through the official client, a string or a list
     of inputs, one result each; the key required; a malformed request refused with 400."""
     import openai
+
     with simulator(require_key="mod-key", moderation_words=("forbidden", "very bad phrase")) as s:
         client = openai.OpenAI(base_url=s.base_url, api_key="mod-key", max_retries=0)
         one = client.moderations.create(input="Nothing FORBIDDEN here.")
-        many = client.moderations.create(input=["fine", "a very bad phrase indeed", "forbiddenness"],
-                                         model="omni-moderation-latest")
+        many = client.moderations.create(
+            input=["fine", "a very bad phrase indeed", "forbiddenness"], model="omni-moderation-latest"
+        )
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=s.base_url, api_key="wrong", max_retries=0).moderations.create(input="x")
         with pytest.raises(openai.BadRequestError):

@@ -1,6 +1,7 @@
 """The human A/B page in a real headless browser (Debian's chromium driven by Selenium through chromedriver):
 click through items, close the browser half way, come back, finish with the keyboard; every judgment is on disk
 as soon as the page moves on, and the same win-rate report reads the file."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,17 @@ pytestmark = [pytest.mark.slow, needs_browser]
 def wait_progress(driver, done: int, total: int):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, 20).until(
-        lambda d: d.find_element(By.ID, "progress").text == f"{done} / {total} judged")
+
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "progress").text == f"{done} / {total} judged")
 
 
 def shown(driver) -> dict:
     from selenium.webdriver.common.by import By
-    return {k: driver.find_element(By.ID, i).text for k, i in
-            (("instruction", "instruction"), ("a", "answer-a"), ("b", "answer-b"))}
+
+    return {
+        k: driver.find_element(By.ID, i).text
+        for k, i in (("instruction", "instruction"), ("a", "answer-a"), ("b", "answer-b"))
+    }
 
 
 def lines(path) -> list[dict]:
@@ -34,16 +38,44 @@ def lines(path) -> list[dict]:
 
 def test_rater_clicks_through_closes_the_tab_and_finishes(tmp_path):
     from selenium.webdriver.common.by import By
+
     n = 6
-    outputs_1 = [{"dataset": "selfinstruct" if i < 3 else "koala", "instruction": f"Instruction {i}: <b>bold?</b>",
-                  "output": f"first model's answer {i}", "generator": "model-one"} for i in range(n)]
-    outputs_2 = [{"dataset": r["dataset"], "instruction": r["instruction"], "output": f"second model's answer {i}",
-                  "generator": "model-two"} for i, r in enumerate(outputs_1)]
+    outputs_1 = [
+        {
+            "dataset": "selfinstruct" if i < 3 else "koala",
+            "instruction": f"Instruction {i}: <b>bold?</b>",
+            "output": f"first model's answer {i}",
+            "generator": "model-one",
+        }
+        for i in range(n)
+    ]
+    outputs_2 = [
+        {
+            "dataset": r["dataset"],
+            "instruction": r["instruction"],
+            "output": f"second model's answer {i}",
+            "generator": "model-two",
+        }
+        for i, r in enumerate(outputs_1)
+    ]
     a = write_outputs(tmp_path / "a.json", outputs_1)
     b = write_outputs(tmp_path / "b.json", outputs_2)
     out = tmp_path / "human" / "judgments.jsonl"
-    server = Background("evaluate", "human", "--a", str(a), "--b", str(b), "--out", str(out), "--port", "0",
-                        "--rater", "tester", ready=r"human A/B page: (http://127\.0\.0\.1:\d+/)\?t=(\S+)")
+    server = Background(
+        "evaluate",
+        "human",
+        "--a",
+        str(a),
+        "--b",
+        str(b),
+        "--out",
+        str(out),
+        "--port",
+        "0",
+        "--rater",
+        "tester",
+        ready=r"human A/B page: (http://127\.0\.0\.1:\d+/)\?t=(\S+)",
+    )
     base, token = server.match.group(1), server.match.group(2)
     url = f"{base}?t={token}"
     # the API refuses a request without the page's token (another site open in the browser cannot post)

@@ -6,6 +6,7 @@ tensors against the saved ones, its adapter folder loaded with peft onto the sav
 and optimizer state only), and a run killed with SIGKILL and relaunched. ZeRO-2 and ZeRO-3 runs with packing and
 modules_to_save check the same freezing, and the release of an adapter.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,20 @@ pytestmark = pytest.mark.slow
 def initial_adapters(cfg: TrainConfig, vocab_size: int) -> dict[str, torch.Tensor]:
     """The adapter the trainer starts from, by peft's own initialisation from the same seed (file naming)."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
     model = lora_reference.base_model(cfg, vocab_size)
     torch.manual_seed(cfg.model.init_seed)
     lc = cfg.model.lora
-    peft_model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                  target_modules=list(lc.target_modules),
-                                                  modules_to_save=list(lc.modules_to_save) or None))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lc.r,
+            lora_alpha=lc.alpha,
+            lora_dropout=lc.dropout,
+            target_modules=list(lc.target_modules),
+            modules_to_save=list(lc.modules_to_save) or None,
+        ),
+    )
     return {k: v.clone() for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
 
 
@@ -89,9 +98,14 @@ def test_lora_zero3_trains_only_the_adapter(lora_run, from_init, dataset):
 def test_lora_matches_a_hand_built_reference(lora_run, from_init, dataset):
     cfg = lora_settings(lora_run, from_init)
     start = initial_adapters(cfg, vocab(dataset))
-    init = {name.removeprefix("base_model.model.").removesuffix(".lora_A.weight"):
-            (a, start[name.replace("lora_A", "lora_B")])
-            for name, a in start.items() if name.endswith(".lora_A.weight")}
+    init = {
+        name.removeprefix("base_model.model.").removesuffix(".lora_A.weight"): (
+            a,
+            start[name.replace("lora_A", "lora_B")],
+        )
+        for name, a in start.items()
+        if name.endswith(".lora_A.weight")
+    }
     assert len(init) == 2 * 2 + 1  # q_proj and v_proj in 2 layers, lm_head
     theirs = lora_reference.train(cfg, init, world=2)
     ours = losses(lora_run)
@@ -118,6 +132,7 @@ def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset)
     from transformers import AutoModelForCausalLM
 
     from alpaca_ds.train.export import LORA_ULPS, check_logits, fixed_batch, logits
+
     cfg = lora_settings(lora_run, from_init)
     peft_model = PeftModel.from_pretrained(lora_reference.base_model(cfg, vocab(dataset)), lora_run / "adapter")
     batch = fixed_batch(vocab(dataset))
@@ -129,10 +144,23 @@ def test_export_command_rebuilds_the_runs_exports_from_a_checkpoint(lora_run, tm
     # the checkpoint holds the adapter's fp32 masters only; the base is rebuilt from model.name_or_path
     import subprocess
     import sys
+
     out = tmp_path / "exported"
-    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "export",
-                             str(lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"), str(out)],
-                            cwd=RECIPE.parents[2], env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpaca_ds.cli",
+            "export",
+            str(lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"),
+            str(out),
+        ],
+        cwd=RECIPE.parents[2],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for folder, name in (("adapter", "adapter_model.safetensors"), ("final", "model.safetensors")):
         exported, final = load_file(out / folder / name), load_file(lora_run / folder / name)
@@ -156,9 +184,14 @@ def test_lora_packed_with_modules_to_save(engine, from_init, dataset, tmp_path):
     # ZeRO-3 loads the embeddings partitioned: peft copies them gathered for modules_to_save (its known failure
     # otherwise: copies with no elements)
     run = tmp_path / "run"
-    extra = (f"ds_config=ds_configs/{engine}.yaml", "data.batching=packed", "data.pack_length=512",
-             "model.lora.target_modules=[q_proj, v_proj]", "model.lora.modules_to_save=[embed_tokens, lm_head]",
-             "model.lora.merged_export=false")
+    extra = (
+        f"ds_config=ds_configs/{engine}.yaml",
+        "data.batching=packed",
+        "data.pack_length=512",
+        "model.lora.target_modules=[q_proj, v_proj]",
+        "model.lora.modules_to_save=[embed_tokens, lm_head]",
+        "model.lora.merged_export=false",
+    )
     result = launch(f"output_dir={run}", *from_init, *LORA, *extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "adapter (reloaded logits within" in result.stdout and not (run / "final").exists()
@@ -167,9 +200,11 @@ def test_lora_packed_with_modules_to_save(engine, from_init, dataset, tmp_path):
     check_frozen_base_and_trained_adapter(run, lora_settings(run, from_init, *extra), dataset)
     # released as it is: the adapter needs no weight diff; the card says what it is and which base it needs
     from alpaca_ds.release.cards import pack
+
     out = pack(run, tmp_path / "release", None, False)
-    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == \
-        (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        run / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
     assert not (out / "weight-diff").exists() and not (out / "model").exists()
     assert (out / "tokenizer" / "tokenizer_config.json").is_file()
     card = (out / "MODEL_CARD.md").read_text()
@@ -181,19 +216,37 @@ def test_lora_packed_with_modules_to_save(engine, from_init, dataset, tmp_path):
         pack(run, tmp_path / "release-2", None, True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); "
-                    "this machine has none")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="QLoRA's 4-bit base needs a CUDA GPU (bitsandbytes); this machine has none"
+)
 @pytest.mark.parametrize("engine", ["zero3_bf16", "zero2_bf16"])
 def test_qlora_trains_and_exports_on_a_gpu(engine, from_init, tmp_path):
     import subprocess
     import sys
+
     run = tmp_path / "run"
     sets = (f"output_dir={run}", *from_init, *LORA, "model.lora.quantize=nf4", f"ds_config=ds_configs/{engine}.yaml")
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port",
-               str(free_port()), "--module", "alpaca_ds.train", "--config", str(RECIPE)]
-    result = subprocess.run(command + [a for item in sets for a in ("--set", item)], cwd=RECIPE.parents[2],
-                            env={k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}, capture_output=True,
-                            text=True, timeout=900)
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "1",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "alpaca_ds.train",
+        "--config",
+        str(RECIPE),
+    ]
+    result = subprocess.run(
+        command + [a for item in sets for a in ("--set", item)],
+        cwd=RECIPE.parents[2],
+        env={k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "adapter (reloaded logits within" in result.stdout and not (run / "final").exists()
     ours = losses(run)

@@ -7,6 +7,7 @@ world size and global batch:
 - launch/slurm.sbatch under a real SLURM (Debian's slurm-wlm, two slurmd on this host via launch/slurm_local.sh),
   when slurm is installed and this is root; skipped otherwise.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,27 @@ pytestmark = pytest.mark.slow
 
 # ---------------------------------------------------------------- two nodes on one machine, DeepSpeed's no-ssh mode
 
+
 @pytest.fixture(scope="module")
 def one_node_run(dataset, tmp_path_factory) -> Path:
     """The reference: one node of 2 ranks, through `alpaca-ds launch`."""
     run = tmp_path_factory.mktemp("one-node") / "run"
-    result = cli("launch", "--config", str(RECIPE), "--nodes", "1", "--gpus-per-node", "2", "--master-port",
-                 str(free_port()), "--set", f"output_dir={run}", "--set", f"data.path={dataset}", timeout=900)
+    result = cli(
+        "launch",
+        "--config",
+        str(RECIPE),
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "--set",
+        f"output_dir={run}",
+        "--set",
+        f"data.path={dataset}",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "+ " in result.stdout and "--num_gpus 2" in result.stdout and "done: 42 steps" in result.stdout
     return run
@@ -45,11 +61,36 @@ def test_two_nodes_on_one_machine_equal_one_node(one_node_run, dataset, tmp_path
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     port = str(free_port())
-    nodes = [subprocess.Popen([sys.executable, "-m", "alpaca_ds.cli", "launch", "--config", str(RECIPE), "--hostfile",
-                               str(hostfile), "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port",
-                               port, "--set", f"output_dir={run}", "--set", f"data.path={dataset}"],
-                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alpaca_ds.cli",
+                "launch",
+                "--config",
+                str(RECIPE),
+                "--hostfile",
+                str(hostfile),
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "--set",
+                f"output_dir={run}",
+                "--set",
+                f"data.path={dataset}",
+            ],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=900) for node in nodes]
     for rank, (node, (out, err)) in enumerate(zip(nodes, outputs)):
         assert node.returncode == 0, f"node {rank}:\n{out[-3000:]}\n{err[-3000:]}"
@@ -63,10 +104,12 @@ def test_two_nodes_on_one_machine_equal_one_node(one_node_run, dataset, tmp_path
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000040", "step-00000042"]
     assert (run / "final" / "model.safetensors").is_file()
     assert (run / "config.resolved.yaml").read_text() == (one_node_run / "config.resolved.yaml").read_text().replace(
-        str(one_node_run), str(run))
+        str(one_node_run), str(run)
+    )
 
 
 # ---------------------------------------------------------------- pdsh/ssh mode, for real, when sshd and pdsh are here
+
 
 @pytest.fixture
 def ssh_to_localhost(tmp_path):
@@ -83,9 +126,12 @@ def ssh_to_localhost(tmp_path):
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/id.pub\n"
         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        f"StrictModes no\nUsePAM no\nPidFile {d}/sshd.pid\n")
-    (d / "ssh_config").write_text(f"Host *\n  Port {port}\n  IdentityFile {d}/id\n  StrictHostKeyChecking no\n"
-                                  "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n")
+        f"StrictModes no\nUsePAM no\nPidFile {d}/sshd.pid\n"
+    )
+    (d / "ssh_config").write_text(
+        f"Host *\n  Port {port}\n  IdentityFile {d}/id\n  StrictHostKeyChecking no\n"
+        "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n"
+    )
     wrapper = d / "bin" / "ssh"
     wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config "$@"\n')
     wrapper.chmod(0o755)
@@ -108,9 +154,23 @@ def test_pdsh_mode_two_hosts_equal_one_node(ssh_to_localhost, one_node_run, data
     run = tmp_path / "pdsh-run"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
-    result = cli("launch", "--config", str(RECIPE), "--hostfile", str(hostfile), "--master-addr", "127.0.0.1",
-                 "--master-port", str(free_port()), "--set", f"output_dir={run}", "--set", f"data.path={dataset}",
-                 env=ssh_to_localhost, timeout=900)
+    result = cli(
+        "launch",
+        "--config",
+        str(RECIPE),
+        "--hostfile",
+        str(hostfile),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "--set",
+        f"output_dir={run}",
+        "--set",
+        f"data.path={dataset}",
+        env=ssh_to_localhost,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "cmd = pdsh -S -f 1024 -w 127.0.0.1,localhost" in result.stdout + result.stderr
     ours = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(run)]
@@ -120,6 +180,7 @@ def test_pdsh_mode_two_hosts_equal_one_node(ssh_to_localhost, one_node_run, data
 
 
 # ---------------------------------------------------------------- SLURM, for real, when it is here
+
 
 def _slurm_available() -> str | None:
     if not shutil.which("sbatch") or not shutil.which("slurmctld"):
@@ -139,8 +200,13 @@ def slurm():
     folder.chmod(0o755)
     env = {**ENV, "SLURM_LOCAL_DIR": str(folder), "NODES": "2"}
     try:
-        started = subprocess.run(["bash", str(ROOT / "launch" / "slurm_local.sh"), "start"], env=env,
-                                 capture_output=True, text=True, timeout=120)
+        started = subprocess.run(
+            ["bash", str(ROOT / "launch" / "slurm_local.sh"), "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if started.returncode != 0:
             pytest.skip(f"a one-machine SLURM did not start here: {started.stderr.strip()[-500:]}")
         yield {**ENV, "SLURM_CONF": started.stdout.strip().split("=", 1)[1]}
@@ -151,12 +217,34 @@ def slurm():
 
 def test_slurm_sbatch_two_nodes_equal_one_node(slurm, one_node_run, dataset, tmp_path):
     run = tmp_path / "slurm-run"
-    env = {**slurm, "RECIPE": "launch/recipes/tiny.yaml", "GPUS_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
+    env = {
+        **slurm,
+        "RECIPE": "launch/recipes/tiny.yaml",
+        "GPUS_PER_NODE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     log = tmp_path / "slurm-%j.out"
-    result = subprocess.run(["sbatch", "--wait", "--nodes", "2", "--gpus-per-node=0", f"--output={log}",
-                             str(ROOT / "launch" / "slurm.sbatch"), "--set", f"output_dir={run}", "--set",
-                             f"data.path={dataset}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            "--nodes",
+            "2",
+            "--gpus-per-node=0",
+            f"--output={log}",
+            str(ROOT / "launch" / "slurm.sbatch"),
+            "--set",
+            f"output_dir={run}",
+            "--set",
+            f"data.path={dataset}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert result.returncode == 0, result.stderr + out[-3000:]
     assert "on 2 node(s) x 1 GPUs" in out and "--no_ssh --node_rank 1" in out and "--no_ssh --node_rank 0" in out
@@ -164,5 +252,3 @@ def test_slurm_sbatch_two_nodes_equal_one_node(slurm, one_node_run, dataset, tmp
     theirs = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(one_node_run)]
     assert ours == theirs
     assert (run / "checkpoints" / "latest").read_text() == "step-00000042"
-
-

@@ -1,5 +1,6 @@
 """`alpaca-ds quickstart`: the whole pipeline offline, interrupted during training and resumed, and its report
 checked number by number against the files the stages wrote."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,14 @@ pytestmark = pytest.mark.slow
 
 def quickstart(out: Path, *args: str) -> subprocess.Popen:
     # from another directory than the repository: the default config takes its paths from the repository
-    return subprocess.Popen([sys.executable, "-m", "alpaca_ds.cli", "quickstart", "--quick", "--out", str(out), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "alpaca_ds.cli", "quickstart", "--quick", "--out", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=out.parent,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -83,9 +89,11 @@ def test_quickstart_interrupted_in_training_resumes_and_reports_its_own_numbers(
 README_RUN = ROOT / "runs" / "quickstart"
 
 
-@pytest.mark.skipif(not (README_RUN / "report.md").is_file(),
-                    reason=f"no {README_RUN}/report.md: the README's first command (`alpaca-ds quickstart`, run from "
-                           "the repository) writes it, and CI runs it before the tests")
+@pytest.mark.skipif(
+    not (README_RUN / "report.md").is_file(),
+    reason=f"no {README_RUN}/report.md: the README's first command (`alpaca-ds quickstart`, run from "
+    "the repository) writes it, and CI runs it before the tests",
+)
 def test_the_readme_quickstart_report_holds_its_run_numbers():
     check_report(README_RUN, (README_RUN / "report.md").read_text(), quick=False)
 
@@ -110,18 +118,28 @@ def check_report(out: Path, report: str, quick: bool) -> None:
 
     # generation: counts, every rejection reason, the cost table
     assert stats["accepted"] == stats["target"] == cfg.generate.num_instructions
-    assert f"**{stats['accepted']}/{stats['target']}** instructions accepted from {stats['candidates']['parsed']} " \
-           "parsed candidates" in report
+    assert (
+        f"**{stats['accepted']}/{stats['target']}** instructions accepted from {stats['candidates']['parsed']} "
+        "parsed candidates" in report
+    )
     assert stats["candidates"]["rejected"], "the simulator's noise gives every run rejections"
     for reason, count in stats["candidates"]["rejected"].items():
         assert f"| rejected: {reason} | {count} |" in report
     generate_row = next(line for line in report.splitlines() if line.startswith("| generate | gpt-3.5-turbo-instruct"))
-    for number in (f"{cost['prompt_tokens']:,}", f"{cost['completion_tokens']:,}", f"${cost['spent_usd']:,.4f}",
-                   f"| {stats['requests']['attempts']} |"):
+    for number in (
+        f"{cost['prompt_tokens']:,}",
+        f"{cost['completion_tokens']:,}",
+        f"${cost['spent_usd']:,.4f}",
+        f"| {stats['requests']['attempts']} |",
+    ):
         assert number in generate_row, (number, generate_row)
     assert 0 < cost["spent_usd"] <= cfg.generate.budget_usd
     judge_row = next(line for line in report.splitlines() if line.startswith("| judge | gpt-4o-mini"))
-    for number in (f"{judge_cost['prompt_tokens']:,}", f"${judge_cost['spent_usd']:,.4f}", f"| {2 * len(annotations)} |"):
+    for number in (
+        f"{judge_cost['prompt_tokens']:,}",
+        f"${judge_cost['spent_usd']:,.4f}",
+        f"| {2 * len(annotations)} |",
+    ):
         assert number in judge_row, (number, judge_row)
 
     # dataset
@@ -145,7 +163,7 @@ def check_report(out: Path, report: str, quick: bool) -> None:
 
     # export: verified, and equal to the trainer's own export
     export = state["steps"]["export"]
-    assert export["logits_max_diff"] <= 2 ** -7 and export["max_tensor_diff_vs_final"] == 0
+    assert export["logits_max_diff"] <= 2**-7 and export["max_tensor_diff_vs_final"] == 0
     assert f"max |difference| **{export['logits_max_diff']:.3g}**" in report
 
     # evaluation
@@ -154,8 +172,9 @@ def check_report(out: Path, report: str, quick: bool) -> None:
     assert {a["generator"] for a in answers} == {"quickstart-tiny"}
     assert all(a["preference"] in (1, 2, 1.5) for a in annotations), "the simulator's judge gave a verdict"
     assert f"wrote **{len(answers)}** answers" in report
-    assert (f"**win rate of quickstart-tiny over the reference: {win['win_rate']:.1f}% ± "
-            f"{win['standard_error']:.1f}**") in report
+    assert (
+        f"**win rate of quickstart-tiny over the reference: {win['win_rate']:.1f}% ± {win['standard_error']:.1f}**"
+    ) in report
     assert f"wins {win['n_wins']}, losses {win['n_wins_base']}, ties {win['n_draws']}" in report
 
     # times: the table's total is the sum of the steps (the interrupted training counted in)
@@ -164,8 +183,13 @@ def check_report(out: Path, report: str, quick: bool) -> None:
 
     # the commands by hand, and the configs they name, which load as their commands load them
     block = report.split("## Each step by hand")[1].split("```sh\n")[1].split("```")[0]
-    schemas = {"generate": GenerateConfig, "data": DataBuildConfig, "train": TrainConfig, "answer": AnswerConfig,
-               "judge": JudgeConfig}
+    schemas = {
+        "generate": GenerateConfig,
+        "data": DataBuildConfig,
+        "train": TrainConfig,
+        "answer": AnswerConfig,
+        "judge": JudgeConfig,
+    }
     cwd = state["invocations"][-1]["cwd"]
 
     def shown(path: Path) -> str:  # as the run names it: relative to where it ran when --out was relative

@@ -5,6 +5,7 @@ and for the export checks. From one saved set of weights, a ZeRO-3 run is compar
 engine) on the same batches, with the other engine configs (zero3_offload, zero2_bf16) and with gradient
 checkpointing.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,6 +70,7 @@ def test_tiny_recipe_trains_checkpoints_and_exports(reference_run, dataset):
     assert (reference_run / "loss.png").stat().st_size > 10_000
     # the export loads with plain transformers, with Alpaca's [PAD] token, and generates
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     final = reference_run / "final"
     model = AutoModelForCausalLM.from_pretrained(final)
     tokenizer = AutoTokenizer.from_pretrained(final)
@@ -84,8 +86,14 @@ def test_resume_after_kill_gives_identical_losses(reference_run, dataset, tmp_pa
     assert 14 <= launch_and_kill(run, args, 14) < 42
     # relaunch through `alpaca-ds train`, which checks the run and starts the same launcher command
     command = [sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus", "2"]
-    result = subprocess.run(command + [a for item in args for a in ("--set", item)], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        command + [a for item in args for a in ("--set", item)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "deepspeed.launcher.runner --num_gpus 2 --module alpaca_ds.train" in result.stdout
     assert "resumed from step-000000" in result.stdout
@@ -104,18 +112,40 @@ def zero3_from_init(from_init, tmp_path_factory) -> Path:
 
 def test_zero3_matches_torch_fsdp_from_the_same_weights(from_init, zero3_from_init, tmp_path):
     fsdp = tmp_path / "fsdp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(ROOT / "tests" / "helpers" / "fsdp_reference.py"), "--config", str(RECIPE)]
-    result = subprocess.run(command + [a for item in (f"output_dir={fsdp}", *from_init) for a in ("--set", item)],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "tests" / "helpers" / "fsdp_reference.py"),
+        "--config",
+        str(RECIPE),
+    ]
+    result = subprocess.run(
+        command + [a for item in (f"output_dir={fsdp}", *from_init) for a in ("--set", item)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ours, theirs = losses(zero3_from_init), losses(fsdp)
     assert worst_relative(ours, theirs) < 0.01, list(zip(ours, theirs))
     assert ours[-1] < ours[0] - 0.3  # and both actually trained
 
 
-@pytest.mark.parametrize("variant", ["ds_config=ds_configs/zero3_offload.yaml", "ds_config=ds_configs/zero2_bf16.yaml",
-                                     "model.gradient_checkpointing=true"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "ds_config=ds_configs/zero3_offload.yaml",
+        "ds_config=ds_configs/zero2_bf16.yaml",
+        "model.gradient_checkpointing=true",
+    ],
+)
 def test_other_engine_settings_train_the_same_model(variant, from_init, zero3_from_init, tmp_path):
     # Offloading moves the optimizer and parameters to the CPU, ZeRO-2 shards less, gradient checkpointing
     # recomputes activations; none changes the maths, so every step's loss stays with the plain ZeRO-3 run's.
@@ -129,9 +159,21 @@ def test_other_engine_settings_train_the_same_model(variant, from_init, zero3_fr
 
 def test_export_command_matches_the_final_export(reference_run, tmp_path):
     out = tmp_path / "exported"
-    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "export",
-                             str(reference_run / "checkpoints" / "step-00000042"), str(out)],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpaca_ds.cli",
+            "export",
+            str(reference_run / "checkpoints" / "step-00000042"),
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     exported, final = load_file(out / "model.safetensors"), load_file(reference_run / "final" / "model.safetensors")
     assert exported.keys() == final.keys()
@@ -170,7 +212,15 @@ for name, value in model.state_dict().items():
 assert 0.015 < float(model.get_input_embeddings().weight.std()) < 0.025  # initializer_range 0.02
 print("ok")
 """
-    env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **ENV,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

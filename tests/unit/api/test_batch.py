@@ -2,6 +2,7 @@
 official openai client over a real socket: the same regen.json as online at half the price, failed lines and an
 expired batch sent again, SIGKILLs at random moments without a request in two batches, a server without the
 Batch API refused before anything is spent, and judging with the same annotations as online."""
+
 from __future__ import annotations
 
 import json
@@ -87,18 +88,32 @@ def test_a_server_without_the_batch_api_is_refused_before_anything_is_spent(tmp_
 def test_three_sigkills_at_random_moments_lose_nothing_and_submit_nothing_twice(tmp_path):
     out = tmp_path / "g"
     # ~600 small requests in waves of 24, 6 to a file: a run of ~25 waves, each ~0.4 s at the API
-    args = ("num_instructions=1500", "api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700", *BATCH,
-            "api.batch.max_requests_per_file=6", "api.batch.max_wave_requests=24", "budget.max_usd=3")
-    command = [sys.executable, "-m", "alpaca_ds.cli", "generate",
-               *[x for o in overrides(out, "URL", *args) for x in ("--set", o)]]
+    args = (
+        "num_instructions=1500",
+        "api.prompts_per_request=1",
+        "num_tasks=8",
+        "api.max_tokens=700",
+        *BATCH,
+        "api.batch.max_requests_per_file=6",
+        "api.batch.max_wave_requests=24",
+        "budget.max_usd=3",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "alpaca_ds.cli",
+        "generate",
+        *[x for o in overrides(out, "URL", *args) for x in ("--set", o)],
+    ]
     rng = random.Random(os.getpid())
     with Teacher("--batch-seconds", "0.3") as teacher:
         command = [c.replace("URL", teacher.url) for c in command]
         open_parts = []
         for _ in range(3):
             before = len(ledger(out))
-            proc = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             deadline = time.time() + 120
             while len(ledger(out)) <= before:  # the run is under way: its first line
                 assert proc.poll() is None and time.time() < deadline
@@ -116,6 +131,7 @@ def test_three_sigkills_at_random_moments_lose_nothing_and_submit_nothing_twice(
     accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]
     replayed = gen.Processor(gen.prepare(cfg, need_key=False))
     from alpaca_ds.api.ledger import CallLedger
+
     gen.process_in_order(replayed, CallLedger(out / gen.LEDGER, "i", writable=False))
     assert accepted == replayed.accepted and len(accepted) == 1500  # nothing lost, nothing written twice
     seen = [c for ids in served["batches"]["custom_ids"].values() for c in ids]
@@ -139,8 +155,9 @@ def test_judge_in_batch_gives_the_online_annotations_at_half_the_price(tmp_path)
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
     assert online["exit_code"] == batch["exit_code"] == 0 and again["calls"] == 0
-    assert (tmp_path / "online" / "annotations.json").read_bytes() == \
-        (tmp_path / "batch" / "annotations.json").read_bytes()
+    assert (tmp_path / "online" / "annotations.json").read_bytes() == (
+        tmp_path / "batch" / "annotations.json"
+    ).read_bytes()
     assert [x["preference"] for x in json.loads((tmp_path / "batch" / "annotations.json").read_text())] == expected
     assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
 
@@ -161,8 +178,9 @@ def test_weighted_judge_in_batch_gives_the_online_annotations(tmp_path, mode):
         os.environ.pop("JUDGE_TEST_KEY")
     assert online["exit_code"] == batch["exit_code"] == 0 and again["calls"] == 0
     assert batch["judge"]["calls_by_source"] == online["judge"]["calls_by_source"] == {"logprobs": 24, "verdict": 6}
-    assert (tmp_path / "online" / "annotations.json").read_bytes() == \
-        (tmp_path / "batch" / "annotations.json").read_bytes()
+    assert (tmp_path / "online" / "annotations.json").read_bytes() == (
+        tmp_path / "batch" / "annotations.json"
+    ).read_bytes()
     assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
 
 
@@ -179,8 +197,11 @@ def test_a_rerun_after_a_crash_collects_the_batch_it_has(tmp_path, cut):
         whole = (out / "regen.json").read_bytes()
         lines = (out / gen.LEDGER).read_text().splitlines(keepends=True)
         kinds = [json.loads(x)["t"] for x in lines]
-        keep = {"file": kinds.index("file") + 1, "batch": kinds.index("batch") + 1,
-                "results": kinds.index("batch") + 1 + (kinds.count("result") // 2)}[cut]
+        keep = {
+            "file": kinds.index("file") + 1,
+            "batch": kinds.index("batch") + 1,
+            "results": kinds.index("batch") + 1 + (kinds.count("result") // 2),
+        }[cut]
         (out / gen.LEDGER).write_text("".join(lines[:keep]))
         for name in ("accepted.jsonl", "regen.json", "stats.json", "cost.json"):
             (out / name).unlink()
@@ -197,8 +218,9 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_p
     args = [x for o in overrides(out, "URL", "num_instructions=100", *BATCH) for x in ("--set", o)]
     with Teacher("--batch-seconds", "60") as teacher:
         command = [sys.executable, "-m", "alpaca_ds.cli", "generate", *[a.replace("URL", teacher.url) for a in args]]
-        proc = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         deadline = time.time() + 60
         while not any(e["t"] == "batch" for e in ledger(out)):
             assert proc.poll() is None and time.time() < deadline
@@ -209,12 +231,19 @@ def test_ctrl_c_leaves_the_batches_running_and_cancel_batches_cancels_them(tmp_p
         assert "still running at the API" in err and "--cancel-batches" in err
         running = teacher.stats()["batches"]["by_status"]
         assert set(running) == {"in_progress"}
-        online = subprocess.run([*command, "--set", "api.transport=online"], cwd=ROOT, env=cli_env(),
-                                capture_output=True, text=True, timeout=120)
+        online = subprocess.run(
+            [*command, "--set", "api.transport=online"],
+            cwd=ROOT,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert online.returncode != 0 and "may still be answered; rerun with api.transport: batch" in online.stderr
         assert teacher.stats()["requests"] == 0  # refused before sending anything online
-        cancel = subprocess.run([*command, "--cancel-batches"], cwd=ROOT, env=cli_env(), capture_output=True,
-                                text=True, timeout=120)
+        cancel = subprocess.run(
+            [*command, "--cancel-batches"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120
+        )
         assert cancel.returncode == 0, cancel.stderr
         assert teacher.stats()["batches"]["by_status"] == {"cancelled": running["in_progress"]}
     ends = [e for e in ledger(out) if e["t"] == "batch_end"]
@@ -240,8 +269,16 @@ def test_a_lost_create_answer_and_flaky_calls_neither_stop_the_run_nor_duplicate
 
 def test_input_files_stay_within_the_size_and_count_limits(tmp_path):
     with simulator() as s:
-        result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH,
-                                    "api.batch.max_file_mb=0.04", "api.batch.max_requests_per_file=3"))
+        result = gen.run(
+            gen_config(
+                tmp_path / "b",
+                s.base_url,
+                "num_instructions=300",
+                *BATCH,
+                "api.batch.max_file_mb=0.04",
+                "api.batch.max_requests_per_file=3",
+            )
+        )
         files = [f for f in s.sim.batch.files.values() if f["purpose"] == "batch"]
         inputs = [s.sim.batch.content[f["id"]] for f in files]
     assert result["stop_reason"] == "target" and len(files) > 2

@@ -1,6 +1,7 @@
 """`alpaca-ds plan`: model-state memory equal to DeepSpeed's own estimators, parameter counts equal to DeepSpeed's
 model_to_params, activation memory against a peak measured on CPU, steps and tokens equal to what the trainer's
 sampler does, and the table and JSON for people and tools."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,6 +37,7 @@ def recipe(path, *overrides) -> TrainConfig:
 
 # ---------------------------------------------------------------- model states: DeepSpeed's estimators
 
+
 @pytest.fixture(scope="module")
 def plan_7b_8gpus():
     return make_plan(recipe(ALPACA_7B, "data.path=/nonexistent"), "alpaca_7b.yaml", 1, 8)
@@ -48,23 +50,37 @@ def test_llama_7b_counted_exactly(plan_7b_8gpus):
     assert m["largest_layer_parameters"] == 32001 * 4096 and m["largest_layer"] == "model.embed_tokens"
 
 
-def deepspeed_estimate(params: int, largest: int, gpus: int, nodes: int, stage: int, offload_optimizer: bool,
-                       offload_params: bool) -> tuple[int, int]:
+def deepspeed_estimate(
+    params: int, largest: int, gpus: int, nodes: int, stage: int, offload_optimizer: bool, offload_params: bool
+) -> tuple[int, int]:
     """(CPU bytes per node, GPU bytes) from DeepSpeed's own estimator of the stage, as a plan assumes (zero_init)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
     if stage == 3:
         return estimate_zero3_model_states_mem_needs(
-            params, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer,
-            cpu_offload_params=offload_params, zero_init=True, additional_buffer_factor=1.5)[:2]
-    return estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=gpus, num_nodes=nodes,
-                                                 cpu_offload=offload_optimizer, additional_buffer_factor=1.5)
+            params,
+            largest,
+            num_gpus_per_node=gpus,
+            num_nodes=nodes,
+            cpu_offload=offload_optimizer,
+            cpu_offload_params=offload_params,
+            zero_init=True,
+            additional_buffer_factor=1.5,
+        )[:2]
+    return estimate_zero2_model_states_mem_needs(
+        params, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_optimizer, additional_buffer_factor=1.5
+    )
 
 
 @pytest.mark.parametrize("nodes, gpus", [(1, 8), (2, 8), (1, 1), (4, 4)])
 def test_model_states_equal_deepspeeds_estimators(nodes, gpus):
-    p = make_plan(recipe(ALPACA_7B, "data.path=/nonexistent", f"batch.micro_batch_size={128 // (nodes * gpus)}"),
-                  "alpaca_7b.yaml", nodes, gpus)
+    p = make_plan(
+        recipe(ALPACA_7B, "data.path=/nonexistent", f"batch.micro_batch_size={128 // (nodes * gpus)}"),
+        "alpaca_7b.yaml",
+        nodes,
+        gpus,
+    )
     total, largest = p["model"]["parameters"], p["model"]["largest_layer_parameters"]
     states = p["memory"]["model_states"]
     for key, _, stage, offload_optimizer, offload_params in ENGINES:
@@ -74,33 +90,56 @@ def test_model_states_equal_deepspeeds_estimators(nodes, gpus):
 
 def test_7b_zero3_on_8_gpus_is_14_6_gib(plan_7b_8gpus):
     states = plan_7b_8gpus["memory"]["model_states"]
-    assert states["zero3"]["gpu_bytes"] / GIB == pytest.approx(14.61, abs=0.005)       # no offload
+    assert states["zero3"]["gpu_bytes"] / GIB == pytest.approx(14.61, abs=0.005)  # no offload
     assert states["zero3_offload_optimizer"]["gpu_bytes"] / GIB == pytest.approx(2.06, abs=0.005)
     assert states["zero3_offload_all"]["gpu_bytes"] / GIB == pytest.approx(0.49, abs=0.005)
     assert plan_7b_8gpus["engine"]["key"] == "zero3"  # ds_configs/zero3_bf16.yaml
 
 
 def test_offload_engine_yaml_is_recognised():
-    p = make_plan(recipe(ALPACA_13B, "data.path=/nonexistent", "ds_config=ds_configs/zero3_offload.yaml"),
-                  "alpaca_13b.yaml", 1, 8)
+    p = make_plan(
+        recipe(ALPACA_13B, "data.path=/nonexistent", "ds_config=ds_configs/zero3_offload.yaml"), "alpaca_13b.yaml", 1, 8
+    )
     assert p["engine"]["key"] == "zero3_offload_all"
-    assert p["memory"]["total"] == (p["memory"]["model_states"]["zero3_offload_all"]["gpu_bytes"]
-                                    + p["memory"]["activations"]["without_checkpointing"]
-                                    + p["memory"]["zero_buffers"]["zero3_offload_all"] + p["memory"]["reserve"])
-    p2 = make_plan(recipe(ALPACA_7B, "data.path=/nonexistent", "ds_config=ds_configs/zero2_bf16.yaml"),
-                   "alpaca_7b.yaml", 1, 8)
+    assert p["memory"]["total"] == (
+        p["memory"]["model_states"]["zero3_offload_all"]["gpu_bytes"]
+        + p["memory"]["activations"]["without_checkpointing"]
+        + p["memory"]["zero_buffers"]["zero3_offload_all"]
+        + p["memory"]["reserve"]
+    )
+    p2 = make_plan(
+        recipe(ALPACA_7B, "data.path=/nonexistent", "ds_config=ds_configs/zero2_bf16.yaml"), "alpaca_7b.yaml", 1, 8
+    )
     assert p2["engine"]["key"] == "zero2"
 
 
-@pytest.mark.parametrize("config", [
-    {"model_type": "llama", "vocab_size": 1001, "hidden_size": 64, "intermediate_size": 176,
-     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
-    {"model_type": "llama", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 4096,
-     "num_hidden_layers": 1, "num_attention_heads": 2, "tie_word_embeddings": True},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {
+            "model_type": "llama",
+            "vocab_size": 1001,
+            "hidden_size": 64,
+            "intermediate_size": 176,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+        {
+            "model_type": "llama",
+            "vocab_size": 300,
+            "hidden_size": 32,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "tie_word_embeddings": True,
+        },
+    ],
+)
 def test_meta_device_counts_equal_deepspeeds_model_to_params(config):
     from deepspeed.runtime.zero.stage3 import model_to_params
     from transformers import AutoConfig, AutoModelForCausalLM
+
     kwargs = dict(config)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
     total, largest, _, _ = count_params(config)
@@ -123,6 +162,7 @@ def test_architecture_sources(tmp_path):
 
 
 # ---------------------------------------------------------------- activations
+
 
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_activations", ROOT / "benchmarks" / "bench_activations.py")
@@ -155,10 +195,12 @@ def test_activations_scale_with_the_micro_batch_and_checkpointing_saves_most(pla
 
 # ---------------------------------------------------------------- steps, tokens, time
 
+
 @pytest.mark.parametrize("batching", ["random", "length_grouped", "packed"])
 def test_workload_is_the_samplers_own(sample_dataset, batching):
     from alpaca_ds.dataset.sampler import MicroBatchSampler
     from alpaca_ds.dataset.shards import TokenizedDataset
+
     cfg = recipe(TINY, f"data.path={sample_dataset}", f"data.batching={batching}", "data.pack_length=512")
     lengths = TokenizedDataset(sample_dataset, "train").lengths
     world, (micro, accum) = 2, cfg.batch.resolve(2)
@@ -167,8 +209,16 @@ def test_workload_is_the_samplers_own(sample_dataset, batching):
     # what each of the two ranks of the trainer computes, sampler by sampler
     slots = real = 0
     for rank in range(world):
-        s = MicroBatchSampler(lengths, micro, world_size=world, rank=rank, seed=cfg.data.seed, mode=batching,
-                              pack_length=512, accumulation=accum)
+        s = MicroBatchSampler(
+            lengths,
+            micro,
+            world_size=world,
+            rank=rank,
+            seed=cfg.data.seed,
+            mode=batching,
+            pack_length=512,
+            accumulation=accum,
+        )
         assert len(s) // accum == w["steps_per_epoch"]
         for rows in s.epoch_batches(0):
             row_lengths = [int(lengths[r].sum()) for r in rows]
@@ -206,15 +256,32 @@ def test_time_and_cost_follow_from_flops(plan_7b_8gpus):
 
 # ---------------------------------------------------------------- the command
 
+
 def plan_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "plan", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "alpaca_ds.cli", "plan", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
 def test_plan_command_json_and_table():
-    result = plan_cli("--config", str(ALPACA_7B), "--nodes", "2", "--gpus-per-node", "8", "--json",
-                      "--usd-per-gpu-hour", "2", "--mfu", "0.3", "--gpu", "A100-40GB", "--gpu", "H100-80GB")
+    result = plan_cli(
+        "--config",
+        str(ALPACA_7B),
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "8",
+        "--json",
+        "--usd-per-gpu-hour",
+        "2",
+        "--mfu",
+        "0.3",
+        "--gpu",
+        "A100-40GB",
+        "--gpu",
+        "H100-80GB",
+    )
     assert result.returncode == 0, result.stderr
     p = json.loads(result.stdout)
     assert p["batch"] == {"global": 128, "micro": 4, "accumulation": 2, "world": 16}
@@ -240,10 +307,11 @@ def test_plan_refuses_an_impossible_batch_with_the_arithmetic():
 @pytest.mark.slow
 def test_shipped_alpaca_lengths_are_the_real_build(tmp_path):
     from alpaca_ds.dataset.shards import TokenizedDataset
+
     build_dataset(tmp_path / "ds", f"input={ALPACA_DATA}", f"tokenizer={LLAMA_TOKENIZER}")
     lengths = TokenizedDataset(tmp_path / "ds", "train").lengths
     assert int(lengths.min()) == alpaca_lengths.SHORTEST
-    assert tuple(np.bincount(lengths)[alpaca_lengths.SHORTEST:].tolist()) == alpaca_lengths.COUNTS
+    assert tuple(np.bincount(lengths)[alpaca_lengths.SHORTEST :].tolist()) == alpaca_lengths.COUNTS
 
 
 # ---------------------------------------------------------------- LoRA and QLoRA
@@ -253,12 +321,12 @@ ALPACA_LORA_1GPU = ROOT / "launch" / "recipes" / "alpaca_lora_7b_1gpu.yaml"
 
 @pytest.fixture(scope="module")
 def plan_lora_1gpu():
-    return make_plan(recipe(ALPACA_LORA_1GPU, "data.path=/nonexistent"), "alpaca_lora_7b_1gpu.yaml", 1, 1,
-                     seq_len=256)
+    return make_plan(recipe(ALPACA_LORA_1GPU, "data.path=/nonexistent"), "alpaca_lora_7b_1gpu.yaml", 1, 1, seq_len=256)
 
 
 def test_lora_counts_are_peft_and_the_frozen_base_is_2_bytes_or_nf4(plan_lora_1gpu):
     from alpaca_ds.cluster.memory import NF4_BYTES, lora_shape
+
     lora = plan_lora_1gpu["lora"]
     assert lora["trainable_parameters"] == 4_194_304  # what alpaca-lora prints for r 8 on q_proj, v_proj of 7B
     assert lora["trainable_parameters"] == 32 * 2 * 8 * (4096 + 4096)  # A and B of 2 modules in 32 layers, written out
@@ -272,9 +340,16 @@ def test_lora_counts_are_peft_and_the_frozen_base_is_2_bytes_or_nf4(plan_lora_1g
 
 @pytest.mark.parametrize("nodes, gpus", [(1, 1), (1, 8), (2, 4)])
 def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes, gpus):
-    p = make_plan(recipe(ROOT / "launch" / "recipes" / "alpaca_lora_7b.yaml", "data.path=/nonexistent",
-                         f"batch.micro_batch_size={128 // (nodes * gpus) if nodes * gpus > 4 else 4}"),
-                  "alpaca_lora_7b.yaml", nodes, gpus)
+    p = make_plan(
+        recipe(
+            ROOT / "launch" / "recipes" / "alpaca_lora_7b.yaml",
+            "data.path=/nonexistent",
+            f"batch.micro_batch_size={128 // (nodes * gpus) if nodes * gpus > 4 else 4}",
+        ),
+        "alpaca_lora_7b.yaml",
+        nodes,
+        gpus,
+    )
     trainable, frozen = p["lora"]["trainable_parameters"], p["lora"]["frozen_bytes"]
     largest = p["model"]["largest_layer_parameters"]
     states = p["memory"]["model_states"]
@@ -288,21 +363,40 @@ def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes,
         assert states[key]["cpu_bytes_per_node"] == int(cpu + frozen_cpu), key
 
 
-@pytest.mark.parametrize("targets, dropout, checkpointing, low, high", [
-    (("q_proj", "v_proj"), 0.0, False, 0.99, 1.01),
-    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.0, False, 0.99, 1.01),
-    # CPU's dropout keeps a bf16 mask where CUDA's fused kernel keeps a 1-byte one (the formula's): a little under
-    (("q_proj", "v_proj", "lm_head"), 0.05, False, 0.96, 1.0),
-    (("q_proj", "v_proj"), 0.0, True, 0.97, 1.15),
-])
+@pytest.mark.parametrize(
+    "targets, dropout, checkpointing, low, high",
+    [
+        (("q_proj", "v_proj"), 0.0, False, 0.99, 1.01),
+        (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.0, False, 0.99, 1.01),
+        # CPU's dropout keeps a bf16 mask where CUDA's fused kernel keeps a 1-byte one (the formula's): a little under
+        (("q_proj", "v_proj", "lm_head"), 0.05, False, 0.96, 1.0),
+        (("q_proj", "v_proj"), 0.0, True, 0.97, 1.15),
+    ],
+)
 @pytest.mark.slow
 def test_lora_activation_formula_against_measured_peak(targets, dropout, checkpointing, low, high):
     # a frozen base keeps far fewer activations: the formula follows which weights train, measured on CPU
     h, i, layers, heads, vocab, micro, seq = 512, 1376, 4, 8, 1000, 2, 256
-    measured = _bench().measure_peak(h, i, layers, heads, vocab, micro, seq, "sdpa", checkpointing,
-                                     {"target_modules": list(targets), "lora_dropout": dropout})
-    formula = activation_bytes(Dims(h, i, layers, heads, vocab), micro, seq, checkpointing=checkpointing,
-                               trained=frozenset(targets), dropout=dropout > 0)
+    measured = _bench().measure_peak(
+        h,
+        i,
+        layers,
+        heads,
+        vocab,
+        micro,
+        seq,
+        "sdpa",
+        checkpointing,
+        {"target_modules": list(targets), "lora_dropout": dropout},
+    )
+    formula = activation_bytes(
+        Dims(h, i, layers, heads, vocab),
+        micro,
+        seq,
+        checkpointing=checkpointing,
+        trained=frozenset(targets),
+        dropout=dropout > 0,
+    )
     assert low <= formula / measured <= high, formula / measured
     assert formula < activation_bytes(Dims(h, i, layers, heads, vocab), micro, seq, checkpointing=checkpointing)
 

@@ -1,6 +1,7 @@
 """The launcher runner (alpaca_ds.cluster.runner): exit status, the log, and that no process of the group outlives
 an interrupt or a killed caller. Stand-in launchers are small Python scripts that start a child of their own, as
 DeepSpeed's launcher starts its ranks."""
+
 from __future__ import annotations
 
 import json
@@ -52,10 +53,17 @@ def test_exit_status_and_log(tmp_path):
 
 def test_sigterm_to_the_caller_stops_every_process_of_the_group(tmp_path):
     pids_file = tmp_path / "pids.json"
-    caller = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from alpaca_ds.cluster.runner import run_launcher; "
-        f"sys.exit(run_launcher([sys.executable, '-c', {LAUNCHER!r}, {str(pids_file)!r}], marker='', "
-        "say=lambda m: None))")])
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from alpaca_ds.cluster.runner import run_launcher; "
+                f"sys.exit(run_launcher([sys.executable, '-c', {LAUNCHER!r}, {str(pids_file)!r}], marker='', "
+                "say=lambda m: None))"
+            ),
+        ]
+    )
     pids = _wait_for(pids_file)
     assert all(psutil.pid_exists(p) for p in pids)
     caller.send_signal(signal.SIGTERM)
@@ -66,10 +74,17 @@ def test_sigterm_to_the_caller_stops_every_process_of_the_group(tmp_path):
 
 def test_a_killed_caller_leaves_a_group_the_next_run_stops(tmp_path):
     pids_file, pid_file = tmp_path / "pids.json", tmp_path / "train.pid.json"
-    caller = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from alpaca_ds.cluster.runner import run_launcher; "
-        f"run_launcher([sys.executable, '-c', {LAUNCHER!r}, {str(pids_file)!r}], marker='MARKER', "
-        f"pid_file=Path({str(pid_file)!r}))")])
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from pathlib import Path; from alpaca_ds.cluster.runner import run_launcher; "
+                f"run_launcher([sys.executable, '-c', {LAUNCHER!r}, {str(pids_file)!r}], marker='MARKER', "
+                f"pid_file=Path({str(pid_file)!r}))"
+            ),
+        ]
+    )
     pids = _wait_for(pids_file)
     caller.kill()  # SIGKILL: no cleanup; the group is left running, recorded in the pid file
     caller.wait()

@@ -1,4 +1,5 @@
 """The alpaca-ds command: help everywhere, the offline default job, and errors without tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ def all_commands(group: click.Group, prefix=()):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "alpaca_ds.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "alpaca_ds.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_every_command_has_help():

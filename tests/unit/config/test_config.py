@@ -1,4 +1,5 @@
 """Configuration: typed schemas, --set overrides, and errors that name the file and the dotted key."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -23,6 +24,7 @@ from helpers.paths import ROOT
 def load_engine_config(path: Path):
     """An engine YAML is loaded as a run would use it: rendered for the 7B recipe and checked by DeepSpeed."""
     from alpaca_ds.train.ds_config import build_ds_config
+
     recipe = load_config(TrainConfig, ROOT / "launch" / "recipes" / "alpaca_7b.yaml", [f"ds_config={path}"])
     return build_ds_config(recipe, 8)
 
@@ -49,8 +51,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_every_shipped_yaml_loads():
-    listed = subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "*.yaml", "*.yml"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     found = sorted(ROOT / p for p in listed)
     assert found, "the project ships YAML configs"
     for path in found:
@@ -90,7 +93,9 @@ def test_wrong_type_and_missing(tmp_path):
 
 def test_set_errors_name_the_set(tmp_path):
     path = write(tmp_path, "input: a.json\noutput: out\ntokenizer: tok\n")
-    with pytest.raises(UserError, match=r"--set 'overlenght=drop': unknown key 'overlenght'; did you mean 'overlength'"):
+    with pytest.raises(
+        UserError, match=r"--set 'overlenght=drop': unknown key 'overlenght'; did you mean 'overlength'"
+    ):
         load_config(DataBuildConfig, path, ["overlenght=drop"])
     with pytest.raises(UserError, match=r"--set 'val_fraction=2': val_fraction"):
         load_config(DataBuildConfig, path, ["val_fraction=2"])

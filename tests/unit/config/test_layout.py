@@ -1,5 +1,6 @@
 """The test suite's own layout (tests/README.md): test modules import helpers, never each other nor a conftest, and
 every test file's name is unique (pytest imports them by base name, with no __init__.py in test folders)."""
+
 from __future__ import annotations
 
 import ast
@@ -37,6 +38,9 @@ def test_test_file_names_are_unique():
 
 
 def test_tests_live_in_unit_or_integration():
-    stray = [str(p.relative_to(ROOT)) for p in TESTS.rglob("test_*.py")
-             if p.relative_to(TESTS).parts[0] not in ("unit", "integration")]
+    stray = [
+        str(p.relative_to(ROOT))
+        for p in TESTS.rglob("test_*.py")
+        if p.relative_to(TESTS).parts[0] not in ("unit", "integration")
+    ]
     assert not stray, "a test file goes in tests/unit/<stage>/ or tests/integration/"

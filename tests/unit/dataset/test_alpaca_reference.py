@@ -6,6 +6,7 @@ become their ids (the slow tokenizer's added-token trie), every other chunk is S
 BOS goes in front, and `truncation=True, max_length=...` keeps the first max_length ids. Nothing here comes from
 alpaca_ds except the code under test.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,6 +46,7 @@ SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIALS)) + ")")
 @pytest.fixture(scope="module")
 def sp():
     import sentencepiece as spm
+
     return spm.SentencePieceProcessor(model_file=str(LLAMA_TOKENIZER / "tokenizer.model"))
 
 
@@ -92,7 +94,7 @@ def assert_matches_reference(sp, alpaca, ds: TokenizedDataset, max_length: int) 
 
 def test_prompts_byte_identical(alpaca):
     for record in alpaca:
-        expected = (PROMPT_DICT["prompt_input"] if record.get("input", "") != "" else PROMPT_DICT["prompt_no_input"])
+        expected = PROMPT_DICT["prompt_input"] if record.get("input", "") != "" else PROMPT_DICT["prompt_no_input"]
         assert format_prompt(record["instruction"], record["input"]) == expected.format_map(record)
 
 

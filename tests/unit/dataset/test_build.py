@@ -1,4 +1,5 @@
 """The streaming builder: manifest, shards, splits, over-length policy, bad input, crashes and rebuilds, URLs."""
+
 from __future__ import annotations
 
 import functools
@@ -40,7 +41,9 @@ def test_manifest_counts_and_shards(sample_dataset, records):
     ds.verify()
     assert manifest["counts"]["records"] == manifest["counts"]["examples"] == len(ds) == len(records)
     assert manifest["splits"]["train"]["tokens"] == int(ds.lengths.sum())
-    assert manifest["splits"]["train"]["label_tokens"] == sum(int((ds[i]["labels"] != -100).sum()) for i in range(len(ds)))
+    assert manifest["splits"]["train"]["label_tokens"] == sum(
+        int((ds[i]["labels"] != -100).sum()) for i in range(len(ds))
+    )
     assert manifest["tokenizer"]["added_special_tokens"] == {"pad_token": "[PAD]"}
     assert manifest["tokenizer"]["pad_token_id"] == manifest["tokenizer"]["vocab_size"] - 1
     assert manifest["max_length"] == 512 and manifest["template"]["name"] == "alpaca"
@@ -60,8 +63,10 @@ def test_small_shards_read_back_identically(sample_dataset, tmp_path):
 def test_split_is_deterministic_and_by_content(tmp_path, records):
     a = build_dataset(tmp_path / "a", "val_fraction=0.25")
     b = build_dataset(tmp_path / "b", "val_fraction=0.25")
+
     def shard_sums(m):
         return [f["sha256"] for s in m["splits"].values() for sh in s["shards"] for f in sh["files"].values()]
+
     assert shard_sums(a) == shard_sums(b)
     n_val = a["splits"]["validation"]["examples"]
     assert 10 <= n_val <= 50 and n_val + a["splits"]["train"]["examples"] == len(records)
@@ -90,16 +95,37 @@ def test_overlength_drop_counts_what_truncate_cuts(tmp_path):
     assert TokenizedDataset(tmp_path / "drop").lengths.max() <= 200
 
 
-@pytest.mark.parametrize("name, content, where, problem", [
-    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": }\n', ":3", "invalid JSON"),
-    ("missing.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', ":2", "missing key 'output'"),
-    ("type.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "a", "input": null, "output": "b"}\n', ":2",
-     "'input' must be a string"),
-    ("list.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 3}]', ": record 1",
-     "'output' must be a string"),
-    ("notobj.json", '[{"instruction": "a", "output": "b"}, ["c"]]', ": record 1", "expected an object"),
-    ("utf.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n', ":2", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "name, content, where, problem",
+    [
+        (
+            "bad.jsonl",
+            '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": }\n',
+            ":3",
+            "invalid JSON",
+        ),
+        ("missing.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', ":2", "missing key 'output'"),
+        (
+            "type.jsonl",
+            '{"instruction": "a", "output": "b"}\n{"instruction": "a", "input": null, "output": "b"}\n',
+            ":2",
+            "'input' must be a string",
+        ),
+        (
+            "list.json",
+            '[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 3}]',
+            ": record 1",
+            "'output' must be a string",
+        ),
+        ("notobj.json", '[{"instruction": "a", "output": "b"}, ["c"]]', ": record 1", "expected an object"),
+        (
+            "utf.jsonl",
+            b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n',
+            ":2",
+            "not UTF-8",
+        ),
+    ],
+)
 def test_bad_input_names_file_and_place(tmp_path, name, content, where, problem):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -155,12 +181,18 @@ def test_damaged_shard_is_refused(tmp_path):
 
 def _kill_build_midway(input_path: Path, output: Path, after: float) -> None:
     """Start a build in another process and SIGKILL it `after` seconds into writing its build folder."""
-    code = ("import sys; sys.path.insert(0, sys.argv[3]); from helpers.data import build_dataset; "
-            "build_dataset(__import__('pathlib').Path(sys.argv[1]), 'input=' + sys.argv[2], 'shard_size=500', "
-            "'batch_size=64')")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[3]); from helpers.data import build_dataset; "
+        "build_dataset(__import__('pathlib').Path(sys.argv[1]), 'input=' + sys.argv[2], 'shard_size=500', "
+        "'batch_size=64')"
+    )
     before = set(output.glob("build-*"))
-    proc = subprocess.Popen([sys.executable, "-c", code, str(output), str(input_path), str(ROOT / "tests")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(output), str(input_path), str(ROOT / "tests")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while set(output.glob("build-*")) == before and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -8,6 +8,7 @@ LlamaForCausalLM; each example's mean cross-entropy on its label tokens is compa
 alone. A negative control (a plain 2D mask over the same packed rows) shows the comparison can fail. The
 pad-to-longest path is compared with Alpaca's DataCollatorForSupervisedDataset, re-written here from its code.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,11 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenized")
-    build.run(load_config(DataBuildConfig, None, [f"output={out}", "workers=1", "val_fraction=0"],
-                              defaults=build.default_config()))
+    build.run(
+        load_config(
+            DataBuildConfig, None, [f"output={out}", "workers=1", "val_fraction=0"], defaults=build.default_config()
+        )
+    )
     ds = TokenizedDataset(out)
     tok = ds.manifest["tokenizer"]
     assert tok["pad_token_id"] is not None
@@ -58,9 +62,16 @@ def packed_rows(dataset):
 
 def tiny_llama(vocab_size: int, attn: str) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         attn_implementation=attn)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        attn_implementation=attn,
+    )
     model = LlamaForCausalLM(config).float().eval()
     assert model.config._attn_implementation == attn
     return model
@@ -84,21 +95,26 @@ def alone_losses(model, ds, indices) -> dict[int, torch.Tensor]:
 
 @torch.no_grad()
 def packed_losses(model, ds, rows, batch) -> dict[int, torch.Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch.get("position_ids"), use_cache=False).logits
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).logits
     out = {}
     for b, row in enumerate(rows):
         start = 0
         for i in row:
             e = ds[i]
             n = len(e["input_ids"])
-            assert torch.equal(batch["input_ids"][b, start:start + n], torch.from_numpy(e["input_ids"]))
-            out[i] = example_loss(logits[b, start:start + n], e["labels"])
+            assert torch.equal(batch["input_ids"][b, start : start + n], torch.from_numpy(e["input_ids"]))
+            out[i] = example_loss(logits[b, start : start + n], e["labels"])
             start += n
     return out
 
 
 # --------------------------------------------------------------------------------------------------- acceptance
+
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_loss_equals_unpacked_loss_per_example(dataset, packed_rows, attn):
@@ -115,10 +131,18 @@ def test_packed_loss_equals_unpacked_loss_per_example(dataset, packed_rows, attn
     # The training loss as the loop computes it (collated labels, shifted once over the whole row) is the same
     # token sum as the examples alone: no cross-boundary prediction, no padding counted.
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"], use_cache=False).logits
-    total_packed = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).double(), batch["labels"][:, 1:].reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).logits
+    total_packed = F.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab).double(),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
     tokens_alone = {i: int((ds[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in alone}
     total_alone = sum(alone[i] * tokens_alone[i] for i in alone)
     assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == sum(tokens_alone.values())
@@ -172,15 +196,15 @@ def test_packed_labels_and_positions(dataset, packed_rows):
         for i in row:
             e = ds[i]
             n = len(e["input_ids"])
-            labels = batch["labels"][b, start:start + n]
+            labels = batch["labels"][b, start : start + n]
             # no prediction across the boundary: the first token of every example carries no label
             assert labels[0].item() == IGNORE_INDEX
             assert torch.equal(labels[1:], torch.from_numpy(e["labels"][1:]))
-            assert torch.equal(batch["position_ids"][b, start:start + n], torch.arange(n))
+            assert torch.equal(batch["position_ids"][b, start : start + n], torch.arange(n))
             # each token sees exactly the earlier tokens of its own example
-            block = allowed[b, start:start + n]
+            block = allowed[b, start : start + n]
             expect = torch.zeros(n, width, dtype=torch.bool)
-            expect[:, start:start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            expect[:, start : start + n] = torch.ones(n, n, dtype=torch.bool).tril()
             assert torch.equal(block, expect)
             start += n
         assert (batch["input_ids"][b, start:] == pad_id).all()
@@ -206,23 +230,32 @@ def test_fully_labelled_examples_get_no_cross_boundary_label(dataset, attn):
     batch = collate(rows, pad_id)
     model = tiny_llama(vocab, attn)
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"], use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).logits
         for b, row in enumerate(rows):
             start = 0
             for e in row:
                 n = len(e["input_ids"])
                 assert batch["labels"][b, start].item() == IGNORE_INDEX
-                assert torch.equal(batch["labels"][b, start + 1:start + n], torch.from_numpy(e["labels"][1:]))
+                assert torch.equal(batch["labels"][b, start + 1 : start + n], torch.from_numpy(e["labels"][1:]))
                 alone = model(input_ids=torch.from_numpy(e["input_ids"])[None], use_cache=False).logits[0]
-                assert abs(example_loss(logits[b, start:start + n], e["labels"])
-                           - example_loss(alone, e["labels"])).item() < TOL
+                assert (
+                    abs(
+                        example_loss(logits[b, start : start + n], e["labels"]) - example_loss(alone, e["labels"])
+                    ).item()
+                    < TOL
+                )
                 start += n
     # the loop's whole-batch loss counts exactly the in-example predictions
     assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == sum(len(e["input_ids"]) - 1 for e in examples)
 
 
 # --------------------------------------------------------------------------------------------------- Alpaca's collator
+
 
 def alpaca_data_collator(instances: list[dict], pad_token_id: int) -> dict:
     """DataCollatorForSupervisedDataset.__call__ from tatsu-lab/stanford_alpaca train.py."""
@@ -238,8 +271,9 @@ def test_pad_to_longest_reproduces_alpaca_collator(dataset):
     for size in (1, 2, 5, 8):
         idx = rng.choice(len(ds), size=size, replace=False).tolist()
         ours = collate([[ds[i]] for i in idx], pad_id)
-        ref = alpaca_data_collator([{k: torch.from_numpy(ds[i][k]) for k in ("input_ids", "labels")} for i in idx],
-                                   pad_id)
+        ref = alpaca_data_collator(
+            [{k: torch.from_numpy(ds[i][k]) for k in ("input_ids", "labels")} for i in idx], pad_id
+        )
         assert torch.equal(ours["input_ids"], ref["input_ids"])
         assert ours["input_ids"].dtype == torch.long
         assert torch.equal(ours["labels"], ref["labels"])

@@ -8,6 +8,7 @@ together must cover the epoch (each example once, plus at most one global step's
 torch's DistributedSampler does), and a resumed run must continue exactly where the interrupted one stopped.
 `pack` is compared with a naive best-fit-decreasing written here and with next-fit / volume bounds.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,16 @@ from alpaca_ds.dataset.shards import TokenizedDataset
 
 # --------------------------------------------------------------------------------------------------- data
 
+
 @pytest.fixture(scope="module")
 def sample_lengths(tmp_path_factory) -> np.ndarray:
     """Token lengths of the project's 120-record sample, built with the shipped tiny tokenizer."""
     out = tmp_path_factory.mktemp("tokenized")
-    build.run(load_config(DataBuildConfig, None, [f"output={out}", "workers=1", "val_fraction=0"],
-                              defaults=build.default_config()))
+    build.run(
+        load_config(
+            DataBuildConfig, None, [f"output={out}", "workers=1", "val_fraction=0"], defaults=build.default_config()
+        )
+    )
     lengths = np.asarray(TokenizedDataset(out).lengths, dtype=np.int64)
     assert len(lengths) == 120 and lengths.min() > 0
     return lengths
@@ -45,8 +50,9 @@ def lognormal_lengths(n: int, seed: int = 0, high: int = 1024) -> np.ndarray:
 
 
 def samplers(lengths, micro, world, mode, seed=0, **kw) -> list[MicroBatchSampler]:
-    return [MicroBatchSampler(lengths, micro, world_size=world, rank=r, seed=seed, mode=mode, **kw)
-            for r in range(world)]
+    return [
+        MicroBatchSampler(lengths, micro, world_size=world, rank=r, seed=seed, mode=mode, **kw) for r in range(world)
+    ]
 
 
 def mode_kwargs(mode: str, lengths: np.ndarray) -> dict:
@@ -59,6 +65,7 @@ def global_steps(per_rank: list[list[list[list[int]]]]) -> list[list[list[int]]]
 
 
 # --------------------------------------------------------------------------------------------------- coverage
+
 
 def check_epoch(lengths: np.ndarray, micro: int, world: int, mode: str, epoch: int = 0, **kw) -> None:
     n, step = len(lengths), micro * world
@@ -104,14 +111,13 @@ def check_epoch(lengths: np.ndarray, micro: int, world: int, mode: str, epoch: i
         assert sum(counts.values()) - n <= step - 1, where
 
     # Within a global step the ranks' rows are disjoint except for the fill.
-    within = sum(len(flat_step) - len(set(flat_step))
-                 for flat_step in ([i for r in st for i in r] for st in steps))
+    within = sum(len(flat_step) - len(set(flat_step)) for flat_step in ([i for r in st for i in r] for st in steps))
     assert within <= sum(counts.values()) - n, where
     if mode in ("random", "packed"):
         # The fill wraps around to the epoch's start, so it lives in the last step only.
         d = len(distinct)
         assert [tuple(r) for r in rows[:d]] == distinct, where
-        assert rows[d:] == rows[:len(rows) - d], where
+        assert rows[d:] == rows[: len(rows) - d], where
         for st in steps[:-1]:
             ex = [i for r in st for i in r]
             assert len(ex) == len(set(ex)), f"{where}: ranks overlap inside a step"
@@ -155,6 +161,7 @@ def test_packed_sample_on_many_ranks_stays_balanced(sample_lengths):
 
 # --------------------------------------------------------------------------------------------------- determinism
 
+
 @pytest.mark.parametrize("mode", MODES)
 def test_same_seed_and_epoch_same_batches_other_epoch_or_seed_differs(mode, sample_lengths):
     kw = mode_kwargs(mode, sample_lengths)
@@ -189,6 +196,7 @@ def test_ranks_agree_on_the_global_order(mode, sample_lengths):
 
 # --------------------------------------------------------------------------------------------------- resume
 
+
 @pytest.mark.parametrize("mode", MODES)
 def test_resume_mid_epoch_continues_exactly(mode, sample_lengths):
     kw = mode_kwargs(mode, sample_lengths)
@@ -218,8 +226,16 @@ def test_resume_mid_epoch_continues_exactly(mode, sample_lengths):
     assert list(resumed) == resumed.epoch_batches(4) and len(resumed.epoch_batches(4)) == len(full)
 
 
-@pytest.mark.parametrize("change", [{"seed": 6}, {"mode": "length_grouped"}, {"mode": "packed"},
-                                    {"world_size": 2, "rank": 0}, {"micro_batch_size": 3}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 6},
+        {"mode": "length_grouped"},
+        {"mode": "packed"},
+        {"world_size": 2, "rank": 0},
+        {"micro_batch_size": 3},
+    ],
+)
 def test_resume_refuses_a_state_from_other_settings(change, sample_lengths):
     base = {"micro_batch_size": 2, "world_size": 3, "rank": 1, "seed": 5, "mode": "random"}
     first = MicroBatchSampler(sample_lengths, **base)
@@ -240,6 +256,7 @@ def test_resume_refuses_a_state_from_other_settings(change, sample_lengths):
 
 
 # --------------------------------------------------------------------------------------------------- packing
+
 
 def naive_best_fit_decreasing(items: list[int], lengths: np.ndarray, capacity: int) -> list[list[int]]:
     """O(n^2) reference: longest first, into the row with the least free space that still fits."""
@@ -332,6 +349,7 @@ def test_packed_rows_fit_and_hold_each_example_once(sample_lengths, pack_length)
 
 
 # --------------------------------------------------------------------------------------------------- length grouping
+
 
 def mean_step_spread(lengths, micro, world, mode, seeds=range(4), **kw) -> tuple[float, int]:
     """Mean (max - min) length within a global step, and the padding tokens of pad-to-longest micro-batches."""

@@ -1,5 +1,6 @@
 """Eval sets, answers from a local exported model (all 252 self-instruct tasks, in the reference's keys and order),
 resuming after a crash, the reference outputs, errors that say what to change, and what evaluate imports."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def test_named_eval_sets_match_alpaca_eval():
     # the prompt keeps instruction and input apart, in Alpaca's input template
     task = si[1]
     assert task.input.startswith("Hi Jen") and task.instruction == f"{task.prompt_instruction}\n\n{task.input}"
-    assert task.alpaca_prompt() == PROMPT_DICT["prompt_input"].format(instruction=task.prompt_instruction,
-                                                                      input=task.input)
+    assert task.alpaca_prompt() == PROMPT_DICT["prompt_input"].format(
+        instruction=task.prompt_instruction, input=task.input
+    )
     assert ae[0].alpaca_prompt() == PROMPT_DICT["prompt_no_input"].format(instruction=ae[0].instruction)
     assert reference_outputs("selfinstruct", SHARED) == reference
 
@@ -43,8 +45,22 @@ def test_named_eval_sets_match_alpaca_eval():
 @pytest.mark.slow
 def test_tiny_model_answers_all_252_selfinstruct_tasks(tiny, tmp_path):
     out = tmp_path / "outputs.json"
-    r = run_cli("evaluate", "answer", "--model", str(tiny), "--eval-set", "selfinstruct", "--output", str(out),
-                "--set", f"data_dir={SHARED}", "--set", "decoding.max_new_tokens=4", "--set", "batch_size=64")
+    r = run_cli(
+        "evaluate",
+        "answer",
+        "--model",
+        str(tiny),
+        "--eval-set",
+        "selfinstruct",
+        "--output",
+        str(out),
+        "--set",
+        f"data_dir={SHARED}",
+        "--set",
+        "decoding.max_new_tokens=4",
+        "--set",
+        "batch_size=64",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote" in r.stdout and "252 answers by tiny-run" in r.stdout
     assert "answer tiny-run" in r.stderr and "252/252" in r.stderr  # the progress bar
@@ -64,16 +80,25 @@ def test_tiny_model_answers_all_252_selfinstruct_tasks(tiny, tmp_path):
 
 def _tasks(tmp_path, n=12):
     path = tmp_path / "tasks.json"
-    path.write_text(json.dumps([{"instruction": f"Write word number {i}.", "input": "x" * (i % 3)}
-                                for i in range(n)]))
+    path.write_text(json.dumps([{"instruction": f"Write word number {i}.", "input": "x" * (i % 3)} for i in range(n)]))
     return path
 
 
 def test_a_crashed_run_continues_from_its_partial_file(tiny, tmp_path, monkeypatch):
     from alpaca_ds.evaluate.local import LocalModel
-    cfg = load_config(AnswerConfig, None, [f"model={tiny}", f"eval_set={_tasks(tmp_path)}", "batch_size=4",
-                                           f"output={tmp_path / 'o.json'}", "decoding.max_new_tokens=3",
-                                           "progress=false"])
+
+    cfg = load_config(
+        AnswerConfig,
+        None,
+        [
+            f"model={tiny}",
+            f"eval_set={_tasks(tmp_path)}",
+            "batch_size=4",
+            f"output={tmp_path / 'o.json'}",
+            "decoding.max_new_tokens=3",
+            "progress=false",
+        ],
+    )
     real = LocalModel.generate
     calls = []
 
@@ -96,8 +121,11 @@ def test_a_crashed_run_continues_from_its_partial_file(tiny, tmp_path, monkeypat
     assert all(outputs[i]["output"] == text for i, text in saved.items())
     assert outputs[1]["instruction"] == "Write word number 1.\n\nx" and outputs[0]["dataset"] == "tasks"
     # another model (or other decoding) is never mixed into an unfinished file
-    partial.write_text(partial.read_text() if partial.exists() else json.dumps(
-        {"t": "header", "fingerprint": {"model": "elsewhere"}}) + "\n")
+    partial.write_text(
+        partial.read_text()
+        if partial.exists()
+        else json.dumps({"t": "header", "fingerprint": {"model": "elsewhere"}}) + "\n"
+    )
     with pytest.raises(UserError, match="other settings"):
         answers.run(cfg)
 
@@ -119,35 +147,52 @@ def test_errors_name_what_to_change(tiny, tmp_path):
 
 @needs_eval_data
 def test_reference_command(tmp_path):
-    r = run_cli("evaluate", "reference", "--eval-set", "selfinstruct", "--data-dir", str(SHARED),
-                "--output", str(tmp_path / "ref.json"))
+    r = run_cli(
+        "evaluate",
+        "reference",
+        "--eval-set",
+        "selfinstruct",
+        "--data-dir",
+        str(SHARED),
+        "--output",
+        str(tmp_path / "ref.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert "252 outputs by text_davinci_003" in r.stdout
     assert json.loads((tmp_path / "ref.json").read_text()) == reference_outputs("selfinstruct", SHARED)
 
 
 def test_pairing_follows_a_and_matches_b_by_instruction(tmp_path):
-    a = write_outputs(tmp_path / "a.json", [{"instruction": f"i{k}", "output": f"a{k}", "generator": "A",
-                                             "dataset": "d"} for k in range(3)])
-    b = write_outputs(tmp_path / "b.json", [{"instruction": f"i{k}", "output": f"b{k}", "generator": "B"}
-                                            for k in (2, 1, 0, 9)])
+    a = write_outputs(
+        tmp_path / "a.json",
+        [{"instruction": f"i{k}", "output": f"a{k}", "generator": "A", "dataset": "d"} for k in range(3)],
+    )
+    b = write_outputs(
+        tmp_path / "b.json", [{"instruction": f"i{k}", "output": f"b{k}", "generator": "B"} for k in (2, 1, 0, 9)]
+    )
     pairs = pair_outputs(a, b)
     assert [(p.instruction, p.output_1, p.output_2, p.dataset) for p in pairs] == [
-        ("i0", "a0", "b0", "d"), ("i1", "a1", "b1", "d"), ("i2", "a2", "b2", "d")]
+        ("i0", "a0", "b0", "d"),
+        ("i1", "a1", "b1", "d"),
+        ("i2", "a2", "b2", "d"),
+    ]
     assert [p.instruction for p in pair_outputs(b, a)] == ["i2", "i1", "i0"]  # B holds more: fine
     c = write_outputs(tmp_path / "c.json", [{"instruction": k, "output": "c"} for k in ("i0", "other")])
     with pytest.raises(UserError, match="answer different instructions: 1 in common, 2 only in the first, 1 only"):
         pair_outputs(a, c)
 
 
-@pytest.mark.parametrize("module, forbidden", [
-    ("alpaca_ds.evaluate.answers", {"deepspeed", "torch"}),   # torch only once a local model is loaded
-    ("alpaca_ds.evaluate.judge", {"deepspeed", "torch", "transformers"}),
-    ("alpaca_ds.evaluate.winrate", {"deepspeed", "torch", "transformers"}),
-    ("alpaca_ds.evaluate.human", {"deepspeed", "torch", "transformers"}),
-    ("alpaca_ds.evaluate.serve", {"deepspeed", "torch"}),
-    ("alpaca_ds.evaluate.chat", {"deepspeed", "torch"}),
-])
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("alpaca_ds.evaluate.answers", {"deepspeed", "torch"}),  # torch only once a local model is loaded
+        ("alpaca_ds.evaluate.judge", {"deepspeed", "torch", "transformers"}),
+        ("alpaca_ds.evaluate.winrate", {"deepspeed", "torch", "transformers"}),
+        ("alpaca_ds.evaluate.human", {"deepspeed", "torch", "transformers"}),
+        ("alpaca_ds.evaluate.serve", {"deepspeed", "torch"}),
+        ("alpaca_ds.evaluate.chat", {"deepspeed", "torch"}),
+    ],
+)
 def test_evaluate_imports(module, forbidden):
     code = f"import sys, {module}; print('\\n'.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -1,6 +1,7 @@
 """`alpaca-ds evaluate judge` against the simulator's judge mode over a real socket (the OpenAI protocol, the
 official client): verdicts in both orders, AlpacaEval's annotation shape, retries, the hard budget, and resuming
 after SIGKILL and Ctrl-C without paying twice."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,16 @@ def test_judge_annotations_retries_cache_and_no_secret(tmp_path):
     annotations = json.loads((out / "annotations.json").read_text())
     assert [x["preference"] for x in annotations] == expected
     first = annotations[0]
-    assert {"instruction", "output_1", "output_2", "generator_1", "generator_2", "dataset", "annotator",
-            "preference"} <= set(first)
+    assert {
+        "instruction",
+        "output_1",
+        "output_2",
+        "generator_1",
+        "generator_2",
+        "dataset",
+        "annotator",
+        "preference",
+    } <= set(first)
     assert (first["generator_1"], first["generator_2"]) == ("model_a", "model_b")
     assert len(first["raw_completion"]) == 2 and result["no_verdict_replies"] == 8
     # cost: the API's usage at the configured price, every 429 free
@@ -137,8 +146,16 @@ def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
             assert "interrupted" in err
         done_before = len([r for r in ledger_results(out) if r["kind"] == "ok"])
         assert done_before < 60
-        rerun = run_cli("evaluate", "judge", "--a", str(a), "--b", str(b),
-                        *[x for item in overrides(s.base_url, out) for x in ("--set", item)], env=ENV)
+        rerun = run_cli(
+            "evaluate",
+            "judge",
+            "--a",
+            str(a),
+            "--b",
+            str(b),
+            *[x for item in overrides(s.base_url, out) for x in ("--set", item)],
+            env=ENV,
+        )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert "30/30 pairs judged" in rerun.stdout and f"{done_before} from the ledger" in rerun.stdout
     annotations = json.loads((out / "annotations.json").read_text())
@@ -165,11 +182,23 @@ def test_errors_before_any_call(tmp_path):
         os.environ.update(ENV)
         try:
             with pytest.raises(UserError, match="no price for model 'judge-sim'"):
-                judge.run(load_config(JudgeConfig, None, [f"a={a}", f"b={b}", f"out_dir={tmp_path / 'y'}",
-                                                          f"api.base_url={s.base_url}", "api.model=judge-sim",
-                                                          "api.api_key_env=JUDGE_TEST_KEY"]))
-            other = write_outputs(tmp_path / "other.json", json.loads(b.read_text())[:2] + [
-                {"instruction": "unrelated", "output": "x"}])
+                judge.run(
+                    load_config(
+                        JudgeConfig,
+                        None,
+                        [
+                            f"a={a}",
+                            f"b={b}",
+                            f"out_dir={tmp_path / 'y'}",
+                            f"api.base_url={s.base_url}",
+                            "api.model=judge-sim",
+                            "api.api_key_env=JUDGE_TEST_KEY",
+                        ],
+                    )
+                )
+            other = write_outputs(
+                tmp_path / "other.json", json.loads(b.read_text())[:2] + [{"instruction": "unrelated", "output": "x"}]
+            )
             with pytest.raises(UserError, match="answer different instructions: 2 in common, 3 only in the first"):
                 judge.run(config(a, other, s.base_url, tmp_path / "z"))
         finally:
@@ -185,13 +214,20 @@ def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_
     ends as an uninterrupted run does (those pairs left out, exit 4), with the same annotations."""
     a, b, expected = make_pairs(tmp_path, 30)
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
-    extra = ("api.max_retries=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2", "concurrency=6",
-             f"api.transport={transport}", "api.batch.poll_s=0.05")
+    extra = (
+        "api.max_retries=8",
+        "api.backoff_initial_s=0.1",
+        "api.backoff_max_s=0.2",
+        "concurrency=6",
+        f"api.transport={transport}",
+        "api.batch.poll_s=0.05",
+    )
     budget = {"online": 2, "batch": 1}[transport]  # the batch price is half
     os.environ.update(ENV)
     try:
-        with simulator(latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:"),
-                             batch=BatchBehaviour(seconds=0.05)) as s:
+        with simulator(
+            latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:"), batch=BatchBehaviour(seconds=0.05)
+        ) as s:
             first = judge.run(config(a, b, s.base_url, stopped, *extra, f"budget.max_usd={budget}"))
             assert first["stop_reason"] == "budget"
             paid = {r["k"] for r in ledger_results(stopped) if r["kind"] == "ok"}
@@ -203,10 +239,12 @@ def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
     # every pair both of whose calls the ledger holds answered is in the stopped run's annotations, and only those
-    both = [p.instruction for p in j.pairs
-            if all(request_key(j.cfg.api, [j.prompt(p, o)], None) in paid for o in (0, 1))]
+    both = [
+        p.instruction for p in j.pairs if all(request_key(j.cfg.api, [j.prompt(p, o)], None) in paid for o in (0, 1))
+    ]
     assert [x["instruction"] for x in annotated] == both
     assert resumed["exit_code"] == uninterrupted["exit_code"] == 4 and resumed["judged"] == 24
     assert (stopped / "annotations.json").read_bytes() == (whole / "annotations.json").read_bytes()
-    assert [x["preference"] for x in json.loads((whole / "annotations.json").read_text())] == \
-        [p for i, p in enumerate(expected) if i % 5 != 3]
+    assert [x["preference"] for x in json.loads((whole / "annotations.json").read_text())] == [
+        p for i, p in enumerate(expected) if i % 5 != 3
+    ]

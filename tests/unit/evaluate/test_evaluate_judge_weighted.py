@@ -2,6 +2,7 @@
 preferences equal to what the simulator's log-probabilities say, in chat and completions, in both orders; the
 fallback to the reply's verdict when the endpoint gives no log-probabilities; SIGKILL and a rerun paying nothing
 twice, what the ledger spent being what the simulator billed."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,7 @@ def test_preferences_are_the_simulators_log_probabilities(tmp_path, mode):
             assert g is None and x["preference_source"] == "verdict" and x["raw_completion"] == ["Both", "Both"]
         else:
             assert (g > 1.5) == (d > 1.5) and (g < 1.5) == (d < 1.5) and x["preference_source"] == "logprobs"
-    assert result["judge"] == {"mode": "weighted", "calls_by_source": {"logprobs": 32, "verdict": 8},
-                               "no_verdict": 8}
+    assert result["judge"] == {"mode": "weighted", "calls_by_source": {"logprobs": 32, "verdict": 8}, "no_verdict": 8}
     calls = [e for e in read_jsonl(out / "calls.jsonl")[0] if e["t"] == "result"]
     assert all(len(e["choices"][0]["top_logprobs"][0]) == 5 for e in calls)  # asked for the top 5, kept
     report = (out / "winrate.md").read_text()
@@ -91,8 +91,16 @@ def test_without_log_probabilities_the_verdict_is_used_and_reported(tmp_path):
     a, b, discrete = make_pairs(tmp_path, 15)
     out = tmp_path / "fallback"
     with simulator(logprobs=False) as s:
-        r = run_cli("evaluate", "judge", "--a", str(a), "--b", str(b),
-                    *[x for o in overrides(s.base_url, out, WEIGHTED) for x in ("--set", o)], env=ENV)
+        r = run_cli(
+            "evaluate",
+            "judge",
+            "--a",
+            str(a),
+            "--b",
+            str(b),
+            *[x for o in overrides(s.base_url, out, WEIGHTED) for x in ("--set", o)],
+            env=ENV,
+        )
         assert s.sim.logprobs_returned == {} and len(s.sim.answered) == 30
     assert r.returncode == 0, r.stderr[-2000:]
     assert "30 of 30 calls had no log-probabilities for m/M and fell back to the verdict" in r.stdout
@@ -123,8 +131,16 @@ def test_sigkill_and_rerun_pay_nothing_twice(tmp_path):
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
-        rerun = run_cli("evaluate", "judge", "--a", str(a), "--b", str(b),
-                        *[x for o in overrides(s.base_url, out, *extra) for x in ("--set", o)], env=ENV)
+        rerun = run_cli(
+            "evaluate",
+            "judge",
+            "--a",
+            str(a),
+            "--b",
+            str(b),
+            *[x for o in overrides(s.base_url, out, *extra) for x in ("--set", o)],
+            env=ENV,
+        )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert f"{ok} from the ledger" in rerun.stdout
     os.environ.update(ENV)

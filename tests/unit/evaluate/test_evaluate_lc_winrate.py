@@ -3,6 +3,7 @@ run offline), on AlpacaEval's 805 instructions with text-davinci-003 and Alpaca 
 seeded rules: a judge that strongly favours length with soft preferences, a discrete one with ties, and one
 that all but follows length (AlpacaEval's warning). Every variant of the GLM is compared: length only, with
 instruction difficulty, with gamed-baseline rows, with both."""
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,9 @@ def alpaca_eval_glm():
     except ImportError:
         sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    return pytest.importorskip("alpaca_eval.metrics.glm_winrate",
-                               reason="alpaca-eval is not installed (pip install -e '.[test]')")
+    return pytest.importorskip(
+        "alpaca_eval.metrics.glm_winrate", reason="alpaca-eval is not installed (pip install -e '.[test]')"
+    )
 
 
 def sigmoid(x):
@@ -67,7 +69,7 @@ def files(pairs, tmp_path_factory):
             len_1 = np.array([len(x["output"]) for x in a], dtype=float)
             len_g = len_1 + rng.integers(100, 900, len(a)) if model == "padded" else np.floor(len_1 / 3)
             delta = len_1 - len_g
-            p = sigmoid(-2.0 * np.tanh(delta / delta.std(ddof=1)) - difficulty + rng.normal(0, .3, len(a)))
+            p = sigmoid(-2.0 * np.tanh(delta / delta.std(ddof=1)) - difficulty + rng.normal(0, 0.3, len(a)))
             w.writerows((model, i, difficulty[i], False, p[i], delta[i] / delta.std(ddof=1)) for i in range(len(a)))
     return {"difficulty": folder / "difficulty.csv", "gamed": folder / "df_gamed.csv", "values": difficulty}
 
@@ -79,16 +81,25 @@ def annotations(pairs, difficulty, judge: str, seed: int) -> list[dict]:
     for i, (x, y) in enumerate(zip(a, b)):
         longer_2 = math.tanh((len(y["output"]) - len(x["output"])) / 300)
         if judge == "length":  # soft preferences, as a weighted judge gives, that mostly follow length
-            pref = 1 + float(sigmoid(3.0 * longer_2 - 0.5 * difficulty[i] + rng.normal(0, .5)))
+            pref = 1 + float(sigmoid(3.0 * longer_2 - 0.5 * difficulty[i] + rng.normal(0, 0.5)))
         elif judge == "extreme":  # discrete verdicts that all but follow length alone
             pref = 2 if rng.random() < sigmoid(8.0 * longer_2 - 1.5) else 1
         else:  # discrete verdicts, a mild length bias, 10% ties written 0 (and one without a verdict)
             u = rng.random()
-            pref = 0 if u < .1 else 2 if rng.random() < sigmoid(0.8 * longer_2 - 0.3 * difficulty[i]) else 1
+            pref = 0 if u < 0.1 else 2 if rng.random() < sigmoid(0.8 * longer_2 - 0.3 * difficulty[i]) else 1
             pref = None if i == 17 else pref
-        rows.append({"dataset": x["dataset"], "instruction": x["instruction"], "output_1": x["output"],
-                     "generator_1": x["generator"], "output_2": y["output"], "generator_2": y["generator"],
-                     "annotator": f"rule-{judge}", "preference": pref})
+        rows.append(
+            {
+                "dataset": x["dataset"],
+                "instruction": x["instruction"],
+                "output_1": x["output"],
+                "generator_1": x["generator"],
+                "output_2": y["output"],
+                "generator_2": y["generator"],
+                "annotator": f"rule-{judge}",
+                "preference": pref,
+            }
+        )
     return rows
 
 
@@ -96,13 +107,17 @@ VARIANTS = {  # (difficulty, gamed) -> AlpacaEval's GLM
     (False, False): "length_controlled_minimal",
     (True, False): "length_controlled_noreg",
     (True, True): "length_controlled_v1",
-    (False, True): {"formula": "np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1",
-                    "regularize_to_baseline_lambda": 0.2, "kwargs": {"n_splits": 5}},
+    (False, True): {
+        "formula": "np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1",
+        "regularize_to_baseline_lambda": 0.2,
+        "kwargs": {"n_splits": 5},
+    },
 }
 
 
 def reference(rows, files, variant, monkeypatch) -> dict:
     import pandas as pd
+
     glm = alpaca_eval_glm()
     # AlpacaEval fetches df_gamed.csv (difficulty and gamed rows) from the Hub: here it reads the test's file
     monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(files["gamed"]))
@@ -127,7 +142,8 @@ def test_agrees_with_alpaca_eval(pairs, files, judge, seed, monkeypatch):
         assert ours["win_rate"] == pytest.approx(ref["length_controlled_winrate"], abs=0.01), variant
         assert ours["standard_error"] == pytest.approx(ref["lc_standard_error"], abs=0.01), variant
         assert (ours["warning"] is not None) == bool(
-            alpaca_eval_glm().get_is_extreme_changes(ref["win_rate"], ref["length_controlled_winrate"]))
+            alpaca_eval_glm().get_is_extreme_changes(ref["win_rate"], ref["length_controlled_winrate"])
+        )
         assert ours["n_gamed"] == (2 * 805 if with_gamed else 0) and ours["n_fit"] == 805 - (judge == "discrete")
         seen.append(ours["win_rate"])
         # AlpacaEval's warning (LC far from raw) fires for the judge that all but follows length, and only there
@@ -140,9 +156,17 @@ def test_agrees_with_alpaca_eval(pairs, files, judge, seed, monkeypatch):
 
 def test_baseline_against_itself_is_50(pairs, files, monkeypatch):
     a, _ = pairs
-    rows = [{"instruction": x["instruction"], "output_1": x["output"], "output_2": x["output"],
-             "generator_1": x["generator"], "generator_2": x["generator"], "preference": 0 if i % 3 else 2}
-            for i, x in enumerate(a)]
+    rows = [
+        {
+            "instruction": x["instruction"],
+            "output_1": x["output"],
+            "output_2": x["output"],
+            "generator_1": x["generator"],
+            "generator_2": x["generator"],
+            "preference": 0 if i % 3 else 2,
+        }
+        for i, x in enumerate(a)
+    ]
     lc = lc_winrate.length_controlled(rows, winrate.head2head([r["preference"] for r in rows])["win_rate"])
     assert lc["win_rate"] == 50 and lc["standard_error"] == 0
     assert reference(rows, files, VARIANTS[(False, False)], monkeypatch)["length_controlled_winrate"] == 50
@@ -153,8 +177,9 @@ def test_cli_shows_raw_and_lc(pairs, files, tmp_path):
     rows = annotations(pairs, files["values"], "length", 1)
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps(rows))
-    r = run_cli("evaluate", "winrate", str(path), "--difficulty", str(files["difficulty"]),
-                "--gamed", str(files["gamed"]))
+    r = run_cli(
+        "evaluate", "winrate", str(path), "--difficulty", str(files["difficulty"]), "--gamed", str(files["gamed"])
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "winrate.json").read_text())
     o, lc = rep["overall"], rep["length_controlled"]
@@ -174,10 +199,12 @@ def test_cli_shows_raw_and_lc(pairs, files, tmp_path):
 def test_difficulty_by_index_equals_by_instruction(pairs, files, tmp_path):
     rows = annotations(pairs, files["values"], "discrete", 3)
     by_index = tmp_path / "by_index.csv"
-    by_index.write_text("index,instruction_difficulty\n" + "".join(f"{i},{float(d)!r}\n" for i, d in
-                                                                   enumerate(files["values"])))
-    np.testing.assert_array_equal(lc_winrate.read_difficulty(by_index, rows),
-                                  lc_winrate.read_difficulty(files["difficulty"], rows))
+    by_index.write_text(
+        "index,instruction_difficulty\n" + "".join(f"{i},{float(d)!r}\n" for i, d in enumerate(files["values"]))
+    )
+    np.testing.assert_array_equal(
+        lc_winrate.read_difficulty(by_index, rows), lc_winrate.read_difficulty(files["difficulty"], rows)
+    )
 
 
 def test_bad_inputs_name_the_file_and_column(pairs, files, tmp_path):

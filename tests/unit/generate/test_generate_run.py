@@ -1,5 +1,6 @@
 """`alpaca-ds generate` end to end against the teacher simulator over a real socket: outputs, determinism at any
 concurrency, the budget, errors before any request, secrets, Ctrl-C, and SIGKILLs at random moments."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,22 @@ from helpers.generation import Teacher, cli_env, gen_config, overrides, read_jso
 from helpers.paths import ROOT
 
 # 25% of requests fail, in every way the simulator knows; the hang outlasts the client's 1 s timeout
-FAULTS = ("--fail-429", "0.06", "--retry-after", "0.1", "--fail-500", "0.06", "--fail-timeout", "0.03",
-          "--hang", "30", "--fail-truncate", "0.05", "--fail-malformed", "0.05")
+FAULTS = (
+    "--fail-429",
+    "0.06",
+    "--retry-after",
+    "0.1",
+    "--fail-500",
+    "0.06",
+    "--fail-timeout",
+    "0.03",
+    "--hang",
+    "30",
+    "--fail-truncate",
+    "0.05",
+    "--fail-malformed",
+    "0.05",
+)
 # small requests, so a run is many of them: 1 prompt each, 4 tasks per prompt (numbers 4..7)
 SMALL = ("api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700")
 
@@ -39,14 +54,14 @@ def replay(out_dir, cfg):
 def check_consistent(out_dir, cfg, target_reached=True):
     accepted = read_jsonl(out_dir / "accepted.jsonl")
     replayed, spent, entries, orphans = replay(out_dir, cfg)
-    assert accepted == replayed                      # nothing lost, nothing written twice
+    assert accepted == replayed  # nothing lost, nothing written twice
     instructions = [r["instruction"] for r in accepted]
     assert len(set(instructions)) == len(instructions)
     if target_reached:
         assert len(accepted) == cfg.num_instructions
     regen = json.loads((out_dir / "regen.json").read_text())
     assert regen == [gen.alpaca_record(r) for r in accepted]
-    assert not orphans                               # every attempt sent has its result on record
+    assert not orphans  # every attempt sent has its result on record
     cost = json.loads((out_dir / "cost.json").read_text())
     assert cost["spent_usd"] == pytest.approx(spent.usd) and cost["spent_tokens"] == spent.tokens
     assert spent.usd <= cfg.budget.max_usd
@@ -64,8 +79,15 @@ def test_local_run_outputs_and_stats(tmp_path):
     c = stats["candidates"]
     assert c["parsed"] == c["accepted"] + sum(c["rejected"].values()) + c["unused_after_target"]
     # the simulator writes every kind of bad task Alpaca filters, and each is counted by its reason
-    assert {"too_short", "blacklisted_word", "banned_prefix", "starts_with_punctuation", "starts_non_ascii",
-            "duplicate", "rouge_similar"} <= set(c["rejected"]) and c["dropped_blocks"]["unparseable"] > 0
+    assert {
+        "too_short",
+        "blacklisted_word",
+        "banned_prefix",
+        "starts_with_punctuation",
+        "starts_non_ascii",
+        "duplicate",
+        "rouge_similar",
+    } <= set(c["rejected"]) and c["dropped_blocks"]["unparseable"] > 0
     assert stats["requests"]["succeeded"] == served == sum(1 for e in entries if e["t"] == "send")
     rec = accepted[0]
     assert len(rec["most_similar_instructions"]) == 10 and 0 < rec["avg_similarity_score"] < 0.7
@@ -95,13 +117,28 @@ def test_rerun_of_a_run_whose_last_request_reached_the_target(tmp_path):
 
 def test_same_regen_at_concurrency_1_and_32(tmp_path):
     # deterministic faults (drawn from the request body and its retry count) do not change the data either
-    faults = ("--fail-429", "0.05", "--retry-after", "0.05", "--fail-500", "0.05", "--fail-truncate", "0.05",
-              "--fail-malformed", "0.05", "--latency", "0.01", "--jitter", "0.01")
+    faults = (
+        "--fail-429",
+        "0.05",
+        "--retry-after",
+        "0.05",
+        "--fail-500",
+        "0.05",
+        "--fail-truncate",
+        "0.05",
+        "--fail-malformed",
+        "0.05",
+        "--latency",
+        "0.01",
+        "--jitter",
+        "0.01",
+    )
     outputs = {}
     for concurrency in (1, 32):
         with Teacher(*faults) as teacher:  # a fresh simulator: the same fault draws for each run
-            cfg = gen_config(tmp_path / f"c{concurrency}", teacher.url, "num_instructions=200",
-                             f"concurrency={concurrency}", *SMALL)
+            cfg = gen_config(
+                tmp_path / f"c{concurrency}", teacher.url, "num_instructions=200", f"concurrency={concurrency}", *SMALL
+            )
             assert gen.run(cfg)["stop_reason"] == "target"
         outputs[concurrency] = (tmp_path / f"c{concurrency}" / "regen.json").read_bytes()
         check_consistent(tmp_path / f"c{concurrency}", cfg)
@@ -120,14 +157,15 @@ def test_processing_that_falls_behind_holds_back_no_request(tmp_path, monkeypatc
 
     monkeypatch.setattr(gen.Processor, "process", slow)
     with Teacher("--latency", "0.01") as teacher:
-        cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=100000", "max_requests=50",
-                         "concurrency=4", *SMALL)
+        cfg = gen_config(
+            tmp_path / "g", teacher.url, "num_instructions=100000", "max_requests=50", "concurrency=4", *SMALL
+        )
         result = gen.run(cfg)
     assert result["stop_reason"] == "max_requests"
     stats = result["stats"]
     assert stats["requests"]["processed"] == 50
     assert stats["this_run"]["request_seconds"] < 0.1 * 50 / 2
-    assert stats["this_run"]["max_processing_lag"] > 2 * 4   # some answers were read back from the ledger
+    assert stats["this_run"]["max_processing_lag"] > 2 * 4  # some answers were read back from the ledger
     check_consistent(tmp_path / "g", cfg, target_reached=False)
 
 
@@ -137,6 +175,7 @@ def test_a_slow_first_answer_lets_no_requests_run_ahead_of_the_need(tmp_path, mo
     # comes back (which once spent a budget 6x over on a target the first 5 answers met)
     from alpaca_ds.generate import prompts
     from alpaca_ds.generate.dryrun import expected_per_request
+
     parse, calls = prompts.parse_response, []
 
     def slow_first(*args, **kwargs):  # the first answer's processing, half-way through, takes a second
@@ -160,8 +199,7 @@ def test_budget_is_never_exceeded_and_stops_cleanly(tmp_path):
     out = tmp_path / "g"
     with Teacher("--latency", "0.05") as teacher:
         # room for a handful of requests' worst cases, far from the 1000 asked for
-        cfg = gen_config(out, teacher.url, "num_instructions=1000", "concurrency=8", "budget.max_usd=0.02",
-                         *SMALL)
+        cfg = gen_config(out, teacher.url, "num_instructions=1000", "concurrency=8", "budget.max_usd=0.02", *SMALL)
         result = gen.run(cfg)
         assert result["stop_reason"] == "budget" and result["exit_code"] == 3
         assert "budget exhausted" in result["message"] and "budget.max_usd $0.02" in result["message"]
@@ -170,8 +208,7 @@ def test_budget_is_never_exceeded_and_stops_cleanly(tmp_path):
         spent = sum(e["usd"] for e in entries if e["t"] == "result")
         assert 0.015 < spent <= 0.02
         # a token budget binds the same way
-        cfg_tok = gen_config(tmp_path / "t", teacher.url, "num_instructions=1000", "budget.max_tokens=20000",
-                             *SMALL)
+        cfg_tok = gen_config(tmp_path / "t", teacher.url, "num_instructions=1000", "budget.max_tokens=20000", *SMALL)
         assert gen.run(cfg_tok)["stop_reason"] == "budget"
         assert json.loads((tmp_path / "t" / "cost.json").read_text())["spent_tokens"] <= 20000
         # raising the budget continues the same run to its target
@@ -182,6 +219,7 @@ def test_budget_is_never_exceeded_and_stops_cleanly(tmp_path):
 
 def test_errors_before_any_request(tmp_path):
     with Teacher() as teacher:
+
         def fails(*extra, env=None):
             result = run_generate_cli(tmp_path / "g", teacher.url, "num_instructions=10", *extra, env=env)
             assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -208,12 +246,20 @@ def test_api_key_never_reaches_disk_or_logs(tmp_path):
     secret = "sk-alpaca-ds-test-" + "".join(random.choice("abcdef0123456789") for _ in range(32))
     env = cli_env(TEACHER_KEY=secret)
     with Teacher("--require-key", secret, *FAULTS) as teacher:
-        ok = run_generate_cli(tmp_path / "ok", teacher.url, "num_instructions=60", "api.api_key_env=TEACHER_KEY",
-                              "api.timeout_s=1", *SMALL, env=env)
+        ok = run_generate_cli(
+            tmp_path / "ok",
+            teacher.url,
+            "num_instructions=60",
+            "api.api_key_env=TEACHER_KEY",
+            "api.timeout_s=1",
+            *SMALL,
+            env=env,
+        )
         assert ok.returncode == 0, ok.stderr
         bad_env = cli_env(TEACHER_KEY=secret[::-1])
-        bad = run_generate_cli(tmp_path / "bad", teacher.url, "num_instructions=60", "api.api_key_env=TEACHER_KEY",
-                               *SMALL, env=bad_env)
+        bad = run_generate_cli(
+            tmp_path / "bad", teacher.url, "num_instructions=60", "api.api_key_env=TEACHER_KEY", *SMALL, env=bad_env
+        )
     assert bad.returncode == 5 and "auth" in bad.stderr and "HTTP 401" in bad.stderr
     for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
         assert secret not in text and secret[::-1] not in text
@@ -239,15 +285,31 @@ def test_restart_with_other_settings_is_refused(tmp_path):
         with pytest.raises(UserError, match=r"different settings \(rouge_threshold, seed\)"):
             gen.run(gen_config(tmp_path / "g", teacher.url, "num_instructions=20", "seed=7", "rouge_threshold=0.6"))
         # what only changes speed or money may change
-        again = gen.run(gen_config(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=3",
-                                   "budget.max_usd=2"))
+        again = gen.run(
+            gen_config(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=3", "budget.max_usd=2")
+        )
         assert again["stop_reason"] == "target" and again["accepted"] == 40
 
 
 def test_dry_run_counts_real_prompts(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "generate", "--config",
-                          "launch/recipes/self_instruct_openai.yaml", "--dry-run", "--set", "num_instructions=400"],
-                         capture_output=True, text=True, cwd=ROOT, env=cli_env(), timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpaca_ds.cli",
+            "generate",
+            "--config",
+            "launch/recipes/self_instruct_openai.yaml",
+            "--dry-run",
+            "--set",
+            "num_instructions=400",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr  # no key needed, nothing sent
     assert "no request is sent" in out.stdout and "requests: 20 (100 prompts)" in out.stdout
     cfg = gen_config(tmp_path, "http://unused", "num_instructions=400", "seed_tasks=seeds/seed_tasks.jsonl")
@@ -272,8 +334,14 @@ def count_lines(path) -> int:
 
 def start_generate(out_dir, url, *extra):
     args = [a for o in overrides(out_dir, url, *extra) for a in ("--set", o)]
-    return subprocess.Popen([sys.executable, "-m", "alpaca_ds.cli", "generate", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "alpaca_ds.cli", "generate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(),
+    )
 
 
 @pytest.mark.slow
@@ -283,8 +351,10 @@ def test_ctrl_c_stops_gracefully_and_the_rerun_continues(tmp_path):
         args = ("num_instructions=120", "concurrency=2", *SMALL)
         proc = start_generate(out, teacher.url, *args)
         deadline = time.time() + 60
-        while time.time() < deadline and len(read_jsonl(out / "accepted.jsonl") if (out / "accepted.jsonl").exists()
-                                              else []) == 0:
+        while (
+            time.time() < deadline
+            and len(read_jsonl(out / "accepted.jsonl") if (out / "accepted.jsonl").exists() else []) == 0
+        ):
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
@@ -293,7 +363,9 @@ def test_ctrl_c_stops_gracefully_and_the_rerun_continues(tmp_path):
         cfg = gen_config(out, teacher.url, *args)
         accepted, _ = check_consistent(out, cfg, target_reached=False)
         assert 0 < len(accepted) < 120
-        assert gen.run(gen_config(out, teacher.url, *args, "concurrency=16", "api.timeout_s=5"))["stop_reason"] == "target"
+        assert (
+            gen.run(gen_config(out, teacher.url, *args, "concurrency=16", "api.timeout_s=5"))["stop_reason"] == "target"
+        )
         check_consistent(out, cfg)
 
 
@@ -302,8 +374,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     """The acceptance scenario, shortened: >= 20% mixed faults, 3 SIGKILLs at random moments, then a clean run."""
     out = tmp_path / "g"
     rng = random.Random(1234)
-    args = ("num_instructions=300", "concurrency=8", "api.timeout_s=1", "api.max_retries=10", "budget.max_usd=1",
-            *SMALL)
+    args = (
+        "num_instructions=300",
+        "concurrency=8",
+        "api.timeout_s=1",
+        "api.max_retries=10",
+        "budget.max_usd=1",
+        *SMALL,
+    )
     with Teacher("--latency", "0.1", "--jitter", "0.05", *FAULTS) as teacher:
         for _ in range(3):
             # a random moment: once the ledger has grown by a random number of lines (sends and results, which
@@ -333,8 +411,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
 
 def test_requests_that_fail_all_retries_are_recorded_not_raised(tmp_path):
     with Teacher("--fail-500", "1.0") as teacher:
-        cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=10", "concurrency=2", "api.max_retries=2",
-                         "api.max_consecutive_failures=3")
+        cfg = gen_config(
+            tmp_path / "g",
+            teacher.url,
+            "num_instructions=10",
+            "concurrency=2",
+            "api.max_retries=2",
+            "api.max_consecutive_failures=3",
+        )
         result = gen.run(cfg)
     assert result["stop_reason"] == "failures" and result["exit_code"] == 4
     assert "requests in a row failed all retries" in result["message"]
@@ -347,20 +431,23 @@ def test_requests_that_fail_all_retries_are_recorded_not_raised(tmp_path):
 
 
 def test_retry_waits_honour_retry_after(tmp_path):
-    api = gen_config(tmp_path, "http://unused", "num_instructions=1", "api.backoff_initial_s=0.1",
-                     "api.backoff_max_s=0.5").api
+    api = gen_config(
+        tmp_path, "http://unused", "num_instructions=1", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.5"
+    ).api
     rng = random.Random(0)
-    assert all(0.05 <= backoff_delay(api, 1, None, rng) <= 0.1 for _ in range(50))   # with jitter, never near zero
-    assert all(0.1 <= backoff_delay(api, 2, None, rng) <= 0.2 for _ in range(50))    # doubles per retry
-    assert all(0.25 <= backoff_delay(api, 5, None, rng) <= 0.5 for _ in range(50))   # up to backoff_max_s
-    assert all(2.0 <= backoff_delay(api, 1, 2.0, rng) <= 2.2 for _ in range(50))    # never sooner than Retry-After
+    assert all(0.05 <= backoff_delay(api, 1, None, rng) <= 0.1 for _ in range(50))  # with jitter, never near zero
+    assert all(0.1 <= backoff_delay(api, 2, None, rng) <= 0.2 for _ in range(50))  # doubles per retry
+    assert all(0.25 <= backoff_delay(api, 5, None, rng) <= 0.5 for _ in range(50))  # up to backoff_max_s
+    assert all(2.0 <= backoff_delay(api, 1, 2.0, rng) <= 2.2 for _ in range(50))  # never sooner than Retry-After
 
 
 def test_one_run_per_out_dir(tmp_path):
     """The out_dir's lock (filelock): a second run on it is refused while the first holds it, in another process
     too, and free again once the holder is gone, however it ended."""
-    code = (f"import time; from alpaca_ds.common.lock import exclusive; lock = exclusive({str(tmp_path / 'g')!r}, "
-            "'x'); print('held', flush=True); time.sleep(60)")
+    code = (
+        f"import time; from alpaca_ds.common.lock import exclusive; lock = exclusive({str(tmp_path / 'g')!r}, "
+        "'x'); print('held', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

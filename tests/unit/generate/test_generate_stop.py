@@ -2,6 +2,7 @@
 every answered request's instructions in regen.json, and a rerun with a larger budget ends with the same
 regen.json as an uninterrupted run (the teacher is the simulator, failing every prompt that shows one of
 chosen seed tasks)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ from helpers.generation import Teacher, gen_config, seeds_path
 SMALL = ("api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700")
 # the target is far beyond the budget; online, failing requests are retried for longer (~1 s) than the budget
 # takes to run out
-ARGS = (*SMALL, "num_instructions=250", "concurrency=8", "api.backoff_initial_s=0.1", "api.backoff_max_s=0.2",
-        "api.max_consecutive_failures=1000", "api.batch.poll_s=0.05")
+ARGS = (
+    *SMALL,
+    "num_instructions=250",
+    "concurrency=8",
+    "api.backoff_initial_s=0.1",
+    "api.backoff_max_s=0.2",
+    "api.max_consecutive_failures=1000",
+    "api.batch.poll_s=0.05",
+)
 RETRIES = {"online": 8, "batch": 6}
 BUDGET = {"online": 0.04, "batch": 0.02}  # the batch price is half: the same requests for half the money
 
@@ -71,5 +79,6 @@ def test_a_budget_stop_delivers_every_paid_answer(tmp_path, transport):
         whole = gen.run(gen_config(fresh, teacher.url, *args, "budget.max_usd=5"))
     assert resumed["stop_reason"] == whole["stop_reason"] == "target"
     assert (out / "regen.json").read_bytes() == (fresh / "regen.json").read_bytes()
-    assert [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()] == \
-        [json.loads(x) for x in (fresh / "accepted.jsonl").read_text().splitlines()]
+    assert [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()] == [
+        json.loads(x) for x in (fresh / "accepted.jsonl").read_text().splitlines()
+    ]

@@ -1,5 +1,6 @@
 """generate's parts: prompts and parsing (against Alpaca's own post-processing), filters, seeds, tokens,
 prices, budget, ledger files, rate limits, retry-after."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,6 +32,7 @@ from helpers.paths import SHARED
 
 # ---- Alpaca's post-processing, transcribed from stanford_alpaca/generate_instruction.py, as the reference ----
 
+
 def alpaca_find_word_in_string(w, s):
     return re.compile(rf"\b({w})\b", flags=re.IGNORECASE).search(s)
 
@@ -38,7 +40,7 @@ def alpaca_find_word_in_string(w, s):
 def alpaca_post_process_gpt3_response(num_prompt_instructions, response):
     if response is None:
         return []
-    raw_instructions = f"{num_prompt_instructions+1}. Instruction:" + response["text"]
+    raw_instructions = f"{num_prompt_instructions + 1}. Instruction:" + response["text"]
     raw_instructions = re.split("###", raw_instructions)
     instructions = []
     for idx, inst in enumerate(raw_instructions):
@@ -55,8 +57,26 @@ def alpaca_post_process_gpt3_response(num_prompt_instructions, response):
             output = splitted_data[6].strip()
         if len(inst.split()) <= 3 or len(inst.split()) > 150:
             continue
-        blacklist = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-                     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+        blacklist = [
+            "image",
+            "images",
+            "graph",
+            "graphs",
+            "picture",
+            "pictures",
+            "file",
+            "files",
+            "map",
+            "maps",
+            "draw",
+            "plot",
+            "go to",
+            "video",
+            "audio",
+            "music",
+            "flowchart",
+            "diagram",
+        ]
         if any(alpaca_find_word_in_string(word, inst) for word in blacklist):
             continue
         if inst.startswith("Write a program"):
@@ -71,8 +91,11 @@ def alpaca_post_process_gpt3_response(num_prompt_instructions, response):
 
 def ours(k, response, filters=Filters(FilterConfig())):
     cands, _ = P.parse_response(response["text"], response["finish_reason"], k)
-    return [{"instruction": c.instruction, "input": c.input, "output": c.output} for c in cands
-            if filters.reject_reason(c.instruction) is None]
+    return [
+        {"instruction": c.instruction, "input": c.input, "output": c.output}
+        for c in cands
+        if filters.reject_reason(c.instruction) is None
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +111,9 @@ def test_parse_and_filters_equal_alpacas_on_simulated_answers(seeds):
     for i in range(60):
         prompt = P.request_prompts(template, seeds, 3, 20, seed=1, index=i, prompts=1)[0]
         cut = random.Random(i).choice([None, None, 150, 400])
-        text, reason, _ = sim.finish("gpt-3.5-turbo-instruct", sim.answer("m", prompt, 0, chat=False),
-                                     P.stop_sequences(20), 3072, cut)
+        text, reason, _ = sim.finish(
+            "gpt-3.5-turbo-instruct", sim.answer("m", prompt, 0, chat=False), P.stop_sequences(20), 3072, cut
+        )
         response = {"text": text, "finish_reason": reason}
         expected = alpaca_post_process_gpt3_response(3, response)
         assert ours(3, response) == expected
@@ -100,29 +124,36 @@ def test_parse_and_filters_equal_alpacas_on_simulated_answers(seeds):
 
 
 def test_parse_details():
-    text = (" Name three primes.\n4. Input:\n<noinput>\n4. Output:\n2, 3, 5\n###\n"
-            "5. Instruction: Sort the list.\n5. Input:\n3, 1, 2\n5. Output:\n1, 2, 3\n###\n"
-            "7. Instruction: Misnumbered.\n7. Input:\n<noinput>\n7. Output:\nx\n###\n"
-            "7. Instruction: Cut off here")
+    text = (
+        " Name three primes.\n4. Input:\n<noinput>\n4. Output:\n2, 3, 5\n###\n"
+        "5. Instruction: Sort the list.\n5. Input:\n3, 1, 2\n5. Output:\n1, 2, 3\n###\n"
+        "7. Instruction: Misnumbered.\n7. Input:\n<noinput>\n7. Output:\nx\n###\n"
+        "7. Instruction: Cut off here"
+    )
     cands, dropped = P.parse_response(text, "length", 3)
     assert [(c.instruction, c.input, c.output) for c in cands] == [
-        ("Name three primes.", "", "2, 3, 5"), ("Sort the list.", "3, 1, 2", "1, 2, 3")]
+        ("Name three primes.", "", "2, 3, 5"),
+        ("Sort the list.", "3, 1, 2", "1, 2, 3"),
+    ]
     assert dropped == {"unparseable": 1, "cut_off": 1}
     cands, dropped = P.parse_response(text.rsplit("###", 1)[0] + "###", "stop", 3)
     assert len(cands) == 2 and dropped == {"unparseable": 1}  # the empty block after the last ### is no task
     # a chat model restating the opening "4. Instruction:"
-    cands, _ = P.parse_response("4. Instruction: Name three primes.\n4. Input:\n<noinput>\n4. Output:\n2", "stop",
-                                3, chat=True)
+    cands, _ = P.parse_response(
+        "4. Instruction: Name three primes.\n4. Input:\n<noinput>\n4. Output:\n2", "stop", 3, chat=True
+    )
     assert cands[0].instruction == "Name three primes."
 
 
 def test_prompt_format_and_determinism(seeds):
     examples = [Example("Say  hi\n to me:", "", "Hi!"), Example("Add the numbers.", "2 3", "5")]
     prompt = P.encode_prompt("Make {num_tasks} tasks.\n\nList of {num_tasks} tasks:\n", examples, 20)
-    assert prompt == ("Make 20 tasks.\n\nList of 20 tasks:\n"
-                      "###\n1. Instruction: Say hi to me\n1. Input:\n<noinput>\n1. Output:\nHi!\n"
-                      "###\n2. Instruction: Add the numbers.\n2. Input:\n2 3\n2. Output:\n5\n"
-                      "###\n3. Instruction:")
+    assert prompt == (
+        "Make 20 tasks.\n\nList of 20 tasks:\n"
+        "###\n1. Instruction: Say hi to me\n1. Input:\n<noinput>\n1. Output:\nHi!\n"
+        "###\n2. Instruction: Add the numbers.\n2. Input:\n2 3\n2. Output:\n5\n"
+        "###\n3. Instruction:"
+    )
     template = P.load_template(None)
     assert "{num_tasks}" in template and "<noinput>" in template
     a = [P.request_prompts(template, seeds, 3, 20, 7, i, 5) for i in (0, 1, 2)]
@@ -134,8 +165,8 @@ def test_prompt_format_and_determinism(seeds):
 
 def test_stop_sequences_and_logit_bias_from_the_encoding():
     assert P.stop_sequences(20) == ["\n20", "20."]
-    assert P.logit_bias(get_encoding("gpt-3.5-turbo-instruct")) == {"100257": -100}   # cl100k_base
-    assert P.logit_bias(get_encoding("gpt-4o-mini")) == {"199999": -100}              # o200k_base
+    assert P.logit_bias(get_encoding("gpt-3.5-turbo-instruct")) == {"100257": -100}  # cl100k_base
+    assert P.logit_bias(get_encoding("gpt-4o-mini")) == {"199999": -100}  # o200k_base
     try:  # text-davinci-003 is p50k_base, which tiktoken downloads: offline that is a clear error instead
         enc = get_encoding("text-davinci-003")
     except UserError as e:
@@ -183,8 +214,15 @@ def test_seed_files_and_their_errors(tmp_path):
     assert len(ours_) >= 100 and all(t.instruction for t in ours_)
     with pytest.raises(UserError, match="nope.jsonl: cannot read seed tasks"):
         load_seed_tasks(tmp_path / "nope.jsonl")
-    good = json.dumps({"id": "a", "name": "a", "instruction": "Do it.", "instances": [{"input": "", "output": "x"}],
-                       "is_classification": False})
+    good = json.dumps(
+        {
+            "id": "a",
+            "name": "a",
+            "instruction": "Do it.",
+            "instances": [{"input": "", "output": "x"}],
+            "is_classification": False,
+        }
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(good + "\n\n{not json\n")
     with pytest.raises(UserError, match=r"bad.jsonl:3: invalid JSON"):
@@ -224,12 +262,15 @@ def test_price_table_agrees_with_tokencost():
     for model, entry in load_table(None).items():
         if model == "text-davinci-003":
             continue  # retired; not in that file (historical $0.02 / 1K, per ../shared/data/MANIFEST.md)
-        assert (round(theirs[model]["input_cost_per_token"] * 1e6, 4),
-                round(theirs[model]["output_cost_per_token"] * 1e6, 4)) == (entry["prompt"], entry["completion"]), model
+        assert (
+            round(theirs[model]["input_cost_per_token"] * 1e6, 4),
+            round(theirs[model]["output_cost_per_token"] * 1e6, 4),
+        ) == (entry["prompt"], entry["completion"]), model
         if "input_cost_per_token_batches" in theirs[model]:
-            assert (round(theirs[model]["input_cost_per_token_batches"] * 1e6, 4),
-                    round(theirs[model]["output_cost_per_token_batches"] * 1e6, 4)) == (
-                        entry["batch_prompt"], entry["batch_completion"]), model
+            assert (
+                round(theirs[model]["input_cost_per_token_batches"] * 1e6, 4),
+                round(theirs[model]["output_cost_per_token_batches"] * 1e6, 4),
+            ) == (entry["batch_prompt"], entry["batch_completion"]), model
 
 
 def test_budget_never_overruns():
@@ -260,6 +301,7 @@ def test_budget_waiters_give_up_only_when_nothing_is_in_flight():
         assert await waiter == Cost(0.5, 0)
         b.settle(Cost(0.5, 0), Cost(0.5, 0))
         assert await b.reserve_wait(Cost(0.5, 0)) is None  # 0.8 spent, nothing in flight: never fits
+
     asyncio.run(scenario())
 
 
@@ -289,6 +331,7 @@ def test_rate_limiter_paces_requests():
         for _ in range(42):
             await limiter.acquire(0)
         return time.monotonic() - start
+
     elapsed = asyncio.run(scenario())
     assert 0.4 < elapsed < 1.5  # 40 at once, then two more at 4/s
 
@@ -297,6 +340,7 @@ def test_retry_after_headers():
     assert _retry_after({"retry-after": "2"}) == 2.0
     assert _retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     from email.utils import formatdate
+
     assert 2 < _retry_after({"retry-after": formatdate(time.time() + 4, usegmt=True)}) <= 4
     assert _retry_after({}) is None and _retry_after({"retry-after": "soon"}) is None
 

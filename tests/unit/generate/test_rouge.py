@@ -2,6 +2,7 @@
 `[rouge_scorer._score_lcs(new_tokens, t).fmeasure for t in all_instruction_tokens]`, reject if max > threshold,
 keep the 10 best and np.mean. Decisions, max and top-k scores must be identical (floats compared with ==), the
 mean within 1e-12 (it is in fact bit-identical, also asserted)."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def check(index: RougeIndex, brute: Brute, text: str, *, check_dup: bool = True)
     if index.compute_mean:
         expected_mean = float(np.mean(scores)) if scores else 0.0
         assert abs(match.mean - expected_mean) <= 1e-12, text
-        assert match.mean == expected_mean, text      # stronger than required: same bits as np.mean
+        assert match.mean == expected_mean, text  # stronger than required: same bits as np.mean
     else:
         assert match.mean is None
     duplicate = expected_max > index.threshold
@@ -69,7 +70,7 @@ def run_stream(texts, threshold=0.7, top_k=10, compute_mean=True, add_rejected_e
         if check(index, brute, text):
             rejected += 1
             if not (add_rejected_every and n % add_rejected_every == 0):
-                continue     # sometimes index a duplicate anyway, to get repeated texts in the index
+                continue  # sometimes index a duplicate anyway, to get repeated texts in the index
         accepted += 1
         index.add(text)
         brute.add(text)
@@ -80,10 +81,36 @@ def run_stream(texts, threshold=0.7, top_k=10, compute_mean=True, add_rejected_e
 # ---------------------------------------------------------------- tokenizer and score formula
 
 TRICKY = [
-    "", " ", "...", "?!", "—", "\n\t", "a", "A", "Hello, World!", "hello world", "HELLO   WORLD!!!",
-    "don't stop", "dont stop", "e-mail e_mail email", "café naïve résumé", "Straße STRASSE", "İstanbul",
-    "\u212a\u212b kelvin", "ﬁne ﬂow", "１２３ 123", "x² + y²", "日本語のテキスト", "Ünïcödé ÀÉÎ", "tab\tsep\nnew",
-    "a1b2 c3", "3.14159 is pi", "C++ and C#", "emoji 🙂 test", "a" * 300, "the the the the the",
+    "",
+    " ",
+    "...",
+    "?!",
+    "—",
+    "\n\t",
+    "a",
+    "A",
+    "Hello, World!",
+    "hello world",
+    "HELLO   WORLD!!!",
+    "don't stop",
+    "dont stop",
+    "e-mail e_mail email",
+    "café naïve résumé",
+    "Straße STRASSE",
+    "İstanbul",
+    "\u212a\u212b kelvin",
+    "ﬁne ﬂow",
+    "１２３ 123",
+    "x² + y²",
+    "日本語のテキスト",
+    "Ünïcödé ÀÉÎ",
+    "tab\tsep\nnew",
+    "a1b2 c3",
+    "3.14159 is pi",
+    "C++ and C#",
+    "emoji 🙂 test",
+    "a" * 300,
+    "the the the the the",
 ]
 
 
@@ -105,7 +132,9 @@ def random_text(rng: random.Random, words: list[str], max_len: int = 20) -> str:
 
 def test_tokenize_is_rouge_score_tokenizer():
     rng = random.Random(0)
-    alphabet = "abcXYZ019 \t\n.,;:!?'\"-_/\\()[]{}@#$%^&*+=<>|~`éÉßİıΣσςЖж日本\u212a\u212b\u0130\u2160ﬁ１٣🙂\u00a0\u2028"
+    alphabet = (
+        "abcXYZ019 \t\n.,;:!?'\"-_/\\()[]{}@#$%^&*+=<>|~`éÉßİıΣσςЖж日本\u212a\u212b\u0130\u2160ﬁ１٣🙂\u00a0\u2028"
+    )
     samples = TRICKY + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
     for text in samples:
         assert tokenize(text) == ROUGE_TOKENIZE(text), repr(text)
@@ -124,6 +153,7 @@ def test_rouge_l_f_is_rouge_scores_float():
 
 # ---------------------------------------------------------------- adversarial and random streams
 
+
 def test_tricky_texts_stream():
     texts = TRICKY + [t.upper() for t in TRICKY] + [t + "!" for t in TRICKY] + TRICKY
     for threshold in (0.0, 0.5, 0.7, 1.0):
@@ -136,7 +166,7 @@ def test_empty_index_and_empty_queries():
         assert len(index) == 0
         assert index.query("anything") == Match(0.0, [], 0.0 if compute_mean else None)
         assert not index.is_duplicate("anything")
-        index.add("...")            # no tokens at all
+        index.add("...")  # no tokens at all
         index.add("Write a poem.")
         brute = Brute()
         brute.add("...")
@@ -151,18 +181,25 @@ def test_identical_and_case_punctuation_variants_are_duplicates():
     for t in ("Give three tips for staying healthy.", "Name three colors."):
         index.add(t)
         brute.add(t)
-    for q in ("Give three tips for staying healthy.", "give three tips for staying healthy",
-              "GIVE three tips, for staying HEALTHY!!!", "Give three tips for staying healthy?",
-              "Give 3 tips for staying healthy.", "Give-three-tips-for-staying-healthy"):
+    for q in (
+        "Give three tips for staying healthy.",
+        "give three tips for staying healthy",
+        "GIVE three tips, for staying HEALTHY!!!",
+        "Give three tips for staying healthy?",
+        "Give 3 tips for staying healthy.",
+        "Give-three-tips-for-staying-healthy",
+    ):
         assert check(index, brute, q)
-        assert index.query(q).top[0] == ("Give three tips for staying healthy.",
-                                         1.0 if "3" not in q else index.query(q).max_score)
+        assert index.query(q).top[0] == (
+            "Give three tips for staying healthy.",
+            1.0 if "3" not in q else index.query(q).max_score,
+        )
     assert not check(index, brute, "Name three tips.")
 
 
 def test_threshold_is_strict_at_an_exactly_representable_score():
     base = "a b c d e f g h i j"
-    other = "a b c d e f g x y z"       # lcs 7 of 10 and 10
+    other = "a b c d e f g x y z"  # lcs 7 of 10 and 10
     exact = rouge_scorer._score_lcs(ROUGE_TOKENIZE(base), ROUGE_TOKENIZE(other)).fmeasure
     for threshold, dup in ((exact, False), (float(np.nextafter(exact, 0.0)), True)):
         index = RougeIndex(threshold=threshold)
@@ -206,9 +243,10 @@ def test_random_streams_with_near_duplicates(seed):
         else:
             texts.append(random_text(rng, words, max_len=rng.choice([6, 14, 30, 70])))
     threshold = [0.7, 0.5, 0.85, 0.7][seed]
-    accepted, rejected = run_stream(texts, threshold=threshold, top_k=[10, 3, 10, 0][seed],
-                                    compute_mean=seed != 1, add_rejected_every=5)
-    assert rejected > 10 and accepted > 50   # the stream really exercises both decisions
+    accepted, rejected = run_stream(
+        texts, threshold=threshold, top_k=[10, 3, 10, 0][seed], compute_mean=seed != 1, add_rejected_every=5
+    )
+    assert rejected > 10 and accepted > 50  # the stream really exercises both decisions
 
 
 def test_growth_and_dense_columns(monkeypatch):
@@ -218,7 +256,7 @@ def test_growth_and_dense_columns(monkeypatch):
     monkeypatch.setattr(rouge, "_DENSE_MIN", 6)
     monkeypatch.setattr(rouge, "_DENSE_COLUMNS", 3)
     rng = random.Random(7)
-    common = ["the", "a", "of", "to", "and"]            # each in well over 1/5 of the texts
+    common = ["the", "a", "of", "to", "and"]  # each in well over 1/5 of the texts
     words = common + [f"w{i}" for i in range(60)]
     texts = []
     for _ in range(400):
@@ -228,14 +266,13 @@ def test_growth_and_dense_columns(monkeypatch):
             texts.append(" ".join(toks))
         else:
             n = rng.choice([3, 8, 15, 40, 70])
-            texts.append(" ".join(rng.choice(common) if rng.random() < 0.4 else rng.choice(words)
-                                  for _ in range(n)))
+            texts.append(" ".join(rng.choice(common) if rng.random() < 0.4 else rng.choice(words) for _ in range(n)))
     index, brute = RougeIndex(), Brute()
     for text in texts:
         if not check(index, brute, text):
             index.add(text)
             brute.add(text)
-    assert index._n_dense[0] == 3 and sum(index._slot >= 0) == 3   # the dense path really ran, and is capped
+    assert index._n_dense[0] == 3 and sum(index._slot >= 0) == 3  # the dense path really ran, and is capped
     assert len(index) > 200
 
 
@@ -257,7 +294,8 @@ def test_generate_rouge_imports_no_torch_and_no_rouge_score():
 
 needs_real = pytest.mark.skipif(
     not SEEDS.is_file() or not ALPACA_DATA.is_file(),
-    reason="the 175 self-instruct seeds and alpaca_data.json are not at ../shared/data (they are never committed)")
+    reason="the 175 self-instruct seeds and alpaca_data.json are not at ../shared/data (they are never committed)",
+)
 
 
 @needs_real
@@ -288,7 +326,7 @@ def test_real_seeds_and_alpaca_instructions():
     accepted = rejected = 0
     for n, text in enumerate(stream):
         if (n in mutated and n % 3 == 0) or n % 25 == 0:
-            duplicate = check(index, brute, text)          # full comparison: max, top-10, mean, decision
+            duplicate = check(index, brute, text)  # full comparison: max, top-10, mean, decision
         else:
             # decision only, against a brute force cut by independent, obviously valid bounds: F is
             # 2*lcs/(m+n) up to rounding, lcs <= min(m, n) and lcs <= the multiset overlap of the tokens
@@ -297,8 +335,9 @@ def test_real_seeds_and_alpaca_instructions():
             ca = Counter(a)
             sa = ca.keys()
             for t, ct in zip(brute.tokens, counts):
-                if 2 * min(len(a), len(t)) > (0.7 - 1e-9) * (len(a) + len(t)) and \
-                        2 * sum(min(ca[w], ct[w]) for w in sa & ct.keys()) > (0.7 - 1e-9) * (len(a) + len(t)):
+                if 2 * min(len(a), len(t)) > (0.7 - 1e-9) * (len(a) + len(t)) and 2 * sum(
+                    min(ca[w], ct[w]) for w in sa & ct.keys()
+                ) > (0.7 - 1e-9) * (len(a) + len(t)):
                     if rouge_scorer._score_lcs(a, t).fmeasure > 0.7:
                         duplicate = True
                         break
@@ -311,4 +350,4 @@ def test_real_seeds_and_alpaca_instructions():
             index.add(text)
             brute.add(text)
             counts.append(Counter(new_tokens[n]))
-    assert rejected > 50, rejected     # the mutated copies really exercise rejection
+    assert rejected > 50, rejected  # the mutated copies really exercise rejection

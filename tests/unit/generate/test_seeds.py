@@ -1,4 +1,5 @@
 """Checks on the project's own self-instruct seed set, seeds/seed_tasks.jsonl (plain JSON, no project code)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,26 @@ from helpers.paths import ROOT
 SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
 REQUIRED = {"id": str, "name": str, "instruction": str, "instances": list, "is_classification": bool}
 # words the Alpaca generator filters out of generated instructions; the seeds avoid them too
-BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-             "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+BLACKLIST = [
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
+]
 
 
 @pytest.fixture(scope="module")

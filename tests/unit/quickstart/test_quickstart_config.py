@@ -1,5 +1,6 @@
 """The quickstart before it runs anything: its config and the --quick variant, a run folder holding another
 configuration, the config and command of every step for running it by hand, and starting without torch."""
+
 from __future__ import annotations
 
 import re

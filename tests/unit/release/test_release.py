@@ -1,4 +1,5 @@
 """Weight diff and recovery: bit-identical round trip, wrong bases refused, memory well under two copies."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ from helpers.paths import ROOT
 
 def tiny(seed: int, vocab: int = 1000, hidden: int = 64, layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +56,7 @@ def test_round_trip_is_bit_identical(models, tmp_path):
         assert a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16)), name
     # the recovered folder is a model transformers loads, with the tuned config
     from transformers import AutoModelForCausalLM
+
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "recovered").config.vocab_size == 1001
 
 
@@ -79,6 +89,7 @@ def test_recover_memory_stays_well_under_two_copies(tmp_path):
     # mapped safetensors pages are page cache, not a copy.
     def make():
         return tiny(0, vocab=4000, hidden=512, layers=16)
+
     model = make().to(torch.bfloat16)
     n_bytes = sum(p.numel() * 2 for p in model.parameters())
     model.save_pretrained(tmp_path / "tuned")
@@ -97,7 +108,7 @@ def sample():
         time.sleep(0.001)
 t = threading.Thread(target=sample)
 t.start()
-recover(Path({str(tmp_path / 'base')!r}), Path({str(tmp_path / 'diff')!r}), Path({str(tmp_path / 'out')!r}),
+recover(Path({str(tmp_path / "base")!r}), Path({str(tmp_path / "diff")!r}), Path({str(tmp_path / "out")!r}),
         shard_bytes=8 * 2**20)
 done.append(1)
 t.join()
@@ -106,6 +117,8 @@ print(before, peak[0])
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     before, peak = map(int, out.stdout.split()[-2:])
     growth = peak - before
-    print(f"model {n_bytes / 2**20:.0f} MiB in bf16, recover peak anonymous growth {growth / 2**20:.0f} MiB "
-          f"({growth / n_bytes:.2f} copies)")
+    print(
+        f"model {n_bytes / 2**20:.0f} MiB in bf16, recover peak anonymous growth {growth / 2**20:.0f} MiB "
+        f"({growth / n_bytes:.2f} copies)"
+    )
     assert growth < 0.75 * n_bytes, (growth, n_bytes)  # two full copies would be 2.0

@@ -1,5 +1,6 @@
 """The simulator's judge mode, which the quickstart judges with: deterministic, blind to the order of the outputs,
 and answering `evaluate judge` over a real socket."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from helpers.paths import ROOT
 
 def _judge_prompt(instruction: str, a: str, b: str) -> str:
     from alpaca_ds.evaluate.judge import load_template, render
+
     return render(load_template(None), instruction, a, b)
 
 
@@ -28,14 +30,27 @@ def test_simulator_judge_mode_is_deterministic_and_position_blind():
 def test_simulator_answers_judge_calls_through_evaluate_judge(tmp_path):
     from alpaca_ds.evaluate import judge
     from alpaca_ds.simulator.local import LocalSimulator
-    a = [{"instruction": f"Name a colour number {i}", "output": "Red is a colour.", "generator": "ref"} for i in range(3)]
+
+    a = [
+        {"instruction": f"Name a colour number {i}", "output": "Red is a colour.", "generator": "ref"} for i in range(3)
+    ]
     b = [{"instruction": f"Name a colour number {i}", "output": "qq", "generator": "model"} for i in range(3)]
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     with LocalSimulator(ROOT / "seeds" / "seed_tasks.jsonl") as teacher:
-        cfg = load_config(JudgeConfig, None, [f"a={tmp_path / 'a.json'}", f"b={tmp_path / 'b.json'}",
-                                              f"out_dir={tmp_path / 'j'}", f"api.base_url={teacher.base_url}",
-                                              "api.api_key_env=null", "progress=false", "mode=discrete"])
+        cfg = load_config(
+            JudgeConfig,
+            None,
+            [
+                f"a={tmp_path / 'a.json'}",
+                f"b={tmp_path / 'b.json'}",
+                f"out_dir={tmp_path / 'j'}",
+                f"api.base_url={teacher.base_url}",
+                "api.api_key_env=null",
+                "progress=false",
+                "mode=discrete",
+            ],
+        )
         result = judge.run(cfg)
     assert result["exit_code"] == 0 and result["no_verdict_replies"] == 0
     assert result["report"]["overall"]["win_rate"] == 0.0  # "colour" overlaps the instruction only in a's answers

@@ -1,6 +1,7 @@
 """LoRA settings before any training: QLoRA refused without a GPU and exporting the adapter only, the recipe's
 LoRA keys checked, train_on_prompt's labels, the adapter folder's round trip through peft, and the alpaca-lora
 recipes' published settings."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,7 @@ def test_qlora_is_refused_without_a_gpu(dataset, from_init, tmp_path):
 
 def test_qlora_exports_the_adapter_only(from_init, tmp_path):
     from alpaca_ds.train.lora import quantization_config
+
     cfg = lora_settings(tmp_path / "run", from_init, "model.lora.quantize=nf4")
     q = quantization_config(cfg.model)
     assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16  # what ZeRO-3 partitions and gathers
@@ -40,6 +42,7 @@ def test_lora_settings_are_checked(dataset, tmp_path):
 
 def test_train_on_prompt_labels_every_token(dataset):
     from alpaca_ds.dataset.shards import TokenizedDataset
+
     masked, full = TokenizedDataset(dataset, "train"), TokenizedDataset(dataset, "train", train_on_prompt=True)
     for i in range(5):
         assert (full[i]["labels"] == full[i]["input_ids"]).all()
@@ -59,8 +62,17 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
 
     def base():
         torch.manual_seed(0)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                            num_attention_heads=2, num_key_value_heads=1))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=50,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+            )
+        )
+
     model = get_peft_model(base(), lora.peft_config(LoraConfig(modules_to_save=("lm_head",)), None))
     with torch.no_grad():
         for p in model.parameters():
@@ -85,6 +97,7 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
 def test_alpaca_lora_recipes_hold_its_published_settings(name, world):
     from alpaca_ds.dataset.config import DataBuildConfig
     from alpaca_ds.train.ds_config import build_ds_config
+
     cfg = load_config(TrainConfig, RECIPE.parent / f"{name}.yaml")
     ds = build_ds_config(cfg, world)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"]) == (128, 4)
@@ -99,14 +112,19 @@ def test_alpaca_lora_recipes_hold_its_published_settings(name, world):
 def test_a_run_started_before_lora_existed_still_resumes(dataset, tmp_path):
     # its config.resolved.yaml has no model.lora or data.train_on_prompt: their defaults are what it ran with
     from alpaca_ds.config import dump_config
+
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_config(TrainConfig, RECIPE, [f"output_dir={run}", f"data.path={dataset}"])
-    old = [line for line in dump_config(cfg).splitlines()
-           if line.strip() not in ("lora: null", "train_on_prompt: false")]
+    old = [
+        line for line in dump_config(cfg).splitlines() if line.strip() not in ("lora: null", "train_on_prompt: false")
+    ]
     (run / "config.resolved.yaml").write_text("\n".join(old) + "\n")
     preflight(cfg, 2)
-    (run / "config.resolved.yaml").write_text(dump_config(load_config(TrainConfig, RECIPE, [
-        f"output_dir={run}", f"data.path={dataset}", "data.train_on_prompt=true"])))
+    (run / "config.resolved.yaml").write_text(
+        dump_config(
+            load_config(TrainConfig, RECIPE, [f"output_dir={run}", f"data.path={dataset}", "data.train_on_prompt=true"])
+        )
+    )
     with pytest.raises(UserError, match="holds a different run"):
         preflight(cfg, 2)

@@ -1,6 +1,7 @@
 """The trainer's checks before any work, and the global batch per GPU count: a recipe with a typo, a batch that does
 not divide, a missing, half-built or foreign dataset, another run's output folder, an engine YAML DeepSpeed
 rejects; `alpaca-ds train` refusing before it starts the launcher."""
+
 from __future__ import annotations
 
 import subprocess
@@ -19,8 +20,11 @@ from helpers.training import ENV, RECIPE
 
 
 def recipe(dataset: Path, run: Path, *overrides: str) -> TrainConfig:
-    return load_config(TrainConfig, RECIPE, [f"output_dir={run}", f"data.path={dataset}",
-                                             f"model.tokenizer={ROOT / 'data' / 'tokenizer'}", *overrides])
+    return load_config(
+        TrainConfig,
+        RECIPE,
+        [f"output_dir={run}", f"data.path={dataset}", f"model.tokenizer={ROOT / 'data' / 'tokenizer'}", *overrides],
+    )
 
 
 def test_unknown_key_and_impossible_batch(dataset, tmp_path):
@@ -52,6 +56,7 @@ def test_output_dir_of_another_run_is_refused(dataset, tmp_path):
     cfg = recipe(dataset, run)
     preflight(cfg, 2)
     from alpaca_ds.config import dump_config
+
     (run / "config.resolved.yaml").write_text(dump_config(recipe(dataset, run, "optim.lr=0.5")))
     with pytest.raises(UserError, match="holds a different run"):
         preflight(cfg, 2)
@@ -60,9 +65,27 @@ def test_output_dir_of_another_run_is_refused(dataset, tmp_path):
 @pytest.mark.slow
 def test_train_command_fails_before_launching(dataset, tmp_path):
     start = time.time()
-    result = subprocess.run([sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus",
-                             "3", "--set", f"data.path={dataset}", "--set", f"output_dir={tmp_path}"],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpaca_ds.cli",
+            "train",
+            "--config",
+            str(RECIPE),
+            "--num-gpus",
+            "3",
+            "--set",
+            f"data.path={dataset}",
+            "--set",
+            f"output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a whole number of accumulation steps" in result.stderr and "deepspeed.launcher" not in result.stdout
     assert time.time() - start < 60
@@ -71,6 +94,7 @@ def test_train_command_fails_before_launching(dataset, tmp_path):
 @pytest.mark.parametrize("world", [1, 2, 4, 8, 16, 32])
 def test_global_batch_128_holds_for_any_gpu_count(world):
     from alpaca_ds.train.ds_config import build_ds_config
+
     cfg = load_config(TrainConfig, ROOT / "launch" / "recipes" / "alpaca_7b.yaml")
     ds = build_ds_config(cfg, world)
     assert ds["train_batch_size"] == 128
