@@ -36,6 +36,8 @@ setup(
         "scikit-learn>=1.9",
         # generate: the ROUGE-L index's compiled loops (a wheel; nothing is compiled at install)
         "numba>=0.60",
+        # config: deep merges and dotted `--set` updates (the schemas themselves are pydantic)
+        "omegaconf>=2.3",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
+from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from alpaca_ds.common.errors import UserError
@@ -21,6 +22,15 @@ from alpaca_ds.common.io import read_yaml_mapping
 
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SectionError(ValueError):
+    """Raised by a validator when a section of its config failed another schema (the quickstart's stage sections):
+    explained like the outer config's own errors, with the section's dotted prefix and that schema's valid keys."""
+
+    def __init__(self, prefix: str, schema: type[Schema], error: ValidationError):
+        super().__init__(f"{prefix}: {error}")
+        self.prefix, self.schema, self.error = prefix, schema, error
 
 
 def load_config(
@@ -34,12 +44,11 @@ def load_config(
     source = "built-in defaults"
     if path is not None:
         source = str(path)
-        loaded = read_yaml_mapping(path, "config")
-        data = _deep_merge(data, loaded)
+        data = merge(data, read_yaml_mapping(path, "config"))
     from_set: dict[str, str] = {}
     for item in overrides:
         key, value = _parse_override(item)
-        _set_dotted(data, key, value, item)
+        data = _set_dotted(data, key, value, item)
         from_set[key] = item
     try:
         return schema.model_validate(data)
@@ -52,11 +61,10 @@ def dump_config(config: Schema) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def merge(*mappings: dict) -> dict:
+    """Deep merge, later mappings winning (OmegaConf's merge; strings are kept as written, `${...}` included)."""
+    merged = OmegaConf.merge(*(OmegaConf.create(m) for m in mappings))
+    return OmegaConf.to_container(merged, resolve=False)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -74,15 +82,17 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(data: dict, key: str, value: Any, item: str) -> None:
-    node = data
+def _set_dotted(data: dict, key: str, value: Any, item: str) -> dict:
+    """`data` with the dotted `key` set (OmegaConf's update: a mapping value is merged into the section there)."""
     parts = key.split(".")
+    node: Any = data
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, dict):
             raise UserError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
+    config = OmegaConf.create(data)
+    OmegaConf.update(config, key, value, merge=True)
+    return OmegaConf.to_container(config, resolve=False)
 
 
 def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
@@ -102,18 +112,32 @@ def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _explain(schema: type[Schema], error: ValidationError, source: str, from_set: dict[str, str]) -> str:
+    lines = "\n  ".join(_problems(schema, error, source, from_set, ()))
+    return f"invalid {schema.__name__} configuration:\n  {lines}"
+
+
+def _problems(schema, error: ValidationError, source: str, from_set: dict[str, str], prefix: tuple) -> list[str]:
     lines = []
     for err in error.errors():
-        loc = tuple(p for p in err["loc"])
-        key = ".".join(str(p) for p in loc)
+        inner = err.get("ctx", {}).get("error")
+        if isinstance(inner, SectionError):  # a section checked against its own schema: its keys, with its prefix
+            section = (*prefix, *inner.prefix.split("."))
+            lines += _problems(inner.schema, inner.error, source, from_set, section)
+            continue
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in (*prefix, *loc))
         where = f"--set {from_set[key]!r}" if key in from_set else source
         if err["type"] == "extra_forbidden":
             valid = _fields_at(schema, loc)
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?" if near else ""
+            hint = f"; did you mean {'.'.join([*map(str, (*prefix, *loc[:-1])), near[0]])!r}?" if near else ""
             lines.append(f"{where}: unknown key {key!r}{hint} (valid keys here: {', '.join(valid)})")
         elif err["type"] == "missing":
             lines.append(f"{where}: missing value for {key!r}; set it in the file or with --set {key}=...")
+        elif not key:  # a check of the whole config: its message starts with the keys it is about
+            message = err["msg"].removeprefix("Value error, ")
+            named = [from_set[k] for k in message.partition(": ")[0].split(", ") if k in from_set]
+            lines.append(f"{f'--set {named[0]!r}' if named else where}: {message}")
         else:
             lines.append(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})")
-    return f"invalid {schema.__name__} configuration:\n  " + "\n  ".join(lines)
+    return lines

@@ -1,4 +1,10 @@
-"""The quickstart's configuration (`alpaca-ds quickstart`, launch/recipes/quickstart.yaml)."""
+"""The quickstart's configuration (`alpaca-ds quickstart`, launch/recipes/quickstart.yaml).
+
+Each step's section holds overrides of that stage's own config, the schema its command reads with `--config`
+(generate: GenerateConfig, data: DataBuildConfig, train: the recipe's TrainConfig, answer: AnswerConfig,
+judge: JudgeConfig). The quickstart sets the keys that tie the steps together (RUN_OWNED: folders, the local
+simulator's URL, the tokenizer the data was built with); a section that sets one is refused at load.
+"""
 
 from __future__ import annotations
 
@@ -6,65 +12,38 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from alpaca_ds.config import Schema, _deep_merge
+from alpaca_ds.common.io import read_yaml_mapping
+from alpaca_ds.config import Schema, SectionError, merge
+from alpaca_ds.dataset.config import DataBuildConfig
+from alpaca_ds.evaluate.config import AnswerConfig, JudgeConfig
+from alpaca_ds.generate.config import GenerateConfig
+from alpaca_ds.train.config import TrainConfig
+
+STAGES: dict[str, type[Schema]] = {
+    "generate": GenerateConfig,
+    "data": DataBuildConfig,
+    "train": TrainConfig,
+    "answer": AnswerConfig,
+    "judge": JudgeConfig,
+}
+# the keys the quickstart sets in each step's config, and what it sets them to
+RUN_OWNED: dict[str, dict[str, str]] = {
+    "generate": {"out_dir": "RUN/generated", "api.base_url": "the local simulator", "api.api_key_env": "none"},
+    "data": {"input": "RUN/generated/regen.json", "output": "RUN/tokenized"},
+    "train": {"output_dir": "RUN/run", "data.path": "RUN/tokenized", "model.tokenizer": "data.tokenizer"},
+    "answer": {"model": "RUN/export", "output": "RUN/eval/<generator>/", "generator": "quickstart-tiny"},
+    "judge": {
+        "a": "the eval set's own outputs",
+        "b": "the model's answers",
+        "out_dir": "RUN/eval/judge",
+        "api.base_url": "the local simulator",
+        "api.api_key_env": "none",
+    },
+}
 
 
-class QuickstartGenerateConfig(Schema):
-    """The quickstart's generation step: self-instruct against the local teacher simulator."""
-
-    seed_tasks: str = Field("seeds/seed_tasks.jsonl", description="seed tasks, self-instruct JSONL format")
-    num_instructions: int = Field(300, gt=0, description="accepted instructions to generate")
-    teacher_model: str = Field(
-        "gpt-3.5-turbo-instruct",
-        description="model name sent to the simulator; the "
-        "cost table prices the simulator's token counts as this model's",
-    )
-    budget_usd: float = Field(0.5, gt=0, description="hard budget of the generation, at teacher_model's price")
-    seed: int = Field(42, description="seed of the prompts (and of the simulator's answers)")
-    concurrency: int = Field(8, ge=1, le=1000, description="requests in flight at once")
-
-
-class QuickstartDataConfig(Schema):
-    """The quickstart's dataset build."""
-
-    tokenizer: str = Field(
-        "data/tokenizer", description="tokenizer folder (the small SentencePiece model shipped in data/tokenizer)"
-    )
-    max_length: int = Field(512, gt=1, description="truncation length in tokens")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of records hashed into validation")
-
-
-class QuickstartTrainConfig(Schema):
-    """The quickstart's training run: a recipe's model, batch and optimizer on the generated data."""
-
-    recipe: str = Field(
-        "launch/recipes/tiny.yaml",
-        description="training recipe (its model, batch, optim, "
-        "checkpoint and log sections are used; data, output and tokenizer come from the quickstart)",
-    )
-    ds_config: str = Field("ds_configs/zero3_bf16.yaml", description="DeepSpeed engine config")
-    ranks: int = Field(2, ge=1, description="CPU ranks started by the deepspeed launcher")
-    epochs: int = Field(3, gt=0, description="passes over the generated data")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-
-
-class QuickstartEvaluateConfig(Schema):
-    """The quickstart's evaluation: answers to held-out tasks and a judged win rate against their reference."""
-
-    eval_set: str = Field(
-        "data/sample/alpaca_sample.json",
-        description="Alpaca-format records never trained on "
-        "in the quickstart; their `output` is the reference the model is judged against",
-    )
-    tasks: int = Field(20, gt=0, description="the first N records of eval_set are answered and judged")
-    max_new_tokens: int = Field(128, gt=0, description="cap on an answer's length in tokens")
-    temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature of the answers; 0 = greedy")
-    judge_model: str = Field(
-        "gpt-4o-mini",
-        description="model name sent to the simulator's judge mode; the cost "
-        "table prices its token counts as this model's",
-    )
-    judge_budget_usd: float = Field(0.05, gt=0, description="hard budget of the judging, at judge_model's price")
+def _section(description: str):
+    return Field(default_factory=dict, description=description)
 
 
 class QuickstartConfig(Schema):
@@ -72,30 +51,78 @@ class QuickstartConfig(Schema):
 
     out_dir: str = Field(
         "runs/quickstart",
-        description="run directory: generated/, tokenized/, run/, export/, "
-        "eval/, configs/ and report.md; rerunning with it continues where it stopped",
+        description="run directory: generated/, tokenized/, run/, export/, eval/, configs/ and report.md; "
+        "rerunning with it continues where it stopped",
     )
-    generate: QuickstartGenerateConfig = QuickstartGenerateConfig()
-    data: QuickstartDataConfig = QuickstartDataConfig()
-    train: QuickstartTrainConfig = QuickstartTrainConfig()
-    evaluate: QuickstartEvaluateConfig = QuickstartEvaluateConfig()
+    ranks: int = Field(2, ge=1, description="CPU ranks the deepspeed launcher starts for training")
+    recipe: str = Field("launch/recipes/tiny.yaml", description="the training recipe; `train` overrides it")
+    generate: dict[str, Any] = _section("overrides of `alpaca-ds generate`'s config (GenerateConfig)")
+    data: dict[str, Any] = _section("overrides of `alpaca-ds data build`'s config (DataBuildConfig)")
+    train: dict[str, Any] = _section("overrides of the recipe (TrainConfig)")
+    answer: dict[str, Any] = _section("overrides of `alpaca-ds evaluate answer`'s config (AnswerConfig)")
+    judge: dict[str, Any] = _section("overrides of `alpaca-ds evaluate judge`'s config (JudgeConfig)")
     quick: dict[str, Any] = Field(
         default_factory=dict,
-        description="`--quick`: keys (in the sections above) that "
-        "replace the full run's, for a smaller variant such as CI's",
+        description="`--quick`: keys (in the sections above) that replace the full run's, for a smaller variant "
+        "such as CI's",
     )
 
     @model_validator(mode="after")
-    def _quick_valid(self):
+    def _valid(self):
+        # a bad key fails at load, not after the first steps have run
+        owned = [f"{name}.{key}" for name in STAGES for key in _keys(getattr(self, name)) if key in RUN_OWNED[name]]
+        if owned:
+            raise ValueError(
+                f"{', '.join(owned)}: set by the quickstart itself, to tie its steps together; remove "
+                f"{'them' if len(owned) > 1 else 'it'} (the stage configs it writes to RUN/configs/ show the values)"
+            )
+        self.stage_configs()
         if self.quick:
-            self.with_quick()  # a bad key under `quick` fails at load, not after the first steps have run
+            self.with_quick()
         return self
+
+    def stage_configs(self, owned: dict[str, dict] | None = None) -> dict[str, Schema]:
+        """Each step's config: its section over the stage's defaults (train: over the recipe), then the keys the
+        quickstart owns (`owned`, by step; None fills them with placeholders, to check the sections at load)."""
+        configs: dict[str, Schema] = {}
+        for name, schema in STAGES.items():
+            base = read_yaml_mapping(self.recipe, "training recipe") if name == "train" else {}
+            data = merge(base, getattr(self, name), owned[name] if owned is not None else _placeholders(name))
+            if name == "train":  # the model reads the tokenizer the data was built with
+                data = merge(data, {"model": {"tokenizer": configs["data"].tokenizer}})
+            try:
+                configs[name] = schema.model_validate(data)
+            except ValidationError as e:
+                raise SectionError(name, schema, e) from None
+        return configs
 
     def with_quick(self) -> QuickstartConfig:
         """This config with the `quick` section's values applied (and `quick` itself emptied)."""
-        data = _deep_merge(self.model_dump(mode="json", exclude={"quick"}), self.quick)
+        data = merge(self.model_dump(mode="json", exclude={"quick"}), self.quick)
         try:
             return QuickstartConfig.model_validate(data)
-        except ValidationError as e:
-            problems = "; ".join(f"quick.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ValueError(problems) from None
+        except ValidationError as e:  # explained as quick.<key>, with the valid keys there
+            raise SectionError("quick", QuickstartConfig, e) from None
+
+
+def _keys(section: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a section sets, sections included (`api` and `api.base_url`)."""
+    keys = []
+    for key, value in section.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _placeholders(name: str) -> dict:
+    """The run-owned keys of a step, each set to the description of its value (the tokenizer is derived)."""
+    tree: dict = {}
+    for key, what in RUN_OWNED[name].items():
+        *sections, last = key.split(".")
+        if key != "model.tokenizer":
+            node = tree
+            for part in sections:
+                node = node.setdefault(part, {})
+            node[last] = what
+    return tree

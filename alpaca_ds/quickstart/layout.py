@@ -8,38 +8,36 @@ from pathlib import Path
 
 import yaml
 
-from alpaca_ds.api.config import ApiConfig, BudgetConfig
 from alpaca_ds.common.io import atomic_write_bytes
-from alpaca_ds.config import Schema, dump_config, load_config
-from alpaca_ds.dataset.config import DataBuildConfig
-from alpaca_ds.evaluate.config import AnswerConfig, DecodingConfig, JudgeApiConfig, JudgeConfig
-from alpaca_ds.generate.config import GenerateConfig
+from alpaca_ds.config import Schema, dump_config
 from alpaca_ds.quickstart.config import QuickstartConfig
-from alpaca_ds.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "launch" / "recipes" / "quickstart.yaml"
 PATH_KEYS = (
+    ("recipe",),
     ("generate", "seed_tasks"),
     ("data", "tokenizer"),
-    ("train", "recipe"),
     ("train", "ds_config"),
-    ("evaluate", "eval_set"),
+    ("answer", "eval_set"),
 )
 STEPS = ("generate", "data", "train", "export", "answer", "judge")
 GENERATOR = "quickstart-tiny"  # the `generator` name of the model's answers
 REFERENCE = "reference"  # ... and of the eval set's own outputs
 HAND_PORT = 8765  # the teacher port the configs in configs/ name (by hand: teacher serve --port 8765)
+HAND_URL = f"http://127.0.0.1:{HAND_PORT}/v1"
 STATE = "quickstart.json"
 
 
 def default_config() -> dict:
     """launch/recipes/quickstart.yaml with its paths taken from the repository, so it runs from any directory."""
     data = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
-    for section, key in PATH_KEYS:
-        value = data.get(section, {}).get(key)
-        if value is not None and not Path(value).is_absolute():
-            data[section][key] = str(REPO / value)
+    for *sections, key in PATH_KEYS:
+        node = data
+        for part in sections:
+            node = node.get(part, {})
+        if node.get(key) is not None and not Path(node[key]).is_absolute():
+            node[key] = str(REPO / node[key])
     return data
 
 
@@ -74,64 +72,16 @@ class Paths:
 
 def stage_configs(cfg: QuickstartConfig, paths: Paths, base_url: str) -> dict[str, Schema]:
     """Each step's config, exactly as its command would load it (the teacher at `base_url`)."""
-    g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
-    generate = GenerateConfig(
-        out_dir=str(paths.generated),
-        num_instructions=g.num_instructions,
-        seed=g.seed,
-        concurrency=g.concurrency,
-        seed_tasks=g.seed_tasks,
-        api=ApiConfig(
-            base_url=base_url,
-            model=g.teacher_model,
-            mode="completions",
-            api_key_env=None,
-            timeout_s=30,
-            max_retries=5,
-            backoff_initial_s=0.2,
-        ),
-        budget=BudgetConfig(max_usd=g.budget_usd),
+    api = {"base_url": base_url, "api_key_env": None}
+    return cfg.stage_configs(
+        {
+            "generate": {"out_dir": str(paths.generated), "api": api},
+            "data": {"input": str(paths.generated / "regen.json"), "output": str(paths.tokenized)},
+            "train": {"output_dir": str(paths.run), "data": {"path": str(paths.tokenized)}},
+            "answer": {"model": str(paths.export), "output": str(paths.answers), "generator": GENERATOR},
+            "judge": {"a": str(paths.reference), "b": str(paths.answers), "out_dir": str(paths.judge), "api": api},
+        }
     )
-    data = DataBuildConfig(
-        input=str(paths.generated / "regen.json"),
-        output=str(paths.tokenized),
-        tokenizer=d.tokenizer,
-        max_length=d.max_length,
-        val_fraction=d.val_fraction,
-    )
-    train = load_config(
-        TrainConfig,
-        t.recipe,
-        [
-            f"output_dir={paths.run}",
-            f"data.path={paths.tokenized}",
-            f"model.tokenizer={d.tokenizer}",
-            f"ds_config={t.ds_config}",
-            f"optim.epochs={t.epochs}",
-            f"optim.max_steps={'null' if t.max_steps is None else t.max_steps}",
-        ],
-    )
-    answer = AnswerConfig(
-        model=str(paths.export),
-        eval_set=e.eval_set,
-        limit=e.tasks,
-        output=str(paths.answers),
-        generator=GENERATOR,
-        device="cpu",
-        decoding=DecodingConfig(temperature=e.temperature, max_new_tokens=e.max_new_tokens),
-    )
-    # discrete verdicts: the report counts the simulated judge's wins, losses and ties
-    judge = JudgeConfig(
-        a=str(paths.reference),
-        b=str(paths.answers),
-        out_dir=str(paths.judge),
-        mode="discrete",
-        api=JudgeApiConfig(
-            base_url=base_url, model=e.judge_model, api_key_env=None, timeout_s=30, max_retries=3, backoff_initial_s=0.2
-        ),
-        budget=BudgetConfig(max_usd=e.judge_budget_usd),
-    )
-    return {"generate": generate, "data": data, "train": train, "answer": answer, "judge": judge}
 
 
 _HEADERS = {
@@ -149,9 +99,9 @@ def write_hand_configs(cfg: QuickstartConfig, paths: Paths) -> dict[str, Path]:
     """configs/<step>.yaml: the configs of this run for running each step by hand (teacher on port 8765)."""
     paths.configs.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, config in stage_configs(cfg, paths, f"http://127.0.0.1:{HAND_PORT}/v1").items():
+    for name, config in stage_configs(cfg, paths, HAND_URL).items():
         path = paths.configs / f"{name}.yaml"
-        header = _HEADERS[name].format(path=path, port=HAND_PORT, ranks=cfg.train.ranks)
+        header = _HEADERS[name].format(path=path, port=HAND_PORT, ranks=cfg.ranks)
         text = (
             f"{header}\n# Written by `alpaca-ds quickstart` for the run in {paths.root}; the quickstart itself "
             "uses these settings with its own loopback port.\n" + dump_config(config)
@@ -166,12 +116,13 @@ def hand_commands(cfg: QuickstartConfig, paths: Paths, checkpoint: str | None = 
     """The commands that run each step by hand, with this run's paths."""
     c = paths.configs
     ckpt = checkpoint or str(paths.run / "checkpoints" / "step-NNNNNNNN")
+    generate = stage_configs(cfg, paths, HAND_URL)["generate"]
     return [
-        f"alpaca-ds teacher serve --port {HAND_PORT} --seeds {shlex.quote(cfg.generate.seed_tasks)} --seed "
-        f"{cfg.generate.seed} &   # the local teacher simulator (and judge)",
+        f"alpaca-ds teacher serve --port {HAND_PORT} --seeds {shlex.quote(generate.seed_tasks)} --seed "
+        f"{generate.seed} &   # the local teacher simulator (and judge)",
         f"alpaca-ds generate --config {c / 'generate.yaml'}",
         f"alpaca-ds data build --config {c / 'data.yaml'}",
-        f"DS_ACCELERATOR=cpu alpaca-ds train --config {c / 'train.yaml'} --num-gpus {cfg.train.ranks}",
+        f"DS_ACCELERATOR=cpu alpaca-ds train --config {c / 'train.yaml'} --num-gpus {cfg.ranks}",
         f"alpaca-ds export {ckpt} {paths.export}",
         f"alpaca-ds evaluate answer --config {c / 'answer.yaml'}",
         f"# the judge's other side, {paths.reference}: the eval tasks' own outputs (the quickstart writes it)",

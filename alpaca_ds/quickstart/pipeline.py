@@ -22,7 +22,6 @@ answers' partial file). A different configuration in the same run directory is r
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -36,13 +35,13 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.common.io import atomic_write_json
 from alpaca_ds.common.lock import exclusive
 from alpaca_ds.config import Schema
+from alpaca_ds.evaluate.config import AnswerConfig
 from alpaca_ds.quickstart.config import QuickstartConfig
 from alpaca_ds.quickstart.layout import (
     GENERATOR,
-    PATH_KEYS,
+    HAND_URL,
     REFERENCE,
     STEPS,
     Paths,
@@ -51,71 +50,7 @@ from alpaca_ds.quickstart.layout import (
     write_hand_configs,
 )
 from alpaca_ds.quickstart.report import write_report
-
-# ---------------------------------------------------------------------------------------------- the state file
-
-
-def _fingerprint(cfg: QuickstartConfig) -> dict:
-    data = cfg.model_dump(mode="json", exclude={"out_dir", "quick"})
-    for section, key in PATH_KEYS:
-        data[section][key] = str(Path(data[section][key]).expanduser().resolve())
-    return data
-
-
-def _diff_keys(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-class State:
-    """RUN/quickstart.json: the settings of the run and the steps it has finished."""
-
-    def __init__(self, paths: Paths, cfg: QuickstartConfig):
-        self.path = paths.state
-        fingerprint = _fingerprint(cfg)
-        if self.path.is_file():
-            self.data = json.loads(self.path.read_text())
-            if self.data.get("config") != fingerprint:
-                keys = ", ".join(_diff_keys(self.data.get("config") or {}, fingerprint)) or "?"
-                raise UserError(
-                    f"{paths.root} holds a quickstart run with other settings ({keys}); rerun it with "
-                    "the same ones to continue it, or pick another --out (or delete it to start over)"
-                )
-        else:
-            self.data = {"config": fingerprint, "steps": {}, "invocations": []}
-
-    def done(self, step: str) -> dict | None:
-        return self.data["steps"].get(step)
-
-    def forget_from(self, step: str) -> None:
-        for later in STEPS[STEPS.index(step) :]:
-            self.data["steps"].pop(later, None)
-
-    def finish(self, step: str, seconds: float, info: dict) -> None:
-        earlier = self.data.setdefault("interrupted", {}).pop(step, 0.0)
-        self.data["steps"][step] = {
-            "seconds": round(seconds + earlier, 2),
-            "interrupted_seconds": round(earlier, 2),
-            "finished": _now(),
-            **info,
-        }
-        self.save()
-
-    def interrupted(self, step: str, seconds: float) -> None:
-        """Time spent in a step that was interrupted (it continues in the next run; its total counts both)."""
-        spent = self.data.setdefault("interrupted", {})
-        spent[step] = round(spent.get(step, 0.0) + seconds, 2)
-        self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, self.data)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
+from alpaca_ds.quickstart.state import State, now
 
 # ---------------------------------------------------------------------------------------------- the steps
 
@@ -123,6 +58,7 @@ def _now() -> str:
 class Context:
     def __init__(self, cfg: QuickstartConfig, paths: Paths, hand: dict[str, Path], echo, stack: ExitStack):
         self.cfg, self.paths, self.hand, self.echo, self.stack = cfg, paths, hand, echo, stack
+        self.settings = stage_configs(cfg, paths, HAND_URL)  # each step's settings, as in configs/
         self._teacher = None
 
     @property
@@ -132,7 +68,7 @@ class Context:
             from alpaca_ds.simulator.local import LocalSimulator
 
             self._teacher = self.stack.enter_context(
-                LocalSimulator(self.cfg.generate.seed_tasks, seed=self.cfg.generate.seed)
+                LocalSimulator(self.settings["generate"].seed_tasks, seed=self.settings["generate"].seed)
             )
             self.echo(f"      local teacher simulator listening on {self._teacher.base_url}")
         return self._teacher
@@ -146,12 +82,12 @@ class Interrupted(Exception):
 
 
 def describe(step: str, ctx: Context) -> str:
-    cfg, p = ctx.cfg, ctx.paths
-    g, d, t, e = cfg.generate, cfg.data, cfg.train, cfg.evaluate
+    p, s = ctx.paths, ctx.settings
+    g, d, t, a = s["generate"], s["data"], s["train"], s["answer"]
     if step == "generate":
         return (
             f"generate: {g.num_instructions} instructions from {short(g.seed_tasks)} by the local teacher "
-            f"SIMULATOR, budget ${g.budget_usd:.2f} at {g.teacher_model} prices -> {p.generated}"
+            f"SIMULATOR, budget ${g.budget.max_usd:.2f} at {g.api.model} prices -> {p.generated}"
         )
     if step == "data":
         return (
@@ -159,17 +95,19 @@ def describe(step: str, ctx: Context) -> str:
             f"{d.max_length}, {d.val_fraction:.0%} validation) -> {p.tokenized}"
         )
     if step == "train":
-        stage = _zero_stage(t.ds_config)
+        stage, o = _zero_stage(t.ds_config), t.optim
         return (
-            f"train: {Path(t.recipe).stem} recipe, ZeRO-{stage} on {t.ranks} CPU ranks through the deepspeed "
-            f"launcher, {t.epochs} epochs" + (f" (at most {t.max_steps} steps)" if t.max_steps else "") + f" -> {p.run}"
+            f"train: {Path(ctx.cfg.recipe).stem} recipe, ZeRO-{stage} on {ctx.cfg.ranks} CPU ranks through the "
+            f"deepspeed launcher, {o.epochs} epochs"
+            + (f" (at most {o.max_steps} steps)" if o.max_steps else "")
+            + f" -> {p.run}"
         )
     if step == "export":
         return f"export: consolidate the last checkpoint of {p.run} into {p.export} and verify its logits"
     if step == "answer":
         return (
-            f"evaluate answer: {e.tasks} held-out tasks from {short(e.eval_set)} with {p.export} "
-            f"(at most {e.max_new_tokens} new tokens) -> {p.answers.parent}"
+            f"evaluate answer: {a.limit} held-out tasks from {short(a.eval_set)} with {p.export} "
+            f"(at most {a.decoding.max_new_tokens} new tokens) -> {p.answers.parent}"
         )
     return (
         f"evaluate judge: {GENERATOR} vs the tasks' reference outputs, both orders, by the simulator's judge "
@@ -192,7 +130,7 @@ def step_generate(ctx: Context) -> dict:
         raise Interrupted("generate")
     if result["exit_code"] != 0:
         raise UserError(
-            f"generate stopped: {result['message']} (raise generate.budget_usd with --set if the "
+            f"generate stopped: {result['message']} (raise generate.budget.max_usd with --set if the "
             "budget stopped it, then rerun)"
         )
     ctx.echo(
@@ -246,7 +184,7 @@ def step_train(ctx: Context) -> dict:
     started = time.time()
     config = ctx.hand["train"]
     # a free rendezvous port: another DeepSpeed job on this machine (a test, a second quickstart) may hold 29500
-    command = launcher_command(train_args(str(config)), num_gpus=cfg.train.ranks, master_port=free_port())
+    command = launcher_command(train_args(str(config)), num_gpus=cfg.ranks, master_port=free_port())
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONUNBUFFERED": "1"}
     ctx.echo(f"      + {shlex.join(command)}")
     ctx.echo(f"      (the launcher's full output: {ctx.paths.train_log})")
@@ -258,7 +196,7 @@ def step_train(ctx: Context) -> dict:
     after = comm_op_build()
     compiled = after is not None and after != before and after[1] >= started
     return {
-        "ranks": cfg.train.ranks,
+        "ranks": cfg.ranks,
         "compiled_comm_op": compiled,
         "compile_seconds": round(after[1] - max(after[0], started), 1) if compiled else 0.0,
     }
@@ -292,19 +230,19 @@ def _max_tensor_diff(a: Path, b: Path) -> float:
     return max((float((ta[k].float() - tb[k].float()).abs().max()) for k in ta), default=0.0)
 
 
-def write_reference(cfg: QuickstartConfig, paths: Paths) -> int:
+def write_reference(answer: AnswerConfig, paths: Paths) -> int:
     """The eval tasks' own outputs (written for the sample by people), as the reference model_outputs.json."""
     from alpaca_ds.common.jsonfile import read_all
     from alpaca_ds.evaluate.answers import write_outputs
     from alpaca_ds.evaluate.eval_sets import load_eval_set, output_record, set_path
 
-    path = set_path(cfg.evaluate.eval_set, ".")
-    items = load_eval_set(cfg.evaluate.eval_set, ".")[: cfg.evaluate.tasks]
-    records = [rec for _, rec in read_all(path, "eval set")][: cfg.evaluate.tasks]
+    path = set_path(answer.eval_set, ".")
+    items = load_eval_set(answer.eval_set, ".")[: answer.limit]
+    records = [rec for _, rec in read_all(path, "eval set")][: answer.limit]
     if any(not isinstance(r.get("output"), str) or not r["output"].strip() for r in records):
         raise UserError(
             f"{path}: the quickstart judges against the eval set's own `output`s; every one of the first "
-            f"{cfg.evaluate.tasks} records needs one"
+            f"{answer.limit} records needs one"
         )
     write_outputs(paths.reference, [output_record(i, r["output"], REFERENCE) for i, r in zip(items, records)])
     return len(records)
@@ -313,7 +251,7 @@ def write_reference(cfg: QuickstartConfig, paths: Paths) -> int:
 def step_answer(ctx: Context) -> dict:
     from alpaca_ds.evaluate import answers
 
-    n = write_reference(ctx.cfg, ctx.paths)
+    n = write_reference(ctx.settings["answer"], ctx.paths)
     result = answers.run(stage_configs(ctx.cfg, ctx.paths, "http://unused/v1")["answer"])
     ctx.echo(
         f"      {result['answers']} answers by {result['generator']} -> {result['output']}; {n} reference "
@@ -400,7 +338,7 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
         stop_leftover(paths.train_pid, str(paths.configs / "train.yaml"), say=echo)
         hand = write_hand_configs(cfg, paths)
         state.data["invocations"].append(
-            {"started": _now(), "quick": quick, "argv": sys.argv[1:], "cwd": os.getcwd(), "environment": environment()}
+            {"started": now(), "quick": quick, "argv": sys.argv[1:], "cwd": os.getcwd(), "environment": environment()}
         )
         state.save()
         echo(
@@ -431,7 +369,7 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
                 echo(f"      done in {seconds:.1f} s")
         seconds = time.monotonic() - started
         state.data["invocations"][-1].update(
-            {"finished": _now(), "seconds": round(seconds, 2), "ran": ran, "skipped": skipped}
+            {"finished": now(), "seconds": round(seconds, 2), "ran": ran, "skipped": skipped}
         )
         state.save()
         report = write_report(cfg, paths, state.data)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from alpaca_ds.common.io import atomic_write_bytes
-from alpaca_ds.quickstart.layout import GENERATOR, REFERENCE, STEPS, hand_commands, short
+from alpaca_ds.quickstart.layout import GENERATOR, HAND_URL, REFERENCE, STEPS, hand_commands, short, stage_configs
 from alpaca_ds.train.metrics import read_metrics
 
 ALPACA_SIZE = 52_002
@@ -81,6 +81,8 @@ def training_summary(run_dir: Path) -> dict:
 
 def write_report(cfg, paths, state: dict) -> Path:
     root = paths.root
+    settings = stage_configs(cfg, paths, HAND_URL)
+    train, answer = settings["train"], settings["answer"]
     steps = state["steps"]
     env = state["invocations"][-1]["environment"]
     stats = _json(paths.generated / "stats.json")
@@ -224,7 +226,7 @@ def write_report(cfg, paths, state: dict) -> Path:
         else f"`{model}`"
     )
     add(
-        f"Recipe `{Path(cfg.train.recipe).name}` ({arch}), engine `{Path(cfg.train.ds_config).name}`: ZeRO stage "
+        f"Recipe `{Path(cfg.recipe).name}` ({arch}), engine `{Path(train.ds_config).name}`: ZeRO stage "
         f"{tr['zero_stage']}, bf16 {'on' if tr['bf16'] else 'off'}, {steps['train'].get('ranks')} ranks started by the "
         f"deepspeed launcher; global batch {tr['global_batch']} = micro-batch {tr['micro']} × accumulation "
         f"{tr['accumulation']} × world {steps['train'].get('ranks')}; lr {tr['lr']:g}, cosine with warmup."
@@ -268,8 +270,8 @@ def write_report(cfg, paths, state: dict) -> Path:
     add("")
     add(
         f"`evaluate answer` wrote **{len(answers)}** answers of `export/` (generator `{GENERATOR}`, Alpaca's "
-        f"prompt template, temperature {cfg.evaluate.temperature:g}, at most {cfg.evaluate.max_new_tokens} new "
-        f"tokens) to the first {len(answers)} tasks of `{short(cfg.evaluate.eval_set)}`, never "
+        f"prompt template, temperature {answer.decoding.temperature:g}, at most {answer.decoding.max_new_tokens} new "
+        f"tokens) to the first {len(answers)} tasks of `{short(answer.eval_set)}`, never "
         f"trained on here; the reference (`{REFERENCE}`) is those tasks' own outputs. The judge (the simulator's "
         "judge mode, asked in both orders to cancel position bias) preferred:"
     )

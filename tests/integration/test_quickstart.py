@@ -105,6 +105,7 @@ def state_of(out: Path) -> dict:
 def check_report(out: Path, report: str, quick: bool) -> None:
     cfg = load_config(QuickstartConfig, None, [], defaults=layout.default_config())
     cfg = cfg.with_quick() if quick else cfg
+    settings = cfg.stage_configs()
     stats = json.loads((out / "generated" / "stats.json").read_text())
     cost = json.loads((out / "generated" / "cost.json").read_text())
     manifest = json.loads((out / "tokenized" / "manifest.json").read_text())
@@ -117,7 +118,7 @@ def check_report(out: Path, report: str, quick: bool) -> None:
     state = state_of(out)
 
     # generation: counts, every rejection reason, the cost table
-    assert stats["accepted"] == stats["target"] == cfg.generate.num_instructions
+    assert stats["accepted"] == stats["target"] == settings["generate"].num_instructions
     assert (
         f"**{stats['accepted']}/{stats['target']}** instructions accepted from {stats['candidates']['parsed']} "
         "parsed candidates" in report
@@ -133,7 +134,7 @@ def check_report(out: Path, report: str, quick: bool) -> None:
         f"| {stats['requests']['attempts']} |",
     ):
         assert number in generate_row, (number, generate_row)
-    assert 0 < cost["spent_usd"] <= cfg.generate.budget_usd
+    assert 0 < cost["spent_usd"] <= settings["generate"].budget.max_usd
     judge_row = next(line for line in report.splitlines() if line.startswith("| judge | gpt-4o-mini"))
     for number in (
         f"{judge_cost['prompt_tokens']:,}",
@@ -144,7 +145,7 @@ def check_report(out: Path, report: str, quick: bool) -> None:
 
     # dataset
     c = manifest["counts"]
-    assert c["records"] == cfg.generate.num_instructions
+    assert c["records"] == settings["generate"].num_instructions
     assert f"{c['records']} records -> {c['examples']} examples" in report
     for name, split in manifest["splits"].items():
         assert f"| {name} | {split['examples']} | {split['tokens']:,} |" in report
@@ -159,7 +160,7 @@ def check_report(out: Path, report: str, quick: bool) -> None:
     assert rows[-1]["loss"] < rows[0]["loss"], "the tiny model learns something"
     assert "![loss curve](run/loss.png)" in report
     assert (out / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"ZeRO stage 3, bf16 on, {cfg.train.ranks} ranks" in report
+    assert f"ZeRO stage 3, bf16 on, {cfg.ranks} ranks" in report
 
     # export: verified, and equal to the trainer's own export
     export = state["steps"]["export"]
@@ -167,7 +168,7 @@ def check_report(out: Path, report: str, quick: bool) -> None:
     assert f"max |difference| **{export['logits_max_diff']:.3g}**" in report
 
     # evaluation
-    assert len(answers) == len(reference) == len(annotations) == cfg.evaluate.tasks
+    assert len(answers) == len(reference) == len(annotations) == settings["answer"].limit
     assert [a["instruction"] for a in answers] == [r["instruction"] for r in reference]
     assert {a["generator"] for a in answers} == {"quickstart-tiny"}
     assert all(a["preference"] in (1, 2, 1.5) for a in annotations), "the simulator's judge gave a verdict"

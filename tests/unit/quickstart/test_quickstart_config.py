@@ -13,29 +13,62 @@ import yaml
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
-from alpaca_ds.quickstart import layout, pipeline
+from alpaca_ds.quickstart import layout
 from alpaca_ds.quickstart.config import QuickstartConfig
+from alpaca_ds.quickstart.state import State
 from alpaca_ds.train.config import TrainConfig
 from helpers.paths import ROOT
 
 
-def test_quick_variant_and_config_errors(tmp_path):
-    cfg = load_config(QuickstartConfig, None, [], defaults=layout.default_config())
+def _load(*overrides: str) -> QuickstartConfig:
+    return load_config(QuickstartConfig, None, list(overrides), defaults=layout.default_config())
+
+
+def test_quick_variant_and_the_state_file(tmp_path):
+    cfg = _load()
     quick = cfg.with_quick()
-    assert (cfg.generate.num_instructions, cfg.evaluate.tasks, cfg.train.ranks) == (300, 20, 2)
-    assert quick.generate.num_instructions < cfg.generate.num_instructions and quick.quick == {}
-    assert all(Path(getattr(getattr(cfg, s), k)).is_absolute() for s, k in layout.PATH_KEYS)
-    with pytest.raises(UserError, match="quick.train.epoch"):
-        load_config(QuickstartConfig, None, ["quick={train: {epoch: 2}}"], defaults=layout.default_config())
+    full, small = cfg.stage_configs(), quick.stage_configs()
+    assert (full["generate"].num_instructions, full["answer"].limit, full["train"].optim.epochs) == (300, 20, 3)
+    assert (small["generate"].num_instructions, small["answer"].limit, small["train"].optim.epochs) == (120, 8, 2)
+    assert small["answer"].decoding.temperature == full["answer"].decoding.temperature and quick.quick == {}
+    assert all(Path(full[s].model_dump()[k]).is_absolute() for s, k in layout.PATH_KEYS[1:])
     # another configuration in the same run directory is refused, naming what differs
     paths = layout.Paths(tmp_path / "run")
-    pipeline.State(paths, cfg).save()
-    with pytest.raises(UserError, match="generate.num_instructions"):
-        pipeline.State(paths, quick)
+    State(paths, cfg).save()
+    with pytest.raises(UserError, match=r"other settings \(answer.decoding.max_new_tokens, answer.limit, "):
+        State(paths, quick)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # a step's section is checked against that stage's own schema, with its keys and did-you-mean
+        (
+            "generate.num_instruction=5",
+            "--set 'generate.num_instruction=5': unknown key 'generate.num_instruction'; did you mean "
+            "'generate.num_instructions'?",
+        ),
+        (
+            "train.optim.epochs=abc",
+            "--set 'train.optim.epochs=abc': train.optim.epochs: Input should be a valid integer",
+        ),
+        (
+            "quick={train: {optim: {epoch: 2}}}",
+            "unknown key 'quick.train.optim.epoch'; did you mean 'quick.train.optim.epochs'?",
+        ),
+        # the keys that tie the steps together are the quickstart's own
+        ("judge.api.base_url=http://x/v1", "judge.api.base_url: set by the quickstart itself"),
+        ("generate={out_dir: /tmp/g}", "generate.out_dir: set by the quickstart itself"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(UserError) as error:
+        _load(override)
+    assert message in str(error.value)
 
 
 def test_every_step_has_its_config_for_running_it_by_hand(tmp_path):
-    cfg = load_config(QuickstartConfig, None, [f"out_dir={tmp_path / 'qs'}"], defaults=layout.default_config())
+    cfg = _load(f"out_dir={tmp_path / 'qs'}")
     paths = layout.Paths(cfg.out_dir)
     written = layout.write_hand_configs(cfg, paths)
     assert set(written) == {"generate", "data", "train", "answer", "judge"}
