@@ -8,6 +8,7 @@ prompts.py          prompts from seeds (prompt.txt), parsing the teacher's answe
 filters.py          Alpaca's filters
 rouge.py            exact ROUGE-L de-duplication (rouge_kernels.py: its compiled loops)
 processor.py        answers -> accepted records, strictly in request order
+backlog.py          the processing thread: answers processed behind the requests, in order, bounded memory
 rundir.py           the run directory: ledger, accepted.jsonl, regen.json, stats, cost
 online.py, batch.py the two transports
 dryrun.py           the dry run: requests, tokens, dollars
