@@ -23,13 +23,11 @@ answers' partial file). A different configuration in the same run directory is r
 from __future__ import annotations
 
 import os
-import platform
 import shlex
 import signal
 import sys
 import time
 from contextlib import ExitStack
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -50,7 +48,7 @@ from alpaca_ds.quickstart.layout import (
     write_hand_configs,
 )
 from alpaca_ds.quickstart.report import write_report
-from alpaca_ds.quickstart.state import State, now
+from alpaca_ds.quickstart.state import State, environment, now
 
 # ---------------------------------------------------------------------------------------------- the steps
 
@@ -301,25 +299,6 @@ def _on_sigterm(handler) -> None:
         signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
     except ValueError:
         pass
-
-
-def environment() -> dict:
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "python": platform.python_version(),
-        "alpaca-ds": version("alpaca-ds"),
-        "torch": version("torch"),
-        "deepspeed": version("deepspeed"),
-        "transformers": version("transformers"),
-    }
 
 
 def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:

@@ -1,9 +1,13 @@
-"""RUN/quickstart.json: the settings a quickstart run is held to, the steps it has finished, and its invocations."""
+"""RUN/quickstart.json: the settings a quickstart run is held to, the steps it has finished, and its invocations
+(each with the machine and package versions it ran on)."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
+from importlib import metadata
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
@@ -77,3 +81,22 @@ class State:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def environment() -> dict:
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "alpaca-ds": version("alpaca-ds"),
+        "torch": version("torch"),
+        "deepspeed": version("deepspeed"),
+        "transformers": version("transformers"),
+    }
