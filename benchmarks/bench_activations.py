@@ -8,7 +8,7 @@ backward with labels (the loss transformers computes, as alpaca-ds's loop does),
 bytes allocated during that step from torch's profiler (`profile_memory=True`; "Total Allocated" of the
 allocator events, which starts at zero when profiling starts). The parameters and their gradients exist before
 the step (a warm-up step allocates the gradients), so the peak is activations and transients only: the quantity
-`alpaca_ds.cluster.plan.activation_bytes` models. On CPU, sdpa runs the flash kernel as CUDA does (no
+`alpaca_ds.cluster.memory.activation_bytes` models. On CPU, sdpa runs the flash kernel as CUDA does (no
 attention matrix kept); a GPU adds allocator rounding, which the plan's reserve covers.
 """
 
@@ -91,7 +91,7 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from alpaca_ds.cluster.plan import Dims, activation_bytes
+    from alpaca_ds.cluster.memory import Dims, activation_bytes
 
     if not args.json:
         print(

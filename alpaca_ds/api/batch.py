@@ -23,16 +23,12 @@ whole, are returned for a later wave, each at most api.max_retries times, then g
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
 
+from alpaca_ds.api.batch_wire import BatchWire
 from alpaca_ds.api.budget import Cost
-from alpaca_ds.api.calls import backoff_delay
-from alpaca_ds.api.client import ApiClient, Outcome
-from alpaca_ds.common.errors import UserError
 
 TERMINAL = ("completed", "expired", "failed", "cancelled")
 
@@ -50,8 +46,8 @@ class Part:
     counts: dict = field(default_factory=dict)
 
 
-class BatchTransport:
-    """The parts of one ledger; `submit` new requests, `wait` for parts to end."""
+class BatchTransport(BatchWire):
+    """The parts of one ledger; `submit` new requests, `wait` for parts to end (the calls: batch_wire.py)."""
 
     def __init__(
         self,
@@ -61,18 +57,14 @@ class BatchTransport:
         logit_bias: dict[str, int] | None = None,
         metadata: dict | None = None,
     ):
+        super().__init__(runner.api, runner.key, prompts_of, stop, logit_bias)
         self.r = runner
-        self.prompts_of = prompts_of  # key -> the request's prompts
         self.led = runner.ledger
-        self.api = runner.api
         self.cfg = runner.api.batch
-        self.stop, self.logit_bias = stop, logit_bias
         self.metadata = {k: str(v)[:500] for k, v in (metadata or {}).items()}
-        self.client = ApiClient(self.api, runner.key)
         self.parts: dict[str, Part] = {}
         self.retry: set = set()  # keys whose line failed or expired, to send again
         self.given_up: set = set()
-        self._jitter = random.Random()  # timing only
         self._recover()
 
     def _recover(self) -> None:
@@ -101,53 +93,7 @@ class BatchTransport:
         """Keys in parts not yet ended."""
         return {k for p in self.parts.values() for k in p.keys}
 
-    async def check_endpoints(self) -> None:
-        """Refuse a server without the Batch API before anything is uploaded or spent."""
-        import openai
-
-        try:
-            await self.client.openai.batches.list(limit=1)
-        except openai.NotFoundError:
-            raise UserError(
-                f"api.base_url {self.api.base_url} serves no Batch API (/v1/batches answered 404): set "
-                "api.transport: online, or use a server that has /v1/files and /v1/batches"
-            ) from None
-        except openai.APIStatusError as e:
-            if e.status_code in (401, 403):
-                raise UserError(
-                    f"api.base_url {self.api.base_url} refused the key ({e.status_code}); check ${self.api.api_key_env}"
-                ) from None
-            raise
-
-    async def close(self) -> None:
-        await self.client.close()
-
-    async def _call(self, what: str, make):
-        """One Batch API call, retried on the failures a retry can mend (connection, timeout, 429, 5xx) with the
-        online backoff: a batch runs for hours, and a hiccup while polling it must not end the run."""
-        import openai
-
-        for attempt in range(1, self.api.max_retries + 2):
-            try:
-                return await make()
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
-                if attempt > self.api.max_retries:
-                    raise UserError(
-                        f"the Batch API failed {attempt} times to {what} ({self.client.scrub(str(e))}); "
-                        "rerun the same command to continue where it stopped"
-                    ) from None
-                await asyncio.sleep(backoff_delay(self.api, attempt, None, self._jitter))
-
     # ---- submitting -------------------------------------------------------------------------------------------
-
-    def _line(self, key) -> bytes:
-        url, body = self.client.request(self.prompts_of(key), self.stop, self.logit_bias)
-        return (
-            json.dumps({"custom_id": str(key), "method": "POST", "url": url, "body": body}, ensure_ascii=False).encode(
-                "utf-8"
-            )
-            + b"\n"
-        )
 
     async def submit(self, keys_wanted: list) -> int:
         """Submit requests (by key) in as many parts as the file limits need, each only once its worst case at
@@ -223,16 +169,6 @@ class BatchTransport:
         """The input file of a part whose upload a kill interrupted: the same lines again."""
         return b"".join(self._line(k) for k in p.keys)
 
-    async def _find_batch(self, file_id: str, since: float):
-        """The batch created for `file_id` by a run killed before it could record it, if any (the list is newest
-        first: it is looked through back to shortly before the file was uploaded)."""
-        async for b in self.client.openai.batches.list(limit=100):
-            if b.input_file_id == file_id:
-                return b
-            if b.created_at < since - 600:
-                break
-        return None  # (an error here fails the caller's attempt, which _call retries)
-
     # ---- collecting -------------------------------------------------------------------------------------------
 
     async def resume(self, create: bool = True) -> None:
@@ -290,12 +226,6 @@ class BatchTransport:
             f"${self.r.budget.reserved_usd:.4f} reserved, ${self.r.budget.spent_usd:.4f} spent",
         )
 
-    async def _lines(self, file_id: str | None) -> list[dict]:
-        if not file_id:
-            return []
-        content = await self._call("download a file", lambda: self.client.openai.files.content(file_id))
-        return [json.loads(x) for x in content.text.splitlines() if x.strip()]
-
     async def _settle(self, p: Part, b) -> None:
         """Every line of an ended batch into the ledger (its usage at the batch price), then its end."""
         got = {}
@@ -332,26 +262,6 @@ class BatchTransport:
         await self.led.journal.commit({"t": "batch_end", "n": p.n, "status": status})
         del self.parts[p.n]
 
-    def _outcome(self, line: dict | None, status: str, num_prompts: int) -> Outcome:
-        if line is None:  # the batch failed or was cancelled before answering it
-            return Outcome(
-                "cancelled" if status == "cancelled" else f"batch_{status}",
-                error=f"the batch {status} without answering it",
-            )
-        resp, err = line.get("response"), line.get("error")
-        if resp and resp.get("status_code") == 200:
-            return self.client.parse(json.dumps(resp["body"]), num_prompts)
-        if err:
-            return Outcome(
-                "expired" if err.get("code") == "batch_expired" else "batch_error",
-                error=self.client.scrub(f"{err.get('code')}: {err.get('message')}"),
-            )
-        return Outcome(
-            "server_error",
-            http=resp.get("status_code") if resp else None,
-            error=self.client.scrub(json.dumps(resp)[:300] if resp else "no response"),
-        )
-
     async def cancel(self) -> int:
         """Cancel every part still running at the API; returns how many."""
         import openai
@@ -380,50 +290,3 @@ class BatchTransport:
                 f"{len(self.parts)} batches are still running at the API (they are paid when they finish): "
                 "rerun the same command to collect them, or add --cancel-batches to cancel them"
             )
-
-
-async def run_keyed(
-    runner, jobs: list, prompts_of, on_answer, metadata: dict | None = None, cancel: bool = False
-) -> None:
-    """`evaluate`'s requests through the Batch API: every job's request (keyed by what it asks, as online, so
-    the ledger serves both transports), in waves as the budget allows, failed lines again first; then
-    `on_answer(job, choices)` for every job the ledger has answered."""
-    from alpaca_ds.api.runner import request_key
-
-    keyed: dict = {}
-    for job in jobs:
-        keyed.setdefault(request_key(runner.api, prompts_of(job), None), []).append(job)
-    prompts = {k: prompts_of(js[0]) for k, js in keyed.items()}
-    led = runner.ledger
-    async with runner:
-        # a request of an earlier run's batch that this run does not ask (its inputs changed) is still settled,
-        # when cancelled: one prompt, as every keyed request has
-        t = BatchTransport(runner, lambda k: prompts.get(k, [""]), metadata=metadata)
-        foreign = t.pending - set(keyed)
-        if foreign and not cancel:
-            await t.close()
-            raise UserError(
-                f"{led.path}: batches of an earlier run hold {len(foreign)} requests this run does not "
-                "ask (were the inputs or --limit changed?); rerun with the same inputs to collect them, "
-                "or add --cancel-batches to cancel them"
-            )
-        try:
-            await t.check_endpoints()
-            await t.resume(create=not cancel)
-            while not runner.stopping and not cancel:
-                todo = [k for k in keyed if k not in led.ok and k not in t.pending and k not in t.given_up]
-                todo.sort(key=lambda k: k not in t.retry)  # failed lines first: their pairs are half paid for
-                t.retry.clear()
-                if todo and await t.submit(todo) == 0 and not t.parts:
-                    runner.stop("budget", runner.budget_message(runner.worst_case(prompts[todo[0]])))
-                if not t.parts:
-                    break
-                await t.wait()
-            await t.finish(cancel)
-        finally:
-            await t.close()
-    for k, js in keyed.items():
-        if k in led.ok:
-            for job in js:
-                on_answer(job, led.ok[k])
-    runner.end_failures()

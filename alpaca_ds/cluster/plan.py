@@ -3,9 +3,8 @@
     alpaca-ds plan --config launch/recipes/alpaca_7b.yaml --nodes 1 --gpus-per-node 8
     alpaca-ds plan --config launch/recipes/alpaca_13b.yaml --nodes 2 --gpus-per-node 8 --gpu A100-40GB --json
 
-Nothing is downloaded: the architecture comes from the recipe's `model.init_config`, a local model folder's
-config.json, `--arch` (a preset name or a config.json), or a preset matched by hub id (presets.py); the model is
-built on the meta device to count its parameters exactly.
+Nothing is downloaded: arch.py finds the architecture and counts its parameters; workload.py counts the steps,
+tokens and FLOPs; this module sizes memory per engine and GPU and puts the plan together (plan_table.py prints it).
 
 Memory per GPU = model states + activations + ZeRO buffers + a reserve.
 - Model states (parameters, gradients, optimizer states): DeepSpeed's own estimators, term by term
@@ -44,18 +43,11 @@ number would read, to compare a run against its plan. Offload's extra PCIe and C
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-from alpaca_ds.cluster import alpaca_lengths
+from alpaca_ds.cluster.arch import Arch, resolve_arch
 from alpaca_ds.cluster.memory import (
     DS_BUFFER_FACTOR,
-    Dims,
     activation_bytes,
     lora_model_states,
     lora_shape,
@@ -63,7 +55,8 @@ from alpaca_ds.cluster.memory import (
     zero2_model_states,
     zero3_model_states,
 )
-from alpaca_ds.cluster.presets import ALIASES, ARCHS, GPUS, PAD_ADDED, Gpu
+from alpaca_ds.cluster.presets import GPUS, Gpu
+from alpaca_ds.cluster.workload import dataset_lengths, workload
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.train.config import TrainConfig
 
@@ -105,174 +98,6 @@ def model_states(
             cpu, gpu = zero2_model_states(total_params, gpus_per_node, nodes, opt)
         out[key] = {"label": label, "gpu_bytes": gpu, "cpu_bytes_per_node": cpu}
     return out
-
-
-# ---------------------------------------------------------------- the model's architecture
-
-
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    source: str
-    config: dict
-    vocab_size: int
-    vocab_note: str
-    total_params: int
-    largest_layer_params: int
-    largest_layer: str
-    matmul_params: int  # all but the input embedding (a lookup); with tied embeddings, all
-
-    @property
-    def dims(self) -> Dims:
-        c = self.config
-        return Dims(
-            c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"], self.vocab_size
-        )
-
-
-def count_params(config: dict) -> tuple[int, int, str, int]:
-    """(total, largest layer, its name, matmul params) of the causal LM built from `config` on the meta device.
-
-    Largest layer as DeepSpeed's model_to_params: the module with the most parameters of its own; shared
-    parameters counted once (by identity: meta tensors have no storage to tell them apart).
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    kwargs = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "torch_dtype")}
-    hf_config = AutoConfig.for_model(kwargs.pop("model_type", "llama"), **kwargs)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
-    total = sum({id(p): p.numel() for p in model.parameters()}.values())
-    largest, name = 0, ""
-    for module_name, module in model.named_modules():
-        n = sum(p.numel() for p in module.parameters(recurse=False))
-        if n > largest:
-            largest, name = n, module_name
-    embedding = model.get_input_embeddings().weight
-    output = model.get_output_embeddings()
-    tied = output is not None and output.weight is embedding
-    return total, largest, name, total - (0 if tied else embedding.numel())
-
-
-def resolve_arch(cfg: TrainConfig, arch: str | None = None, dataset_vocab: int | None = None) -> Arch:
-    """The architecture the run trains, without downloading anything."""
-    if arch is not None:
-        if arch.lower() in ARCHS:
-            name, source, config = arch.lower(), f"--arch {arch} (preset)", dict(ARCHS[arch.lower()])
-        else:
-            path = Path(arch)
-            path = path / "config.json" if path.is_dir() else path
-            if not path.is_file():
-                raise UserError(f"--arch {arch}: neither a preset ({', '.join(ARCHS)}) nor a config.json")
-            name, source, config = arch, f"--arch {path}", _read_config(path)
-    elif cfg.model.init_config is not None:
-        name, source = "model.init_config", "the recipe's model.init_config (random init)"
-        config = {"model_type": "llama", **cfg.model.init_config}
-    else:
-        model = cfg.model.name_or_path
-        local = Path(model).expanduser() / "config.json"
-        if local.is_file():
-            name, source, config = model, f"{local}", _read_config(local)
-        elif model.lower() in ALIASES:
-            name = ALIASES[model.lower()]
-            source, config = f"model.name_or_path {model} = preset {name}", dict(ARCHS[name])
-        else:
-            raise UserError(
-                f"model.name_or_path {model!r}: no local config.json and no preset for it; pass its "
-                f"architecture with --arch (a preset: {', '.join(ARCHS)}; or a config.json)"
-            )
-    base_vocab = config["vocab_size"]
-    if dataset_vocab is not None:
-        vocab, note = dataset_vocab, f"{dataset_vocab:,} from the dataset's tokenizer ({base_vocab:,} in the config)"
-    elif name in PAD_ADDED:
-        vocab = base_vocab + PAD_ADDED[name]
-        note = f"{vocab:,} = {base_vocab:,} + {PAD_ADDED[name]} added ([PAD], as Alpaca adds it)"
-    else:
-        vocab, note = base_vocab, f"{base_vocab:,} (no dataset to say which tokens it adds)"
-    config = {**config, "vocab_size": vocab}
-    total, largest, layer, matmul = count_params(config)
-    return Arch(name, source, config, vocab, note, total, largest, layer, matmul)
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable config.json ({e})") from None
-    missing = [
-        k
-        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-        if k not in config
-    ]
-    if missing:
-        raise UserError(f"{path}: a LLaMA-style config needs {', '.join(missing)}")
-    return config
-
-
-# ---------------------------------------------------------------- the workload
-
-
-def dataset_lengths(cfg: TrainConfig, dataset: str | None) -> tuple[np.ndarray, str, dict | None]:
-    """Example lengths of the training split, the manifest when a dataset is built, else Alpaca's distribution."""
-    from alpaca_ds.dataset.shards import TokenizedDataset
-
-    folder = Path(dataset or cfg.data.path)
-    if (folder / "manifest.json").is_file():
-        ds = TokenizedDataset(folder, "train")
-        return np.asarray(ds.lengths, dtype=np.int64), f"{folder} (manifest)", ds.manifest
-    if dataset is not None:
-        raise UserError(f"--dataset {dataset}: no manifest.json (not a built dataset)")
-    lengths = np.repeat(
-        np.arange(alpaca_lengths.SHORTEST, alpaca_lengths.SHORTEST + len(alpaca_lengths.COUNTS)), alpaca_lengths.COUNTS
-    )
-    return lengths, f"{folder} not built: assuming {alpaca_lengths.SOURCE}", None
-
-
-def workload(cfg: TrainConfig, lengths: np.ndarray, world: int, micro: int, accum: int, arch: Arch) -> dict:
-    """Steps, tokens and FLOPs of the run, from the sampler's own batches for this world size (epoch 0)."""
-    from alpaca_ds.dataset.sampler import MicroBatchSampler
-
-    # One rank of micro x world rows per micro-step and accumulation `accum` draws the same global rows as
-    # `world` ranks of `micro`: rank r's micro-batch is rows [r*micro, (r+1)*micro) of each.
-    sampler = MicroBatchSampler(
-        lengths,
-        micro * world,
-        world_size=1,
-        rank=0,
-        seed=cfg.data.seed,
-        mode=cfg.data.batching,
-        pack_length=cfg.data.pack_length,
-        accumulation=accum,
-    )
-    d = arch.dims
-    real = slots = flops = 0.0
-    longest = 0
-    for step_rows in sampler.epoch_batches(0):
-        row_lengths = np.array([int(lengths[row].sum()) for row in step_rows]).reshape(world, micro)
-        padded = row_lengths.max(axis=1)  # each rank pads its micro-batch to its longest row
-        real += row_lengths.sum()
-        slots += float((padded * micro).sum())
-        flops += float((padded * micro * (6 * arch.matmul_params + 12 * d.layers * d.hidden * padded)).sum())
-        longest = max(longest, int(padded.max()))
-    steps_per_epoch = len(sampler.epoch_batches(0)) // accum
-    total_steps = min(cfg.optim.epochs * steps_per_epoch, cfg.optim.max_steps or math.inf)
-    scale = total_steps / steps_per_epoch
-    if cfg.model.gradient_checkpointing:
-        flops *= 4 / 3  # the forward runs twice
-    if cfg.model.lora is not None:
-        flops *= 2 / 3  # frozen weights need no weight gradients: forward 2N + input gradients 2N of 6N
-    return {
-        "examples": int(len(lengths)),
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": int(total_steps),
-        "epochs": round(scale, 4),
-        "real_tokens": int(real * scale),
-        "computed_tokens": int(slots * scale),
-        "padding_efficiency": round(real / slots, 4),
-        "longest_row": longest,
-        "flops": flops * scale,
-    }
 
 
 # ---------------------------------------------------------------- the plan

@@ -161,7 +161,7 @@ class Judge:
 
     async def _main(self, runner: Runner, jobs: list, prompts_of, on_answer) -> None:
         if self.cfg.api.transport == "batch":
-            from alpaca_ds.api.batch import run_keyed
+            from alpaca_ds.api.batch_waves import run_keyed
 
             await run_keyed(
                 runner,

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 from alpaca_ds.cluster import alpaca_lengths
-from alpaca_ds.cluster.plan import ENGINES, GIB, Dims, activation_bytes, count_params, make_plan, resolve_arch, workload
+from alpaca_ds.cluster.arch import count_params, resolve_arch
+from alpaca_ds.cluster.memory import Dims, activation_bytes
+from alpaca_ds.cluster.plan import ENGINES, GIB, make_plan
 from alpaca_ds.cluster.presets import ARCHS
+from alpaca_ds.cluster.workload import workload
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 from alpaca_ds.train.config import TrainConfig
