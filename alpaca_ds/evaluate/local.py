@@ -221,21 +221,14 @@ class LocalModel:
             yield final[len(sent) :]
         yield Answer(final, reason, len(ids), used, truncated)
 
-    async def astream(
-        self,
-        prompt: str,
-        decoding: DecodingConfig,
-        max_new_tokens: int | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-    ) -> AsyncIterator[str | Answer]:
-        """stream() on a worker thread, for an event loop that keeps serving other requests meanwhile."""
+    async def astream(self, *args, **kwargs) -> AsyncIterator[str | Answer]:
+        """stream(*args, **kwargs) on a worker thread, for an event loop that keeps serving other requests meanwhile."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
         def work():
             try:
-                for piece in self.stream(prompt, decoding, max_new_tokens, stop, seed):
+                for piece in self.stream(*args, **kwargs):
                     loop.call_soon_threadsafe(queue.put_nowait, piece)
             except BaseException as e:  # noqa: BLE001 - raised in the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, e)
