@@ -12,15 +12,17 @@ from alpaca_ds.commands.options import SET
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 
-
-@click.command("train")
-@click.option(
+RECIPE = click.option(
     "--config",
     "config_path",
     required=True,
     type=click.Path(dir_okay=False),
     help="Recipe YAML (launch/recipes/*.yaml).",
 )
+
+
+@click.command("train")
+@RECIPE
 @SET
 @click.option("--num-gpus", default=1, show_default=True, help="Processes (GPUs, or CPU ranks) on this machine.")
 def train_command(config_path, overrides, num_gpus):
@@ -60,13 +62,7 @@ def cluster_options(f):
 
 
 @click.command("launch")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Recipe YAML (launch/recipes/*.yaml).",
-)
+@RECIPE
 @SET
 @cluster_options
 @click.option(
@@ -125,13 +121,7 @@ def launch_command(
 
 
 @click.command("plan")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Recipe YAML (launch/recipes/*.yaml).",
-)
+@RECIPE
 @SET
 @cluster_options
 @click.option("--arch", help="Architecture: a preset (llama-7b, llama-13b, ...) or a config.json / model folder.")
