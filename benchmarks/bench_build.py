@@ -107,9 +107,10 @@ def measure(fn, *args):
 
 
 def run_build(cfg) -> dict:
+    """The manifest of the build."""
     from alpaca_ds.dataset.build import run
 
-    return run(cfg)
+    return run(cfg).manifest
 
 
 def check_equal(baseline: dict, folder: Path) -> str:

@@ -74,7 +74,7 @@ if __name__ == "__main__":
     poller = threading.Thread(target=poll_workers, args=(peaks, stop), daemon=True)
     poller.start()
     t = time.perf_counter()
-    manifest = run(cfg)
+    manifest = run(cfg).manifest
     wall = time.perf_counter() - t
     stop.set()
     poller.join()

@@ -40,12 +40,7 @@ def evaluate_answer(config_path, overrides, model, eval_set, output):
         }
     )
     cfg = load_config(AnswerConfig, config_path, (*extra, *overrides))
-    result = answers.run(cfg)
-    note = f"; {result['prompts_truncated']} prompts cut to fit the model" if result["prompts_truncated"] else ""
-    click.echo(
-        f"wrote {result['output']}: {result['answers']} answers by {result['generator']} "
-        f"({result['answered_now']} generated now, {result['resumed']} from an earlier run{note})"
-    )
+    click.echo(answers.run(cfg).summary())
 
 
 @evaluate_group.command("reference")
@@ -85,27 +80,7 @@ def evaluate_judge(config_path, overrides, a_path, b_path, out_dir, cancel_batch
     from alpaca_ds.evaluate.config import JudgeConfig
 
     cfg = load_config(JudgeConfig, config_path, (*flags(a=a_path, b=b_path, out_dir=out_dir), *overrides))
-    result = judge.run(cfg, cancel_batches=cancel_batches)
-    cost = result["cost"]
-    line = (
-        f"{result['judged']}/{result['pairs']} pairs judged in {result['out_dir']} (annotations.json, winrate.md); "
-        f"{result['calls']} calls now, {result['from_ledger']} from the ledger; spent ${cost['spent_usd']:.4f} "
-        f"of ${cfg.budget.max_usd:g}"
-    )
-    if result["report"] is not None:
-        o = result["report"]["overall"]
-        wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.2f}%"
-        se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.2f}"
-        line += f"; win rate of {result['report']['generator_2']}: {wr} ± {se}"
-        lc = result["report"]["length_controlled"]
-        line += f", length-controlled {lc['win_rate']:.2f}%" if "win_rate" in lc else f" (no LC: {lc['skipped']})"
-    calls = result["judge"]["calls_by_source"]
-    if result["judge"]["mode"] == "weighted" and calls.get("verdict"):
-        line += (
-            f"; {calls['verdict']} of {sum(calls.values())} calls had no log-probabilities for m/M and fell "
-            "back to the verdict"
-        )
-    finish(result, line)
+    finish(judge.run(cfg, cancel_batches=cancel_batches))
 
 
 @evaluate_group.command("winrate")
@@ -122,12 +97,11 @@ def evaluate_winrate(annotations, config_path, overrides, out_dir, difficulty, g
     from alpaca_ds.evaluate.config import WinrateConfig
 
     extra = flags(annotations=annotations, out=out_dir, difficulty=difficulty, gamed=gamed)
-    rep, md, js = winrate.run(load_config(WinrateConfig, config_path, (*extra, *overrides)))
-    click.echo(winrate.markdown(rep), nl=False)
-    warning = rep["length_controlled"].get("warning")
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(f"wrote {md} and {js}", err=True)
+    result = winrate.run(load_config(WinrateConfig, config_path, (*extra, *overrides)))
+    click.echo(winrate.markdown(result.report), nl=False)
+    if result.warning:
+        click.echo(f"warning: {result.warning}", err=True)
+    click.echo(result.summary(), err=True)
 
 
 @evaluate_group.command("human")

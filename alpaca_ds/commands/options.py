@@ -27,11 +27,12 @@ def flags(**values) -> tuple[str, ...]:
     return tuple(f"{key}={value}" for key, value in values.items() if value is not None)
 
 
-def finish(result: dict, line: str) -> None:
-    """End a run that can stop early (generate, evaluate judge): its summary, why it stopped, its exit status."""
-    if result["exit_code"] == 0:
-        click.echo(f"done: {line}")
+def finish(result) -> None:
+    """End a run that can stop early (generate, evaluate judge): its summary, why it stopped, its exit status.
+    `result`: a stage's result, with `exit_code`, `message` and `summary()`."""
+    if result.exit_code == 0:
+        click.echo(f"done: {result.summary()}")
     else:
-        click.echo(f"stopped: {result['message']}", err=True)
-        click.echo(line, err=True)
-    sys.exit(result["exit_code"])
+        click.echo(f"stopped: {result.message}", err=True)
+        click.echo(result.summary(), err=True)
+    sys.exit(result.exit_code)

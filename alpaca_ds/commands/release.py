@@ -20,8 +20,7 @@ def release_diff(base, tuned, out):
 
     from alpaca_ds.release.weights import make_diff
 
-    index = make_diff(Path(base), Path(tuned), Path(out))
-    click.echo(f"wrote {out}: {len(index['tensors'])} tensors, tuned weights sha256 {index['sha256']}")
+    click.echo(make_diff(Path(base), Path(tuned), out).summary())
 
 
 @release_group.command("recover")
@@ -34,10 +33,7 @@ def release_recover(base, diff_dir, out):
 
     from alpaca_ds.release.weights import recover
 
-    index = recover(Path(base), Path(diff_dir), Path(out))
-    click.echo(
-        f"recovered {out}: {len(index['tensors'])} tensors, bit-identical to the tuned model (sha256 {index['sha256']})"
-    )
+    click.echo(recover(Path(base), Path(diff_dir), out).summary())
 
 
 @release_group.command("card")
@@ -56,12 +52,7 @@ def release_card(run_dir, evals, out):
 
     from alpaca_ds.release.cards import write_cards
 
-    chain = write_cards(Path(run_dir), Path(out or run_dir), [Path(e) for e in evals])
-    bad = [name for name, ok in chain["checks"].items() if not ok]
-    click.echo(
-        f"wrote MODEL_CARD.md and DATA_CARD.md in {out or run_dir}"
-        + (f"; WARNING: {', '.join(bad)}: no" if bad else "")
-    )
+    click.echo(write_cards(Path(run_dir), out or run_dir, [Path(e) for e in evals]).summary())
 
 
 @release_group.command("pack")

@@ -16,6 +16,7 @@ import uuid
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,8 +46,35 @@ def default_config() -> dict:
     return {**cfg, "input": str(REPO / cfg["input"]), "tokenizer": str(REPO / cfg["tokenizer"])}
 
 
-def run(cfg: DataBuildConfig) -> dict:
-    """Build the dataset described by `cfg` and return its manifest."""
+@dataclass(frozen=True)
+class BuildResult:
+    """A built dataset: where it is and its manifest (manifest.json's content)."""
+
+    output: str
+    manifest: dict
+    exit_code: int = 0
+
+    @property
+    def counts(self) -> dict:
+        return self.manifest["counts"]
+
+    def splits(self) -> str:
+        """'train N examples / T tokens, validation ...'"""
+        return ", ".join(
+            f"{n} {s['examples']} examples / {s['tokens']} tokens" for n, s in self.manifest["splits"].items()
+        )
+
+    def summary(self) -> str:
+        c, m = self.counts, self.manifest
+        return (
+            f"built {self.output}: {c['records']} records -> {self.splits()}; truncated {c['truncated']}, "
+            f"dropped {c['dropped_overlength']}, invalid skipped {c['invalid_skipped']} "
+            f"({m['seconds']} s, tokenizer via {m['tokenizer']['encoder']})"
+        )
+
+
+def run(cfg: DataBuildConfig) -> BuildResult:
+    """Build the dataset described by `cfg`; the result holds its manifest."""
     started = time.time()
     is_url = cfg.input.startswith(("https://", "http://"))
     source = fetch(cfg.input, cfg.sha256, cfg.download_dir) if is_url else Path(cfg.input)
@@ -131,7 +159,7 @@ def run(cfg: DataBuildConfig) -> dict:
     for old in out.glob("build-*"):  # earlier builds, now unreferenced
         if old != build_dir:
             shutil.rmtree(old, ignore_errors=True)
-    return manifest
+    return BuildResult(cfg.output, manifest)
 
 
 @contextmanager

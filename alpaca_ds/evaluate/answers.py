@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_ds.api.config import ApiConfig
@@ -62,7 +63,26 @@ def provenance_path(outputs: Path) -> Path:
     return outputs.with_name(outputs.stem + ".provenance.json")
 
 
-def run(cfg: AnswerConfig) -> dict:
+@dataclass(frozen=True)
+class AnswerResult:
+    output: str  # the model_outputs.json written
+    answers: int
+    generator: str
+    answered_now: int
+    resumed: int  # answers from an earlier run (its partial file, or the call ledger)
+    prompts_truncated: int = 0
+    cost: dict | None = None  # an endpoint's spend (its cost report)
+    exit_code: int = 0
+
+    def summary(self) -> str:
+        note = f"; {self.prompts_truncated} prompts cut to fit the model" if self.prompts_truncated else ""
+        return (
+            f"wrote {self.output}: {self.answers} answers by {self.generator} "
+            f"({self.answered_now} generated now, {self.resumed} from an earlier run{note})"
+        )
+
+
+def run(cfg: AnswerConfig) -> AnswerResult:
     items = load_eval_set(cfg.eval_set, cfg.data_dir)
     if cfg.limit:
         items = items[: cfg.limit]
@@ -81,7 +101,7 @@ def _bar(cfg: AnswerConfig, total: int, initial: int, desc: str):
 # A local exported folder
 
 
-def _run_local(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
+def _run_local(cfg: AnswerConfig, items: list[EvalItem]) -> AnswerResult:
     from alpaca_ds.evaluate.local import LocalModel, check_folder, model_name
 
     check_folder(cfg.model)
@@ -130,14 +150,7 @@ def _run_local(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
     records = [output_record(item, done[i], generator) for i, item in enumerate(items)]
     write_outputs(output, records, str(Path(cfg.model).expanduser().resolve()), cfg)
     partial.unlink(missing_ok=True)
-    return {
-        "output": str(output),
-        "answers": len(records),
-        "generator": generator,
-        "answered_now": len(todo),
-        "resumed": len(items) - len(todo),
-        "prompts_truncated": truncated,
-    }
+    return AnswerResult(str(output), len(records), generator, len(todo), len(items) - len(todo), truncated)
 
 
 def _weights_stamp(folder: str) -> str:
@@ -225,7 +238,7 @@ async def served_model(base_url: str, key: str | None, timeout: float = 30.0) ->
     return names[0]
 
 
-def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
+def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> AnswerResult:
     from alpaca_ds.api.client import api_key
     from alpaca_ds.api.ledger import CallLedger
     from alpaca_ds.api.runner import Runner
@@ -268,12 +281,4 @@ def _run_endpoint(cfg: AnswerConfig, items: list[EvalItem]) -> dict:
         )
     records = [output_record(item, answers[i], generator) for i, item in enumerate(items)]
     write_outputs(output, records, cfg.model, cfg)
-    return {
-        "output": str(output),
-        "answers": len(records),
-        "generator": generator,
-        "answered_now": runner.calls,
-        "resumed": runner.cached,
-        "cost": cost,
-        "prompts_truncated": 0,
-    }
+    return AnswerResult(str(output), len(records), generator, runner.calls, runner.cached, cost=cost)

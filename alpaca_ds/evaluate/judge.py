@@ -43,6 +43,7 @@ import json
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -117,6 +118,45 @@ def default_out_dir(pairs: list[Pair]) -> Path:
     return Path("eval") / "judge" / f"{safe(pairs[0].generator_2)}-vs-{safe(pairs[0].generator_1)}"
 
 
+@dataclass(frozen=True)
+class JudgeResult:
+    out_dir: str
+    pairs: int
+    judged: int
+    no_verdict_replies: int
+    judge: dict  # {mode, calls_by_source, no_verdict}
+    calls: int  # answered by the API in this run
+    from_ledger: int
+    interrupted_before: int
+    cost: dict  # cost.json's content
+    report: dict | None  # winrate.json's content; None when no pair is judged
+    stop_reason: str | None
+    message: str
+    max_usd: float  # the budget
+    exit_code: int  # 0 all pairs judged, 3 budget, 4 failed calls, 5 key/model refused, 130 interrupted
+
+    def summary(self) -> str:
+        line = (
+            f"{self.judged}/{self.pairs} pairs judged in {self.out_dir} (annotations.json, winrate.md); "
+            f"{self.calls} calls now, {self.from_ledger} from the ledger; spent ${self.cost['spent_usd']:.4f} "
+            f"of ${self.max_usd:g}"
+        )
+        if self.report is not None:
+            o = self.report["overall"]
+            wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.2f}%"
+            se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.2f}"
+            line += f"; win rate of {self.report['generator_2']}: {wr} ± {se}"
+            lc = self.report["length_controlled"]
+            line += f", length-controlled {lc['win_rate']:.2f}%" if "win_rate" in lc else f" (no LC: {lc['skipped']})"
+        calls = self.judge["calls_by_source"]
+        if self.judge["mode"] == "weighted" and calls.get("verdict"):
+            line += (
+                f"; {calls['verdict']} of {sum(calls.values())} calls had no log-probabilities for m/M and fell "
+                "back to the verdict"
+            )
+        return line
+
+
 class Judge:
     def __init__(self, cfg: JudgeConfig, cancel_batches: bool = False):
         self.cfg = cfg
@@ -134,7 +174,7 @@ class Judge:
         a, b = (pair.output_1, pair.output_2) if order == 0 else (pair.output_2, pair.output_1)
         return render(self.template, pair.instruction, a, b)
 
-    def run(self) -> dict:
+    def run(self) -> JudgeResult:
         lock = exclusive(self.out, "alpaca-ds evaluate judge")
         try:
             ledger = CallLedger(self.out / "calls.jsonl", "k")
@@ -189,7 +229,7 @@ class Judge:
         orders = "both orders" if self.orders == 2 else "one order"
         return f"alpaca-ds judge ({self.api.model}, {self.cfg.mode}, {orders})"
 
-    def _write(self, runner, replies: dict) -> dict:
+    def _write(self, runner, replies: dict) -> JudgeResult:
         annotations = []
         sources: Counter = Counter()  # calls by what their preference was read from
         no_verdict = 0
@@ -224,26 +264,27 @@ class Judge:
                 for side, f in (("output_1", self.cfg.a), ("output_2", self.cfg.b))
             }
             winrate.write_report(rep, self.out)
-        return {
-            "out_dir": str(self.out),
-            "pairs": len(self.pairs),
-            "judged": len(annotations),
-            "no_verdict_replies": no_verdict,
-            "judge": judged_by,
-            "calls": runner.calls,
-            "from_ledger": runner.cached,
-            "interrupted_before": runner.ledger.interrupted,
-            "cost": cost,
-            "report": rep,
-            "stop_reason": runner.stop_reason,
-            "message": runner.message,
-            "exit_code": runner.exit_code,
-        }
+        return JudgeResult(
+            out_dir=str(self.out),
+            pairs=len(self.pairs),
+            judged=len(annotations),
+            no_verdict_replies=no_verdict,
+            judge=judged_by,
+            calls=runner.calls,
+            from_ledger=runner.cached,
+            interrupted_before=runner.ledger.interrupted,
+            cost=cost,
+            report=rep,
+            stop_reason=runner.stop_reason,
+            message=runner.message,
+            max_usd=self.cfg.budget.max_usd,
+            exit_code=runner.exit_code,
+        )
 
 
 def _first(choices: list[dict] | None) -> dict | None:
     return choices[0] if choices else None
 
 
-def run(cfg: JudgeConfig, cancel_batches: bool = False) -> dict:
+def run(cfg: JudgeConfig, cancel_batches: bool = False) -> JudgeResult:
     return Judge(cfg, cancel_batches).run()

@@ -22,6 +22,7 @@ with AlpacaEval 2.0's length-controlled win rate beside the raw one (lc_winrate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_ds.common.errors import UserError
@@ -207,7 +208,23 @@ def with_length_control(annotations: list[dict], source: str = "", difficulty=No
     return report(annotations, source, lc_winrate.length_controlled(annotations, raw, difficulty, gamed))
 
 
-def run(cfg: WinrateConfig) -> tuple[dict, Path, Path]:
+@dataclass(frozen=True)
+class WinrateResult:
+    report: dict  # winrate.json's content
+    markdown_path: Path
+    json_path: Path
+    exit_code: int = 0
+
+    @property
+    def warning(self) -> str | None:
+        """The length-controlled win rate's caveat, if it has one."""
+        return self.report["length_controlled"].get("warning")
+
+    def summary(self) -> str:
+        return f"wrote {self.markdown_path} and {self.json_path}"
+
+
+def run(cfg: WinrateConfig) -> WinrateResult:
     """`alpaca-ds evaluate winrate PATH`: read, compute raw and length-controlled win rates, write winrate.md +
     winrate.json (beside PATH by default)."""
     path = Path(cfg.annotations)
@@ -215,5 +232,4 @@ def run(cfg: WinrateConfig) -> tuple[dict, Path, Path]:
     difficulty = lc_winrate.read_difficulty(cfg.difficulty, annotations) if cfg.difficulty else None
     gamed = lc_winrate.read_gamed(cfg.gamed, difficulty is not None, cfg.gamed_weight) if cfg.gamed else None
     rep = with_length_control(annotations, str(path), difficulty, gamed)
-    md, js = write_report(rep, Path(cfg.out) if cfg.out else path.parent)
-    return rep, md, js
+    return WinrateResult(rep, *write_report(rep, Path(cfg.out) if cfg.out else path.parent))

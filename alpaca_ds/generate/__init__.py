@@ -1,7 +1,7 @@
 """Self-instruct generation on top of the API layer (alpaca_ds.api); never evaluate, no torch.
 
 config.py           GenerateConfig, FilterConfig
-run.py              `alpaca-ds generate`: the entry point
+run.py              `alpaca-ds generate`: the entry point (result.py: what it returns, its summary line)
 setup.py            checks and the pieces a run needs
 seeds.py            seed tasks (self-instruct format)
 prompts.py          prompts from seeds (prompt.txt), parsing the teacher's answers

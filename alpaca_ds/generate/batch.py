@@ -26,6 +26,7 @@ from alpaca_ds.api.progress import Progress
 from alpaca_ds.api.runner import Runner
 from alpaca_ds.generate.dryrun import expected_per_request
 from alpaca_ds.generate.processor import process_in_order
+from alpaca_ds.generate.result import GenerateResult
 from alpaca_ds.generate.rundir import RunDir
 
 
@@ -127,7 +128,7 @@ class BatchGenerator:
                 await t.close()
                 self._process()
 
-    def run(self) -> dict:
+    def run(self) -> GenerateResult:
         try:
             asyncio.run(self._main())
         finally:

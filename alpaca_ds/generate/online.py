@@ -22,6 +22,7 @@ from alpaca_ds.api.progress import Progress
 from alpaca_ds.api.runner import Runner
 from alpaca_ds.generate.backlog import Backlog
 from alpaca_ds.generate.dryrun import expected_per_request
+from alpaca_ds.generate.result import GenerateResult
 from alpaca_ds.generate.rundir import RunDir
 
 
@@ -272,7 +273,7 @@ class OnlineGenerator:
             # of the cyclic GC's reach, whose full passes over a growing heap otherwise stall the event loop.
             gc.freeze()
 
-    def run(self) -> dict:
+    def run(self) -> GenerateResult:
         try:
             asyncio.run(self._main())
         finally:

@@ -17,11 +17,12 @@ from __future__ import annotations
 from alpaca_ds.generate.config import GenerateConfig
 from alpaca_ds.generate.dryrun import dry_run, format_dry_run  # noqa: F401 - the command's other entry
 from alpaca_ds.generate.processor import Processor, alpaca_record, process_in_order  # noqa: F401
+from alpaca_ds.generate.result import GenerateResult
 from alpaca_ds.generate.rundir import ACCEPTED, LEDGER, RunDir  # noqa: F401
 from alpaca_ds.generate.setup import prepare
 
 
-def run(cfg: GenerateConfig, cancel_batches: bool = False) -> dict:
+def run(cfg: GenerateConfig, cancel_batches: bool = False) -> GenerateResult:
     """Generate until num_instructions are accepted (or the budget, max_requests or a signal stops it).
     `cancel_batches` (batch transport): cancel the batches an earlier run left running, collect what they
     answered, and stop."""

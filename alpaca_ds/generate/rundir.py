@@ -24,6 +24,7 @@ from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
 from alpaca_ds.common.journal import Journal, read_jsonl
 from alpaca_ds.common.lock import exclusive
 from alpaca_ds.generate.processor import Processor, alpaca_record, process_in_order
+from alpaca_ds.generate.result import GenerateResult
 from alpaca_ds.generate.setup import Setup, diff_keys
 
 LEDGER = "responses.jsonl"
@@ -158,7 +159,7 @@ class RunDir:
             atomic_write_bytes(self.out / "regen.json", (json.dumps(regen, indent=4) + "\n").encode("utf-8"))
         return stats, cost
 
-    def conclude(self, runner, answered: dict, this_run: dict) -> dict:
+    def conclude(self, runner, answered: dict, this_run: dict) -> GenerateResult:
         """The end of a run, whatever stopped it: deliver what was answered (`finish`), write the reports and
         regen.json, and say how it ended."""
         self.finish(answered)
@@ -173,16 +174,17 @@ class RunDir:
                 f" {self.skipped} requests sent but never answered were skipped; every answered one is "
                 "in regen.json, and a rerun completes the gaps."
             )
-        return {
-            "stop_reason": runner.stop_reason,
-            "message": message.strip(),
-            "accepted": len(self.proc.accepted),
-            "target": self.cfg.num_instructions,
-            "out_dir": str(self.out),
-            "stats": stats,
-            "cost": cost,
-            "exit_code": runner.exit_code,
-        }
+        return GenerateResult(
+            stop_reason=runner.stop_reason,
+            message=message.strip(),
+            accepted=len(self.proc.accepted),
+            target=self.cfg.num_instructions,
+            out_dir=self.cfg.out_dir,
+            stats=stats,
+            cost=cost,
+            max_usd=self.cfg.budget.max_usd,
+            exit_code=runner.exit_code,
+        )
 
     def close(self) -> None:
         self.ledger.close()

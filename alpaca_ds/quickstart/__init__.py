@@ -4,5 +4,6 @@ config.py    QuickstartConfig: per step, overrides of that stage's own config; t
 layout.py    the run directory's paths, each step's stage config, the hand commands
 state.py     RUN/quickstart.json: the settings a run is held to and the steps it has finished
 pipeline.py  the steps and their resume
+result.py    what a quickstart returns, its summary line
 report.py    report.md from the run's own files
 """

@@ -48,6 +48,7 @@ from alpaca_ds.quickstart.layout import (
     write_hand_configs,
 )
 from alpaca_ds.quickstart.report import write_report
+from alpaca_ds.quickstart.result import QuickstartResult
 from alpaca_ds.quickstart.state import State, environment, now
 
 # ---------------------------------------------------------------------------------------------- the steps
@@ -124,28 +125,27 @@ def step_generate(ctx: Context) -> dict:
     from alpaca_ds.generate import run as gen
 
     result = gen.run(ctx.configs()["generate"])
-    if result["exit_code"] == 130:
+    if result.exit_code == 130:
         raise Interrupted("generate")
-    if result["exit_code"] != 0:
+    if result.exit_code != 0:
         raise UserError(
-            f"generate stopped: {result['message']} (raise generate.budget.max_usd with --set if the "
+            f"generate stopped: {result.message} (raise generate.budget.max_usd with --set if the "
             "budget stopped it, then rerun)"
         )
     ctx.echo(
-        f"      {result['accepted']}/{result['target']} instructions accepted, "
-        f"{result['stats']['requests']['succeeded']} requests, ${result['cost']['spent_usd']:.4f} at "
-        f"{result['cost']['model']} prices"
+        f"      {result.accepted}/{result.target} instructions accepted, "
+        f"{result.stats['requests']['succeeded']} requests, ${result.cost['spent_usd']:.4f} at "
+        f"{result.cost['model']} prices"
     )
-    return {"accepted": result["accepted"], "teacher": ctx.teacher.base_url}
+    return {"accepted": result.accepted, "teacher": ctx.teacher.base_url}
 
 
 def step_data(ctx: Context) -> dict:
     from alpaca_ds.dataset import build
 
-    manifest = build.run(ctx.configs()["data"])
-    splits = ", ".join(f"{n} {s['examples']} examples / {s['tokens']} tokens" for n, s in manifest["splits"].items())
-    ctx.echo(f"      {manifest['counts']['records']} records -> {splits}")
-    return {"examples": manifest["counts"]["examples"]}
+    result = build.run(ctx.configs()["data"])
+    ctx.echo(f"      {result.counts['records']} records -> {result.splits()}")
+    return {"examples": result.counts["examples"]}
 
 
 def extensions_dir() -> Path:
@@ -252,28 +252,27 @@ def step_answer(ctx: Context) -> dict:
     n = write_reference(ctx.settings["answer"], ctx.paths)
     result = answers.run(stage_configs(ctx.cfg, ctx.paths, "http://unused/v1")["answer"])
     ctx.echo(
-        f"      {result['answers']} answers by {result['generator']} -> {result['output']}; {n} reference "
+        f"      {result.answers} answers by {result.generator} -> {result.output}; {n} reference "
         f"outputs -> {ctx.paths.reference}"
     )
-    return {"answers": result["answers"]}
+    return {"answers": result.answers}
 
 
 def step_judge(ctx: Context) -> dict:
     from alpaca_ds.evaluate import judge
 
     result = judge.run(ctx.configs()["judge"])
-    if result["exit_code"] == 130:
+    if result.exit_code == 130:
         raise Interrupted("judge")
-    if result["exit_code"] != 0 or result["report"] is None:
-        raise UserError(f"evaluate judge stopped: {result['message'] or 'no pair judged'}; rerun to continue")
-    o = result["report"]["overall"]
+    if result.exit_code != 0 or result.report is None:
+        raise UserError(f"evaluate judge stopped: {result.message or 'no pair judged'}; rerun to continue")
+    o = result.report["overall"]
     wr = "n/a" if o["win_rate"] is None else f"{o['win_rate']:.1f}%"
     se = "n/a" if o["standard_error"] is None else f"{o['standard_error']:.1f}"
     ctx.echo(
-        f"      {result['judged']}/{result['pairs']} pairs judged; win rate of {GENERATOR} over the reference: "
-        f"{wr} ± {se}"
+        f"      {result.judged}/{result.pairs} pairs judged; win rate of {GENERATOR} over the reference: {wr} ± {se}"
     )
-    return {"judged": result["judged"]}
+    return {"judged": result.judged}
 
 
 STEP_FUNCS = {
@@ -301,8 +300,8 @@ def _on_sigterm(handler) -> None:
         pass
 
 
-def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
-    """Run (or continue) the quickstart in cfg.out_dir; returns {exit_code, message, report, seconds, ran, skipped}."""
+def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> QuickstartResult:
+    """Run (or continue) the quickstart in cfg.out_dir."""
     paths = Paths(cfg.out_dir)
     started = time.monotonic()
     lock = exclusive(paths.root, "alpaca-ds quickstart")
@@ -352,31 +351,19 @@ def run(cfg: QuickstartConfig, echo=print, quick: bool = False) -> dict:
         )
         state.save()
         report = write_report(cfg, paths, state.data)
-        echo(
-            f"report: {report} ({seconds:.0f} s{' this time' if skipped else ''}; "
-            f"{sum(s['seconds'] for s in state.data['steps'].values()):.0f} s over the steps)"
-        )
-        return {
-            "exit_code": 0,
-            "message": "",
-            "report": str(report),
-            "seconds": seconds,
-            "ran": ran,
-            "skipped": skipped,
-        }
+        step_seconds = sum(s["seconds"] for s in state.data["steps"].values())
+        result = QuickstartResult(0, "", str(report), seconds, ran, skipped, step_seconds)
+        echo(result.summary())
+        return result
     except (KeyboardInterrupt, Interrupted):
         if current is not None and state is not None:
             state.interrupted(current, time.monotonic() - t0)
         where = f" during {current}" if current else ""
-        return {
-            "exit_code": 130,
-            "message": f"interrupted{where}; rerun the same command to continue (finished "
-            f"steps are kept, and {current or 'the step'} continues where it stopped)",
-            "report": None,
-            "seconds": time.monotonic() - started,
-            "ran": ran,
-            "skipped": skipped,
-        }
+        message = (
+            f"interrupted{where}; rerun the same command to continue (finished "
+            f"steps are kept, and {current or 'the step'} continues where it stopped)"
+        )
+        return QuickstartResult(130, message, None, time.monotonic() - started, ran, skipped)
     finally:
         _on_sigterm(previous_sigterm)
         lock.release()

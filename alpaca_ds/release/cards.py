@@ -21,6 +21,7 @@ import yaml
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, sha256_file
 from alpaca_ds.common.provenance import PROVENANCE
+from alpaca_ds.release.result import CardsResult
 from alpaca_ds.train.metrics import read_metrics
 
 ALPACA_DATA_SHA256 = "2eddafc6b977608d778aaab8dfc7e50e547b3af9826dfb9e909d9fc362e4a419"
@@ -247,12 +248,12 @@ def data_card(chain: dict) -> str:
     return "\n".join(lines)
 
 
-def write_cards(run_dir: Path, out: Path, evals: list[Path] = ()) -> dict:
-    chain = read_chain(run_dir, evals)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "MODEL_CARD.md", model_card(chain).encode())
-    atomic_write_bytes(out / "DATA_CARD.md", data_card(chain).encode())
-    return chain
+def write_cards(run_dir: Path, out: Path | str, evals: list[Path] = ()) -> CardsResult:
+    chain, folder = read_chain(run_dir, evals), Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "MODEL_CARD.md", model_card(chain).encode())
+    atomic_write_bytes(folder / "DATA_CARD.md", data_card(chain).encode())
+    return CardsResult(str(out), chain)
 
 
 def pack(run_dir: Path, out: Path, base: Path | None, full_weights: bool, evals: list[Path] = ()) -> Path:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_json
 from alpaca_ds.common.provenance import tensor_sha256
+from alpaca_ds.release.result import WeightsResult
 
 DIFF_INDEX = "weight_diff.json"
 SHARD_BYTES = 2 * 2**30  # diff shards of at most 2 GiB: one is the most held in memory at once
@@ -65,8 +66,8 @@ class Weights:
             return f.get_tensor(name)
 
 
-def make_diff(base: Path, tuned: Path, out: Path, shard_bytes: int = SHARD_BYTES) -> dict:
-    """Write tuned − base to `out`; returns the index (per-tensor checksums, shapes, dtypes)."""
+def make_diff(base: Path, tuned: Path, out: Path | str, shard_bytes: int = SHARD_BYTES) -> WeightsResult:
+    """Write tuned − base to `out`; the result holds its index (per-tensor checksums, shapes, dtypes)."""
     base_w, tuned_w = Weights(base), Weights(tuned)
     missing = [n for n in tuned_w.names() if n not in base_w.where]
     if missing:
@@ -82,10 +83,10 @@ def make_diff(base: Path, tuned: Path, out: Path, shard_bytes: int = SHARD_BYTES
         index["sha256"] = _combined(index)
         _copy_files(tuned, stage)
         atomic_write_json(stage / DIFF_INDEX, index)
-    return index
+    return WeightsResult(str(out), index)
 
 
-def recover(base: Path, diff: Path, out: Path, shard_bytes: int = SHARD_BYTES) -> dict:
+def recover(base: Path, diff: Path, out: Path | str, shard_bytes: int = SHARD_BYTES) -> WeightsResult:
     """Rebuild the tuned model from `base` + `diff` into `out`, refusing unless every tensor's sha256 matches."""
     index_path = Path(diff) / DIFF_INDEX
     if not index_path.is_file():
@@ -128,7 +129,7 @@ def recover(base: Path, diff: Path, out: Path, shard_bytes: int = SHARD_BYTES) -
             written.append((shard_name, list(tensors)))
         _write_model_index(stage, written)
         _copy_files(Path(diff), stage)
-    return index
+    return WeightsResult(str(out), index, recovered=True)
 
 
 def _diffs(base_w: Weights, tuned_w: Weights, index: dict) -> Iterator[tuple[str, torch.Tensor]]:

@@ -17,4 +17,4 @@ def build_dataset(output: Path, *overrides: str) -> dict:
         [f"output={output}", "workers=2", "val_fraction=0", *overrides],
         defaults=build.default_config(),
     )
-    return build.run(cfg)
+    return build.run(cfg).manifest

@@ -124,7 +124,7 @@ def chain(tmp_path_factory) -> dict:
                 "progress=false",
             ],
         )
-        assert judge.run(cfg)["exit_code"] == 0
+        assert judge.run(cfg).exit_code == 0
     return {"root": root, "gen": gen, "data": data, "run": runs, "winrate": root / "judged" / "winrate.json"}
 
 

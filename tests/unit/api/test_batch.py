@@ -46,7 +46,7 @@ def test_batch_generation_equals_online_at_half_the_price(tmp_path):
         # the batch run may buy no more answers than the online run did, so the two bills compare directly
         second = gen.run(gen_config(batch, s.base_url, "num_instructions=2000", *BATCH, f"max_requests={sent}"))
         billed = s.stats()["billed_usd"]
-    assert first["stop_reason"] == second["stop_reason"] == "target"
+    assert first.stop_reason == second.stop_reason == "target"
     assert (online / "regen.json").read_bytes() == (batch / "regen.json").read_bytes()
     assert len(json.loads((batch / "regen.json").read_text())) == 2000
     cost_online = json.loads((online / "cost.json").read_text())
@@ -62,7 +62,7 @@ def test_failed_lines_and_an_expired_batch_are_sent_again_and_end_answered(tmp_p
     with simulator(line_failure=0.2, expire_batches=1, fail_batches=1) as s:
         result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH))
         stats = s.stats()
-    assert result["stop_reason"] == "target"
+    assert result.stop_reason == "target"
     assert stats["batches"]["by_status"]["failed"] == 1 and stats["batches"]["by_status"]["expired"] == 1
     results = [e for e in ledger(tmp_path / "b") if e["t"] == "result"]
     kinds = {e["kind"] for e in results}
@@ -154,12 +154,12 @@ def test_judge_in_batch_gives_the_online_annotations_at_half_the_price(tmp_path)
             again = judge.run(judge_config(a, b, s.base_url, tmp_path / "batch", *BATCH))
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
-    assert online["exit_code"] == batch["exit_code"] == 0 and again["calls"] == 0
+    assert online.exit_code == batch.exit_code == 0 and again.calls == 0
     assert (tmp_path / "online" / "annotations.json").read_bytes() == (
         tmp_path / "batch" / "annotations.json"
     ).read_bytes()
     assert [x["preference"] for x in json.loads((tmp_path / "batch" / "annotations.json").read_text())] == expected
-    assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
+    assert batch.cost["spent_usd"] == pytest.approx(online.cost["spent_usd"] / 2, rel=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["chat", "completions"])
@@ -176,12 +176,12 @@ def test_weighted_judge_in_batch_gives_the_online_annotations(tmp_path, mode):
             assert s.stats()["batches"]["created"] >= 2  # failed lines went into a second wave
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
-    assert online["exit_code"] == batch["exit_code"] == 0 and again["calls"] == 0
-    assert batch["judge"]["calls_by_source"] == online["judge"]["calls_by_source"] == {"logprobs": 24, "verdict": 6}
+    assert online.exit_code == batch.exit_code == 0 and again.calls == 0
+    assert batch.judge["calls_by_source"] == online.judge["calls_by_source"] == {"logprobs": 24, "verdict": 6}
     assert (tmp_path / "online" / "annotations.json").read_bytes() == (
         tmp_path / "batch" / "annotations.json"
     ).read_bytes()
-    assert batch["cost"]["spent_usd"] == pytest.approx(online["cost"]["spent_usd"] / 2, rel=1e-9)
+    assert batch.cost["spent_usd"] == pytest.approx(online.cost["spent_usd"] / 2, rel=1e-9)
 
 
 @pytest.mark.parametrize("cut", ["file", "batch", "results"])
@@ -207,7 +207,7 @@ def test_a_rerun_after_a_crash_collects_the_batch_it_has(tmp_path, cut):
             (out / name).unlink()
         again = gen.run(gen_config(out, s.base_url, *args))
         assert s.stats()["batches"]["created"] == 1  # found (or polled) again, not created again
-    assert again["stop_reason"] == "target" and (out / "regen.json").read_bytes() == whole
+    assert again.stop_reason == "target" and (out / "regen.json").read_bytes() == whole
     results = [e for e in ledger(out) if e["t"] == "result"]
     assert len(results) == len({e["i"] for e in results}) == kinds.count("result")  # each line settled once
 
@@ -259,7 +259,7 @@ def test_a_lost_create_answer_and_flaky_calls_neither_stop_the_run_nor_duplicate
         result = gen.run(gen_config(tmp_path / "b", s.base_url, "num_instructions=300", *BATCH))
         stats = s.stats()
         gen.run(gen_config(tmp_path / "o", s.base_url, "num_instructions=300"))
-    assert result["stop_reason"] == "target"
+    assert result.stop_reason == "target"
     parts = [e for e in ledger(tmp_path / "b") if e["t"] == "batch"]
     assert stats["batches"]["created"] == len(parts)  # not one more
     seen = [c for ids in stats["batches"]["custom_ids"].values() for c in ids]
@@ -281,9 +281,9 @@ def test_input_files_stay_within_the_size_and_count_limits(tmp_path):
         )
         files = [f for f in s.sim.batch.files.values() if f["purpose"] == "batch"]
         inputs = [s.sim.batch.content[f["id"]] for f in files]
-    assert result["stop_reason"] == "target" and len(files) > 2
+    assert result.stop_reason == "target" and len(files) > 2
     assert all(len(data) <= 40_000 and data.count(b"\n") <= 3 for data in inputs)
-    assert sum(data.count(b"\n") for data in inputs) == result["stats"]["requests"]["attempts"]
+    assert sum(data.count(b"\n") for data in inputs) == result.stats["requests"]["attempts"]
 
 
 def test_judge_batches_left_running_are_collected_with_the_same_inputs_only(tmp_path):
@@ -308,4 +308,4 @@ def test_judge_batches_left_running_are_collected_with_the_same_inputs_only(tmp_
         finally:
             os.environ.pop("JUDGE_TEST_KEY")
         assert s.stats()["batches"]["by_status"] == {"cancelled": 1} and s.stats()["billed_usd"]["batch"] == 0
-    assert cancelled["exit_code"] == 0 and cancelled["stop_reason"] == "cancelled" and cancelled["judged"] == 0
+    assert cancelled.exit_code == 0 and cancelled.stop_reason == "cancelled" and cancelled.judged == 0

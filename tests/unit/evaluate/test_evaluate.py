@@ -116,7 +116,7 @@ def test_a_crashed_run_continues_from_its_partial_file(tiny, tmp_path, monkeypat
     assert len(saved) == 8 and not (tmp_path / "o.json").exists()
     monkeypatch.setattr(LocalModel, "generate", real)
     result = answers.run(cfg)
-    assert (result["answered_now"], result["resumed"]) == (4, 8)
+    assert (result.answered_now, result.resumed) == (4, 8)
     outputs = json.loads((tmp_path / "o.json").read_text())
     assert all(outputs[i]["output"] == text for i, text in saved.items())
     assert outputs[1]["instruction"] == "Write word number 1.\n\nx" and outputs[0]["dataset"] == "tasks"

@@ -58,11 +58,11 @@ def test_judge_annotations_retries_cache_and_no_secret(tmp_path):
         with simulator() as s:  # a rerun is served from the ledger: no call at all, same file
             before = (out / "annotations.json").read_bytes()
             again = judge.run(config(a, b, s.base_url, out))
-            assert not s.sim.answered and again["calls"] == 0 and again["from_ledger"] == 40
+            assert not s.sim.answered and again.calls == 0 and again.from_ledger == 40
             assert (out / "annotations.json").read_bytes() == before
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
-    assert result["exit_code"] == 0 and result["judged"] == 20
+    assert result.exit_code == 0 and result.judged == 20
     annotations = json.loads((out / "annotations.json").read_text())
     assert [x["preference"] for x in annotations] == expected
     first = annotations[0]
@@ -77,7 +77,7 @@ def test_judge_annotations_retries_cache_and_no_secret(tmp_path):
         "preference",
     } <= set(first)
     assert (first["generator_1"], first["generator_2"]) == ("model_a", "model_b")
-    assert len(first["raw_completion"]) == 2 and result["no_verdict_replies"] == 8
+    assert len(first["raw_completion"]) == 2 and result.no_verdict_replies == 8
     # cost: the API's usage at the configured price, every 429 free
     results = ledger_results(out)
     ok = [r for r in results if r["kind"] == "ok"]
@@ -105,16 +105,16 @@ def test_budget_stops_within_it_and_a_rerun_pays_only_the_rest(tmp_path):
             cfg = config(a, b, s.base_url, out, "budget.max_usd=0.8", "concurrency=3")
             result = judge.run(cfg)
             first_calls = sum(s.sim.answered.values())
-        assert result["stop_reason"] == "budget" and result["exit_code"] == 3
+        assert result.stop_reason == "budget" and result.exit_code == 3
         spent = json.loads((out / "cost.json").read_text())["spent_usd"]
         assert 0 < spent <= 0.8 and 0 < first_calls < 30
-        assert result["judged"] < 15
+        assert result.judged < 15
         with simulator() as s:
             result = judge.run(config(a, b, s.base_url, out, "budget.max_usd=100"))
             assert sum(s.sim.answered.values()) == 30 - first_calls  # nothing paid twice
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
-    assert result["exit_code"] == 0
+    assert result.exit_code == 0
     assert [x["preference"] for x in json.loads((out / "annotations.json").read_text())] == expected
 
 
@@ -229,7 +229,7 @@ def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_
             latency=0.02, faults=Faults(fail_matching=r"Task \d*[38]:"), batch=BatchBehaviour(seconds=0.05)
         ) as s:
             first = judge.run(config(a, b, s.base_url, stopped, *extra, f"budget.max_usd={budget}"))
-            assert first["stop_reason"] == "budget"
+            assert first.stop_reason == "budget"
             paid = {r["k"] for r in ledger_results(stopped) if r["kind"] == "ok"}
             annotated = json.loads((stopped / "annotations.json").read_text())
             assert 0 < len(annotated) < 24
@@ -243,7 +243,7 @@ def test_a_stop_delivers_every_paid_verdict_and_a_rerun_equals_an_uninterrupted_
         p.instruction for p in j.pairs if all(request_key(j.cfg.api, [j.prompt(p, o)], None) in paid for o in (0, 1))
     ]
     assert [x["instruction"] for x in annotated] == both
-    assert resumed["exit_code"] == uninterrupted["exit_code"] == 4 and resumed["judged"] == 24
+    assert resumed.exit_code == uninterrupted.exit_code == 4 and resumed.judged == 24
     assert (stopped / "annotations.json").read_bytes() == (whole / "annotations.json").read_bytes()
     assert [x["preference"] for x in json.loads((whole / "annotations.json").read_text())] == [
         p for i, p in enumerate(expected) if i % 5 != 3

@@ -63,7 +63,7 @@ def test_preferences_are_the_simulators_log_probabilities(tmp_path, mode):
             assert len(s.sim.logprobs_returned) == 40
         with simulator() as s:  # the ledger kept the log-probabilities: a rerun replays them, paying nothing
             again = judge.run(config(a, b, s.base_url, out, WEIGHTED, f"api.mode={mode}"))
-            assert not s.sim.answered and again["calls"] == 0 and again["from_ledger"] == 40
+            assert not s.sim.answered and again.calls == 0 and again.from_ledger == 40
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
     annotations = json.loads((out / "annotations.json").read_text())
@@ -76,7 +76,7 @@ def test_preferences_are_the_simulators_log_probabilities(tmp_path, mode):
             assert g is None and x["preference_source"] == "verdict" and x["raw_completion"] == ["Both", "Both"]
         else:
             assert (g > 1.5) == (d > 1.5) and (g < 1.5) == (d < 1.5) and x["preference_source"] == "logprobs"
-    assert result["judge"] == {"mode": "weighted", "calls_by_source": {"logprobs": 32, "verdict": 8}, "no_verdict": 8}
+    assert result.judge == {"mode": "weighted", "calls_by_source": {"logprobs": 32, "verdict": 8}, "no_verdict": 8}
     calls = [e for e in read_jsonl(out / "calls.jsonl")[0] if e["t"] == "result"]
     assert all(len(e["choices"][0]["top_logprobs"][0]) == 5 for e in calls)  # asked for the top 5, kept
     report = (out / "winrate.md").read_text()
@@ -149,7 +149,7 @@ def test_sigkill_and_rerun_pay_nothing_twice(tmp_path):
             whole = judge.run(config(a, b, fresh.base_url, tmp_path / "whole", *extra))
     finally:
         os.environ.pop("JUDGE_TEST_KEY")
-    assert whole["exit_code"] == 0
+    assert whole.exit_code == 0
     assert (out / "annotations.json").read_bytes() == (tmp_path / "whole" / "annotations.json").read_bytes()
     results = ledger_results(out)
     interrupted = [r for r in results if r["kind"] == "interrupted"]

@@ -87,7 +87,7 @@ def test_jsonl_being_written_and_bad_files(tmp_path):
     path = tmp_path / "judgments.jsonl"
     path.write_text(json.dumps(annotation(2)) + "\n" + json.dumps(annotation(0)) + "\n" + '{"instruction": "tor')
     assert winrate.read_annotations(path)[1]["preference"] == 0  # a torn last line (a write in progress) is skipped
-    assert winrate.run(WinrateConfig(annotations=str(path)))[0]["overall"]["win_rate"] == pytest.approx(75.0)
+    assert winrate.run(WinrateConfig(annotations=str(path))).report["overall"]["win_rate"] == pytest.approx(75.0)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"instruction": "x", "output_1": "a", "output_2": "b"}]))
     with pytest.raises(UserError, match=r"record 0: no 'preference' key"):

@@ -73,7 +73,7 @@ def test_local_run_outputs_and_stats(tmp_path):
         cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=300", "concurrency=4")
         result = gen.run(cfg)
         served = teacher.stats()["requests"]
-    assert result["stop_reason"] == "target" and result["exit_code"] == 0
+    assert result.stop_reason == "target" and result.exit_code == 0
     accepted, entries = check_consistent(tmp_path / "g", cfg)
     stats = json.loads((tmp_path / "g" / "stats.json").read_text())
     c = stats["candidates"]
@@ -97,7 +97,7 @@ def test_local_run_outputs_and_stats(tmp_path):
     with Teacher() as teacher:
         again = gen.run(gen_config(tmp_path / "g", teacher.url, "num_instructions=300"))
         assert teacher.stats()["requests"] == 0
-    assert again["stop_reason"] == "target" and (tmp_path / "g" / "regen.json").read_bytes() == before
+    assert again.stop_reason == "target" and (tmp_path / "g" / "regen.json").read_bytes() == before
 
 
 def test_rerun_of_a_run_whose_last_request_reached_the_target(tmp_path):
@@ -105,7 +105,7 @@ def test_rerun_of_a_run_whose_last_request_reached_the_target(tmp_path):
     # exactly at the ledger's end, with nothing waiting to be processed
     with Teacher("--latency", "0.01") as teacher:
         first = gen.run(gen_config(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=1", *SMALL))
-    assert first["stop_reason"] == "target"
+    assert first.stop_reason == "target"
     before = {f: (tmp_path / "g" / f).read_bytes() for f in ("accepted.jsonl", "regen.json", gen.LEDGER)}
     with Teacher() as teacher:
         result = run_generate_cli(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=1", *SMALL)
@@ -139,7 +139,7 @@ def test_same_regen_at_concurrency_1_and_32(tmp_path):
             cfg = gen_config(
                 tmp_path / f"c{concurrency}", teacher.url, "num_instructions=200", f"concurrency={concurrency}", *SMALL
             )
-            assert gen.run(cfg)["stop_reason"] == "target"
+            assert gen.run(cfg).stop_reason == "target"
         outputs[concurrency] = (tmp_path / f"c{concurrency}" / "regen.json").read_bytes()
         check_consistent(tmp_path / f"c{concurrency}", cfg)
     assert outputs[1] == outputs[32]
@@ -161,8 +161,8 @@ def test_processing_that_falls_behind_holds_back_no_request(tmp_path, monkeypatc
             tmp_path / "g", teacher.url, "num_instructions=100000", "max_requests=50", "concurrency=4", *SMALL
         )
         result = gen.run(cfg)
-    assert result["stop_reason"] == "max_requests"
-    stats = result["stats"]
+    assert result.stop_reason == "max_requests"
+    stats = result.stats
     assert stats["requests"]["processed"] == 50
     assert stats["this_run"]["request_seconds"] < 0.1 * 50 / 2
     assert stats["this_run"]["max_processing_lag"] > 2 * 4  # some answers were read back from the ledger
@@ -188,9 +188,9 @@ def test_a_slow_first_answer_lets_no_requests_run_ahead_of_the_need(tmp_path, mo
     with Teacher() as teacher:
         cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=60", "concurrency=4", *SMALL)
         result = gen.run(cfg)
-    assert result["stop_reason"] == "target" and result["exit_code"] == 0
+    assert result.stop_reason == "target" and result.exit_code == 0
     prior = expected_per_request(cfg, 1)
-    sent = result["stats"]["requests"]["sent"]
+    sent = result.stats["requests"]["sent"]
     assert sent <= -(-60 // prior) + cfg.concurrency, (sent, prior)
     check_consistent(tmp_path / "g", cfg)
 
@@ -201,19 +201,19 @@ def test_budget_is_never_exceeded_and_stops_cleanly(tmp_path):
         # room for a handful of requests' worst cases, far from the 1000 asked for
         cfg = gen_config(out, teacher.url, "num_instructions=1000", "concurrency=8", "budget.max_usd=0.02", *SMALL)
         result = gen.run(cfg)
-        assert result["stop_reason"] == "budget" and result["exit_code"] == 3
-        assert "budget exhausted" in result["message"] and "budget.max_usd $0.02" in result["message"]
+        assert result.stop_reason == "budget" and result.exit_code == 3
+        assert "budget exhausted" in result.message and "budget.max_usd $0.02" in result.message
         accepted, entries = check_consistent(out, cfg, target_reached=False)
         assert 0 < len(accepted) < 1000
         spent = sum(e["usd"] for e in entries if e["t"] == "result")
         assert 0.015 < spent <= 0.02
         # a token budget binds the same way
         cfg_tok = gen_config(tmp_path / "t", teacher.url, "num_instructions=1000", "budget.max_tokens=20000", *SMALL)
-        assert gen.run(cfg_tok)["stop_reason"] == "budget"
+        assert gen.run(cfg_tok).stop_reason == "budget"
         assert json.loads((tmp_path / "t" / "cost.json").read_text())["spent_tokens"] <= 20000
         # raising the budget continues the same run to its target
         cfg2 = gen_config(out, teacher.url, "num_instructions=300", "concurrency=8", *SMALL)
-        assert gen.run(cfg2)["stop_reason"] == "target"
+        assert gen.run(cfg2).stop_reason == "target"
         check_consistent(out, cfg2)
 
 
@@ -273,7 +273,7 @@ def test_chat_mode(tmp_path):
     with Teacher() as teacher:
         cfg = gen_config(tmp_path / "g", teacher.url, "num_instructions=80", "api.mode=chat", "api.model=gpt-4o-mini")
         result = gen.run(cfg)
-    assert result["stop_reason"] == "target"
+    assert result.stop_reason == "target"
     accepted, entries = check_consistent(tmp_path / "g", cfg)
     sends = [e for e in entries if e["t"] == "send"]
     assert len(sends) >= 2  # one prompt per request in chat mode
@@ -288,7 +288,7 @@ def test_restart_with_other_settings_is_refused(tmp_path):
         again = gen.run(
             gen_config(tmp_path / "g", teacher.url, "num_instructions=40", "concurrency=3", "budget.max_usd=2")
         )
-        assert again["stop_reason"] == "target" and again["accepted"] == 40
+        assert again.stop_reason == "target" and again.accepted == 40
 
 
 def test_dry_run_counts_real_prompts(tmp_path):
@@ -363,9 +363,7 @@ def test_ctrl_c_stops_gracefully_and_the_rerun_continues(tmp_path):
         cfg = gen_config(out, teacher.url, *args)
         accepted, _ = check_consistent(out, cfg, target_reached=False)
         assert 0 < len(accepted) < 120
-        assert (
-            gen.run(gen_config(out, teacher.url, *args, "concurrency=16", "api.timeout_s=5"))["stop_reason"] == "target"
-        )
+        assert gen.run(gen_config(out, teacher.url, *args, "concurrency=16", "api.timeout_s=5")).stop_reason == "target"
         check_consistent(out, cfg)
 
 
@@ -420,8 +418,8 @@ def test_requests_that_fail_all_retries_are_recorded_not_raised(tmp_path):
             "api.max_consecutive_failures=3",
         )
         result = gen.run(cfg)
-    assert result["stop_reason"] == "failures" and result["exit_code"] == 4
-    assert "requests in a row failed all retries" in result["message"]
+    assert result.stop_reason == "failures" and result.exit_code == 4
+    assert "requests in a row failed all retries" in result.message
     entries = read_jsonl(tmp_path / "g" / "responses.jsonl")
     gave_up = [e for e in entries if e["t"] == "gave_up"]
     assert len(gave_up) >= 3 and all(e["kind"] == "server_error" and e["a"] == 3 for e in gave_up)

@@ -61,7 +61,7 @@ def test_a_budget_stop_delivers_every_paid_answer(tmp_path, transport):
     with Teacher("--latency", "0.05", "--batch-seconds", "0.1", "--fail-matching", failing_pattern()) as teacher:
         cfg = gen_config(out, teacher.url, *args, f"budget.max_usd={BUDGET[transport]}")
         stopped = gen.run(cfg)
-        assert stopped["stop_reason"] == "budget" and stopped["exit_code"] == 3
+        assert stopped.stop_reason == "budget" and stopped.exit_code == 3
         stats = json.loads((out / "stats.json").read_text())
         assert stats["attempt_outcomes"]["server_error"] > 0  # some requests kept failing
         regen = json.loads((out / "regen.json").read_text())
@@ -70,14 +70,14 @@ def test_a_budget_stop_delivers_every_paid_answer(tmp_path, transport):
         skipped = stats["requests"]["unanswered_skipped"]
         if transport == "online":  # the stop cut failing requests' retries short: answers after them delivered too
             assert skipped > 0 and after_gap > 0
-            assert f"{skipped} requests sent but never answered were skipped" in stopped["message"]
+            assert f"{skipped} requests sent but never answered were skipped" in stopped.message
         # (in batch, failed lines cost nothing and go first in the next wave: they are usually given up before the
         # budget runs out, which then leaves no gap)
         assert stats["requests"]["processed"] == stats["requests"]["succeeded"] + stats["requests"]["failed"]
 
         resumed = gen.run(gen_config(out, teacher.url, *args, "budget.max_usd=5"))
         whole = gen.run(gen_config(fresh, teacher.url, *args, "budget.max_usd=5"))
-    assert resumed["stop_reason"] == whole["stop_reason"] == "target"
+    assert resumed.stop_reason == whole.stop_reason == "target"
     assert (out / "regen.json").read_bytes() == (fresh / "regen.json").read_bytes()
     assert [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()] == [
         json.loads(x) for x in (fresh / "accepted.jsonl").read_text().splitlines()

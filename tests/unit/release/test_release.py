@@ -46,7 +46,7 @@ def models(tmp_path_factory):
 
 
 def test_round_trip_is_bit_identical(models, tmp_path):
-    index = make_diff(models / "base", models / "tuned", tmp_path / "diff")
+    index = make_diff(models / "base", models / "tuned", tmp_path / "diff").index
     assert index["tensors"]["model.embed_tokens.weight"]["added_rows"] == 1
     recover(models / "base", tmp_path / "diff", tmp_path / "recovered")
     tuned, got = Weights(models / "tuned"), Weights(tmp_path / "recovered")

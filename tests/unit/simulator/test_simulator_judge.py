@@ -52,5 +52,5 @@ def test_simulator_answers_judge_calls_through_evaluate_judge(tmp_path):
             ],
         )
         result = judge.run(cfg)
-    assert result["exit_code"] == 0 and result["no_verdict_replies"] == 0
-    assert result["report"]["overall"]["win_rate"] == 0.0  # "colour" overlaps the instruction only in a's answers
+    assert result.exit_code == 0 and result.no_verdict_replies == 0
+    assert result.report["overall"]["win_rate"] == 0.0  # "colour" overlaps the instruction only in a's answers
