@@ -83,6 +83,7 @@ def test_existing_output_and_incomplete_diff_are_refused(models, tmp_path):
         recover(models / "base", tmp_path / "half", tmp_path / "out")
 
 
+@pytest.mark.slow  # measures peak memory (tests/README.md): ~9 CPU-seconds, a fresh interpreter and a 42M model
 def test_recover_memory_stays_well_under_two_copies(tmp_path):
     # 16 layers, ~42M parameters, 81 MiB in bf16; diff shards of 8 MiB. Recovery holds one output shard and a few
     # float32 temporaries of the largest tensor, never the whole model twice. Anonymous memory is sampled: the
