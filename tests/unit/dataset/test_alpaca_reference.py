@@ -120,10 +120,11 @@ def test_all_52002_records_equal_reference(sp, alpaca, tmp_path):
 
 
 def test_prompt_reaching_max_length_masks_everything(sp, alpaca, tmp_path):
-    # At max_length 64 many prompts alone fill the window: Alpaca then masks every label; so must we.
+    # At max_length 64 many prompts alone fill the window: Alpaca then masks every label; so must we. (437 of
+    # the first 1000 records do; the full 52K is test_all_52002_records_equal_reference's, marked slow.)
+    sub = alpaca[:1000]
     subset = tmp_path / "subset.jsonl"
-    subset.write_text("".join(json.dumps(r) + "\n" for r in alpaca[:3000]))
-    sub = alpaca[:3000]
+    subset.write_text("".join(json.dumps(r) + "\n" for r in sub))
     manifest = build_dataset(tmp_path / "ds", f"input={subset}", f"tokenizer={LLAMA_TOKENIZER}", "max_length=64")
     ds = TokenizedDataset(tmp_path / "ds")
     _, fills = assert_matches_reference(sp, sub, ds, 64)

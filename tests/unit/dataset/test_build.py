@@ -23,6 +23,10 @@ from helpers.data import build_dataset
 from helpers.paths import ROOT
 
 SAMPLE = ROOT / "data" / "sample" / "alpaca_sample.json"
+# builds whose worker count is not what they test start one tokenizer process instead of build_dataset's two
+# (each spawned worker costs ~0.4 CPU-seconds to start); the 2-worker path is the session's sample_dataset, the
+# split and URL tests, and test_small_shards compares a 1-worker build with it
+ONE = "workers=1"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def test_manifest_counts_and_shards(sample_dataset, records):
 
 
 def test_small_shards_read_back_identically(sample_dataset, tmp_path):
-    manifest = build_dataset(tmp_path / "ds", "shard_size=7")
+    manifest = build_dataset(tmp_path / "ds", "shard_size=7", ONE)
     assert len(manifest["splits"]["train"]["shards"]) == -(-120 // 7)
     assert all_examples(tmp_path / "ds") == all_examples(sample_dataset)
 
@@ -84,10 +88,10 @@ def test_split_is_deterministic_and_by_content(tmp_path, records):
 
 
 def test_overlength_drop_counts_what_truncate_cuts(tmp_path):
-    build_dataset(tmp_path / "keep", "max_length=4096")
+    build_dataset(tmp_path / "keep", "max_length=4096", ONE)
     full_lengths = TokenizedDataset(tmp_path / "keep").lengths
-    drop = build_dataset(tmp_path / "drop", "max_length=200", "overlength=drop")
-    trunc = build_dataset(tmp_path / "trunc", "max_length=200")
+    drop = build_dataset(tmp_path / "drop", "max_length=200", "overlength=drop", ONE)
+    trunc = build_dataset(tmp_path / "trunc", "max_length=200", ONE)
     over = int((full_lengths > 200).sum())
     assert over > 0
     assert drop["counts"]["dropped_overlength"] == trunc["counts"]["truncated"] == over
@@ -130,10 +134,10 @@ def test_bad_input_names_file_and_place(tmp_path, name, content, where, problem)
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(UserError) as e:
-        build_dataset(tmp_path / "ds", f"input={path}")
+        build_dataset(tmp_path / "ds", f"input={path}", ONE)
     assert f"{path}{where}" in str(e.value) and problem in str(e.value) and "--skip-invalid" in str(e.value)
     assert not (tmp_path / "ds" / MANIFEST).exists() and not list((tmp_path / "ds").glob("build-*"))
-    manifest = build_dataset(tmp_path / "ds", f"input={path}", "skip_invalid=true")
+    manifest = build_dataset(tmp_path / "ds", f"input={path}", "skip_invalid=true", ONE)
     assert manifest["counts"]["invalid_skipped"] == 1
     assert manifest["counts"]["examples"] == manifest["counts"]["records"] - 1 == 1
     assert manifest["invalid_records"][0].startswith(f"{path}{where}")
@@ -143,7 +147,7 @@ def test_broken_json_list_cannot_be_skipped(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]')
     with pytest.raises(UserError, match=r"broken.json: record 1: invalid JSON"):
-        build_dataset(tmp_path / "ds", f"input={path}", "skip_invalid=true")
+        build_dataset(tmp_path / "ds", f"input={path}", "skip_invalid=true", ONE)
 
 
 def test_unreadable_or_empty_inputs(tmp_path):
@@ -151,10 +155,10 @@ def test_unreadable_or_empty_inputs(tmp_path):
         build_dataset(tmp_path / "ds", f"input={tmp_path / 'absent.json'}")
     (tmp_path / "empty.json").write_text("  \n")
     with pytest.raises(UserError, match="the input is empty"):
-        build_dataset(tmp_path / "ds", f"input={tmp_path / 'empty.json'}")
+        build_dataset(tmp_path / "ds", f"input={tmp_path / 'empty.json'}", ONE)
     (tmp_path / "text.txt").write_text("hello\n")
     with pytest.raises(UserError, match="neither a JSON list"):
-        build_dataset(tmp_path / "ds", f"input={tmp_path / 'text.txt'}")
+        build_dataset(tmp_path / "ds", f"input={tmp_path / 'text.txt'}", ONE)
 
 
 def test_loader_refuses_missing_manifest_and_other_tokenizer(sample_dataset, tmp_path):
@@ -167,7 +171,7 @@ def test_loader_refuses_missing_manifest_and_other_tokenizer(sample_dataset, tmp
 
 
 def test_damaged_shard_is_refused(tmp_path):
-    manifest = build_dataset(tmp_path / "ds")
+    manifest = build_dataset(tmp_path / "ds", ONE)
     ids = tmp_path / "ds" / manifest["splits"]["train"]["shards"][0]["files"]["ids"]["path"]
     data = bytearray(ids.read_bytes())
     data[-1] ^= 0xFF

@@ -83,17 +83,16 @@ def test_existing_output_and_incomplete_diff_are_refused(models, tmp_path):
         recover(models / "base", tmp_path / "half", tmp_path / "out")
 
 
+@pytest.mark.slow  # measures peak memory (tests/README.md): ~9 CPU-seconds, a fresh interpreter and a 42M model
 def test_recover_memory_stays_well_under_two_copies(tmp_path):
     # 16 layers, ~42M parameters, 81 MiB in bf16; diff shards of 8 MiB. Recovery holds one output shard and a few
     # float32 temporaries of the largest tensor, never the whole model twice. Anonymous memory is sampled: the
     # mapped safetensors pages are page cache, not a copy.
-    def make():
-        return tiny(0, vocab=4000, hidden=512, layers=16)
-
-    model = make().to(torch.bfloat16)
+    model = tiny(0, vocab=4000, hidden=512, layers=16)
+    model.save_pretrained(tmp_path / "base")
+    model.to(torch.bfloat16)  # in place: the tuned model is the base rounded to bf16, built once
     n_bytes = sum(p.numel() * 2 for p in model.parameters())
     model.save_pretrained(tmp_path / "tuned")
-    make().save_pretrained(tmp_path / "base")
     make_diff(tmp_path / "base", tmp_path / "tuned", tmp_path / "diff", shard_bytes=8 * 2**20)
     code = f"""
 import threading, time
