@@ -20,9 +20,9 @@ What is timed:
   limit      sentencepiece encode(strings, num_threads=cpu_count) over the same 2 x N strings (source, and
              source + output without the literal "</s>"); only the encode call is timed, nothing is written.
   alpaca-ds  build.run(cfg) on the real file into a temp dir: end to end (wall time of run(), which reads the
-             file, loads the tokenizer, spawns workers, writes and checksums shards and the manifest), and
+             file, loads the tokenizer, starts workers, writes and checksums shards and the manifest), and
              steady state = (N - 10) / (t(run on N records) - t(run on 10 records)): the 10-record run costs
-             the same fixed start-up (tokenizer load, worker spawn, manifest) and almost no tokenizing.
+             the same fixed start-up (tokenizer load, worker start, manifest) and almost no tokenizing.
              The first run() in a process also imports transformers (and torch); that one-off cost is
              reported separately, and the `alpaca-ds data build` CLI is timed in a fresh process as a user
              sees it.

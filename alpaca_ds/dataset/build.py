@@ -153,7 +153,7 @@ def _worker_pool(n: int):
 
     try:
         for _ in range(n):
-            pool.submit(int)  # a no-op: spawned pools start a worker per submitted task, up to n
+            pool.submit(int)  # a no-op: spawn and forkserver pools start a worker per submitted task, up to n
         yield pool, install
     finally:
         if not installed:
