@@ -20,9 +20,9 @@ What is timed:
   limit      sentencepiece encode(strings, num_threads=cpu_count) over the same 2 x N strings (source, and
              source + output without the literal "</s>"); only the encode call is timed, nothing is written.
   alpaca-ds  build.run(cfg) on the real file into a temp dir: end to end (wall time of run(), which reads the
-             file, loads the tokenizer, spawns workers, writes and checksums shards and the manifest), and
+             file, loads the tokenizer, starts workers, writes and checksums shards and the manifest), and
              steady state = (N - 10) / (t(run on N records) - t(run on 10 records)): the 10-record run costs
-             the same fixed start-up (tokenizer load, worker spawn, manifest) and almost no tokenizing.
+             the same fixed start-up (tokenizer load, worker start, manifest) and almost no tokenizing.
              The first run() in a process also imports transformers (and torch); that one-off cost is
              reported separately, and the `alpaca-ds data build` CLI is timed in a fresh process as a user
              sees it.
@@ -94,9 +94,25 @@ def build_cfg(input_path: Path, output: Path):
 
 
 def _cpu() -> float:
-    """CPU seconds used so far by this process (all threads) and its finished, waited-for children."""
+    """CPU seconds used so far by this process (all threads) and its finished, waited-for children, and by the
+    multiprocessing fork server and its finished children (the builder's workers are forked from it)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + _forkserver_cpu()
+
+
+def _forkserver_cpu() -> float:
+    """utime + stime + cutime + cstime of the fork server (0 when none runs); it reaps each worker before it
+    reports the worker's exit, so a joined worker's CPU is in its cutime."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(fn, *args):

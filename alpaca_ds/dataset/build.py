@@ -17,7 +17,7 @@ from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ def run(cfg: DataBuildConfig) -> BuildResult:
         try:
             with tqdm(desc="tokenize", unit="ex", dynamic_ncols=True) as bar:
                 pending: deque = deque()
-                for batch in _batches(source, cfg, counts, invalid):
+                for batch in _tasks(_batches(source, cfg, counts, invalid), workers):
                     pending.append(pool.submit(tokenize_in_worker, batch))
                     if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat for any input size
                         _write(pending.popleft().result(), writers, counts, bar)
@@ -164,11 +164,11 @@ def run(cfg: DataBuildConfig) -> BuildResult:
 
 @contextmanager
 def _worker_pool(n: int):
-    """n spawned tokenizer workers, started at once: their interpreter start-up and imports (~0.6 s) then run
-    while this process loads the tokenizer (0.5-2 s), instead of after it. Yields
+    """n tokenizer workers, started at once: their start-up then runs while this process loads the tokenizer
+    (0.35-2 s), instead of after it. Yields
     (pool, install); install(pre) hands every worker the Preprocess their tasks use (encode.init_worker waits
     for it)."""
-    ctx = get_context("spawn")
+    ctx = _worker_context()
     inbox = ctx.SimpleQueue()
     pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=init_worker, initargs=(inbox,))
     installed = False
@@ -181,12 +181,27 @@ def _worker_pool(n: int):
 
     try:
         for _ in range(n):
-            pool.submit(int)  # a no-op: spawned pools start a worker per submitted task, up to n
+            pool.submit(int)  # a no-op: spawn and forkserver pools start a worker per submitted task, up to n
         yield pool, install
     finally:
         if not installed:
             install(None)  # no tokenizer (an error): let the waiting workers finish starting, so they can exit
         pool.shutdown()
+
+
+def _worker_context():
+    """Where workers come from: a fork server that has imported the workers' modules (numpy, SentencePiece, encode)
+    once, so each worker of each build is a fork of it (~10 ms) instead of a fresh interpreter importing them
+    (~0.25 s of CPU each, on the same cores the tokenizer load and the other workers need). The server is a clean
+    single-threaded interpreter started on first use, so forking it is safe whatever threads this process runs
+    (tokenizers', torch's); it stays up for the next build in the process. `spawn` where there is no fork server."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    ctx = get_context("forkserver")
+    # Only has an effect before the server starts (the first forkserver use in this process); a server started
+    # without it works the same, its workers import the modules themselves.
+    ctx.set_forkserver_preload(["__main__", "alpaca_ds.dataset.encode", "sentencepiece"])
+    return ctx
 
 
 def _batches(source: Path, cfg: DataBuildConfig, counts: Counter, invalid: list[str]):
@@ -206,6 +221,21 @@ def _batches(source: Path, cfg: DataBuildConfig, counts: Counter, invalid: list[
             batch = []
     if batch:
         yield batch
+
+
+def _tasks(batches, workers: int, pieces: int = 4):
+    """The batches as worker tasks, the last `workers` of them cut into `pieces` each: the workers then finish
+    within a small task of each other, instead of one idling while the other tokenizes a whole last batch
+    (~0.3 s at 2,048 records). Results are written in the same order, so the output does not change."""
+    ahead: deque = deque()
+    for batch in batches:
+        ahead.append(batch)
+        if len(ahead) > workers:
+            yield ahead.popleft()
+    for batch in ahead:
+        step = -(-len(batch) // pieces)
+        for i in range(0, len(batch), step):
+            yield batch[i : i + step]
 
 
 def _write(batch, writers: dict[str, ShardWriter], counts: Counter, bar: tqdm) -> None:
