@@ -16,6 +16,7 @@ import asyncio
 import email.utils
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -27,8 +28,85 @@ CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message
 
 def prompt_tokens(enc, prompts: list[str], mode: str) -> int:
     """Prompt tokens of one request (tiktoken encoding `enc`); in chat mode each prompt is one user message."""
-    n = sum(len(enc.encode(p, disallowed_special=())) for p in prompts)
+    count = token_counter(enc).count
+    n = sum(count(p) for p in prompts)
     return n + (CHAT_PROMPT_OVERHEAD * len(prompts) if mode == "chat" else 0)
+
+
+# Where a text can be cut into pieces that tiktoken encodes independently: after a newline, before a printable
+# ASCII character other than "/" (see TokenCounter).
+_CUT = re.compile(r"(?<=\n)(?=[!-.0-~])")
+# encodings whose pre-tokenizer is one of the three families TokenCounter's argument covers
+_SEGMENTABLE = {"gpt2", "r50k_base", "p50k_base", "p50k_edit", "cl100k_base", "o200k_base", "o200k_harmony"}
+
+
+class TokenCounter:
+    """Exact token counts (`len(enc.encode(text, disallowed_special=()))`) of texts made of recurring lines, with
+    the counts of the lines kept: a generation prompt is a template and seed examples, so after the first few
+    requests counting one costs no BPE at all.
+
+    Why it is exact: tiktoken splits a text with its pattern into pieces and encodes each piece on its own. In the
+    pre-tokenizers of the GPT-2 family (r50k, p50k), cl100k and o200k, no piece holds a newline followed by a
+    printable ASCII character other than "/" (a newline only ends a piece: whitespace runs; punctuation then
+    newlines; o200k's punctuation then [\\r\\n/]* is why "/" is excluded), and what a piece before such a cut is
+    depends on the next character only through `\\s+(?!\\S)`, i.e. on its not being whitespace. So the text's
+    tokens are the tokens of its segments between cuts, each segment but the last counted followed by a stand-in
+    non-whitespace character ("#", one piece and one token of its own). Other encodings, and any encoding that
+    fails a check of tricky strings, are counted whole."""
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.lines: dict[str, int] = {}
+        self.segmented = getattr(enc, "name", None) in _SEGMENTABLE
+        if self.segmented:
+            self.hash = self._encode("#")
+            self.segmented = self.hash == 1 and all(self.count(t) == self._encode(t) for t in _CHECKS)
+
+    def _encode(self, text: str) -> int:
+        return len(self.enc.encode(text, disallowed_special=()))
+
+    def count(self, text: str) -> int:
+        if not self.segmented:
+            return self._encode(text)
+        parts = _CUT.split(text)
+        if len(parts) == 1:
+            return self._encode(text)
+        lines = self.lines
+        if len(lines) > self.MAX_ENTRIES:
+            lines.clear()
+        n = 0
+        for part in parts[:-1]:
+            c = lines.get(part)
+            if c is None:
+                c = lines[part] = self._encode(part + "#") - 1
+            n += c
+        last = parts[-1]
+        c = lines.get(last)
+        if c is None:
+            c = lines[last] = self._encode(last)
+        return n + c
+
+
+_CHECKS = (
+    "a\n\n#b",
+    "x.\n/y\n.z",
+    " \n\n  \nZ\n\tq",
+    "don't\n's\n'S\n'll",
+    "1.\n2. Instruction: say\n2. Input:\n<noinput>\n2. Output:\nok.\n###\n3. Instruction:",
+    "é\nß\n\u00a0\nx\r\n\r\ny!!\n!!\n)\n(",
+    "12345\n678\n9\n 9\n\n\n-\n--\n<|endoftext|>\n<|endoftext|>",
+)
+_counters: dict[int, TokenCounter] = {}
+
+
+def token_counter(enc) -> TokenCounter:
+    """The TokenCounter of encoding `enc` (one per encoding object, shared)."""
+    counter = _counters.get(id(enc))
+    if counter is None or counter.enc is not enc:
+        counter = _counters[id(enc)] = TokenCounter(enc)
+    return counter
 
 
 def api_key(api: ApiConfig | EndpointConfig) -> str | None:

@@ -13,6 +13,7 @@ import hashlib
 import random
 import re
 
+from alpaca_ds.api.client import token_counter
 from alpaca_ds.generate.seeds import Example
 from alpaca_ds.simulator.judge import judge_verdict
 
@@ -28,6 +29,8 @@ NOISE_KINDS = (
     "non_ascii",
     "misnumbered",
 )
+
+_OPEN_TASK = re.compile(r"(\d+)\. Instruction:\s*$")
 
 
 class TeacherSim:
@@ -100,7 +103,10 @@ class TeacherSim:
         if verdict is not None:  # a judge prompt: answered in judge mode
             return verdict
         rng = random.Random(f"{self.seed}/{model}/{choice}/{hashlib.sha256(prompt.encode()).hexdigest()}")
-        found = re.search(r"(\d+)\. Instruction:\s*$", prompt)
+        # the prompt's last "N. Instruction:" (searched in its tail: the whole prompt is long)
+        found = _OPEN_TASK.search(prompt, max(0, len(prompt) - 200))
+        if found is not None and found.start() == max(0, len(prompt) - 200) > 0:
+            found = _OPEN_TASK.search(prompt)  # the digits may start before the tail
         start = int(found.group(1)) if found else 1
         parts = []
         for num in range(start, max(start, self.tasks) + 1):
@@ -119,8 +125,8 @@ class TeacherSim:
         if ends:
             text = text[: min(ends)]
         enc = self._enc(model)
-        ids = enc.encode(text, disallowed_special=())
         limit = max_tokens if cut is None else min(max_tokens, cut)
-        if len(ids) > limit:
-            return enc.decode(ids[:limit]), "length", limit
-        return text, "stop", len(ids)
+        used = token_counter(enc).count(text)  # exact, without encoding the lines of seeds seen before
+        if used > limit:
+            return enc.decode(enc.encode(text, disallowed_special=())[:limit]), "length", limit
+        return text, "stop", used
