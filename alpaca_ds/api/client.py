@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from alpaca_ds.api.config import ApiConfig, EndpointConfig
 from alpaca_ds.common.errors import UserError
 
+# what openai's completions.create and chat.completions.create pass with each request: the bearer key only
+_REQUEST_OPTIONS = {"security": {"bearer_auth": True}}
 CHAT_PROMPT_OVERHEAD = 16  # tokens the chat format adds around one user message (OpenAI: ~7); a safe margin
 
 
@@ -34,8 +36,8 @@ def prompt_tokens(enc, prompts: list[str], mode: str) -> int:
 
 
 # Where a text can be cut into pieces that tiktoken encodes independently: after a newline, before a printable
-# ASCII character other than "/" (see TokenCounter).
-_CUT = re.compile(r"(?<=\n)(?=[!-.0-~])")
+# ASCII character other than "/" (see TokenCounter). The newline is the separator, so the search is fast.
+_CUT = re.compile(r"\n(?=[!-.0-~])")
 # encodings whose pre-tokenizer is one of the three families TokenCounter's argument covers
 _SEGMENTABLE = {"gpt2", "r50k_base", "p50k_base", "p50k_edit", "cl100k_base", "o200k_base", "o200k_harmony"}
 
@@ -58,11 +60,11 @@ class TokenCounter:
 
     def __init__(self, enc):
         self.enc = enc
-        self.lines: dict[str, int] = {}
+        self.inner: dict[str, int] = {}  # segment (its newline cut off) -> tokens of segment + newline, in a text
+        self.last: dict[str, int] = {}  # last segment -> its tokens
         self.segmented = getattr(enc, "name", None) in _SEGMENTABLE
         if self.segmented:
-            self.hash = self._encode("#")
-            self.segmented = self.hash == 1 and all(self.count(t) == self._encode(t) for t in _CHECKS)
+            self.segmented = self._encode("#") == 1 and all(self.count(t) == self._encode(t) for t in _CHECKS)
 
     def _encode(self, text: str) -> int:
         return len(self.enc.encode(text, disallowed_special=()))
@@ -71,21 +73,22 @@ class TokenCounter:
         if not self.segmented:
             return self._encode(text)
         parts = _CUT.split(text)
-        if len(parts) == 1:
+        last = parts.pop()
+        if not parts:
             return self._encode(text)
-        lines = self.lines
-        if len(lines) > self.MAX_ENTRIES:
-            lines.clear()
+        inner = self.inner
+        if len(inner) > self.MAX_ENTRIES:
+            inner.clear()
+            self.last.clear()
         n = 0
-        for part in parts[:-1]:
-            c = lines.get(part)
+        for part in parts:
+            c = inner.get(part)
             if c is None:
-                c = lines[part] = self._encode(part + "#") - 1
+                c = inner[part] = self._encode(part + "\n#") - 1
             n += c
-        last = parts[-1]
-        c = lines.get(last)
+        c = self.last.get(last)
         if c is None:
-            c = lines[last] = self._encode(last)
+            c = self.last[last] = self._encode(last)
         return n + c
 
 
@@ -202,13 +205,12 @@ class ApiClient:
         api = self.api
         url, body = self.request(prompts, stop, logit_bias)
         try:
-            if url == "/v1/completions":
-                call = self._client.completions.with_raw_response.create(**body)
-            else:
-                call = self._client.chat.completions.with_raw_response.create(**body)
+            # the openai client's documented way to post a body as it is and get the answer's text (its `post`, as
+            # for an undocumented endpoint): the same request, headers, auth and errors as `completions.create`,
+            # without its pass over the parameters' types or a response model (the body is parsed here, once)
+            call = self._client.post(url.removeprefix("/v1"), cast_to=str, body=body, options=_REQUEST_OPTIONS)
             # a hard cap beside the client's own timeout, in case a server trickles bytes forever
-            raw = await asyncio.wait_for(call, api.timeout_s + 5)
-            text = raw.http_response.text
+            text = await asyncio.wait_for(call, api.timeout_s + 5)
         except asyncio.TimeoutError:
             return Outcome("timeout", maybe_billed=True, retryable=True, error=f"no answer within {api.timeout_s:g} s")
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
