@@ -46,6 +46,11 @@ class TeacherSim:
         for ex in seeds:
             words.update(w for w in re.findall(r"[A-Za-z]+", f"{ex.instruction} {ex.output}") if len(w) > 2)
         self.vocab = sorted(words)
+        # the seeds' parts as the tasks use them, split once (drawn with the same RNG calls as the seeds themselves)
+        self._vocab_lower = [w.lower() for w in self.vocab]
+        self._instruction_words = [ex.instruction.split() for ex in seeds]
+        self._inputs = [ex.input.strip() for ex in seeds]
+        self._output_words = [ex.output.split() for ex in seeds]
 
     # ---- content ------------------------------------------------------------------------------------------------
 
@@ -63,11 +68,11 @@ class TeacherSim:
         """(instruction, well-formed block?) — with probability `noise` a task of the kinds Alpaca filters out."""
         if rng.random() < self.noise:
             kind = rng.choice(NOISE_KINDS)
-            seed_words = rng.choice(self.seeds).instruction.split()
+            seed_words = list(rng.choice(self._instruction_words))
             if kind == "exact_seed":
                 return " ".join(seed_words), True
             if kind == "near_seed":  # one word changed: ROUGE-L must catch it
-                seed_words[rng.randrange(len(seed_words))] = rng.choice(self.vocab).lower()
+                seed_words[rng.randrange(len(seed_words))] = rng.choice(self._vocab_lower)
                 return " ".join(seed_words), True
             if kind == "short":
                 return " ".join(rng.choice(self.vocab) for _ in range(rng.randint(1, 3))), True
@@ -84,17 +89,18 @@ class TeacherSim:
         return self._instruction_plain(rng), True
 
     def _instruction_plain(self, rng: random.Random) -> str:
-        a = rng.choice(self.seeds).instruction.split()
-        b = rng.choice(self.seeds).instruction.split()
+        a = rng.choice(self._instruction_words)
+        b = rng.choice(self._instruction_words)
         head = a[: rng.randint(1, max(1, len(a) // 2))]
         tail = b[rng.randint(len(b) // 2, max(len(b) // 2, len(b) - 1)) :]
-        middle = [rng.choice(self.vocab).lower() for _ in range(rng.randint(2, 5))]
+        vocab = self._vocab_lower
+        middle = [rng.choice(vocab) for _ in range(rng.randint(2, 5))]
         return " ".join(head + middle + tail)
 
     def _task(self, rng: random.Random) -> tuple[str, str, str, bool]:
         inst, ok = self._instruction(rng)
-        inp = rng.choice(self.seeds).input.strip() if rng.random() < 0.4 else ""
-        out_words = rng.choice(self.seeds).output.split()[: rng.randint(5, 60)]
+        inp = rng.choice(self._inputs) if rng.random() < 0.4 else ""
+        out_words = rng.choice(self._output_words)[: rng.randint(5, 60)]
         return inst, inp or "<noinput>", " ".join(out_words), ok
 
     def answer(self, model: str, prompt: str, choice: int, chat: bool) -> str:
