@@ -20,7 +20,9 @@ so processing an answer costs more as the run goes on and may fall behind the ne
 wait for it. Reports requests/s against the bound 64/s (as above), the acceptance rate, the peak processing lag
 (answers received, not yet processed) and the command's wall time (start-up and the processing left after the last
 answer included), for this tree and for the generator of a git revision (--old, default: before the request loop
-stopped waiting on processing), alternating, each pair after a CPU check (the machine is shared).
+stopped waiting on processing), alternating, each pair after a CPU check (the machine is shared). Also the CPU
+seconds each run cost, per request: the generator process (all its threads, start-up included) and the simulator
+process (which serves both trees); far less sensitive to other load on the machine than requests/s.
 
 crash: a teacher failing >= 20% of requests in mixed ways (429 with Retry-After, 500, hangs past the client
 timeout, answers cut at max_tokens, malformed bodies), 5 SIGKILLs of the generator at random moments, then a
@@ -131,6 +133,24 @@ def tree_at(rev: str) -> Path:
     return dest
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc), None where unknown."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def accepting(args) -> None:
     import os
 
@@ -162,12 +182,14 @@ def accepting(args) -> None:
             for name, tree in trees.items():
                 out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                started = time.monotonic()
+                started, client0, sim0 = time.monotonic(), children_cpu(), cpu_seconds(teacher.proc.pid)
                 # cwd too: `python -m` puts it before PYTHONPATH
                 subprocess.run(
                     generate_args(out, teacher.url, *sets), check=True, cwd=tree, capture_output=True, env=env
                 )
                 wall = time.monotonic() - started
+                client, sim = children_cpu() - client0, cpu_seconds(teacher.proc.pid)
+                sim = sim - sim0 if sim is not None and sim0 is not None else None
                 stats = json.loads((out / "stats.json").read_text())
                 shutil.rmtree(out)
                 c, run = stats["candidates"], stats["this_run"]
@@ -180,6 +202,8 @@ def accepting(args) -> None:
                     "requests": run["requests_completed"],
                     "lag": run.get("max_processing_lag"),
                     "window": run["request_seconds"],
+                    "client_ms": 1000 * client / run["requests_completed"],
+                    "sim_ms": 1000 * sim / run["requests_completed"] if sim is not None else None,
                 }
                 results[name].append(row)
                 lag = "n/a" if row["lag"] is None else row["lag"]
@@ -187,7 +211,8 @@ def accepting(args) -> None:
                     f"round {r + 1} (cpu check {cores:.2f} cores) {name:>14}: {row['req_s']:6.2f} req/s of 64 = "
                     f"{row['req_s'] / 64:6.1%}; {row['requests']} requests in {row['window']:.1f} s, "
                     f"{row['accepted']:,} accepted ({row['rate']:.1%} of candidates), peak processing lag {lag} "
-                    f"answers, wall {wall:.1f} s",
+                    f"answers, wall {wall:.1f} s; CPU per request: generator {row['client_ms']:.1f} ms, simulator "
+                    + ("n/a" if row["sim_ms"] is None else f"{row['sim_ms']:.1f} ms"),
                     flush=True,
                 )
     finally:
@@ -201,7 +226,13 @@ def accepting(args) -> None:
         print(
             f"{name:>14}: median {fraction:6.1%} of the bound, wall median "
             f"{statistics.median(x['wall'] for x in rows):.1f} s, acceptance "
-            f"{min(x['rate'] for x in rows):.1%}..{max(x['rate'] for x in rows):.1%}"
+            f"{min(x['rate'] for x in rows):.1%}..{max(x['rate'] for x in rows):.1%}, CPU per request median: "
+            f"generator {statistics.median(x['client_ms'] for x in rows):.1f} ms"
+            + (
+                f", simulator {statistics.median(x['sim_ms'] for x in rows):.1f} ms"
+                if all(x["sim_ms"] is not None for x in rows)
+                else ""
+            )
         )
     ratios = [a["req_s"] / b["req_s"] for a, b in zip(results[names[0]], results[names[1]])]
     print(f"this tree / {names[1]}, req/s, per round: {[round(x, 3) for x in ratios]}")

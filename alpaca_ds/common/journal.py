@@ -5,9 +5,12 @@ disk is whole lines plus, after a kill mid-write, at most one torn last line. Re
 torn last line is dropped and the file is cut back to the last complete line before anything is appended;
 damage anywhere else is an error.
 
-Group commit: `commit()` queues a line and waits until it is durable; everything queued in one turn of the
-event loop is written and fsync'd at once, so many requests in flight share an fsync. `append()` is the
-synchronous form (startup, cancellation paths).
+Group commit: `commit()` queues a line and waits until it is durable; everything queued while the previous
+batch is being written (or in one turn of the event loop) is written and fsync'd at once, so many requests in
+flight share an fsync. The write and the fsync run in a thread of the journal's own, one batch at a time, in
+the order queued: an fsync takes milliseconds, which the event loop spends on other requests instead of waiting.
+A line's future is done only once its batch is on disk. `append()` is the synchronous form (startup,
+cancellation paths).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class Journal:
         self._lock = threading.Lock()  # one writer at a time: the flusher thread or a sync append
         self._pending: list[tuple[bytes, asyncio.Future | None]] = []
         self._scheduled = False
+        self._writing: asyncio.Future | None = None  # the batch being written by the writer thread
+        self._writer = None  # a one-thread executor, started on the first queued line
 
     def _write(self, data: bytes) -> None:
         with self._lock:
@@ -84,13 +89,13 @@ class Journal:
     def enqueue(self, obj: dict, wait: bool = True) -> asyncio.Future | None:
         """Queue a line; the returned future is done once it is on disk.
 
-        Everything queued during one turn of the event loop is written with one write() and one fsync at the
-        end of that turn (group commit): under load many requests share an fsync, and a slow disk only makes
-        the batches bigger."""
+        Lines queued while a batch is being written (and during one turn of the event loop) go out together with
+        one write() and one fsync (group commit): under load many requests share an fsync, and a slow disk only
+        makes the batches bigger."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future() if wait else None
         self._pending.append((encode(obj), fut))
-        if not self._scheduled:
+        if not self._scheduled and self._writing is None:
             self._scheduled = True
             loop.call_soon(self._flush)
         return fut
@@ -100,26 +105,44 @@ class Journal:
         await self.enqueue(obj)
 
     def _flush(self) -> None:
+        """Hand what is queued to the writer thread (on the loop), unless a batch is being written: its end does."""
         self._scheduled = False
-        batch, self._pending = self._pending, []
-        if not batch:
+        if self._writing is not None or not self._pending:
             return
-        try:
-            self._write(b"".join(line for line, _ in batch))
-        except BaseException as e:
-            for _, fut in batch:
-                if fut is not None and not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError("journal write stopped"))
-            raise
+        batch, self._pending = self._pending, []
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(self._writer, self._write, b"".join(line for line, _ in batch))
+        self._writing.add_done_callback(lambda done: self._written(done, batch))
+
+    def _written(self, done: asyncio.Future, batch: list) -> None:
+        self._writing = None
+        e = done.exception() if not done.cancelled() else RuntimeError("journal write stopped")
         for _, fut in batch:
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                if e is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError("journal write stopped"))
+        if self._pending:  # queued while this batch was written: the next batch
+            self._flush()
+        if e is not None:
+            raise e
 
     async def drain(self) -> None:
-        """Write everything queued now."""
-        self._flush()
+        """Wait until everything queued now is on disk."""
+        while self._writing is not None or self._pending:
+            if self._writing is None:
+                self._flush()
+            await asyncio.wait([self._writing])
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._pending:  # queued after the loop ended (should not happen): write it rather than lose it
             self._write(b"".join(line for line, _ in self._pending))
             self._pending = []

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from alpaca_ds.api.client import token_counter
 from alpaca_ds.simulator import logprobs as lp
 from alpaca_ds.simulator.judge import judge_reply
 from alpaca_ds.simulator.moderation import Moderation
@@ -176,7 +177,8 @@ class Simulator:
                 else:
                     choices.append({"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs})
             self.answered[hashlib.sha256(prompt.encode()).hexdigest()] += 1
-        prompt_tokens = sum(len(enc.encode(p, disallowed_special=())) for p in prompts)
+        count = token_counter(enc).count
+        prompt_tokens = sum(count(p) for p in prompts)
         if chat:
             prompt_tokens += 7  # the chat format's own tokens around one message
         bill = self.billed["batch" if batch else "online"]

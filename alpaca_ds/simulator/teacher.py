@@ -13,6 +13,7 @@ import hashlib
 import random
 import re
 
+from alpaca_ds.api.client import token_counter
 from alpaca_ds.generate.seeds import Example
 from alpaca_ds.simulator.judge import judge_verdict
 
@@ -29,6 +30,8 @@ NOISE_KINDS = (
     "misnumbered",
 )
 
+_OPEN_TASK = re.compile(r"(\d+)\. Instruction:\s*$")
+
 
 class TeacherSim:
     """What the simulator writes: tasks for a generation prompt, a verdict for a judge prompt."""
@@ -43,6 +46,11 @@ class TeacherSim:
         for ex in seeds:
             words.update(w for w in re.findall(r"[A-Za-z]+", f"{ex.instruction} {ex.output}") if len(w) > 2)
         self.vocab = sorted(words)
+        # the seeds' parts as the tasks use them, split once (drawn with the same RNG calls as the seeds themselves)
+        self._vocab_lower = [w.lower() for w in self.vocab]
+        self._instruction_words = [ex.instruction.split() for ex in seeds]
+        self._inputs = [ex.input.strip() for ex in seeds]
+        self._output_words = [ex.output.split() for ex in seeds]
 
     # ---- content ------------------------------------------------------------------------------------------------
 
@@ -60,11 +68,11 @@ class TeacherSim:
         """(instruction, well-formed block?) — with probability `noise` a task of the kinds Alpaca filters out."""
         if rng.random() < self.noise:
             kind = rng.choice(NOISE_KINDS)
-            seed_words = rng.choice(self.seeds).instruction.split()
+            seed_words = list(rng.choice(self._instruction_words))
             if kind == "exact_seed":
                 return " ".join(seed_words), True
             if kind == "near_seed":  # one word changed: ROUGE-L must catch it
-                seed_words[rng.randrange(len(seed_words))] = rng.choice(self.vocab).lower()
+                seed_words[rng.randrange(len(seed_words))] = rng.choice(self._vocab_lower)
                 return " ".join(seed_words), True
             if kind == "short":
                 return " ".join(rng.choice(self.vocab) for _ in range(rng.randint(1, 3))), True
@@ -81,17 +89,18 @@ class TeacherSim:
         return self._instruction_plain(rng), True
 
     def _instruction_plain(self, rng: random.Random) -> str:
-        a = rng.choice(self.seeds).instruction.split()
-        b = rng.choice(self.seeds).instruction.split()
+        a = rng.choice(self._instruction_words)
+        b = rng.choice(self._instruction_words)
         head = a[: rng.randint(1, max(1, len(a) // 2))]
         tail = b[rng.randint(len(b) // 2, max(len(b) // 2, len(b) - 1)) :]
-        middle = [rng.choice(self.vocab).lower() for _ in range(rng.randint(2, 5))]
+        vocab = self._vocab_lower
+        middle = [rng.choice(vocab) for _ in range(rng.randint(2, 5))]
         return " ".join(head + middle + tail)
 
     def _task(self, rng: random.Random) -> tuple[str, str, str, bool]:
         inst, ok = self._instruction(rng)
-        inp = rng.choice(self.seeds).input.strip() if rng.random() < 0.4 else ""
-        out_words = rng.choice(self.seeds).output.split()[: rng.randint(5, 60)]
+        inp = rng.choice(self._inputs) if rng.random() < 0.4 else ""
+        out_words = rng.choice(self._output_words)[: rng.randint(5, 60)]
         return inst, inp or "<noinput>", " ".join(out_words), ok
 
     def answer(self, model: str, prompt: str, choice: int, chat: bool) -> str:
@@ -100,7 +109,10 @@ class TeacherSim:
         if verdict is not None:  # a judge prompt: answered in judge mode
             return verdict
         rng = random.Random(f"{self.seed}/{model}/{choice}/{hashlib.sha256(prompt.encode()).hexdigest()}")
-        found = re.search(r"(\d+)\. Instruction:\s*$", prompt)
+        # the prompt's last "N. Instruction:" (searched in its tail: the whole prompt is long)
+        found = _OPEN_TASK.search(prompt, max(0, len(prompt) - 200))
+        if found is not None and found.start() == max(0, len(prompt) - 200) > 0:
+            found = _OPEN_TASK.search(prompt)  # the digits may start before the tail
         start = int(found.group(1)) if found else 1
         parts = []
         for num in range(start, max(start, self.tasks) + 1):
@@ -119,8 +131,8 @@ class TeacherSim:
         if ends:
             text = text[: min(ends)]
         enc = self._enc(model)
-        ids = enc.encode(text, disallowed_special=())
         limit = max_tokens if cut is None else min(max_tokens, cut)
-        if len(ids) > limit:
-            return enc.decode(ids[:limit]), "length", limit
-        return text, "stop", len(ids)
+        used = token_counter(enc).count(text)  # exact, without encoding the lines of seeds seen before
+        if used > limit:
+            return enc.decode(enc.encode(text, disallowed_special=())[:limit]), "length", limit
+        return text, "stop", used
