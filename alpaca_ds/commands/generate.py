@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import click
 
-from alpaca_ds.commands.options import SET, finish
+from alpaca_ds.commands.options import SET, config_option, finish
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 
 
 @click.command("generate")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Generation recipe (launch/recipes/self_instruct_*.yaml).",
-)
+@config_option("Generation recipe (launch/recipes/self_instruct_*.yaml).")
 @SET
 @click.option(
     "--dry-run", is_flag=True, help="Print the expected requests, tokens and dollars (online and batch); send nothing."

@@ -8,17 +8,11 @@ import sys
 
 import click
 
-from alpaca_ds.commands.options import SET
+from alpaca_ds.commands.options import SET, config_option
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 
-RECIPE = click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Recipe YAML (launch/recipes/*.yaml).",
-)
+RECIPE = config_option("Recipe YAML (launch/recipes/*.yaml).", required=True)
 
 
 @click.command("train")
