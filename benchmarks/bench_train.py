@@ -42,9 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alpaca_ds.common.serving import free_port
-
-from common import ALPACA, FSDP_REFERENCE, LLAMA, ROOT, missing_alpaca_data, wait_for_quiet
+from common import ALPACA, LLAMA, ROOT, helpers_module, missing_alpaca_data, wait_for_quiet
 
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
 GOAL_PACKED = 1.4
@@ -181,35 +179,8 @@ def run_one(name: str, dataset: Path, run_dir: Path, steps: int, seed: int, thre
     """One 2-rank launch; its metrics.jsonl rows, each with `cpu_seconds`: the ranks' CPU time in that step,
     sampled (every ~20 ms) when rank 0 wrote the row."""
     sets = overrides(name, dataset, run_dir, steps, seed)
-    if CONFIGS[name][0] == "zero3":
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "alpaca_ds.train",
-            "--config",
-            str(RECIPE),
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(FSDP_REFERENCE),
-            "--config",
-            str(RECIPE),
-        ]
-    for item in sets:
-        cmd += ["--set", item]
+    training = helpers_module("training")  # the tests' launch commands: the tiny recipe on 2 local ranks
+    cmd = (training.deepspeed_command if CONFIGS[name][0] == "zero3" else training.fsdp_command)(*sets)
     metrics = run_dir / "metrics.jsonl"
     log = run_dir.parent / f"{run_dir.name}.log"
     cpu_at: list[float] = []  # ranks' CPU seconds when each metrics row appeared

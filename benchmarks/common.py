@@ -19,8 +19,6 @@ SHARED = ROOT.parent / "shared" / "data"
 ALPACA = SHARED / "alpaca" / "alpaca_data.json"
 LLAMA = SHARED / "tokenizers" / "llama"
 SELF_INSTRUCT = SHARED / "self-instruct"
-# torch FSDP as Alpaca trained, run as a script under torch.distributed.run (the tests' reference for ZeRO-3)
-FSDP_REFERENCE = ROOT / "tests" / "helpers" / "fsdp_reference.py"
 
 
 def missing_alpaca_data(name: str, hint: str = "") -> bool:
