@@ -38,6 +38,11 @@ def generate_command(config_path, overrides, dry_run, cancel_batches):
     finish(gen.run(cfg, cancel_batches=cancel_batches))
 
 
+def share(*decls: str, help: str):
+    """A --fail-* style option: a share (0 to 1) of requests, answers or lines, none by default."""
+    return click.option(*decls, default=0.0, show_default=True, help=help)
+
+
 @click.group("teacher")
 def teacher_group():
     """A local SIMULATOR of an OpenAI-compatible teacher (for tests and offline runs)."""
@@ -64,15 +69,13 @@ def teacher_group():
     show_default=True,
     help="Share of tasks written to be rejected (seed repeats, too short, blacklisted words, ...).",
 )
-@click.option("--fail-429", default=0.0, show_default=True, help="Share of requests answered 429 with Retry-After.")
+@share("--fail-429", "rate_429", help="Share of requests answered 429 with Retry-After.")
 @click.option("--retry-after", default=1.0, show_default=True, help="Seconds in the Retry-After header of a 429.")
-@click.option("--fail-500", default=0.0, show_default=True, help="Share of requests answered 500.")
-@click.option("--fail-timeout", default=0.0, show_default=True, help="Share of requests that hang (see --hang).")
-@click.option("--hang", default=600.0, show_default=True, help="Seconds a hanging request hangs.")
-@click.option(
-    "--fail-truncate", default=0.0, show_default=True, help="Share of answers cut short with finish_reason 'length'."
-)
-@click.option("--fail-malformed", default=0.0, show_default=True, help="Share of answers with a broken JSON body.")
+@share("--fail-500", "rate_500", help="Share of requests answered 500.")
+@share("--fail-timeout", "rate_timeout", help="Share of requests that hang (see --hang).")
+@click.option("--hang", "hang_s", default=600.0, show_default=True, help="Seconds a hanging request hangs.")
+@share("--fail-truncate", "rate_truncate", help="Share of answers cut short with finish_reason 'length'.")
+@share("--fail-malformed", "rate_malformed", help="Share of answers with a broken JSON body.")
 @click.option("--require-key", default=None, help="Answer 401 unless the bearer token is this.")
 @click.option(
     "--fail-first", default=0, show_default=True, help="Answer 429 to the first N attempts of every distinct request."
@@ -86,7 +89,7 @@ def teacher_group():
     help="Bill PROMPT COMPLETION dollars per 1M tokens [default: the price table's, for the model asked].",
 )
 @click.option("--batch-seconds", default=1.0, show_default=True, help="Seconds a batch stays in progress.")
-@click.option("--batch-line-failure", default=0.0, show_default=True, help="Share of batch lines that fail (500).")
+@share("--batch-line-failure", help="Share of batch lines that fail (500).")
 @click.option("--batch-fail", default=0, show_default=True, help="The first N batches fail whole.")
 @click.option("--batch-expire", default=0, show_default=True, help="The next N batches expire, half answered.")
 @click.option("--no-batch", is_flag=True, help="Serve no Batch API (/v1/files, /v1/batches answer 404).")
@@ -106,16 +109,7 @@ def teacher_serve(
     jitter,
     tasks,
     noise,
-    fail_429,
-    retry_after,
-    fail_500,
-    fail_timeout,
-    hang,
-    fail_truncate,
-    fail_malformed,
     require_key,
-    fail_first,
-    fail_matching,
     price,
     batch_seconds,
     batch_line_failure,
@@ -124,6 +118,7 @@ def teacher_serve(
     no_batch,
     no_logprobs,
     moderation_words,
+    **faults,
 ):
     """Serve a SIMULATED teacher and judge (not a language model) on /v1/completions, /v1/chat/completions,
     /v1/models, /v1/moderations, and the Batch API (/v1/files, /v1/batches).
@@ -138,17 +133,7 @@ def teacher_serve(
     from alpaca_ds.simulator.local import build, serve
     from alpaca_ds.simulator.server import Faults
 
-    faults = Faults(
-        rate_429=fail_429,
-        rate_500=fail_500,
-        rate_timeout=fail_timeout,
-        rate_truncate=fail_truncate,
-        rate_malformed=fail_malformed,
-        retry_after=retry_after,
-        hang_s=hang,
-        fail_first=fail_first,
-        fail_matching=fail_matching,
-    )
+    faults = Faults(**faults)  # the options named after its fields
     if faults.total() > 1:
         raise UserError("the --fail-* rates add up to more than 1")
     batch = (

@@ -38,6 +38,26 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def random_llama(
+    vocab_size: int, *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, seed: int = 0, **config
+):
+    """A LlamaForCausalLM of these sizes with random weights drawn from `seed`; `config`: more LlamaConfig fields."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        **config,
+    )
+    return LlamaForCausalLM(config)
+
+
 def make_tiny_model(
     folder: Path,
     seed: int = 0,
@@ -49,27 +69,25 @@ def make_tiny_model(
 ) -> Path:
     """A random LlamaForCausalLM with the project's tokenizer and Alpaca's [PAD]: the folder shape the trainer
     exports (config, safetensors, tokenizer, generation_config), without DeepSpeed."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig
 
     from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer
 
     tokenizer = load_tokenizer(str(ROOT / "data" / "tokenizer"))
     add_missing_special_tokens(tokenizer)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate or 2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+    model = random_llama(
+        len(tokenizer),
+        hidden=hidden,
+        intermediate=intermediate or 2 * hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        seed=seed,
         max_position_embeddings=2048,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
