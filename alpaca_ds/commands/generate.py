@@ -104,12 +104,6 @@ def teacher_serve(
     port,
     host,
     seeds_path,
-    seed,
-    latency,
-    jitter,
-    tasks,
-    noise,
-    require_key,
     price,
     batch_seconds,
     batch_line_failure,
@@ -117,8 +111,7 @@ def teacher_serve(
     batch_expire,
     no_batch,
     no_logprobs,
-    moderation_words,
-    **faults,
+    **options,
 ):
     """Serve a SIMULATED teacher and judge (not a language model) on /v1/completions, /v1/chat/completions,
     /v1/models, /v1/moderations, and the Batch API (/v1/files, /v1/batches).
@@ -128,12 +121,15 @@ def teacher_serve(
     injects faults on demand: 429 + Retry-After, 500, hangs, answers cut at max_tokens, malformed bodies, failed
     batch lines, failed and expired batches. Point a config at it with api.base_url=http://127.0.0.1:PORT/v1.
     """
+    from dataclasses import fields
+
     from alpaca_ds.api.prices import Price
     from alpaca_ds.simulator.batch import BatchBehaviour
     from alpaca_ds.simulator.local import build, serve
     from alpaca_ds.simulator.server import Faults
 
-    faults = Faults(**faults)  # the options named after its fields
+    # the fault options are named after Faults' fields, the others after build()'s keywords
+    faults = Faults(**{field.name: options.pop(field.name) for field in fields(Faults)})
     if faults.total() > 1:
         raise UserError("the --fail-* rates add up to more than 1")
     batch = (
@@ -143,20 +139,8 @@ def teacher_serve(
             seconds=batch_seconds, line_failure=batch_line_failure, fail_batches=batch_fail, expire_batches=batch_expire
         )
     )
-    sim = build(
-        seeds_path,
-        seed=seed,
-        tasks=tasks,
-        noise=noise,
-        latency=latency,
-        jitter=jitter,
-        faults=faults,
-        require_key=require_key,
-        price=Price(*price, "--price") if price else None,
-        batch=batch,
-        logprobs=not no_logprobs,
-        moderation_words=moderation_words,
-    )
+    price = Price(*price, "--price") if price else None
+    sim = build(seeds_path, faults=faults, price=price, batch=batch, logprobs=not no_logprobs, **options)
     serve(sim, port, host=host, announce=lambda msg: click.echo(msg))
 
 

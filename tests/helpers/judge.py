@@ -56,21 +56,10 @@ def make_pairs(tmp_path: Path, n: int) -> tuple[Path, Path, list]:
 
 def overrides(url: str, out: Path, *extra: str) -> list[str]:
     """The discrete judge unless `extra` says mode=weighted (a later --set wins)."""
-    return [
-        f"out_dir={out}",
-        f"api.base_url={url}",
-        "api.model=judge-sim",
-        "api.api_key_env=JUDGE_TEST_KEY",
-        "api.encoding=cl100k_base",
-        "api.backoff_initial_s=0.01",
-        "budget.prompt_usd_per_1m=1000",
-        "budget.completion_usd_per_1m=1000",
-        "budget.max_usd=100",
-        "concurrency=4",
-        "progress=false",
-        "mode=discrete",
-        *extra,
-    ]
+    api = [f"api.base_url={url}", "api.model=judge-sim", "api.api_key_env=JUDGE_TEST_KEY", "api.encoding=cl100k_base"]
+    budget = ["budget.prompt_usd_per_1m=1000", "budget.completion_usd_per_1m=1000", "budget.max_usd=100"]
+    run = ["api.backoff_initial_s=0.01", "concurrency=4", "progress=false", "mode=discrete"]
+    return [f"out_dir={out}", *api, *budget, *run, *extra]
 
 
 def config(a: Path, b: Path, url: str, out: Path, *extra: str) -> JudgeConfig:
