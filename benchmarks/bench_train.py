@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ALPACA, LLAMA, ROOT, helpers_module, missing_alpaca_data, wait_for_quiet
+from common import ALPACA, LLAMA, ROOT, add_quiet_options, helpers_module, missing_alpaca_data, wait_for_quiet
 
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
 GOAL_PACKED = 1.4
@@ -354,13 +354,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate")
     ap.add_argument("--reps", type=int, default=4, help="rounds of all configurations, interleaved")
-    ap.add_argument(
-        "--quiet",
-        type=float,
-        default=1.7,
-        help="before each run, wait until two CPU-bound processes get this many cores' worth of work",
-    )
-    ap.add_argument("--quiet-timeout", type=float, default=90, help="... or this many seconds")
+    add_quiet_options(ap, 1.7, 90)
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)
     args = ap.parse_args()

@@ -56,6 +56,17 @@ def cpu_check(n: int = 10_000_000) -> float:
     return 2 * one / two
 
 
+def add_quiet_options(ap, cores: float, seconds: float, before: str = "run") -> None:
+    """--quiet and --quiet-timeout: wait_for_quiet's threshold and timeout before each timed `before`."""
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=cores,
+        help=f"before each {before}, wait until two CPU-bound processes get this many cores' worth of work",
+    )
+    ap.add_argument("--quiet-timeout", type=float, default=seconds, help="... or this many seconds")
+
+
 def wait_for_quiet(threshold: float, timeout: float, pause: float = 5, n: int = 10_000_000) -> float:
     """Run the CPU check (spinning `n` iterations) until two processes get `threshold` cores or `timeout` seconds
     pass, `pause` seconds apart; the last value."""
