@@ -17,6 +17,7 @@ from alpaca_ds.train.config import TrainConfig
 from helpers.paths import ROOT
 
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
+FSDP_REFERENCE = ROOT / "tests" / "helpers" / "fsdp_reference.py"  # torch FSDP, the reference for ZeRO-3
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
 FROM_INIT_STEPS = 24  # what the `from_init` fixture's runs train
 # lm_head among the targets: on a random model, adapters on attention alone barely move the loss in 24 steps
@@ -27,9 +28,6 @@ LORA = (
     "optim.lr=1e-2",
     "model.lora.target_modules=[q_proj, v_proj, lm_head]",
 )
-
-
-FSDP_REFERENCE = ROOT / "tests" / "helpers" / "fsdp_reference.py"
 
 
 def as_sets(overrides) -> list[str]:
