@@ -62,9 +62,7 @@ def packed_rows(dataset):
 
 
 def tiny_llama(vocab_size: int, attn: str) -> LlamaForCausalLM:
-    model = random_llama(
-        vocab_size, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, attn_implementation=attn
-    )
+    model = random_llama(vocab_size, hidden=64, layers=2, heads=4, kv_heads=2, attn_implementation=attn)
     model = model.float().eval()
     assert model.config._attn_implementation == attn
     return model

@@ -17,7 +17,7 @@ from helpers.paths import ROOT
 
 
 def tiny(seed: int, vocab: int = 1000, hidden: int = 64, layers: int = 2) -> LlamaForCausalLM:
-    return random_llama(vocab, hidden=hidden, intermediate=2 * hidden, layers=layers, heads=4, kv_heads=2, seed=seed)
+    return random_llama(vocab, hidden=hidden, layers=layers, heads=4, kv_heads=2, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
     from alpaca_ds.train.config import LoraConfig
 
     def base():
-        return random_llama(50, hidden=16, intermediate=32, layers=2, heads=2, kv_heads=1)
+        return random_llama(50, hidden=16, layers=2, heads=2, kv_heads=1)
 
     model = get_peft_model(base(), lora.peft_config(LoraConfig(modules_to_save=("lm_head",)), None))
     with torch.no_grad():
