@@ -7,7 +7,7 @@ import sys
 import click
 
 from alpaca_ds.commands import data, evaluate, generate, release, train
-from alpaca_ds.commands.options import SET, flags
+from alpaca_ds.commands.options import SET, config_option, flags
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 
@@ -19,12 +19,7 @@ def cli():
 
 
 @cli.command("quickstart")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Quickstart YAML [default: launch/recipes/quickstart.yaml, paths from the repository].",
-)
+@config_option("Quickstart YAML [default: launch/recipes/quickstart.yaml, paths from the repository].")
 @SET
 @click.option("--out", help="Run directory [default: runs/quickstart]; rerunning with it continues the run.")
 @click.option("--quick", is_flag=True, help="The smaller variant (the config's `quick` section): CI, tests.")

@@ -42,9 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alpaca_ds.common.serving import free_port
-
-from common import ALPACA, FSDP_REFERENCE, LLAMA, ROOT, missing_alpaca_data, wait_for_quiet
+from common import ALPACA, LLAMA, ROOT, add_quiet_options, helpers_module, missing_alpaca_data, wait_for_quiet
 
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
 GOAL_PACKED = 1.4
@@ -181,35 +179,8 @@ def run_one(name: str, dataset: Path, run_dir: Path, steps: int, seed: int, thre
     """One 2-rank launch; its metrics.jsonl rows, each with `cpu_seconds`: the ranks' CPU time in that step,
     sampled (every ~20 ms) when rank 0 wrote the row."""
     sets = overrides(name, dataset, run_dir, steps, seed)
-    if CONFIGS[name][0] == "zero3":
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "alpaca_ds.train",
-            "--config",
-            str(RECIPE),
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(FSDP_REFERENCE),
-            "--config",
-            str(RECIPE),
-        ]
-    for item in sets:
-        cmd += ["--set", item]
+    training = helpers_module("training")  # the tests' launch commands: the tiny recipe on 2 local ranks
+    cmd = (training.deepspeed_command if CONFIGS[name][0] == "zero3" else training.fsdp_command)(*sets)
     metrics = run_dir / "metrics.jsonl"
     log = run_dir.parent / f"{run_dir.name}.log"
     cpu_at: list[float] = []  # ranks' CPU seconds when each metrics row appeared
@@ -383,13 +354,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate")
     ap.add_argument("--reps", type=int, default=4, help="rounds of all configurations, interleaved")
-    ap.add_argument(
-        "--quiet",
-        type=float,
-        default=1.7,
-        help="before each run, wait until two CPU-bound processes get this many cores' worth of work",
-    )
-    ap.add_argument("--quiet-timeout", type=float, default=90, help="... or this many seconds")
+    add_quiet_options(ap, 1.7, 90)
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT)
     args = ap.parse_args()

@@ -19,8 +19,6 @@ SHARED = ROOT.parent / "shared" / "data"
 ALPACA = SHARED / "alpaca" / "alpaca_data.json"
 LLAMA = SHARED / "tokenizers" / "llama"
 SELF_INSTRUCT = SHARED / "self-instruct"
-# torch FSDP as Alpaca trained, run as a script under torch.distributed.run (the tests' reference for ZeRO-3)
-FSDP_REFERENCE = ROOT / "tests" / "helpers" / "fsdp_reference.py"
 
 
 def missing_alpaca_data(name: str, hint: str = "") -> bool:
@@ -56,6 +54,17 @@ def cpu_check(n: int = 10_000_000) -> float:
         pool.map(_spin, [n, n], chunksize=1)
         two = time.perf_counter() - t
     return 2 * one / two
+
+
+def add_quiet_options(ap, cores: float, seconds: float, before: str = "run") -> None:
+    """--quiet and --quiet-timeout: wait_for_quiet's threshold and timeout before each timed `before`."""
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=cores,
+        help=f"before each {before}, wait until two CPU-bound processes get this many cores' worth of work",
+    )
+    ap.add_argument("--quiet-timeout", type=float, default=seconds, help="... or this many seconds")
 
 
 def wait_for_quiet(threshold: float, timeout: float, pause: float = 5, n: int = 10_000_000) -> float:

@@ -28,6 +28,15 @@ class BatchApiConfig(Schema):
     )
 
 
+def api_key_env_field(default: str | None):
+    """The field naming the environment variable of an API key (the key itself is never configured)."""
+    return Field(
+        default,
+        description="environment variable holding the key (never written anywhere); "
+        "null for a local server that needs none",
+    )
+
+
 class ApiConfig(Schema):
     """The teacher model behind an OpenAI-compatible API (`generate`; `evaluate judge` derives its own)."""
 
@@ -36,11 +45,7 @@ class ApiConfig(Schema):
     mode: Literal["completions", "chat"] = Field(
         "completions", description="completions: Alpaca's API, several prompts per request; chat: one per request"
     )
-    api_key_env: str | None = Field(
-        "OPENAI_API_KEY",
-        description="environment variable holding the key (never written anywhere); "
-        "null for a local server that needs none",
-    )
+    api_key_env: str | None = api_key_env_field("OPENAI_API_KEY")
     encoding: str | None = Field(None, description="tiktoken encoding; default tiktoken.encoding_for_model(model)")
     prompts_per_request: int = Field(5, ge=1, le=20, description="completions mode: prompts per request (Alpaca: 5)")
     n: int = Field(1, ge=1, le=16, description="completions per prompt")
@@ -106,11 +111,7 @@ class EndpointConfig(Schema):
         description="completions: send Alpaca's prompt (a fine-tuned Alpaca model); chat: send the "
         "instruction (and input) as one user message (a chat model)",
     )
-    api_key_env: str | None = Field(
-        None,
-        description="environment variable holding the key (never written "
-        "anywhere); null for a local server that needs none",
-    )
+    api_key_env: str | None = api_key_env_field(None)
     encoding: str | None = Field(None, description="tiktoken encoding for counting tokens (only with a budget)")
     prompts_per_request: int = Field(8, ge=1, le=20, description="completions mode: prompts per request")
     concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once")

@@ -23,55 +23,37 @@ _LLAMA1 = dict(
     tie_word_embeddings=False,
 )
 _LLAMA2 = {**_LLAMA1, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
+_LLAMA3 = {
+    **_LLAMA1,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+}
 
-_7B = dict(
-    hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32
-)
-_13B = dict(
-    hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40
-)
+
+def _sizes(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> dict:
+    """An architecture's sizes, as LlamaConfig keys."""
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+    )
+
+
+_7B, _13B = _sizes(4096, 11008, 32, 32, 32), _sizes(5120, 13824, 40, 40, 40)
 
 ARCHS: dict[str, dict] = {
     "llama-7b": {**_LLAMA1, **_7B},
     "llama-13b": {**_LLAMA1, **_13B},
-    "llama-30b": {
-        **_LLAMA1,
-        "hidden_size": 6656,
-        "intermediate_size": 17920,
-        "num_hidden_layers": 60,
-        "num_attention_heads": 52,
-        "num_key_value_heads": 52,
-    },
-    "llama-65b": {
-        **_LLAMA1,
-        "hidden_size": 8192,
-        "intermediate_size": 22016,
-        "num_hidden_layers": 80,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 64,
-    },
+    "llama-30b": {**_LLAMA1, **_sizes(6656, 17920, 60, 52, 52)},
+    "llama-65b": {**_LLAMA1, **_sizes(8192, 22016, 80, 64, 64)},
     "llama-2-7b": {**_LLAMA2, **_7B},
     "llama-2-13b": {**_LLAMA2, **_13B},
-    "llama-2-70b": {
-        **_LLAMA2,
-        "hidden_size": 8192,
-        "intermediate_size": 28672,
-        "num_hidden_layers": 80,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 8,
-    },
-    "llama-3-8b": {
-        **_LLAMA1,
-        "vocab_size": 128256,
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 500000.0,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-    },
+    "llama-2-70b": {**_LLAMA2, **_sizes(8192, 28672, 80, 64, 8)},
+    "llama-3-8b": {**_LLAMA3, **_sizes(4096, 14336, 32, 32, 8)},
 }
 # Tokens Alpaca's resize adds to each preset's tokenizer: LLaMA's has no pad token, so [PAD].
 PAD_ADDED = {name: 1 for name in ARCHS}

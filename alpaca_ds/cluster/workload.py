@@ -37,16 +37,7 @@ def workload(cfg: TrainConfig, lengths: np.ndarray, world: int, micro: int, accu
 
     # One rank of micro x world rows per micro-step and accumulation `accum` draws the same global rows as
     # `world` ranks of `micro`: rank r's micro-batch is rows [r*micro, (r+1)*micro) of each.
-    sampler = MicroBatchSampler(
-        lengths,
-        micro * world,
-        world_size=1,
-        rank=0,
-        seed=cfg.data.seed,
-        mode=cfg.data.batching,
-        pack_length=cfg.data.pack_length,
-        accumulation=accum,
-    )
+    sampler = MicroBatchSampler.from_config(lengths, cfg.data, micro * world, accum, world_size=1, rank=0)
     d = arch.dims
     real = slots = flops = 0.0
     longest = 0

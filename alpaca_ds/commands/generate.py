@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import click
 
-from alpaca_ds.commands.options import SET, finish
+from alpaca_ds.commands.options import SET, config_option, finish
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 
 
 @click.command("generate")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Generation recipe (launch/recipes/self_instruct_*.yaml).",
-)
+@config_option("Generation recipe (launch/recipes/self_instruct_*.yaml).")
 @SET
 @click.option(
     "--dry-run", is_flag=True, help="Print the expected requests, tokens and dollars (online and batch); send nothing."
@@ -41,6 +36,11 @@ def generate_command(config_path, overrides, dry_run, cancel_batches):
         click.echo(gen.format_dry_run(gen.dry_run(cfg)))
         return
     finish(gen.run(cfg, cancel_batches=cancel_batches))
+
+
+def share(*decls: str, help: str):
+    """A --fail-* style option: a share (0 to 1) of requests, answers or lines, none by default."""
+    return click.option(*decls, default=0.0, show_default=True, help=help)
 
 
 @click.group("teacher")
@@ -69,15 +69,13 @@ def teacher_group():
     show_default=True,
     help="Share of tasks written to be rejected (seed repeats, too short, blacklisted words, ...).",
 )
-@click.option("--fail-429", default=0.0, show_default=True, help="Share of requests answered 429 with Retry-After.")
+@share("--fail-429", "rate_429", help="Share of requests answered 429 with Retry-After.")
 @click.option("--retry-after", default=1.0, show_default=True, help="Seconds in the Retry-After header of a 429.")
-@click.option("--fail-500", default=0.0, show_default=True, help="Share of requests answered 500.")
-@click.option("--fail-timeout", default=0.0, show_default=True, help="Share of requests that hang (see --hang).")
-@click.option("--hang", default=600.0, show_default=True, help="Seconds a hanging request hangs.")
-@click.option(
-    "--fail-truncate", default=0.0, show_default=True, help="Share of answers cut short with finish_reason 'length'."
-)
-@click.option("--fail-malformed", default=0.0, show_default=True, help="Share of answers with a broken JSON body.")
+@share("--fail-500", "rate_500", help="Share of requests answered 500.")
+@share("--fail-timeout", "rate_timeout", help="Share of requests that hang (see --hang).")
+@click.option("--hang", "hang_s", default=600.0, show_default=True, help="Seconds a hanging request hangs.")
+@share("--fail-truncate", "rate_truncate", help="Share of answers cut short with finish_reason 'length'.")
+@share("--fail-malformed", "rate_malformed", help="Share of answers with a broken JSON body.")
 @click.option("--require-key", default=None, help="Answer 401 unless the bearer token is this.")
 @click.option(
     "--fail-first", default=0, show_default=True, help="Answer 429 to the first N attempts of every distinct request."
@@ -91,7 +89,7 @@ def teacher_group():
     help="Bill PROMPT COMPLETION dollars per 1M tokens [default: the price table's, for the model asked].",
 )
 @click.option("--batch-seconds", default=1.0, show_default=True, help="Seconds a batch stays in progress.")
-@click.option("--batch-line-failure", default=0.0, show_default=True, help="Share of batch lines that fail (500).")
+@share("--batch-line-failure", help="Share of batch lines that fail (500).")
 @click.option("--batch-fail", default=0, show_default=True, help="The first N batches fail whole.")
 @click.option("--batch-expire", default=0, show_default=True, help="The next N batches expire, half answered.")
 @click.option("--no-batch", is_flag=True, help="Serve no Batch API (/v1/files, /v1/batches answer 404).")
@@ -106,21 +104,6 @@ def teacher_serve(
     port,
     host,
     seeds_path,
-    seed,
-    latency,
-    jitter,
-    tasks,
-    noise,
-    fail_429,
-    retry_after,
-    fail_500,
-    fail_timeout,
-    hang,
-    fail_truncate,
-    fail_malformed,
-    require_key,
-    fail_first,
-    fail_matching,
     price,
     batch_seconds,
     batch_line_failure,
@@ -128,7 +111,7 @@ def teacher_serve(
     batch_expire,
     no_batch,
     no_logprobs,
-    moderation_words,
+    **options,
 ):
     """Serve a SIMULATED teacher and judge (not a language model) on /v1/completions, /v1/chat/completions,
     /v1/models, /v1/moderations, and the Batch API (/v1/files, /v1/batches).
@@ -138,22 +121,15 @@ def teacher_serve(
     injects faults on demand: 429 + Retry-After, 500, hangs, answers cut at max_tokens, malformed bodies, failed
     batch lines, failed and expired batches. Point a config at it with api.base_url=http://127.0.0.1:PORT/v1.
     """
+    from dataclasses import fields
+
     from alpaca_ds.api.prices import Price
     from alpaca_ds.simulator.batch import BatchBehaviour
     from alpaca_ds.simulator.local import build, serve
     from alpaca_ds.simulator.server import Faults
 
-    faults = Faults(
-        rate_429=fail_429,
-        rate_500=fail_500,
-        rate_timeout=fail_timeout,
-        rate_truncate=fail_truncate,
-        rate_malformed=fail_malformed,
-        retry_after=retry_after,
-        hang_s=hang,
-        fail_first=fail_first,
-        fail_matching=fail_matching,
-    )
+    # the fault options are named after Faults' fields, the others after build()'s keywords
+    faults = Faults(**{field.name: options.pop(field.name) for field in fields(Faults)})
     if faults.total() > 1:
         raise UserError("the --fail-* rates add up to more than 1")
     batch = (
@@ -163,20 +139,8 @@ def teacher_serve(
             seconds=batch_seconds, line_failure=batch_line_failure, fail_batches=batch_fail, expire_batches=batch_expire
         )
     )
-    sim = build(
-        seeds_path,
-        seed=seed,
-        tasks=tasks,
-        noise=noise,
-        latency=latency,
-        jitter=jitter,
-        faults=faults,
-        require_key=require_key,
-        price=Price(*price, "--price") if price else None,
-        batch=batch,
-        logprobs=not no_logprobs,
-        moderation_words=moderation_words,
-    )
+    price = Price(*price, "--price") if price else None
+    sim = build(seeds_path, faults=faults, price=price, batch=batch, logprobs=not no_logprobs, **options)
     serve(sim, port, host=host, announce=lambda msg: click.echo(msg))
 
 

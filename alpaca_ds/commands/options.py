@@ -7,12 +7,13 @@ import sys
 
 import click
 
-CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="YAML config file (defaults apply to what it leaves out).",
-)
+
+def config_option(help: str, **kwargs):
+    """`--config FILE` (into `config_path`), with the command's own help; kwargs: more click.option settings."""
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=help, **kwargs)
+
+
+CONFIG = config_option("YAML config file (defaults apply to what it leaves out).")
 SET = click.option(
     "--set",
     "overrides",

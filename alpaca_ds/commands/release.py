@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import click
 
+EVALS = click.option(
+    "--eval",
+    "evals",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="winrate.json of a judge run on this model's answers (repeatable).",
+)
+
 
 @click.group("release")
 def release_group():
@@ -38,13 +46,7 @@ def release_recover(base, diff_dir, out):
 
 @release_group.command("card")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option(
-    "--eval",
-    "evals",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True),
-    help="winrate.json of a judge run on this model's answers (repeatable).",
-)
+@EVALS
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the cards [default: RUN_DIR].")
 def release_card(run_dir, evals, out):
     """Write MODEL_CARD.md and DATA_CARD.md from a training run's provenance chain."""
@@ -60,13 +62,7 @@ def release_card(run_dir, evals, out):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The release folder to create.")
 @click.option("--base", type=click.Path(file_okay=False, exists=True), help="Base model: publish a weight diff.")
 @click.option("--full-weights", is_flag=True, help="Publish the weights themselves (when the base licence allows).")
-@click.option(
-    "--eval",
-    "evals",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True),
-    help="winrate.json of a judge run on this model's answers (repeatable).",
-)
+@EVALS
 def release_pack(run_dir, out, base, full_weights, evals):
     """Gather weights (diff or full; a LoRA run's adapter always), tokenizer, cards, data and configs into a folder
     with SHA256SUMS. A LoRA run's adapter needs neither --base nor --full-weights."""

@@ -8,17 +8,11 @@ import sys
 
 import click
 
-from alpaca_ds.commands.options import SET
+from alpaca_ds.commands.options import SET, config_option
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 
-RECIPE = click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Recipe YAML (launch/recipes/*.yaml).",
-)
+RECIPE = config_option("Recipe YAML (launch/recipes/*.yaml).", required=True)
 
 
 @click.command("train")
@@ -129,7 +123,7 @@ def launch_command(
     "--dataset", type=click.Path(file_okay=False), help="Built dataset for steps and tokens (default: data.path)."
 )
 @click.option("--seq-len", type=int, help="Padded sequence length for activations (default: the longest row).")
-@click.option("--gpu", "gpu_models", multiple=True, help="GPU model(s) to show (default: all known; repeatable).")
+@click.option("--gpu", "gpus", multiple=True, help="GPU model(s) to show (default: all known; repeatable).")
 @click.option("--mfu", default=0.4, show_default=True, help="Assumed model FLOPs utilisation.")
 @click.option(
     "--usd-per-gpu-hour", type=float, help="Price of a GPU-hour (default: an assumed list price per GPU model)."
@@ -138,21 +132,7 @@ def launch_command(
     "--reserve-gib", default=2.0, show_default=True, help="GPU memory kept for CUDA context, NCCL, fragmentation."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_command(
-    config_path,
-    overrides,
-    hostfile,
-    nodes,
-    gpus_per_node,
-    arch,
-    dataset,
-    seq_len,
-    gpu_models,
-    mfu,
-    usd_per_gpu_hour,
-    reserve_gib,
-    as_json,
-):
+def plan_command(config_path, overrides, hostfile, nodes, gpus_per_node, as_json, **options):
     """What a run needs per GPU (model states, activations), which GPUs it fits, how long it takes and costs."""
     from alpaca_ds.cluster import launch, plan, plan_table
     from alpaca_ds.train.config import TrainConfig
@@ -163,19 +143,8 @@ def plan_command(
     cluster = launch.cluster_from_options(hostfile, nodes, gpus_per_node)
     if cluster.gpus_per_node is None:
         raise UserError(f"{hostfile}: hosts with different slot counts; the plan needs the same GPUs per node")
-    result = plan.make_plan(
-        cfg,
-        config_path,
-        cluster.nodes,
-        cluster.gpus_per_node,
-        arch=arch,
-        dataset=dataset,
-        seq_len=seq_len,
-        gpus=gpu_models,
-        mfu=mfu,
-        usd_per_gpu_hour=usd_per_gpu_hour,
-        reserve_gib=reserve_gib,
-    )
+    # the other options are named after make_plan's keywords: arch, dataset, seq_len, gpus, mfu, usd_per_gpu_hour...
+    result = plan.make_plan(cfg, config_path, cluster.nodes, cluster.gpus_per_node, **options)
     click.echo(json.dumps(result, indent=2) if as_json else plan_table.format_plan(result))
 
 

@@ -51,6 +51,22 @@ class MicroBatchSampler:
         self.position = 0  # micro-batches of this rank already consumed in this epoch
         self._cache: tuple[int, list[list[list[int]]]] | None = None
 
+    @classmethod
+    def from_config(
+        cls, lengths: np.ndarray, data, micro_batch_size: int, accumulation: int, *, world_size: int, rank: int
+    ) -> MicroBatchSampler:
+        """The sampler a training config's `data` section asks for (its seed, batching mode and pack_length)."""
+        return cls(
+            lengths,
+            micro_batch_size,
+            world_size=world_size,
+            rank=rank,
+            seed=data.seed,
+            mode=data.batching,
+            pack_length=data.pack_length,
+            accumulation=accumulation,
+        )
+
     def set_epoch(self, epoch: int) -> None:
         """Move to `epoch`; staying in the current epoch keeps the position, so a resumed run continues."""
         if epoch != self.epoch:

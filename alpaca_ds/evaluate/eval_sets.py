@@ -136,6 +136,10 @@ def output_record(item: EvalItem, output: str, generator: str) -> dict:
     return {"dataset": item.dataset, "instruction": item.instruction, "output": output, "generator": generator}
 
 
+# the keys of an AlpacaEval annotation that a pair fills, in AlpacaEval's order
+ANNOTATION_KEYS = ("dataset", "instruction", "output_1", "generator_1", "output_2", "generator_2")
+
+
 @dataclass(frozen=True)
 class Pair:
     index: int
@@ -148,14 +152,7 @@ class Pair:
 
     def annotation(self) -> dict:
         """The AlpacaEval annotation keys this pair fills (preference is added by whoever judges it)."""
-        return {
-            "dataset": self.dataset,
-            "instruction": self.instruction,
-            "output_1": self.output_1,
-            "generator_1": self.generator_1,
-            "output_2": self.output_2,
-            "generator_2": self.generator_2,
-        }
+        return {key: getattr(self, key) for key in ANNOTATION_KEYS}
 
 
 def pair_outputs(a_path: str | Path, b_path: str | Path, limit: int | None = None) -> list[Pair]:

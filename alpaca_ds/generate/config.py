@@ -13,29 +13,13 @@ class FilterConfig(Schema):
 
     min_words: int = Field(4, ge=0, description="fewer words are rejected (Alpaca: more than 3)")
     max_words: int = Field(150, gt=0, description="more words are rejected (Alpaca: 150)")
+    # fmt: off
     blacklist: tuple[str, ...] = Field(
-        (
-            "image",
-            "images",
-            "graph",
-            "graphs",
-            "picture",
-            "pictures",
-            "file",
-            "files",
-            "map",
-            "maps",
-            "draw",
-            "plot",
-            "go to",
-            "video",
-            "audio",
-            "music",
-            "flowchart",
-            "diagram",
-        ),
+        ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot",
+         "go to", "video", "audio", "music", "flowchart", "diagram"),
         description="whole words (case-insensitive) a text-only model cannot serve",
     )
+    # fmt: on
     banned_prefixes: tuple[str, ...] = Field(("Write a program",), description="instructions starting so are dropped")
     reject_punctuation_start: bool = Field(True, description="drop instructions whose first character is punctuation")
     reject_non_ascii_start: bool = Field(True, description="drop instructions whose first character is not ASCII")

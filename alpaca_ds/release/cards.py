@@ -157,16 +157,7 @@ def model_card(chain: dict) -> str:
             f"(`{e['path']}`)"
         )
     lines += [
-        "",
-        "## Licences",
-        "",
-        _model_licence(base, bool(lora)),
-        _data_licence(chain),
-        "",
-        "## Known limitations",
-        "",
-        LIMITATIONS,
-        "",
+        *_licences_and_limitations("## Licences", _model_licence(base, bool(lora)), _data_licence(chain)),
         "## Provenance checks",
         "",
     ]
@@ -235,15 +226,7 @@ def data_card(chain: dict) -> str:
         "",
         "Supervised fine-tuning of instruction-following research models, as Stanford Alpaca. Not for "
         "commercial use where the data licence or the teacher's terms forbid it.",
-        "",
-        "## Licence",
-        "",
-        _data_licence(chain),
-        "",
-        "## Known limitations",
-        "",
-        LIMITATIONS,
-        "",
+        *_licences_and_limitations("## Licence", _data_licence(chain)),
     ]
     return "\n".join(lines)
 
@@ -364,3 +347,8 @@ def _data_licence(chain: dict) -> str:
             "it, and any licence you give it must respect them."
         )
     return f"- **Data**: `{m['source']['input']}`, under whatever licence its authors gave it."
+
+
+def _licences_and_limitations(heading: str, *licences: str) -> list[str]:
+    """A card's licence section (under `heading`) and its known limitations, as card lines."""
+    return ["", heading, "", *licences, "", "## Known limitations", "", LIMITATIONS, ""]

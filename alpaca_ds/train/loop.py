@@ -86,16 +86,7 @@ def train(cfg: TrainConfig) -> None:
         else None
     )
     pad_id = manifest["tokenizer"]["pad_token_id"]
-    sampler = MicroBatchSampler(
-        train_set.lengths,
-        micro,
-        world_size=world,
-        rank=rank,
-        seed=cfg.data.seed,
-        mode=cfg.data.batching,
-        pack_length=cfg.data.pack_length,
-        accumulation=accum,
-    )
+    sampler = MicroBatchSampler.from_config(train_set.lengths, cfg.data, micro, accum, world_size=world, rank=rank)
     steps_per_epoch = len(sampler) // accum
     total_steps = min(cfg.optim.epochs * steps_per_epoch, cfg.optim.max_steps or math.inf)
     warmup_steps = math.ceil(cfg.optim.warmup_ratio * total_steps)

@@ -38,41 +38,51 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def make_tiny_model(
-    folder: Path,
-    seed: int = 0,
-    layers: int = 1,
-    hidden: int = 32,
-    heads: int = 2,
-    kv_heads: int = 1,
+def random_llama(
+    vocab_size: int,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
     intermediate: int | None = None,
-) -> Path:
-    """A random LlamaForCausalLM with the project's tokenizer and Alpaca's [PAD]: the folder shape the trainer
-    exports (config, safetensors, tokenizer, generation_config), without DeepSpeed."""
+    seed: int = 0,
+    **config,
+):
+    """A LlamaForCausalLM of these sizes (`intermediate`: 2 x hidden by default) with random weights drawn from
+    `seed`; `config`: more LlamaConfig fields."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer
-
-    tokenizer = load_tokenizer(str(ROOT / "data" / "tokenizer"))
-    add_missing_special_tokens(tokenizer)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **config,
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
+    return LlamaForCausalLM(config)
+
+
+def make_tiny_model(folder: Path, seed: int = 0, **sizes: int) -> Path:
+    """A random LlamaForCausalLM with the project's tokenizer and Alpaca's [PAD]: the folder shape the trainer
+    exports (config, safetensors, tokenizer, generation_config), without DeepSpeed. `sizes`: random_llama's
+    (default: 1 layer, hidden 32, 2 heads, 1 KV head)."""
+    from transformers import GenerationConfig
+
+    from alpaca_ds.dataset.tokenizer import add_missing_special_tokens, load_tokenizer
+
+    tokenizer = load_tokenizer(str(ROOT / "data" / "tokenizer"))
+    add_missing_special_tokens(tokenizer)
+    sizes = {"layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, **sizes}
+    ids = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
+    model = random_llama(len(tokenizer), seed=seed, max_position_embeddings=2048, **sizes, **ids)
+    model.generation_config = GenerationConfig(**ids)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -60,16 +60,7 @@ def main(config: str, sets: list[str]) -> None:
     micro, accum = cfg.batch.resolve(world)
     data = TokenizedDataset(cfg.data.path, "train")
     pad_id = data.manifest["tokenizer"]["pad_token_id"]
-    sampler = MicroBatchSampler(
-        data.lengths,
-        micro,
-        world_size=world,
-        rank=rank,
-        seed=cfg.data.seed,
-        mode=cfg.data.batching,
-        pack_length=cfg.data.pack_length,
-        accumulation=accum,
-    )
+    sampler = MicroBatchSampler.from_config(data.lengths, cfg.data, micro, accum, world_size=world, rank=rank)
     o = cfg.optim
     total = min(o.epochs * (len(sampler) // accum), o.max_steps or math.inf)
     model = build_model(cfg, data.manifest["tokenizer"]["vocab_size"])

@@ -38,18 +38,11 @@ def Teacher(*flags: str) -> SimulatorProcess:
 
 
 def overrides(out_dir: Path, url: str, *extra: str) -> list[str]:
-    return [
-        f"out_dir={out_dir}",
-        f"api.base_url={url}",
-        "api.api_key_env=null",
-        "progress=false",
-        "budget.max_usd=5",
-        f"seed_tasks={seeds_path()}",
-        "api.timeout_s=5",
-        "api.backoff_initial_s=0.05",
-        "api.backoff_max_s=0.5",
-        *extra,
-    ]
+    """A run against the simulator at `url`: quick timeouts and retries, a $5 budget; `extra` last (it wins)."""
+    api = [f"api.base_url={url}", "api.api_key_env=null", "api.timeout_s=5"]
+    retries = ["api.backoff_initial_s=0.05", "api.backoff_max_s=0.5"]
+    run = [f"out_dir={out_dir}", f"seed_tasks={seeds_path()}", "budget.max_usd=5", "progress=false"]
+    return [*run, *api, *retries, *extra]
 
 
 def gen_config(out_dir: Path, url: str, *extra: str) -> GenerateConfig:

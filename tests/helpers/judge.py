@@ -10,7 +10,7 @@ from pathlib import Path
 from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.config import load_config
 from alpaca_ds.evaluate.config import JudgeConfig
-from helpers.evaluation import cli, write_outputs
+from helpers.evaluation import cli, run_cli, write_outputs
 from helpers.paths import ROOT
 
 SECRET = "sk-test-judge-0123456789abcdef"
@@ -56,21 +56,10 @@ def make_pairs(tmp_path: Path, n: int) -> tuple[Path, Path, list]:
 
 def overrides(url: str, out: Path, *extra: str) -> list[str]:
     """The discrete judge unless `extra` says mode=weighted (a later --set wins)."""
-    return [
-        f"out_dir={out}",
-        f"api.base_url={url}",
-        "api.model=judge-sim",
-        "api.api_key_env=JUDGE_TEST_KEY",
-        "api.encoding=cl100k_base",
-        "api.backoff_initial_s=0.01",
-        "budget.prompt_usd_per_1m=1000",
-        "budget.completion_usd_per_1m=1000",
-        "budget.max_usd=100",
-        "concurrency=4",
-        "progress=false",
-        "mode=discrete",
-        *extra,
-    ]
+    api = [f"api.base_url={url}", "api.model=judge-sim", "api.api_key_env=JUDGE_TEST_KEY", "api.encoding=cl100k_base"]
+    budget = ["budget.prompt_usd_per_1m=1000", "budget.completion_usd_per_1m=1000", "budget.max_usd=100"]
+    run = ["api.backoff_initial_s=0.01", "concurrency=4", "progress=false", "mode=discrete"]
+    return [f"out_dir={out}", *api, *budget, *run, *extra]
 
 
 def config(a: Path, b: Path, url: str, out: Path, *extra: str) -> JudgeConfig:
@@ -81,13 +70,23 @@ def ledger_results(out: Path) -> list[dict]:
     return [e for e in read_jsonl(out / "calls.jsonl")[0] if e["t"] == "result"]
 
 
-def start_judge(a, b, url, out, *extra) -> subprocess.Popen:
-    """`alpaca-ds evaluate judge` in its own process group, with the test key in its environment."""
+def judge_args(a, b, url, out, *extra) -> list[str]:
+    """`evaluate judge` of outputs `a` against `b` with the settings of overrides(), as CLI arguments."""
     args = ["evaluate", "judge", "--a", str(a), "--b", str(b)]
     for item in overrides(url, out, *extra):
         args += ["--set", item]
+    return args
+
+
+def run_judge(a, b, url, out, *extra) -> subprocess.CompletedProcess:
+    """`alpaca-ds evaluate judge` to its end, with the test key in its environment."""
+    return run_cli(*judge_args(a, b, url, out, *extra), env=ENV)
+
+
+def start_judge(a, b, url, out, *extra) -> subprocess.Popen:
+    """`alpaca-ds evaluate judge` in its own process group, with the test key in its environment."""
     return subprocess.Popen(
-        cli(*args),
+        cli(*judge_args(a, b, url, out, *extra)),
         cwd=ROOT,
         env={**os.environ, **ENV},
         stdout=subprocess.PIPE,

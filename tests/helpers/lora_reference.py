@@ -47,16 +47,7 @@ def train(cfg: TrainConfig, init: dict[str, tuple[torch.Tensor, torch.Tensor]], 
         )
     micro, accum = cfg.batch.resolve(world)
     samplers = [
-        MicroBatchSampler(
-            data.lengths,
-            micro,
-            world_size=world,
-            rank=r,
-            seed=cfg.data.seed,
-            mode=cfg.data.batching,
-            pack_length=cfg.data.pack_length,
-            accumulation=accum,
-        )
+        MicroBatchSampler.from_config(data.lengths, cfg.data, micro, accum, world_size=world, rank=r)
         for r in range(world)
     ]
     o = cfg.optim

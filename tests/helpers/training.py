@@ -17,6 +17,7 @@ from alpaca_ds.train.config import TrainConfig
 from helpers.paths import ROOT
 
 RECIPE = ROOT / "launch" / "recipes" / "tiny.yaml"
+FSDP_REFERENCE = ROOT / "tests" / "helpers" / "fsdp_reference.py"  # torch FSDP, the reference for ZeRO-3
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
 FROM_INIT_STEPS = 24  # what the `from_init` fixture's runs train
 # lm_head among the targets: on a random model, adapters on attention alone barely move the loss in 24 steps
@@ -29,24 +30,31 @@ LORA = (
 )
 
 
+def as_sets(overrides) -> list[str]:
+    """Config overrides as `--set key=value` arguments."""
+    return [a for item in overrides for a in ("--set", item)]
+
+
+def deepspeed_command(*overrides: str, gpus: int = 2, port: int | None = None) -> list[str]:
+    """The deepspeed launcher starting alpaca_ds.train with the tiny recipe on `gpus` local ranks."""
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(gpus)]
+    return [*launcher, "--master_port", str(port or free_port()), "--module", "alpaca_ds.train", *_recipe(overrides)]
+
+
+def fsdp_command(*overrides: str) -> list[str]:
+    """torch.distributed.run starting the torch FSDP reference trainer with the tiny recipe on 2 local ranks."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    return [*launcher, "--master_port", str(free_port()), str(FSDP_REFERENCE), *_recipe(overrides)]
+
+
+def _recipe(overrides) -> list[str]:
+    return ["--config", str(RECIPE), *as_sets(overrides)]
+
+
 def launch(
     *overrides: str, wait: bool = True, port: int | None = None
 ) -> subprocess.Popen | subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port or free_port()),
-        "--module",
-        "alpaca_ds.train",
-        "--config",
-        str(RECIPE),
-    ]
-    for item in overrides:
-        command += ["--set", item]
+    command = deepspeed_command(*overrides, port=port)
     if wait:
         return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     return subprocess.Popen(

@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.common.serving import free_port
 from alpaca_ds.config import load_config
 from alpaca_ds.evaluate import judge
 from alpaca_ds.evaluate.config import JudgeConfig
@@ -20,7 +19,7 @@ from alpaca_ds.release.cards import pack, write_cards
 from helpers.evaluation import simulator, write_outputs
 from helpers.generation import Teacher, cli_env
 from helpers.paths import ROOT
-from helpers.training import ENV
+from helpers.training import launch
 
 pytestmark = pytest.mark.slow
 
@@ -57,32 +56,8 @@ def chain(tmp_path_factory) -> dict:
             "progress=false",
         )
     run("data", "build", "--set", f"input={gen / 'regen.json'}", "--set", f"output={data}", "--set", "workers=1")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "alpaca_ds.train",
-            "--config",
-            "launch/recipes/tiny.yaml",
-            "--set",
-            f"output_dir={runs}",
-            "--set",
-            f"data.path={data}",
-            "--set",
-            "optim.max_steps=4",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
+    result = launch(f"output_dir={runs}", f"data.path={data}", "optim.max_steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
     tasks = root / "tasks.jsonl"
     records = json.loads((gen / "regen.json").read_text())[:6]
     tasks.write_text(

@@ -18,14 +18,15 @@ from safetensors.torch import load_file
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.provenance import tensor_sha256
-from alpaca_ds.common.serving import free_port
 from alpaca_ds.train.config import TrainConfig
 from helpers import lora_reference
+from helpers.evaluation import run_cli
 from helpers.training import (
     ENV,
     FROM_INIT_STEPS,
     LORA,
     RECIPE,
+    deepspeed_command,
     launch,
     launch_and_kill,
     lora_settings,
@@ -142,25 +143,9 @@ def test_adapter_loads_with_peft_on_the_saved_base(lora_run, from_init, dataset)
 
 def test_export_command_rebuilds_the_runs_exports_from_a_checkpoint(lora_run, tmp_path):
     # the checkpoint holds the adapter's fp32 masters only; the base is rebuilt from model.name_or_path
-    import subprocess
-    import sys
-
     out = tmp_path / "exported"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alpaca_ds.cli",
-            "export",
-            str(lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"),
-            str(out),
-        ],
-        cwd=RECIPE.parents[2],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    checkpoint = lora_run / "checkpoints" / f"step-{FROM_INIT_STEPS:08d}"
+    result = run_cli("export", str(checkpoint), str(out), timeout=600, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     for folder, name in (("adapter", "adapter_model.safetensors"), ("final", "model.safetensors")):
         exported, final = load_file(out / folder / name), load_file(lora_run / folder / name)
@@ -222,25 +207,11 @@ def test_lora_packed_with_modules_to_save(engine, from_init, dataset, tmp_path):
 @pytest.mark.parametrize("engine", ["zero3_bf16", "zero2_bf16"])
 def test_qlora_trains_and_exports_on_a_gpu(engine, from_init, tmp_path):
     import subprocess
-    import sys
 
     run = tmp_path / "run"
     sets = (f"output_dir={run}", *from_init, *LORA, "model.lora.quantize=nf4", f"ds_config=ds_configs/{engine}.yaml")
-    command = [
-        sys.executable,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "1",
-        "--master_port",
-        str(free_port()),
-        "--module",
-        "alpaca_ds.train",
-        "--config",
-        str(RECIPE),
-    ]
     result = subprocess.run(
-        command + [a for item in sets for a in ("--set", item)],
+        deepspeed_command(*sets, gpus=1),
         cwd=RECIPE.parents[2],
         env={k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"},
         capture_output=True,

@@ -23,9 +23,15 @@ import pytest
 from alpaca_ds.common.serving import free_port
 from helpers.launching import ENV, cli
 from helpers.paths import ROOT
-from helpers.training import RECIPE, metrics
+from helpers.training import RECIPE, as_sets, metrics
 
 pytestmark = pytest.mark.slow
+
+
+def launch_args(run: Path, dataset: Path, *options: str, port: int | None = None) -> list[str]:
+    """`launch` of the tiny recipe into `run` from `dataset` with these cluster `options`, as CLI arguments."""
+    sets = as_sets([f"output_dir={run}", f"data.path={dataset}"])
+    return ["launch", "--config", str(RECIPE), *options, "--master-port", str(port or free_port()), *sets]
 
 
 # ---------------------------------------------------------------- two nodes on one machine, DeepSpeed's no-ssh mode
@@ -35,22 +41,7 @@ pytestmark = pytest.mark.slow
 def one_node_run(dataset, tmp_path_factory) -> Path:
     """The reference: one node of 2 ranks, through `alpaca-ds launch`."""
     run = tmp_path_factory.mktemp("one-node") / "run"
-    result = cli(
-        "launch",
-        "--config",
-        str(RECIPE),
-        "--nodes",
-        "1",
-        "--gpus-per-node",
-        "2",
-        "--master-port",
-        str(free_port()),
-        "--set",
-        f"output_dir={run}",
-        "--set",
-        f"data.path={dataset}",
-        timeout=900,
-    )
+    result = cli(*launch_args(run, dataset, "--nodes", "1", "--gpus-per-node", "2"), timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "+ " in result.stdout and "--num_gpus 2" in result.stdout and "done: 42 steps" in result.stdout
     return run
@@ -60,28 +51,14 @@ def test_two_nodes_on_one_machine_equal_one_node(one_node_run, dataset, tmp_path
     run = tmp_path / "two-nodes"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    port = str(free_port())
+    port, addr = free_port(), ("--master-addr", "127.0.0.1")  # where both nodes meet
     nodes = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "alpaca_ds.cli",
-                "launch",
-                "--config",
-                str(RECIPE),
-                "--hostfile",
-                str(hostfile),
-                "--node-rank",
-                str(rank),
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
-                port,
-                "--set",
-                f"output_dir={run}",
-                "--set",
-                f"data.path={dataset}",
+                *launch_args(run, dataset, "--hostfile", str(hostfile), "--node-rank", str(rank), *addr, port=port),
             ],
             cwd=ROOT,
             env=ENV,
@@ -154,23 +131,8 @@ def test_pdsh_mode_two_hosts_equal_one_node(ssh_to_localhost, one_node_run, data
     run = tmp_path / "pdsh-run"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
-    result = cli(
-        "launch",
-        "--config",
-        str(RECIPE),
-        "--hostfile",
-        str(hostfile),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        "--set",
-        f"output_dir={run}",
-        "--set",
-        f"data.path={dataset}",
-        env=ssh_to_localhost,
-        timeout=900,
-    )
+    options = ("--hostfile", str(hostfile), "--master-addr", "127.0.0.1")
+    result = cli(*launch_args(run, dataset, *options), env=ssh_to_localhost, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "cmd = pdsh -S -f 1024 -w 127.0.0.1,localhost" in result.stdout + result.stderr
     ours = [(r["step"], r["loss"], r.get("val_loss")) for r in metrics(run)]

@@ -22,8 +22,20 @@ from safetensors.torch import load_file
 from alpaca_ds.common.serving import free_port
 from alpaca_ds.config import load_config
 from alpaca_ds.train.config import TrainConfig
+from helpers.evaluation import run_cli
 from helpers.paths import ROOT
-from helpers.training import ENV, FROM_INIT_STEPS, RECIPE, launch, launch_and_kill, losses, metrics, worst_relative
+from helpers.training import (
+    ENV,
+    FROM_INIT_STEPS,
+    RECIPE,
+    as_sets,
+    fsdp_command,
+    launch,
+    launch_and_kill,
+    losses,
+    metrics,
+    worst_relative,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,15 +97,7 @@ def test_resume_after_kill_gives_identical_losses(reference_run, dataset, tmp_pa
     args = (f"output_dir={run}", f"data.path={dataset}", "checkpoint.every_steps=4")
     assert 14 <= launch_and_kill(run, args, 14) < 42
     # relaunch through `alpaca-ds train`, which checks the run and starts the same launcher command
-    command = [sys.executable, "-m", "alpaca_ds.cli", "train", "--config", str(RECIPE), "--num-gpus", "2"]
-    result = subprocess.run(
-        command + [a for item in args for a in ("--set", item)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_cli("train", "--config", str(RECIPE), "--num-gpus", "2", *as_sets(args), timeout=900, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "deepspeed.launcher.runner --num_gpus 2 --module alpaca_ds.train" in result.stdout
     assert "resumed from step-000000" in result.stdout
@@ -112,25 +116,8 @@ def zero3_from_init(from_init, tmp_path_factory) -> Path:
 
 def test_zero3_matches_torch_fsdp_from_the_same_weights(from_init, zero3_from_init, tmp_path):
     fsdp = tmp_path / "fsdp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "tests" / "helpers" / "fsdp_reference.py"),
-        "--config",
-        str(RECIPE),
-    ]
     result = subprocess.run(
-        command + [a for item in (f"output_dir={fsdp}", *from_init) for a in ("--set", item)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        fsdp_command(f"output_dir={fsdp}", *from_init), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ours, theirs = losses(zero3_from_init), losses(fsdp)
@@ -159,21 +146,8 @@ def test_other_engine_settings_train_the_same_model(variant, from_init, zero3_fr
 
 def test_export_command_matches_the_final_export(reference_run, tmp_path):
     out = tmp_path / "exported"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alpaca_ds.cli",
-            "export",
-            str(reference_run / "checkpoints" / "step-00000042"),
-            str(out),
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    checkpoint = reference_run / "checkpoints" / "step-00000042"
+    result = run_cli("export", str(checkpoint), str(out), timeout=600, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     exported, final = load_file(out / "model.safetensors"), load_file(reference_run / "final" / "model.safetensors")
     assert exported.keys() == final.keys()

@@ -22,9 +22,14 @@ from alpaca_ds.cluster.launch import (
 from alpaca_ds.common.errors import UserError
 from helpers.launching import ENV, cli
 from helpers.paths import ROOT
-from helpers.training import RECIPE
+from helpers.training import RECIPE, as_sets
 
 ALPACA_7B = ROOT / "launch" / "recipes" / "alpaca_7b.yaml"
+
+
+def launch_7b(nodes: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """`alpaca-ds launch` of the 7B recipe on `nodes` nodes of 8 GPUs each."""
+    return cli("launch", "--config", str(ALPACA_7B), "--nodes", str(nodes), "--gpus-per-node", "8", *args, **kwargs)
 
 
 # ---------------------------------------------------------------- commands and hostfiles
@@ -142,43 +147,21 @@ def test_global_batch_128_holds_for_1_to_32_gpus(nodes, gpus, tmp_path):
 
 
 def test_impossible_world_is_refused_with_the_arithmetic(tmp_path):
-    result = cli("launch", "--config", str(ALPACA_7B), "--nodes", "3", "--gpus-per-node", "8", "--dry-run")
+    result = launch_7b(3, "--dry-run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (
         "global_batch_size 128 / (micro_batch_size 4 x world 24 = 96) = 1.33333 is not a whole number of "
         "accumulation steps; no micro-batch size works: 128 is not divisible by 24 GPUs"
     ) in result.stderr
     # a fixed accumulation that does not fit this world is refused too, not silently changed
-    result = cli(
-        "launch",
-        "--config",
-        str(ALPACA_7B),
-        "--nodes",
-        "2",
-        "--gpus-per-node",
-        "8",
-        "--dry-run",
-        "--set",
-        "batch.gradient_accumulation_steps=4",
-    )
+    result = launch_7b(2, "--dry-run", "--set", "batch.gradient_accumulation_steps=4")
     assert result.returncode == 2
     assert (
         "micro_batch_size 4 x gradient_accumulation_steps 4 x world 16 = 256, not global_batch_size 128"
         in result.stderr
     )
     # a micro-batch that cannot divide evenly is refused with the sizes that would
-    result = cli(
-        "launch",
-        "--config",
-        str(ALPACA_7B),
-        "--nodes",
-        "1",
-        "--gpus-per-node",
-        "8",
-        "--dry-run",
-        "--set",
-        "batch.micro_batch_size=3",
-    )
+    result = launch_7b(1, "--dry-run", "--set", "batch.micro_batch_size=3")
     assert result.returncode == 2 and "micro_batch_size values that work on 8 GPUs: 1, 2, 4, 8, 16" in result.stderr
 
 
@@ -187,19 +170,10 @@ def test_impossible_world_is_refused_with_the_arithmetic(tmp_path):
 
 def test_dry_run_7b_on_2x8(tmp_path):
     run = tmp_path / "run"
-    result = cli(
-        "launch",
-        "--config",
-        str(ALPACA_7B),
-        "--nodes",
-        "2",
-        "--gpus-per-node",
-        "8",
+    result = launch_7b(
+        2,
         "--dry-run",
-        "--set",
-        f"output_dir={run}",
-        "--set",
-        f"data.path={tmp_path / 'absent'}",
+        *as_sets([f"output_dir={run}", f"data.path={tmp_path / 'absent'}"]),
         env={**{k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}, "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 0, result.stderr
@@ -229,18 +203,9 @@ def test_dry_run_7b_on_2x8(tmp_path):
 
 def test_real_launch_refuses_missing_paths_before_the_launcher(tmp_path):
     start = time.time()
-    result = cli(
-        "launch",
-        "--config",
-        str(ALPACA_7B),
-        "--nodes",
-        "1",
-        "--gpus-per-node",
-        "8",
-        "--set",
-        f"output_dir={tmp_path / 'run'}",
-        "--set",
-        f"data.path={tmp_path / 'absent'}",
+    result = launch_7b(
+        1,
+        *as_sets([f"output_dir={tmp_path / 'run'}", f"data.path={tmp_path / 'absent'}"]),
         env={**ENV, "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr

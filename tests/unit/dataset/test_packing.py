@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from alpaca_ds.config import load_config
 from alpaca_ds.dataset import build
@@ -23,6 +23,7 @@ from alpaca_ds.dataset.collate import collate
 from alpaca_ds.dataset.config import DataBuildConfig
 from alpaca_ds.dataset.sampler import MicroBatchSampler, pack
 from alpaca_ds.dataset.shards import TokenizedDataset
+from helpers.evaluation import random_llama
 
 IGNORE_INDEX = -100  # Alpaca's train.py value, restated rather than imported
 TOL = 1e-5
@@ -61,20 +62,20 @@ def packed_rows(dataset):
 
 
 def tiny_llama(vocab_size: int, attn: str) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        attn_implementation=attn,
-    )
-    model = LlamaForCausalLM(config).float().eval()
+    model = random_llama(vocab_size, hidden=64, layers=2, heads=4, kv_heads=2, attn_implementation=attn)
+    model = model.float().eval()
     assert model.config._attn_implementation == attn
     return model
+
+
+def batch_logits(model: LlamaForCausalLM, batch: dict) -> torch.Tensor:
+    """The model's logits over a collated batch, with the collator's attention mask and position ids."""
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    ).logits
 
 
 def example_loss(logits: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
@@ -131,12 +132,7 @@ def test_packed_loss_equals_unpacked_loss_per_example(dataset, packed_rows, attn
     # The training loss as the loop computes it (collated labels, shifted once over the whole row) is the same
     # token sum as the examples alone: no cross-boundary prediction, no padding counted.
     with torch.no_grad():
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            use_cache=False,
-        ).logits
+        logits = batch_logits(model, batch)
     total_packed = F.cross_entropy(
         logits[:, :-1].reshape(-1, vocab).double(),
         batch["labels"][:, 1:].reshape(-1),
@@ -230,12 +226,7 @@ def test_fully_labelled_examples_get_no_cross_boundary_label(dataset, attn):
     batch = collate(rows, pad_id)
     model = tiny_llama(vocab, attn)
     with torch.no_grad():
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            use_cache=False,
-        ).logits
+        logits = batch_logits(model, batch)
         for b, row in enumerate(rows):
             start = 0
             for e in row:

@@ -21,8 +21,8 @@ from alpaca_ds.evaluate import judge
 from alpaca_ds.evaluate.config import JudgeConfig
 from alpaca_ds.simulator.batch import BatchBehaviour
 from alpaca_ds.simulator.server import Faults
-from helpers.evaluation import run_cli, simulator, write_outputs
-from helpers.judge import ENV, SECRET, config, ledger_results, make_pairs, overrides, start_judge
+from helpers.evaluation import simulator, write_outputs
+from helpers.judge import ENV, SECRET, config, ledger_results, make_pairs, run_judge, start_judge
 
 
 def test_verdict_parsing_and_combining():
@@ -146,16 +146,7 @@ def test_killed_or_interrupted_run_resumes_to_the_same_result(tmp_path, how):
             assert "interrupted" in err
         done_before = len([r for r in ledger_results(out) if r["kind"] == "ok"])
         assert done_before < 60
-        rerun = run_cli(
-            "evaluate",
-            "judge",
-            "--a",
-            str(a),
-            "--b",
-            str(b),
-            *[x for item in overrides(s.base_url, out) for x in ("--set", item)],
-            env=ENV,
-        )
+        rerun = run_judge(a, b, s.base_url, out)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert "30/30 pairs judged" in rerun.stdout and f"{done_before} from the ledger" in rerun.stdout
     annotations = json.loads((out / "annotations.json").read_text())

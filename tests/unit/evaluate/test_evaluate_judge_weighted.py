@@ -16,8 +16,8 @@ import pytest
 from alpaca_ds.api.prices import Price
 from alpaca_ds.common.journal import read_jsonl
 from alpaca_ds.evaluate import judge
-from helpers.evaluation import run_cli, simulator
-from helpers.judge import ENV, config, ledger_results, make_pairs, overrides, start_judge
+from helpers.evaluation import simulator
+from helpers.judge import ENV, config, ledger_results, make_pairs, run_judge, start_judge
 
 WEIGHTED = "mode=weighted"
 
@@ -91,16 +91,7 @@ def test_without_log_probabilities_the_verdict_is_used_and_reported(tmp_path):
     a, b, discrete = make_pairs(tmp_path, 15)
     out = tmp_path / "fallback"
     with simulator(logprobs=False) as s:
-        r = run_cli(
-            "evaluate",
-            "judge",
-            "--a",
-            str(a),
-            "--b",
-            str(b),
-            *[x for o in overrides(s.base_url, out, WEIGHTED) for x in ("--set", o)],
-            env=ENV,
-        )
+        r = run_judge(a, b, s.base_url, out, WEIGHTED)
         assert s.sim.logprobs_returned == {} and len(s.sim.answered) == 30
     assert r.returncode == 0, r.stderr[-2000:]
     assert "30 of 30 calls had no log-probabilities for m/M and fell back to the verdict" in r.stdout
@@ -131,16 +122,7 @@ def test_sigkill_and_rerun_pay_nothing_twice(tmp_path):
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
-        rerun = run_cli(
-            "evaluate",
-            "judge",
-            "--a",
-            str(a),
-            "--b",
-            str(b),
-            *[x for o in overrides(s.base_url, out, *extra) for x in ("--set", o)],
-            env=ENV,
-        )
+        rerun = run_judge(a, b, s.base_url, out, *extra)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert f"{ok} from the ledger" in rerun.stdout
     os.environ.update(ENV)

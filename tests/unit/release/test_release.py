@@ -8,25 +8,16 @@ import sys
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.release.weights import Weights, make_diff, recover
+from helpers.evaluation import random_llama
 from helpers.paths import ROOT
 
 
 def tiny(seed: int, vocab: int = 1000, hidden: int = 64, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    return random_llama(vocab, hidden=hidden, layers=layers, heads=4, kv_heads=2, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from alpaca_ds.common.errors import UserError
 from alpaca_ds.config import load_config
 from alpaca_ds.train.config import TrainConfig
 from alpaca_ds.train.loop import preflight
+from helpers.evaluation import random_llama
 from helpers.training import RECIPE, lora_settings
 
 
@@ -55,23 +56,12 @@ def test_adapter_folder_round_trips_every_tensor(tmp_path):
     # Saved from a consolidated state dict, reloaded by peft: every tensor comes back equal; a state dict
     # with an empty (ungathered ZeRO-3 partition) or missing adapter tensor is refused before anything is written.
     from peft import PeftModel, get_peft_model, get_peft_model_state_dict
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from alpaca_ds.train import lora
     from alpaca_ds.train.config import LoraConfig
 
     def base():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=50,
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-            )
-        )
+        return random_llama(50, hidden=16, layers=2, heads=2, kv_heads=1)
 
     model = get_peft_model(base(), lora.peft_config(LoraConfig(modules_to_save=("lm_head",)), None))
     with torch.no_grad():
