@@ -244,21 +244,10 @@ class Runner:
 
     # ---- requests -----------------------------------------------------------------------------------------------
 
-    async def call(
-        self,
-        key,
-        prompts: list[str],
-        worst: Cost,
-        *,
-        stop: list[str] | None,
-        logit_bias: dict[str, int] | None = None,
-        reservation: Cost | None = None,
-        label: str = "a request",
-    ):
-        """Caller.call, with the run stopped when the API refuses (fatal) or the budget can never fit."""
-        how, outcome = await self.caller.call(
-            key, prompts, worst, stop=stop, logit_bias=logit_bias, reservation=reservation, label=label
-        )
+    async def call(self, key, prompts: list[str], worst: Cost, **options):
+        """Caller.call (its keyword options as they are), with the run stopped when the API refuses (fatal) or the
+        budget can never fit."""
+        how, outcome = await self.caller.call(key, prompts, worst, **{"label": "a request", **options})
         if how == "fatal":
             self.stop(
                 "fatal",

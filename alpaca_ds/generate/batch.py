@@ -22,8 +22,6 @@ import asyncio
 import math
 
 from alpaca_ds.api.batch import BatchTransport
-from alpaca_ds.api.progress import Progress
-from alpaca_ds.api.runner import Runner
 from alpaca_ds.generate.dryrun import expected_per_request
 from alpaca_ds.generate.processor import process_in_order
 from alpaca_ds.generate.result import GenerateResult
@@ -34,22 +32,8 @@ class BatchGenerator:
     def __init__(self, rd: RunDir, cancel: bool = False):
         self.rd, self.s, self.cfg = rd, rd.s, rd.cfg
         self.cancel = cancel
-        self.progress = Progress(
-            self.cfg.num_instructions,
-            "generate (batch)",
-            "instr",
-            initial=len(rd.proc.accepted),
-            enabled=self.cfg.progress,
-        )
-        self.runner = Runner(
-            self.cfg.api,
-            self.s.key,
-            rd.ledger,
-            self.cfg.budget,
-            price=self.s.price,
-            enc=self.s.enc,
-            progress=self.progress,
-        )
+        self.runner = rd.runner("generate (batch)")
+        self.progress = self.runner.progress
         self.submitted = 0
         self.running = 0
 

@@ -18,8 +18,6 @@ import heapq
 import time
 
 from alpaca_ds.api.budget import Cost
-from alpaca_ds.api.progress import Progress
-from alpaca_ds.api.runner import Runner
 from alpaca_ds.generate.backlog import Backlog
 from alpaca_ds.generate.dryrun import expected_per_request
 from alpaca_ds.generate.result import GenerateResult
@@ -54,22 +52,14 @@ class OnlineGenerator:
         led.keep_choices = False
         self.tasks: dict[int, asyncio.Task] = {}
         self.specs: dict[int, tuple[list[str], Cost]] = {}
-        self.progress = Progress(
-            self.cfg.num_instructions, "generate", "instr", initial=len(self.proc.accepted), enabled=self.cfg.progress
-        )
-        self.runner = Runner(
-            self.cfg.api,
-            self.s.key,
-            self.ledger,
-            self.cfg.budget,
-            price=self.s.price,
-            enc=self.s.enc,
-            progress=self.progress,
+        self.runner = rd.runner(
+            "generate",
             on_stop=self._wake_up,
             on_abandon=self._abandon_all,
             on_send=self._sent,
             on_answer=self._answered,
         )
+        self.progress = self.runner.progress
 
     # ---- scheduling -------------------------------------------------------------------------------------------
 

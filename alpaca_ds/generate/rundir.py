@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from alpaca_ds.api.ledger import CallLedger
+from alpaca_ds.api.progress import Progress
+from alpaca_ds.api.runner import Runner
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import atomic_write_bytes, atomic_write_json
 from alpaca_ds.common.journal import Journal, read_jsonl
@@ -87,6 +89,15 @@ class RunDir:
             "accepted_restored": len(replayed) - len(on_disk),
             "interrupted_attempts": self.ledger.interrupted,
         }
+
+    def runner(self, label: str, **hooks) -> Runner:
+        """This run's API runner (its key, ledger, budget and prices) with a progress line named `label`;
+        `hooks`: the transport's callbacks (on_stop, on_send, ...)."""
+        cfg = self.cfg
+        progress = Progress(cfg.num_instructions, label, "instr", initial=len(self.proc.accepted), enabled=cfg.progress)
+        return Runner(
+            cfg.api, self.s.key, self.ledger, cfg.budget, price=self.s.price, enc=self.s.enc, progress=progress, **hooks
+        )
 
     def accept(self, records: list[dict], requests: int) -> None:
         """Write the records of the next `requests` requests in order (processed) to accepted.jsonl with one
