@@ -29,18 +29,7 @@ CASES = [
 ]
 
 
-def measure_peak(
-    hidden: int,
-    intermediate: int,
-    layers: int,
-    heads: int,
-    vocab: int,
-    micro: int,
-    seq: int,
-    attention: str = "sdpa",
-    checkpointing: bool = False,
-    lora: dict | None = None,
-) -> int:
+def measure_peak(d, micro: int, seq: int, attention: str = "sdpa", checkpointing: bool = False, lora=None) -> int:
     """Peak bytes allocated during one forward + backward beyond the parameters and their gradients; `lora`
     (target_modules, lora_dropout, ... of peft's LoraConfig) trains adapters on the frozen model instead."""
     import torch
@@ -48,15 +37,10 @@ def measure_peak(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        vocab_size=vocab,
-        attn_implementation=attention,
-    )
+    from alpaca_ds.cluster.presets import llama_sizes
+
+    sizes = llama_sizes(d.hidden, d.intermediate, d.layers, d.heads, d.heads)
+    config = LlamaConfig(**sizes, vocab_size=d.vocab, attn_implementation=attention)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.train()
     if checkpointing:
@@ -69,7 +53,7 @@ def measure_peak(
         if checkpointing:
             model.enable_input_require_grads()  # as alpaca_ds.train.lora.add_adapters does
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, **lora)).to(torch.bfloat16)
-    ids = torch.randint(0, vocab, (micro, seq))
+    ids = torch.randint(0, d.vocab, (micro, seq))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model(**batch).loss.backward()  # warm-up: gradients allocated, lazy state built
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -101,8 +85,9 @@ def main() -> None:
     for h, i, L, a, V, b, s in CASES:
         for attention in ("sdpa", "eager"):
             for ckpt in (False, True):
-                measured = measure_peak(h, i, L, a, V, b, s, attention, ckpt)
-                formula = activation_bytes(Dims(h, i, L, a, V), b, s, checkpointing=ckpt, attention=attention)
+                d = Dims(h, i, L, a, V)
+                measured = measure_peak(d, b, s, attention, ckpt)
+                formula = activation_bytes(d, b, s, checkpointing=ckpt, attention=attention)
                 row = {
                     "hidden": h,
                     "intermediate": i,

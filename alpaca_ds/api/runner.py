@@ -182,6 +182,13 @@ class Runner:
                 if task is not asyncio.current_task() and getattr(task, "_alpaca_call", False):
                     task.cancel()
 
+    def run(self, main) -> None:
+        """asyncio.run(main), the progress line closed however it ends."""
+        try:
+            asyncio.run(main)
+        finally:
+            self.progress.close()
+
     def stop(self, reason: str, message: str) -> None:
         """Stop sending: requests waiting (rate limit, backoff, budget) give up, those on the wire finish."""
         if self.stop_reason is None:

@@ -32,7 +32,7 @@ _LLAMA3 = {
 }
 
 
-def _sizes(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> dict:
+def llama_sizes(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> dict:
     """An architecture's sizes, as LlamaConfig keys."""
     return dict(
         hidden_size=hidden,
@@ -43,17 +43,17 @@ def _sizes(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: in
     )
 
 
-_7B, _13B = _sizes(4096, 11008, 32, 32, 32), _sizes(5120, 13824, 40, 40, 40)
+_7B, _13B = llama_sizes(4096, 11008, 32, 32, 32), llama_sizes(5120, 13824, 40, 40, 40)
 
 ARCHS: dict[str, dict] = {
     "llama-7b": {**_LLAMA1, **_7B},
     "llama-13b": {**_LLAMA1, **_13B},
-    "llama-30b": {**_LLAMA1, **_sizes(6656, 17920, 60, 52, 52)},
-    "llama-65b": {**_LLAMA1, **_sizes(8192, 22016, 80, 64, 64)},
+    "llama-30b": {**_LLAMA1, **llama_sizes(6656, 17920, 60, 52, 52)},
+    "llama-65b": {**_LLAMA1, **llama_sizes(8192, 22016, 80, 64, 64)},
     "llama-2-7b": {**_LLAMA2, **_7B},
     "llama-2-13b": {**_LLAMA2, **_13B},
-    "llama-2-70b": {**_LLAMA2, **_sizes(8192, 28672, 80, 64, 8)},
-    "llama-3-8b": {**_LLAMA3, **_sizes(4096, 14336, 32, 32, 8)},
+    "llama-2-70b": {**_LLAMA2, **llama_sizes(8192, 28672, 80, 64, 8)},
+    "llama-3-8b": {**_LLAMA3, **llama_sizes(4096, 14336, 32, 32, 8)},
 }
 # Tokens Alpaca's resize adds to each preset's tokenizer: LLaMA's has no pad token, so [PAD].
 PAD_ADDED = {name: 1 for name in ARCHS}

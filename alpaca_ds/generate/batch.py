@@ -18,7 +18,6 @@ batches running and says how to collect or cancel them.
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from alpaca_ds.api.batch import BatchTransport
@@ -113,10 +112,7 @@ class BatchGenerator:
                 self._process()
 
     def run(self) -> GenerateResult:
-        try:
-            asyncio.run(self._main())
-        finally:
-            self.progress.close()
+        self.runner.run(self._main())
         led = self.rd.ledger
         answered = {i: led.ok.get(i) for i in led.keys if led.complete(i)}
         return self.rd.conclude(

@@ -264,8 +264,5 @@ class OnlineGenerator:
             gc.freeze()
 
     def run(self) -> GenerateResult:
-        try:
-            asyncio.run(self._main())
-        finally:
-            self.progress.close()
+        self.runner.run(self._main())
         return self.rd.conclude(self.runner, self.backlog, self._this_run())

@@ -182,9 +182,9 @@ def test_activation_formula_against_measured_peak(attention):
     measure = _bench().measure_peak
     h, i, layers, heads, vocab, micro, seq = 256, 688, 3, 8, 2000, 2, 192
     d = Dims(h, i, layers, heads, vocab)
-    plain = measure(h, i, layers, heads, vocab, micro, seq, attention, False)
+    plain = measure(d, micro, seq, attention, False)
     assert activation_bytes(d, micro, seq, checkpointing=False, attention=attention) == pytest.approx(plain, rel=0.01)
-    ckpt = measure(h, i, layers, heads, vocab, micro, seq, attention, True)
+    ckpt = measure(d, micro, seq, attention, True)
     ratio = activation_bytes(d, micro, seq, checkpointing=True, attention=attention) / ckpt
     assert 0.97 <= ratio <= 1.2, ratio  # a bound, mostly a little over
     assert ckpt < plain
@@ -381,29 +381,14 @@ def test_lora_model_states_are_deepspeeds_estimators_plus_the_frozen_base(nodes,
 @pytest.mark.slow
 def test_lora_activation_formula_against_measured_peak(targets, dropout, checkpointing, low, high):
     # a frozen base keeps far fewer activations: the formula follows which weights train, measured on CPU
-    h, i, layers, heads, vocab, micro, seq = 512, 1376, 4, 8, 1000, 2, 256
-    measured = _bench().measure_peak(
-        h,
-        i,
-        layers,
-        heads,
-        vocab,
-        micro,
-        seq,
-        "sdpa",
-        checkpointing,
-        {"target_modules": list(targets), "lora_dropout": dropout},
-    )
+    d, micro, seq = Dims(512, 1376, 4, 8, 1000), 2, 256
+    lora = {"target_modules": list(targets), "lora_dropout": dropout}
+    measured = _bench().measure_peak(d, micro, seq, "sdpa", checkpointing, lora)
     formula = activation_bytes(
-        Dims(h, i, layers, heads, vocab),
-        micro,
-        seq,
-        checkpointing=checkpointing,
-        trained=frozenset(targets),
-        dropout=dropout > 0,
+        d, micro, seq, checkpointing=checkpointing, trained=frozenset(targets), dropout=dropout > 0
     )
     assert low <= formula / measured <= high, formula / measured
-    assert formula < activation_bytes(Dims(h, i, layers, heads, vocab), micro, seq, checkpointing=checkpointing)
+    assert formula < activation_bytes(d, micro, seq, checkpointing=checkpointing)
 
 
 def test_one_gpu_verdicts_for_7b_and_13b_lora_and_qlora(plan_lora_1gpu, monkeypatch):
