@@ -112,11 +112,13 @@ def write_hand_configs(cfg: QuickstartConfig, paths: Paths) -> dict[str, Path]:
     return written
 
 
-def hand_commands(cfg: QuickstartConfig, paths: Paths, checkpoint: str | None = None) -> list[str]:
-    """The commands that run each step by hand, with this run's paths."""
+def hand_commands(
+    cfg: QuickstartConfig, paths: Paths, settings: dict[str, Schema], checkpoint: str | None = None
+) -> list[str]:
+    """The commands that run each step by hand, with this run's paths (`settings`: stage_configs' at HAND_URL)."""
     c = paths.configs
     ckpt = checkpoint or str(paths.run / "checkpoints" / "step-NNNNNNNN")
-    generate = stage_configs(cfg, paths, HAND_URL)["generate"]
+    generate = settings["generate"]
     return [
         f"alpaca-ds teacher serve --port {HAND_PORT} --seeds {shlex.quote(generate.seed_tasks)} --seed "
         f"{generate.seed} &   # the local teacher simulator (and judge)",

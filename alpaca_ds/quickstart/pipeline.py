@@ -250,7 +250,7 @@ def step_answer(ctx: Context) -> dict:
     from alpaca_ds.evaluate import answers
 
     n = write_reference(ctx.settings["answer"], ctx.paths)
-    result = answers.run(stage_configs(ctx.cfg, ctx.paths, "http://unused/v1")["answer"])
+    result = answers.run(ctx.settings["answer"])  # answers call no teacher: the settings as written
     ctx.echo(
         f"      {result.answers} answers by {result.generator} -> {result.output}; {n} reference "
         f"outputs -> {ctx.paths.reference}"

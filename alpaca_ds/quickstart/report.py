@@ -305,7 +305,7 @@ def write_report(cfg, paths, state: dict) -> Path:
     )
     add("")
     add("```sh")
-    for command in hand_commands(cfg, paths, export["checkpoint"]):
+    for command in hand_commands(cfg, paths, settings, export["checkpoint"]):
         add(command)
     add("```")
     add("")

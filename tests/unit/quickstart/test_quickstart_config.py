@@ -75,7 +75,7 @@ def test_every_step_has_its_config_for_running_it_by_hand(tmp_path):
     train = load_config(TrainConfig, written["train"])
     assert (train.output_dir, train.data.path, train.optim.epochs) == (str(paths.run), str(paths.tokenized), 3)
     assert yaml.safe_load(written["judge"].read_text())["api"]["base_url"] == "http://127.0.0.1:8765/v1"
-    commands = "\n".join(layout.hand_commands(cfg, paths))
+    commands = "\n".join(layout.hand_commands(cfg, paths, layout.stage_configs(cfg, paths, layout.HAND_URL)))
     assert re.search(r"alpaca-ds train --config \S+train\.yaml --num-gpus 2", commands)
 
 
