@@ -6,7 +6,8 @@ setup.py            checks and the pieces a run needs
 seeds.py            seed tasks (self-instruct format)
 prompts.py          prompts from seeds (prompt.txt), parsing the teacher's answers
 filters.py          Alpaca's filters
-rouge.py            exact ROUGE-L de-duplication (rouge_kernels.py: its compiled loops)
+rouge.py            exact ROUGE-L de-duplication (rouge_kernels.py: its compiled storage and filters,
+                    rouge_scan.py: the compiled scan behind every query's scores, top-k and mean)
 processor.py        answers -> accepted records, strictly in request order
 backlog.py          the processing thread: answers processed behind the requests, in order, bounded memory
 rundir.py           the run directory: ledger, accepted.jsonl, regen.json, stats, cost

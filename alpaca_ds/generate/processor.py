@@ -6,6 +6,7 @@ arrived in, at any concurrency and with either transport.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 
@@ -23,7 +24,9 @@ class Processor:
         self.k = cfg.num_prompt_instructions
         self.chat = cfg.api.mode == "chat"
         self.filters = Filters(cfg.filters)
-        self.index = RougeIndex(threshold=cfg.rouge_threshold, top_k=10, compute_mean=True)
+        # the batch transport's answers arrive thousands at once with no request loop to serve: both cores scan
+        two = cfg.api.transport == "batch" and (os.cpu_count() or 1) >= 2
+        self.index = RougeIndex(threshold=cfg.rouge_threshold, top_k=10, compute_mean=True, workers=2 if two else 1)
         for ex in setup.seeds:  # Alpaca de-duplicates against the seeds too
             self.index.add(ex.instruction)
         if setup.seeds:  # compile (or load from numba's cache) the index's loops before any request is paid for

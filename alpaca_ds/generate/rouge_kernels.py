@@ -1,4 +1,5 @@
-"""The compiled loops of `RougeIndex` (alpaca_ds/generate/rouge.py): posting lists, bit-parallel LCS, top-k.
+"""The compiled loops of `RougeIndex` (alpaca_ds/generate/rouge.py): posting lists, bit-parallel LCS, the
+is_duplicate filters. The scan behind `query` (every score, top-k, the mean's sum) is rouge_scan.py's.
 
 numba compiles these on first use and caches the machine code next to this file (or in the user's cache when
 that folder is read-only), so only the first process after an install pays the compile. Every float they
@@ -145,88 +146,6 @@ def _long_lcs(q, k, long_start, long_tok, lut):
     if len(q) <= WORD:
         return _lcs_lut(toks, lut, len(q))
     return _lcs_dp(q, toks)
-
-
-@njit(cache=True, nogil=True)
-def _long_scores(q, lens, long_ids, long_start, long_tok, lut, f):
-    """f[i] = exact score of query q against each instruction i of > 64 tokens."""
-    m = len(q)
-    if m <= WORD:
-        _set_lut(q, lut)
-    for k in range(len(long_ids)):
-        i = long_ids[k]
-        f[i] = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, lens[i])
-    if m <= WORD:
-        _clear_lut(q, lut)
-
-
-@njit(cache=True, nogil=True)
-def all_scores(
-    q,
-    n_total,
-    p_ids,
-    p_masks,
-    start,
-    plen,
-    slot,
-    dense,
-    lens,
-    short,
-    table,
-    long_ids,
-    long_start,
-    long_tok,
-    v,
-    lut,
-    f,
-    top,
-):
-    """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
-    descending, earlier first on ties), k = len(top). Returns (number of top entries filled, max score)."""
-    # Hyyro's step for every instruction containing each query token, in query order (bits = their positions)
-    for t in q:
-        if t < 0:
-            continue  # a token the index has never seen: the identity update everywhere
-        if slot[t] >= 0:
-            col = dense[slot[t]]
-            for i in range(n_total):  # (vectorises; M = 0 is the identity update)
-                g = v[i]
-                u = g & col[i]
-                v[i] = (g + u) | (g ^ u)
-            continue
-        for e in range(start[t], start[t] + plen[t]):
-            i = p_ids[e]
-            g = v[i]
-            u = g & p_masks[e]
-            v[i] = (g + u) | (g ^ u)
-    _long_scores(q, lens, long_ids, long_start, long_tok, lut, f)
-    # every score, and the running top-k, in one pass (as two passes, the second pass's reads cost more than
-    # the first pass saves). short[i] is 0 for the instructions of > 64 tokens, whose scores are in f already,
-    # and for those of no tokens, whose f stays 0.0.
-    k = len(top)
-    filled = 0
-    kth = -1.0 if k else 2.0  # the k-th best score so far: below any score until k are held, above all if k = 0
-    best = 0.0
-    for i in range(n_total):
-        n = short[i]
-        if n:
-            s = table[ROW * n + _popcount(~v[i] & LOW[n])]
-            f[i] = s
-            v[i] = ONES
-        else:
-            s = f[i]
-        if s > best:
-            best = s
-        if s > kth:  # into the top-k, after the equal scores already held (earlier ids first)
-            p = min(filled, k - 1)
-            while p > 0 and f[top[p - 1]] < s:
-                top[p] = top[p - 1]
-                p -= 1
-            top[p] = i
-            filled = min(filled + 1, k)
-            if filled == k:
-                kth = f[top[k - 1]]
-    return filled, best
 
 
 @njit(cache=True, nogil=True)

@@ -17,6 +17,7 @@ MODULES = [
     "alpaca_ds.generate.dryrun",
     "alpaca_ds.generate.rouge",
     "alpaca_ds.generate.rouge_kernels",
+    "alpaca_ds.generate.rouge_scan",
 ]
 
 

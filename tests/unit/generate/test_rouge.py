@@ -278,11 +278,56 @@ def test_growth_and_dense_columns(monkeypatch):
     assert len(index) > 120 and len(index._lens) >= 128 and len(index._p_ids) >= 8 << 8  # grown many times
 
 
+def test_mean_is_numpys_pairwise_sum():
+    """The kernel sums the scores in numpy's pairwise order (8 lanes in a leaf of <= 128, halves split at a
+    multiple of 8) so that the mean is np.mean's bits: every length through a few levels of the tree."""
+    from numba import njit
+
+    from alpaca_ds.generate import rouge_scan as K
+
+    @njit
+    def pairwise_sum(f):
+        leaf_lo, leaf_n, program = K._pairwise_plan(len(f))
+        sums, top, state = np.empty(len(leaf_lo)), np.empty(1, dtype=np.int64), np.array([0.0, 2.0])
+        for c in range(len(leaf_lo)):
+            sums[c] = K._leaf_sum_and_top(f, leaf_lo[c], leaf_n[c], top, state)
+        return K._pairwise_combine(program, sums)
+
+    rng = np.random.default_rng(0)
+    for n in [*range(1, 1100), 2047, 2048, 2049, 8191, 8192, 8193, 52_002, 100_003]:
+        f = rng.random(n) * rng.choice([1e-3, 1.0, 1e3], n)
+        f[rng.random(n) < 0.5] = 0.0
+        assert pairwise_sum(f) == np.add.reduce(f) and pairwise_sum(f) / n == np.mean(f.tolist()), n
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_thousands_of_instructions_in_blocks_and_halves(monkeypatch, workers):
+    """A query against 5,000 instructions crosses the kernel's blocks (whole leaves of the pairwise sum, each
+    scored while in cache); with workers=2 (made to apply from 2 instructions up) it is split into the root's
+    two halves on two threads and the top-k lists merged, equal scores earlier first. Repeated texts make ties
+    across the halves; every query is checked against brute-force rouge_score."""
+    monkeypatch.setattr(rouge, "_PARALLEL_MIN", 2)
+    rng = random.Random(11)
+    words = ["the", "a", "of", "to", "and"] * 6 + [f"w{i}" for i in range(300)]
+    texts = [random_text(rng, words, max_len=30) for _ in range(2_500)]
+    texts += [" ".join(["w1"] * 70), *rng.sample(texts, 1_000), *texts[:1_500]]  # a long one, repeats
+    index, brute = RougeIndex(workers=workers), Brute()
+    for n, text in enumerate(texts):
+        index.add(text)
+        brute.add(text)
+        if n in (0, 1, 2, 9, 200, 2_049):
+            check(index, brute, rng.choice(texts))
+    for query in [texts[0], texts[2_400], texts[-1], random_text(rng, words, 30), "the a of"]:
+        check(index, brute, query)
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError):
         RougeIndex(threshold=1.5)
     with pytest.raises(ValueError):
         RougeIndex(top_k=-1)
+    with pytest.raises(ValueError, match="workers"):
+        RougeIndex(workers=3)
 
 
 def test_generate_rouge_imports_no_torch_and_no_rouge_score():

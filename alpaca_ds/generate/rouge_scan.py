@@ -1,0 +1,268 @@
+"""The scan behind `RougeIndex.query` (alpaca_ds/generate/rouge.py): every instruction's exact score against
+the query, the top-k and the sum of the scores, on one thread or two. The storage it reads and the LCS
+helpers are rouge_kernels.py's.
+
+The instructions are taken in blocks of ~BLOCK (whole leaves of the pairwise sum), and each block gets all its
+work while its V words are in the core's cache: Hyyro's step for every query token in query order (a cursor
+per query position walks the token's posting list), every score from the table, the long instructions'
+scores, the top-k and the leaf sums. Walking the whole array once per token instead leaves V, the scores and
+the dense columns (over 2 MB at 52K instructions) to the slower caches between the passes.
+
+The sum follows numpy's pairwise summation (`_pairwise_plan`), so mean = sum / N is np.mean's float bit for
+bit without a second pass over the scores. With two threads each half of the sum's root is scored by one,
+with its own top-k; the halves' lists merge with the left one first on equal scores (its ids are smaller).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from alpaca_ds.generate.rouge_kernels import (
+    LOW,
+    ONES,
+    ROW,
+    WORD,
+    _clear_lut,
+    _f_measure,
+    _long_lcs,
+    _popcount,
+    _set_lut,
+)
+
+BLOCK = 2048  # instructions per block: their V words, scores and dense-column slices stay in the core's cache
+
+
+@njit(cache=True, nogil=True)
+def _long_scores(q, lens, long_ids, long_start, long_tok, lut):
+    """The exact score of query q against each instruction of > 64 tokens, in long_ids order."""
+    m = len(q)
+    out = np.empty(len(long_ids))
+    if m <= WORD:
+        _set_lut(q, lut)
+    for k in range(len(long_ids)):
+        out[k] = _f_measure(_long_lcs(q, k, long_start, long_tok, lut), m, lens[long_ids[k]])
+    if m <= WORD:
+        _clear_lut(q, lut)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def all_scores(q, n_total, index, v, lut, f, top):
+    """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
+    descending, earlier first on ties), k = len(top) >= 1. `index` is the tuple of the index's arrays
+    (`_prepare`). Returns (number of top entries filled, the sum of f[:n_total] as np.add.reduce computes it)."""
+    program, sums, args = _prepare(q, n_total, index, v, lut, f)
+    state = np.array([0.0, -1.0])  # [entries of top filled, the k-th best score so far (-1.0 until k are held)]
+    _score_leaves(0, len(sums), args, top, state, sums)
+    return int(state[0]), _pairwise_combine(program, sums)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def all_scores_two_threads(q, n_total, index, v, lut, f, top):
+    """all_scores with the two halves of the pairwise sum's root scored on two threads (numba's prange), each
+    with its own top-k, merged after (a function of its own: only its callers pay numba's parallel compile)."""
+    program, sums, args = _prepare(q, n_total, index, v, lut, f)
+    leaf_lo = args[1]
+    split = 1  # the first leaf of the root's right half (numpy splits at n // 2 down to a multiple of 8)
+    while split < len(leaf_lo) and leaf_lo[split] < n_total // 2 - (n_total // 2) % 8:
+        split += 1
+    tops, states = _halves(len(top))  # (allocated outside: here numba would make each allocation a parallel loop)
+    for h in prange(2):
+        lo, hi = (0, split) if h == 0 else (split, len(leaf_lo))
+        _score_leaves(lo, hi, args, tops[h], states[h], sums)
+    # the left half's ids are all smaller: on equal scores its entries come first
+    left, right, filled = int(states[0, 0]), int(states[1, 0]), 0
+    a = b = 0
+    while filled < len(top) and (a < left or b < right):
+        if b == right or (a < left and f[tops[0, a]] >= f[tops[1, b]]):
+            top[filled] = tops[0, a]
+            a += 1
+        else:
+            top[filled] = tops[1, b]
+            b += 1
+        filled += 1
+    return filled, _pairwise_combine(program, sums)
+
+
+@njit(cache=True, nogil=True)
+def _halves(k):
+    """Each half's top-k and state (all_scores's: entries filled, the k-th best so far)."""
+    states = np.empty((2, 2))
+    states[:, 0] = 0.0
+    states[:, 1] = -1.0
+    return np.empty((2, k), dtype=np.int64), states
+
+
+@njit(cache=True, nogil=True)
+def _prepare(q, n_total, index, v, lut, f):
+    """The pairwise sum's plan, room for its leaf sums, the long instructions' scores, and the arguments of
+    `_score_leaves`. index = (p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids,
+    long_start, long_tok), the last three for the instructions of > 64 tokens."""
+    p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids, long_start, long_tok = index
+    leaf_lo, leaf_n, program = _pairwise_plan(n_total)
+    long_f = _long_scores(q, lens, long_ids, long_start, long_tok, lut)
+    args = (q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f, v, f)
+    return program, np.empty(len(leaf_lo)), args
+
+
+@njit(cache=True, nogil=True)
+def _score_leaves(a, a_end, args, top, state, sums):
+    """Score the instructions of leaves a..a_end - 1 (sums[c] = leaf c's sum; top and state as all_scores's).
+
+    The instructions are taken in blocks of ~BLOCK (whole leaves), and each block gets all its work while its V
+    words are in the core's cache: Hyyro's step for every query token in query order (a cursor per query
+    position walks the token's posting list), every score from the table, the long instructions' scores, the
+    top-k and the leaf sums."""
+    q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f, v, f = args
+    if a >= a_end:
+        return
+    first = leaf_lo[a]
+    cursor = np.zeros(len(q), dtype=np.int64)  # each query position's place in its token's posting list
+    for j in range(len(q)):
+        if q[j] >= 0:
+            t = q[j]
+            cursor[j] = start[t] + np.searchsorted(p_ids[start[t] : start[t] + plen[t]], first)
+    next_long = np.searchsorted(long_ids, first)
+    while a < a_end:
+        lo = leaf_lo[a]
+        b, hi = a, lo
+        while b < a_end and hi - lo < BLOCK:
+            hi += leaf_n[b]
+            b += 1
+        vb = v[lo:hi]  # (slices and range loops: numba drops the negative-index checks)
+        for j in range(len(q)):
+            t = q[j]
+            if t < 0:
+                continue  # a token the index has never seen: the identity update everywhere
+            if slot[t] >= 0:
+                col = dense[slot[t], lo:hi]
+                for i in range(hi - lo):  # (vectorises; M = 0 is the identity update)
+                    g = vb[i]
+                    u = g & col[i]
+                    vb[i] = (g + u) | (g ^ u)
+                continue
+            e, end = cursor[j], start[t] + plen[t]
+            while e < end and p_ids[e] < hi:
+                i = p_ids[e]
+                g = v[i]
+                u = g & p_masks[e]
+                v[i] = (g + u) | (g ^ u)
+                e += 1
+            cursor[j] = e
+        # every score from the table, V back to all ones (vectorises: no branch). short[i] is 0 for the
+        # instructions of > 64 tokens and for those of no tokens: table[0] = 0.0, then the long ones are set
+        sb, fb = short[lo:hi], f[lo:hi]
+        for i in range(hi - lo):
+            n = sb[i]
+            fb[i] = table[ROW * n + _popcount(~vb[i] & LOW[n])]
+            vb[i] = ONES
+        while next_long < len(long_ids) and long_ids[next_long] < hi:
+            f[long_ids[next_long]] = long_f[next_long]
+            next_long += 1
+        for c in range(a, b):
+            sums[c] = _leaf_sum_and_top(f, leaf_lo[c], leaf_n[c], top, state)
+        a = b
+
+
+@njit(cache=True, nogil=True)
+def _pairwise_plan(n):
+    """numpy's pairwise summation of n floats (np.add.reduce, hence np.mean) as leaves and a program: a block
+    of > 128 splits into halves at a multiple of 8, left summed before right; a leaf of <= 128 is summed as
+    `_leaf_sum_and_top` does. Returns the leaves' (start, length) in order and the postfix program combining
+    their sums (k >= 0: push leaf k's sum; -1: add the top two). Summing by it gives Alpaca's mean bit for bit
+    (tests/unit/generate/test_rouge.py checks it against np.add.reduce on every length up to a few thousand)."""
+    n_leaves = n // 64 + 1  # leaves hold >= 64 (a half of > 128, split at a multiple of 8) unless n < 64
+    leaf_lo = np.empty(n_leaves, dtype=np.int64)
+    leaf_n = np.empty(n_leaves, dtype=np.int64)
+    program = np.empty(2 * n_leaves, dtype=np.int64)
+    los = np.empty(64, dtype=np.int64)  # the stack of blocks, and how many of each one's halves are pushed
+    ns = np.empty(64, dtype=np.int64)
+    halves = np.empty(64, dtype=np.int64)
+    los[0], ns[0], halves[0] = 0, n, 0
+    sp, n_leaves, n_ops = 0, 0, 0
+    while sp >= 0:
+        lo, size = los[sp], ns[sp]
+        if size <= 128 or halves[sp] == 2:
+            if size <= 128:
+                leaf_lo[n_leaves], leaf_n[n_leaves] = lo, size
+                program[n_ops] = n_leaves
+                n_leaves += 1
+            else:
+                program[n_ops] = -1
+            n_ops += 1
+            sp -= 1
+            continue
+        n2 = size // 2
+        n2 -= n2 % 8
+        halves[sp] += 1
+        first = halves[sp] == 1
+        sp += 1
+        los[sp], ns[sp], halves[sp] = (lo, n2, 0) if first else (lo + n2, size - n2, 0)
+    return leaf_lo[:n_leaves], leaf_n[:n_leaves], program[:n_ops]
+
+
+@njit(cache=True, nogil=True)
+def _pairwise_combine(program, sums):
+    stack = np.empty(64)
+    sp = 0
+    for op in program:
+        if op >= 0:
+            stack[sp] = sums[op]
+            sp += 1
+        else:
+            sp -= 1
+            stack[sp - 1] = stack[sp - 1] + stack[sp]
+    return stack[0]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _leaf_sum_and_top(f, lo, n, top, state):
+    """A block of <= 128 as numpy sums it (8 lanes, then the rest in order); its top-k candidates first. (On a
+    slice with range loops numba drops the negative-index checks: 5x faster than indexing f[lo + i].)"""
+    b = f[lo : lo + n]
+    kth = state[1]
+    hit = 0
+    for i in range(n):  # (vectorises)
+        hit += b[i] > kth
+    if hit:
+        _top_block(f, lo, n, top, state)
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += b[i]
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+    for j in range(1, n // 8):
+        i = 8 * j
+        r0 += b[i]
+        r1 += b[i + 1]
+        r2 += b[i + 2]
+        r3 += b[i + 3]
+        r4 += b[i + 4]
+        r5 += b[i + 5]
+        r6 += b[i + 6]
+        r7 += b[i + 7]
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(n - n % 8, n):
+        res += b[i]
+    return res
+
+
+@njit(cache=True, nogil=True)
+def _top_block(f, lo, n, top, state):
+    """Insert f[lo:lo + n]'s scores above the k-th best into the top-k, after equal scores already held."""
+    k = len(top)
+    filled = int(state[0])
+    for i in range(lo, lo + n):
+        s = f[i]
+        if s > state[1]:
+            p = min(filled, k - 1)
+            while p > 0 and f[top[p - 1]] < s:
+                top[p] = top[p - 1]
+                p -= 1
+            top[p] = i
+            filled = min(filled + 1, k)
+            if filled == k:
+                state[1] = f[top[k - 1]]
+    state[0] = filled
