@@ -92,7 +92,7 @@ This module imports numpy and numba only (no torch, no rouge_score).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -141,8 +141,7 @@ def _score_table(m: int) -> np.ndarray:
     return np.ascontiguousarray(table.ravel())
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):  # (a tuple: made for every candidate, it costs a quarter of a frozen dataclass)
     max_score: float  # exact max rougeL F over all added texts (0.0 if none)
     top: list[tuple[str, float]]  # exact top-k (text, score), score descending, ties broken by insertion order
     mean: float | None  # mean score over all added texts, or None when not computed
@@ -201,6 +200,7 @@ class RougeIndex:
         self._seen: set[tuple[str, ...]] = set()  # token sequences added (an exact repeat scores 1.0)
         self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
         self._tables: dict[int, np.ndarray] = {}  # query length -> score table
+        self._scan_arrays: tuple | None = None  # see _arrays
         self._top = np.empty(max(1, self.top_k), dtype=np.int64)  # the top-1 gives the max
         self._arena_top = 0
         # instructions of > 64 tokens (rouge_kernels.py), appended rarely
@@ -227,6 +227,7 @@ class RougeIndex:
             if old is not None:
                 new[: len(old)] = old
             setattr(self, name, new)
+        self._scan_arrays = None
 
     # ------------------------------------------------------------------ adding
 
@@ -239,7 +240,7 @@ class RougeIndex:
             self._resize(_PER_TEXT, 2 * i)
             dense = np.zeros((len(self._dense), 2 * i), dtype=np.uint64)
             dense[:, :i] = self._dense
-            self._dense = dense
+            self._dense = dense  # (after _resize, which drops the scan's tuple)
         vocab = self._vocab
         tids = [vocab.setdefault(tok, len(vocab)) for tok in tokens]  # a new token gets the next id
         if len(vocab) > len(self._df):
@@ -275,6 +276,7 @@ class RougeIndex:
             self._long_ids = np.append(self._long_ids, i)
             self._long_tok = np.concatenate([self._long_tok, np.array(tids, dtype=np.int32)])
             self._long_start = np.append(self._long_start, len(self._long_tok))
+            self._scan_arrays = None
         self._texts.append(text)
         if tokens:
             self._seen.add(tuple(tokens))
@@ -291,6 +293,24 @@ class RougeIndex:
         """Token ids of a query, -1 for tokens the index has never seen."""
         vocab = self._vocab
         return np.array([vocab.get(tok, -1) for tok in tokens], dtype=np.int32)
+
+    def _arrays(self) -> tuple:
+        """The index's arrays as the scan takes them (rouge_scan._prepare), kept until add() replaces one."""
+        if self._scan_arrays is None:
+            self._scan_arrays = (
+                self._p_ids,
+                self._p_masks,
+                self._start,
+                self._plen,
+                self._slot,
+                self._dense,
+                self._lens,
+                self._short,
+                self._long_ids,
+                self._long_start,
+                self._long_tok,
+            )
+        return self._scan_arrays
 
     def _table(self, m: int) -> np.ndarray:
         table = self._tables.get(m)
@@ -310,21 +330,7 @@ class RougeIndex:
         f = self._f
         two = self.workers == 2 and n_total >= _PARALLEL_MIN
         kernel = rouge_scan.all_scores_two_threads if two else rouge_scan.all_scores
-        index = (
-            self._p_ids,
-            self._p_masks,
-            self._start,
-            self._plen,
-            self._slot,
-            self._dense,
-            self._lens,
-            self._short,
-            self._table(len(q)),
-            self._long_ids,
-            self._long_start,
-            self._long_tok,
-        )
-        filled, total = kernel(q, n_total, index, self._v, self._lut, f, self._top)
+        filled, total = kernel(q, n_total, self._arrays(), self._table(len(q)), self._v, self._lut, f, self._top)
         texts = self._texts
         ids = self._top[: min(filled, self.top_k)].tolist()
         top = list(zip([texts[i] for i in ids], f[ids].tolist()))

@@ -48,21 +48,21 @@ def _long_scores(q, lens, long_ids, long_start, long_tok, lut):
 
 
 @njit(cache=True, nogil=True)
-def all_scores(q, n_total, index, v, lut, f, top):
+def all_scores(q, n_total, index, table, v, lut, f, top):
     """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
     descending, earlier first on ties), k = len(top) >= 1. `index` is the tuple of the index's arrays
     (`_prepare`). Returns (number of top entries filled, the sum of f[:n_total] as np.add.reduce computes it)."""
-    program, sums, args = _prepare(q, n_total, index, v, lut, f)
+    program, sums, args = _prepare(q, n_total, index, table, v, lut, f)
     state = np.array([0.0, -1.0])  # [entries of top filled, the k-th best score so far (-1.0 until k are held)]
     _score_leaves(0, len(sums), args, top, state, sums)
     return int(state[0]), _pairwise_combine(program, sums)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def all_scores_two_threads(q, n_total, index, v, lut, f, top):
+def all_scores_two_threads(q, n_total, index, table, v, lut, f, top):
     """all_scores with the two halves of the pairwise sum's root scored on two threads (numba's prange), each
     with its own top-k, merged after (a function of its own: only its callers pay numba's parallel compile)."""
-    program, sums, args = _prepare(q, n_total, index, v, lut, f)
+    program, sums, args = _prepare(q, n_total, index, table, v, lut, f)
     leaf_lo = args[1]
     split = 1  # the first leaf of the root's right half (numpy splits at n // 2 down to a multiple of 8)
     while split < len(leaf_lo) and leaf_lo[split] < n_total // 2 - (n_total // 2) % 8:
@@ -95,11 +95,11 @@ def _halves(k):
 
 
 @njit(cache=True, nogil=True)
-def _prepare(q, n_total, index, v, lut, f):
+def _prepare(q, n_total, index, table, v, lut, f):
     """The pairwise sum's plan, room for its leaf sums, the long instructions' scores, and the arguments of
-    `_score_leaves`. index = (p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids,
-    long_start, long_tok), the last three for the instructions of > 64 tokens."""
-    p_ids, p_masks, start, plen, slot, dense, lens, short, table, long_ids, long_start, long_tok = index
+    `_score_leaves`. index = (p_ids, p_masks, start, plen, slot, dense, lens, short, long_ids, long_start,
+    long_tok), the last three for the instructions of > 64 tokens; table = the query length's score table."""
+    p_ids, p_masks, start, plen, slot, dense, lens, short, long_ids, long_start, long_tok = index
     leaf_lo, leaf_n, program = _pairwise_plan(n_total)
     long_f = _long_scores(q, lens, long_ids, long_start, long_tok, lut)
     args = (q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f, v, f)
@@ -172,13 +172,11 @@ def _pairwise_plan(n):
     `_leaf_sum_and_top` does. Returns the leaves' (start, length) in order and the postfix program combining
     their sums (k >= 0: push leaf k's sum; -1: add the top two). Summing by it gives Alpaca's mean bit for bit
     (tests/unit/generate/test_rouge.py checks it against np.add.reduce on every length up to a few thousand)."""
-    n_leaves = n // 64 + 1  # leaves hold >= 64 (a half of > 128, split at a multiple of 8) unless n < 64
-    leaf_lo = np.empty(n_leaves, dtype=np.int64)
-    leaf_n = np.empty(n_leaves, dtype=np.int64)
-    program = np.empty(2 * n_leaves, dtype=np.int64)
-    los = np.empty(64, dtype=np.int64)  # the stack of blocks, and how many of each one's halves are pushed
-    ns = np.empty(64, dtype=np.int64)
-    halves = np.empty(64, dtype=np.int64)
+    cap = n // 64 + 1  # leaves hold >= 64 (a half of > 128, split at a multiple of 8) unless n < 64
+    out = np.empty(4 * cap, dtype=np.int64)  # (one allocation each: they cost more than the walk for small n)
+    leaf_lo, leaf_n, program = out[:cap], out[cap : 2 * cap], out[2 * cap :]
+    frames = np.empty((3, 64), dtype=np.int64)  # the stack of blocks, and how many of each one's halves are pushed
+    los, ns, halves = frames[0], frames[1], frames[2]
     los[0], ns[0], halves[0] = 0, n, 0
     sp, n_leaves, n_ops = 0, 0, 0
     while sp >= 0:
