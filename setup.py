@@ -42,11 +42,13 @@ setup(
     extras_require={
         # selenium drives Debian's chromium + chromedriver in the human A/B page's browser test
         # rouge-score: the independent reference the ROUGE-L index and the seed set are checked against
+        # pytest-xdist: the unit pass on both cores (`pytest -m "not slow" -n 2`)
         # ruff: lint and format, pinned so that CI's check does not move under the code
         # alpaca-eval: the reference the length-controlled win rate is checked against (its metrics, offline)
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
             "selenium>=4.20",
             "rouge-score>=0.1.2",
             "alpaca-eval>=0.6.6",
