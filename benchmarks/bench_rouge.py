@@ -25,12 +25,13 @@ rejected, otherwise it gets its 10 most similar instructions and the mean score 
       across both cores; its scores are compared with the one-thread pass's), the same with compute_mean=False,
       and `is_duplicate` alone (decisions only); each one-thread pass also through the RougeIndex of --old (the
       pure-numpy one, loaded from git), for the speed-up measured in the same run and a comparison of every
-      candidate's max, top-10 scores and mean. The wall time per candidate is also reported around 5K, 13K, 26K and 52K kept, where it grows with the index. Last, the first use of
-      the numba-compiled index in a fresh process is timed with an empty and with a filled numba cache.
+      candidate's max, top-10 scores and mean. The wall time per candidate is also reported around 5K, 13K,
+      26K and 52K kept, where it grows with the index. Last, the first use of the numba-compiled index in a fresh process is timed with an empty and with a filled numba cache.
 
 Times are wall clock and process CPU (CPU time is the steadier number on a shared machine for the one-thread
 passes; the two-thread pass counts both threads' CPU, waiting included, so its wall time is the one to read);
-RougeIndex passes are repeated (--repeats, --repeats-full) and the least time is reported. Needs ../shared/data (seed_tasks.jsonl and alpaca_data.json); without it the script says so and exits 0.
+RougeIndex passes are repeated (--repeats, --repeats-full) and the least time is reported. Needs ../shared/data
+(seed_tasks.jsonl and alpaca_data.json); without it the script says so and exits 0.
 """
 
 from __future__ import annotations

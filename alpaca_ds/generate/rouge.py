@@ -53,12 +53,13 @@ How `query` avoids N LCS tables — a bit-parallel LCS (Allison-Dix / Hyyro) for
   the scores in numpy's pairwise order, so the mean costs almost nothing and is np.mean's float: it is on by
   default, and `compute_mean=False` only leaves `Match.mean` as None. The scan goes block by block so that
   each block's words stay in the core's cache (rouge_scan.py), and with `workers=2` the two halves of the
-  instructions are scanned on both cores. Instructions longer than 64 tokens (7 of Alpaca's 52,002) do not fit a word; they are
-  kept aside and scored with the roles swapped (the query's positions are the bits), or by the textbook
-  dynamic programme when the query is longer than 64 tokens too.
+  instructions are scanned on both cores. Instructions longer than 64 tokens (7 of Alpaca's 52,002) do not
+  fit a word; they are kept aside and scored with the roles swapped (the query's positions are the bits), or
+  by the textbook dynamic programme when the query is longer than 64 tokens too.
   The loops are compiled with numba (alpaca_ds/generate/rouge_kernels.py, which also describes the storage
-  and the dense columns of the most frequent tokens, and rouge_scan.py): written as numpy calls per posting list they cost
-  3.5-4x more (benchmarks/bench_rouge.py times both), in per-call overhead, fancy indexing and extra passes.
+  and the dense columns of the most frequent tokens, and rouge_scan.py): written as numpy calls per posting
+  list they cost 3.5-4x more (benchmarks/bench_rouge.py times both), in per-call overhead, fancy indexing and
+  extra passes.
   numba compiles them on the first use after an install (~10 s) and caches the machine code for every later
   process (~1 s for the first use, mostly importing numba).
 
@@ -177,7 +178,7 @@ class RougeIndex:
         almost free — the scan sums the scores as it makes them (see the module docstring) — so it is on by
         default; False leaves `mean` as None.
     workers: 1, or 2 to scan the two halves of the instructions on two threads for every query against at
-        least 8,192 of them (1.4-1.6x faster at 52K on a 2-core machine; the first use compiles numba's
+        least 8,192 of them (1.3-1.5x faster over Alpaca's 52K on a 2-core machine; the first use compiles numba's
         parallel loop, ~10 s once). Worth it where the other core is free, as in a batch run; with an online
         run on the same 2 cores, the request loop needs that core.
     An empty index answers max_score 0.0, top [] and mean 0.0 (or None). Adding the same text twice indexes it
