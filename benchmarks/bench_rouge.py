@@ -26,7 +26,8 @@ rejected, otherwise it gets its 10 most similar instructions and the mean score 
       and `is_duplicate` alone (decisions only); each one-thread pass also through the RougeIndex of --old (the
       pure-numpy one, loaded from git), for the speed-up measured in the same run and a comparison of every
       candidate's max, top-10 scores and mean. The wall time per candidate is also reported around 5K, 13K,
-      26K and 52K kept, where it grows with the index. Last, the first use of the numba-compiled index in a fresh process is timed with an empty and with a filled numba cache.
+      26K and 52K kept, where it grows with the index. Last, the first use of the numba-compiled index in a
+      fresh process is timed with an empty and with a filled numba cache.
 
 Times are wall clock and process CPU (CPU time is the steadier number on a shared machine for the one-thread
 passes; the two-thread pass counts both threads' CPU, waiting included, so its wall time is the one to read);
