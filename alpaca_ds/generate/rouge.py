@@ -93,7 +93,7 @@ This module imports numpy and numba only (no torch, no rouge_score).
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -142,7 +142,8 @@ def _score_table(m: int) -> np.ndarray:
     return np.ascontiguousarray(table.ravel())
 
 
-class Match(NamedTuple):  # (a tuple: made for every candidate, it costs a quarter of a frozen dataclass)
+@dataclass(frozen=True)
+class Match:
     max_score: float  # exact max rougeL F over all added texts (0.0 if none)
     top: list[tuple[str, float]]  # exact top-k (text, score), score descending, ties broken by insertion order
     mean: float | None  # mean score over all added texts, or None when not computed
@@ -201,7 +202,6 @@ class RougeIndex:
         self._seen: set[tuple[str, ...]] = set()  # token sequences added (an exact repeat scores 1.0)
         self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
         self._tables: dict[int, np.ndarray] = {}  # query length -> score table
-        self._scan_arrays: tuple | None = None  # see _arrays
         self._top = np.empty(max(1, self.top_k), dtype=np.int64)  # the top-1 gives the max
         self._arena_top = 0
         # instructions of > 64 tokens (rouge_kernels.py), appended rarely
@@ -228,7 +228,6 @@ class RougeIndex:
             if old is not None:
                 new[: len(old)] = old
             setattr(self, name, new)
-        self._scan_arrays = None
 
     # ------------------------------------------------------------------ adding
 
@@ -241,7 +240,7 @@ class RougeIndex:
             self._resize(_PER_TEXT, 2 * i)
             dense = np.zeros((len(self._dense), 2 * i), dtype=np.uint64)
             dense[:, :i] = self._dense
-            self._dense = dense  # (after _resize, which drops the scan's tuple)
+            self._dense = dense
         vocab = self._vocab
         tids = [vocab.setdefault(tok, len(vocab)) for tok in tokens]  # a new token gets the next id
         if len(vocab) > len(self._df):
@@ -277,7 +276,6 @@ class RougeIndex:
             self._long_ids = np.append(self._long_ids, i)
             self._long_tok = np.concatenate([self._long_tok, np.array(tids, dtype=np.int32)])
             self._long_start = np.append(self._long_start, len(self._long_tok))
-            self._scan_arrays = None
         self._texts.append(text)
         if tokens:
             self._seen.add(tuple(tokens))
@@ -296,22 +294,20 @@ class RougeIndex:
         return np.array([vocab.get(tok, -1) for tok in tokens], dtype=np.int32)
 
     def _arrays(self) -> tuple:
-        """The index's arrays as the scan takes them (rouge_scan._prepare), kept until add() replaces one."""
-        if self._scan_arrays is None:
-            self._scan_arrays = (
-                self._p_ids,
-                self._p_masks,
-                self._start,
-                self._plen,
-                self._slot,
-                self._dense,
-                self._lens,
-                self._short,
-                self._long_ids,
-                self._long_start,
-                self._long_tok,
-            )
-        return self._scan_arrays
+        """The index's arrays as the scan takes them (rouge_scan._prepare)."""
+        return (
+            self._p_ids,
+            self._p_masks,
+            self._start,
+            self._plen,
+            self._slot,
+            self._dense,
+            self._lens,
+            self._short,
+            self._long_ids,
+            self._long_start,
+            self._long_tok,
+        )
 
     def _table(self, m: int) -> np.ndarray:
         table = self._tables.get(m)
