@@ -41,7 +41,8 @@ How `query` avoids N LCS tables — a bit-parallel LCS (Allison-Dix / Hyyro) for
   query in order, with M = the bit mask of the positions of a in B:
         U = V & M;   V = (V + U) | (V ^ U)          (V ^ U == V & ~M because U is a subset of V)
   Afterwards LCS(query, B) = the number of zero bits among the low n bits of V. Carries only move towards
-  higher bits, so bits at and above n never disturb the low n bits and need no masking until the popcount.
+  higher bits, so bits at and above n never disturb the low n bits; and they stay ones, since M has none of
+  them, so V ^ U keeps them and the OR restores whatever a carry cleared. So LCS = the zero bits of all of V.
   If M == 0 the update is the identity (U = 0), so a step only touches the instructions that contain token a:
   an inverted index maps each token to the (ids, masks) of the instructions containing it, and one step is
   four integer ops on each entry of that posting list. The work per query is the sum of the posting-list
@@ -154,8 +155,6 @@ _PER_TEXT = {
     "_lens": (np.int32, 0, ()),
     "_short": (np.uint8, 0, ()),
     "_tokmat": (np.int32, -1, (_WORD,)),
-    "_v": (np.uint64, K.ONES, ()),
-    "_f": (np.float64, 0.0, ()),
     "_acc": (np.uint8, 0, ()),
     "_touched": (np.int64, 0, ()),
 }
@@ -202,7 +201,8 @@ class RougeIndex:
         self._seen: set[tuple[str, ...]] = set()  # token sequences added (an exact repeat scores 1.0)
         self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
         self._tables: dict[int, np.ndarray] = {}  # query length -> score table
-        self._top = np.empty(max(1, self.top_k), dtype=np.int64)  # the top-1 gives the max
+        self._top = np.empty(max(1, self.top_k), dtype=np.int64)  # the top-k's ids; the top-1 gives the max
+        self._top_f = np.empty(len(self._top))  # ... and their scores
         self._arena_top = 0
         # instructions of > 64 tokens (rouge_kernels.py), appended rarely
         self._long_ids = np.empty(0, dtype=np.int64)
@@ -324,17 +324,16 @@ class RougeIndex:
             return Match(0.0, [], 0.0 if self.compute_mean else None)
         tokens = self._tokens(text)
         q = self._ids(tokens)
-        f = self._f
         two = self.workers == 2 and n_total >= _PARALLEL_MIN
         kernel = rouge_scan.all_scores_two_threads if two else rouge_scan.all_scores
-        filled, total = kernel(q, n_total, self._arrays(), self._table(len(q)), self._v, self._lut, f, self._top)
+        filled, total = kernel(q, n_total, self._arrays(), self._table(len(q)), self._lut, self._top, self._top_f)
         texts = self._texts
-        ids = self._top[: min(filled, self.top_k)].tolist()
-        top = list(zip([texts[i] for i in ids], f[ids].tolist()))
+        k = min(filled, self.top_k)
+        top = list(zip([texts[i] for i in self._top[:k].tolist()], self._top_f[:k].tolist()))
         # np.mean over the insertion-ordered float64 scores is np.add.reduce's pairwise sum over the count, which
         # the kernel computes in the same order
         mean = total / n_total if self.compute_mean else None
-        best = f[self._top[0]] if filled else 0.0
+        best = self._top_f[0] if filled else 0.0
         return Match(float(best), top, mean)
 
     def is_duplicate(self, text: str) -> bool:

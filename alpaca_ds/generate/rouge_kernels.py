@@ -21,8 +21,7 @@ Storage, all numpy arrays owned by the index:
   * per instruction `lens` (token count), `short` (the same as uint8, 0 when n > 64) and `tokmat`, its token
     ids padded with -1 (n <= 64);
   * instructions of > 64 tokens in CSR form: `long_ids[k]`, tokens `long_tok[long_start[k]:long_start[k+1]]`;
-  * work arrays that are restored before returning: `v` (all ones), `acc` (zeros), `lut` (zeros, one entry per
-    token id).
+  * work arrays that are restored before returning: `acc` (zeros), `lut` (zeros, one entry per token id).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from numba.extending import intrinsic
 WORD = 64
 ROW = WORD + 1
 ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-LOW = np.array([(1 << n) - 1 for n in range(ROW)], dtype=np.uint64)  # the low n bits set, n = 0..64
 
 
 @intrinsic

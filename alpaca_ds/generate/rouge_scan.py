@@ -3,10 +3,12 @@ the query, the top-k and the sum of the scores, on one thread or two. The storag
 helpers are rouge_kernels.py's.
 
 The instructions are taken in blocks of ~BLOCK (whole leaves of the pairwise sum), and each block gets all its
-work while its V words are in the core's cache: Hyyro's step for every query token in query order (a cursor
-per query position walks the token's posting list), every score from the table, the long instructions'
-scores, the top-k and the leaf sums. Walking the whole array once per token instead leaves V, the scores and
-the dense columns (over 2 MB at 52K instructions) to the slower caches between the passes.
+work while it is in the core's cache: Hyyro's step for every query token in query order (a cursor per query
+position walks the token's posting list), every score from the table, the long instructions' scores, the
+top-k and the leaf sums. The block's V words and scores live in two buffers of the scan's own (~17 KB each,
+reused block after block), so only the index itself is read from the slower caches: walking the whole index
+once per token instead left V, the scores and the dense columns (over 2 MB at 52K instructions) to them
+between the passes, and index-sized V and score arrays cost ~10% more even in blocks.
 
 The sum follows numpy's pairwise summation (`_pairwise_plan`), so mean = sum / N is np.mean's float bit for
 bit without a second pass over the scores. With two threads each half of the sum's root is scored by one,
@@ -19,7 +21,6 @@ import numpy as np
 from numba import njit, prange
 
 from alpaca_ds.generate.rouge_kernels import (
-    LOW,
     ONES,
     ROW,
     WORD,
@@ -48,37 +49,38 @@ def _long_scores(q, lens, long_ids, long_start, long_tok, lut):
 
 
 @njit(cache=True, nogil=True)
-def all_scores(q, n_total, index, table, v, lut, f, top):
-    """f[:n_total] = exact score of query q against every instruction; top[:k] = ids of the k best (score
-    descending, earlier first on ties), k = len(top) >= 1. `index` is the tuple of the index's arrays
-    (`_prepare`). Returns (number of top entries filled, the sum of f[:n_total] as np.add.reduce computes it)."""
-    program, sums, args = _prepare(q, n_total, index, table, v, lut, f)
+def all_scores(q, n_total, index, table, lut, top, top_f):
+    """The exact score of query q against every instruction: top[:k] = ids of the k best (score descending,
+    earlier first on ties) and top_f[:k] their scores, k = len(top) >= 1. `index` is the tuple of the index's
+    arrays (`_prepare`). Returns (number of top entries filled, the sum of all N scores as np.add.reduce
+    computes it over the insertion-ordered list)."""
+    program, sums, args = _prepare(q, n_total, index, table, lut)
     state = np.array([0.0, -1.0])  # [entries of top filled, the k-th best score so far (-1.0 until k are held)]
-    _score_leaves(0, len(sums), args, top, state, sums)
+    _score_leaves(0, len(sums), args, top, top_f, state, sums)
     return int(state[0]), _pairwise_combine(program, sums)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def all_scores_two_threads(q, n_total, index, table, v, lut, f, top):
+def all_scores_two_threads(q, n_total, index, table, lut, top, top_f):
     """all_scores with the two halves of the pairwise sum's root scored on two threads (numba's prange), each
     with its own top-k, merged after (a function of its own: only its callers pay numba's parallel compile)."""
-    program, sums, args = _prepare(q, n_total, index, table, v, lut, f)
+    program, sums, args = _prepare(q, n_total, index, table, lut)
     leaf_lo = args[1]
     # the first leaf of the root's right half (numpy splits at n // 2 down to a multiple of 8)
     split = np.searchsorted(leaf_lo, n_total // 2 - (n_total // 2) % 8)
-    tops, states = _halves(len(top))  # (allocated outside: here numba makes np.zeros and a fill parallel loops)
+    tops, tops_f, states = _halves(len(top))  # (allocated outside: here numba makes np.zeros and a fill parallel)
     for h in prange(2):
         lo, hi = (0, split) if h == 0 else (split, len(leaf_lo))
-        _score_leaves(lo, hi, args, tops[h], states[h], sums)
+        _score_leaves(lo, hi, args, tops[h], tops_f[h], states[h], sums)
     # the left half's ids are all smaller: on equal scores its entries come first
     left, right, filled = int(states[0, 0]), int(states[1, 0]), 0
     a = b = 0
     while filled < len(top) and (a < left or b < right):
-        if b == right or (a < left and f[tops[0, a]] >= f[tops[1, b]]):
-            top[filled] = tops[0, a]
+        if b == right or (a < left and tops_f[0, a] >= tops_f[1, b]):
+            top[filled], top_f[filled] = tops[0, a], tops_f[0, a]
             a += 1
         else:
-            top[filled] = tops[1, b]
+            top[filled], top_f[filled] = tops[1, b], tops_f[1, b]
             b += 1
         filled += 1
     return filled, _pairwise_combine(program, sums)
@@ -86,30 +88,30 @@ def all_scores_two_threads(q, n_total, index, table, v, lut, f, top):
 
 @njit(cache=True, nogil=True)
 def _halves(k):
-    """Each half's top-k and state (all_scores's: entries filled, the k-th best so far)."""
+    """Each half's top-k ids, their scores and its state (all_scores's: entries filled, the k-th best so far)."""
     states = np.empty((2, 2))
     states[:, 0] = 0.0
     states[:, 1] = -1.0
-    return np.empty((2, k), dtype=np.int64), states
+    return np.empty((2, k), dtype=np.int64), np.empty((2, k)), states
 
 
 @njit(cache=True, nogil=True)
-def _prepare(q, n_total, index, table, v, lut, f):
+def _prepare(q, n_total, index, table, lut):
     """The pairwise sum's plan, room for its leaf sums, the long instructions' scores, and the arguments of
     `_score_leaves`. index = (p_ids, p_masks, start, plen, slot, dense, lens, short, long_ids, long_start,
     long_tok), the last three for the instructions of > 64 tokens; table = the query length's score table."""
     p_ids, p_masks, start, plen, slot, dense, lens, short, long_ids, long_start, long_tok = index
     leaf_lo, leaf_n, program = _pairwise_plan(n_total)
     long_f = _long_scores(q, lens, long_ids, long_start, long_tok, lut)
-    args = (q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f, v, f)
+    args = (q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f)
     return program, np.empty(len(leaf_lo)), args
 
 
 @njit(cache=True, nogil=True)
-def _score_leaves(a, a_end, args, top, state, sums):
+def _score_leaves(a, a_end, args, top, top_f, state, sums):
     """Score the instructions of leaves a..a_end - 1 block by block, as the module docstring says (sums[c] = leaf
-    c's sum; top and state as all_scores's)."""
-    q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f, v, f = args
+    c's sum; top, top_f and state as all_scores's)."""
+    q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f = args
     if a >= a_end:
         return
     first = leaf_lo[a]
@@ -119,13 +121,16 @@ def _score_leaves(a, a_end, args, top, state, sums):
             t = q[j]
             cursor[j] = start[t] + np.searchsorted(p_ids[start[t] : start[t] + plen[t]], first)
     next_long = np.searchsorted(long_ids, first)
+    # one block's V words and scores (a block is < BLOCK plus one leaf of <= 128), reused block after block
+    room = min(BLOCK + 128, leaf_lo[a_end - 1] + leaf_n[a_end - 1] - first)
+    vb = np.full(room, ONES)
+    fb = np.empty(room)
     while a < a_end:
         lo = leaf_lo[a]
         b, hi = a, lo
         while b < a_end and hi - lo < BLOCK:
             hi += leaf_n[b]
             b += 1
-        vb = v[lo:hi]  # (slices and range loops: numba drops the negative-index checks)
         for j in range(len(q)):
             t = q[j]
             if t < 0:
@@ -139,24 +144,27 @@ def _score_leaves(a, a_end, args, top, state, sums):
                 continue
             e, end = cursor[j], start[t] + plen[t]
             while e < end and p_ids[e] < hi:
-                i = p_ids[e]
-                g = v[i]
+                i = p_ids[e] - lo
+                g = vb[i]
                 u = g & p_masks[e]
-                v[i] = (g + u) | (g ^ u)
+                vb[i] = (g + u) | (g ^ u)
                 e += 1
             cursor[j] = e
-        # every score from the table, V back to all ones (no branch; the table lookup keeps it scalar). short[i] is
-        # 0 for the instructions of > 64 tokens and for those of no tokens: table[0] = 0.0, then the long ones are set
-        sb, fb = short[lo:hi], f[lo:hi]
+        # every score from the table (the bits of V at and above n stay ones: the module docstring of rouge.py), V
+        # back to all ones (no branch; the table lookup keeps it scalar). short[i] is 0 for the instructions of
+        # > 64 tokens and for those of no tokens: table[0] = 0.0, then the long ones are set
+        sb = short[lo:hi]
         for i in range(hi - lo):
             n = sb[i]
-            fb[i] = table[ROW * n + _popcount(~vb[i] & LOW[n])]
+            fb[i] = table[ROW * n + _popcount(~vb[i])]
             vb[i] = ONES
         while next_long < len(long_ids) and long_ids[next_long] < hi:
-            f[long_ids[next_long]] = long_f[next_long]
+            fb[long_ids[next_long] - lo] = long_f[next_long]
             next_long += 1
         for c in range(a, b):
-            sums[c] = _leaf_sum_and_top(f, leaf_lo[c], leaf_n[c], top, state)
+            sums[c] = _leaf_sum_and_top(
+                fb[leaf_lo[c] - lo : leaf_lo[c] - lo + leaf_n[c]], leaf_lo[c], top, top_f, state
+            )
         a = b
 
 
@@ -211,16 +219,16 @@ def _pairwise_combine(program, sums):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _leaf_sum_and_top(f, lo, n, top, state):
-    """A block of <= 128 as numpy sums it (8 lanes, then the rest in order); its top-k candidates first. (On a
-    slice with range loops numba drops the negative-index checks: 5x faster than indexing f[lo + i].)"""
-    b = f[lo : lo + n]
+def _leaf_sum_and_top(b, base, top, top_f, state):
+    """A block of <= 128 scores b (of instructions base, base + 1, ...) as numpy sums it (8 lanes, then the rest
+    in order); its top-k candidates first. (On a slice with range loops numba drops the negative-index checks.)"""
+    n = len(b)
     kth = state[1]
     hit = 0
     for i in range(n):  # (vectorises)
         hit += b[i] > kth
     if hit:
-        _top_block(f, lo, n, top, state)
+        _top_block(b, base, top, top_f, state)
     if n < 8:
         res = 0.0
         for i in range(n):
@@ -244,19 +252,20 @@ def _leaf_sum_and_top(f, lo, n, top, state):
 
 
 @njit(cache=True, nogil=True)
-def _top_block(f, lo, n, top, state):
-    """Insert f[lo:lo + n]'s scores above the k-th best into the top-k, after equal scores already held."""
+def _top_block(b, base, top, top_f, state):
+    """Insert the scores b (of instructions base, base + 1, ...) above the k-th best into the top-k, after equal
+    scores already held."""
     k = len(top)
     filled = int(state[0])
-    for i in range(lo, lo + n):
-        s = f[i]
+    for i in range(len(b)):
+        s = b[i]
         if s > state[1]:
             p = min(filled, k - 1)
-            while p > 0 and f[top[p - 1]] < s:
-                top[p] = top[p - 1]
+            while p > 0 and top_f[p - 1] < s:
+                top[p], top_f[p] = top[p - 1], top_f[p - 1]
                 p -= 1
-            top[p] = i
+            top[p], top_f[p] = base + i, s
             filled = min(filled + 1, k)
             if filled == k:
-                state[1] = f[top[k - 1]]
+                state[1] = top_f[k - 1]
     state[0] = filled

@@ -288,9 +288,9 @@ def test_mean_is_numpys_pairwise_sum():
     @njit
     def pairwise_sum(f):
         leaf_lo, leaf_n, program = K._pairwise_plan(len(f))
-        sums, top, state = np.empty(len(leaf_lo)), np.empty(1, dtype=np.int64), np.array([0.0, 2.0])
+        sums, top, top_f, state = np.empty(len(leaf_lo)), np.empty(1, dtype=np.int64), np.empty(1), np.array([0, 2.0])
         for c in range(len(leaf_lo)):
-            sums[c] = K._leaf_sum_and_top(f, leaf_lo[c], leaf_n[c], top, state)
+            sums[c] = K._leaf_sum_and_top(f[leaf_lo[c] : leaf_lo[c] + leaf_n[c]], leaf_lo[c], top, top_f, state)
         return K._pairwise_combine(program, sums)
 
     rng = np.random.default_rng(0)
