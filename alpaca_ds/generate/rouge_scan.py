@@ -54,24 +54,24 @@ def all_scores(q, n_total, index, table, lut, top, top_f):
     earlier first on ties) and top_f[:k] their scores, k = len(top) >= 1. `index` is the tuple of the index's
     arrays (`_prepare`). Returns (number of top entries filled, the sum of all N scores as np.add.reduce
     computes it over the insertion-ordered list)."""
-    program, sums, args = _prepare(q, n_total, index, table, lut)
+    args = _prepare(q, index, table, lut)
     state = np.array([0.0, -1.0])  # [entries of top filled, the k-th best score so far (-1.0 until k are held)]
-    _score_leaves(0, len(sums), args, top, top_f, state, sums)
-    return int(state[0]), _pairwise_combine(program, sums)
+    total = _score_range(0, n_total, args, top, top_f, state)
+    return int(state[0]), total
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def all_scores_two_threads(q, n_total, index, table, lut, top, top_f):
     """all_scores with the two halves of the pairwise sum's root scored on two threads (numba's prange), each
     with its own top-k, merged after (a function of its own: only its callers pay numba's parallel compile)."""
-    program, sums, args = _prepare(q, n_total, index, table, lut)
-    leaf_lo = args[1]
-    # the first leaf of the root's right half (numpy splits at n // 2 down to a multiple of 8)
-    split = np.searchsorted(leaf_lo, n_total // 2 - (n_total // 2) % 8)
-    tops, tops_f, states = _halves(len(top))  # (allocated outside: here numba makes np.zeros and a fill parallel)
+    args = _prepare(q, index, table, lut)
+    # numpy sums n > 128 floats as its halves' sums added, split at n // 2 down to a multiple of 8 (n <= 128:
+    # all on the right, whose sum 0.0 + s is s)
+    half = n_total // 2 - (n_total // 2) % 8 if n_total > 128 else 0
+    tops, tops_f, states, sums = _halves(len(top))  # (allocated outside: here numba makes np.zeros parallel loops)
     for h in prange(2):
-        lo, hi = (0, split) if h == 0 else (split, len(leaf_lo))
-        _score_leaves(lo, hi, args, tops[h], tops_f[h], states[h], sums)
+        lo, n = (0, half) if h == 0 else (half, n_total - half)
+        sums[h] = _score_range(lo, n, args, tops[h], tops_f[h], states[h])
     # the left half's ids are all smaller: on equal scores its entries come first
     left, right, filled = int(states[0, 0]), int(states[1, 0]), 0
     a = b = 0
@@ -83,38 +83,38 @@ def all_scores_two_threads(q, n_total, index, table, lut, top, top_f):
             top[filled], top_f[filled] = tops[1, b], tops_f[1, b]
             b += 1
         filled += 1
-    return filled, _pairwise_combine(program, sums)
+    return filled, sums[0] + sums[1]
 
 
 @njit(cache=True, nogil=True)
 def _halves(k):
-    """Each half's top-k ids, their scores and its state (all_scores's: entries filled, the k-th best so far)."""
+    """Each half's top-k ids, their scores, its state (all_scores's: entries filled, the k-th best so far) and
+    its sum."""
     states = np.empty((2, 2))
     states[:, 0] = 0.0
     states[:, 1] = -1.0
-    return np.empty((2, k), dtype=np.int64), np.empty((2, k)), states
+    return np.empty((2, k), dtype=np.int64), np.empty((2, k)), states, np.empty(2)
 
 
 @njit(cache=True, nogil=True)
-def _prepare(q, n_total, index, table, lut):
-    """The pairwise sum's plan, room for its leaf sums, the long instructions' scores, and the arguments of
-    `_score_leaves`. index = (p_ids, p_masks, start, plen, slot, dense, lens, short, long_ids, long_start,
-    long_tok), the last three for the instructions of > 64 tokens; table = the query length's score table."""
+def _prepare(q, index, table, lut):
+    """The arguments of `_score_range`, with the long instructions' scores. index = (p_ids, p_masks, start,
+    plen, slot, dense, lens, short, long_ids, long_start, long_tok), the last three for the instructions of > 64
+    tokens; table = the query length's score table."""
     p_ids, p_masks, start, plen, slot, dense, lens, short, long_ids, long_start, long_tok = index
-    leaf_lo, leaf_n, program = _pairwise_plan(n_total)
     long_f = _long_scores(q, lens, long_ids, long_start, long_tok, lut)
-    args = (q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f)
-    return program, np.empty(len(leaf_lo)), args
+    return q, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f
 
 
 @njit(cache=True, nogil=True)
-def _score_leaves(a, a_end, args, top, top_f, state, sums):
-    """Score the instructions of leaves a..a_end - 1 block by block, as the module docstring says (sums[c] = leaf
-    c's sum; top, top_f and state as all_scores's)."""
-    q, leaf_lo, leaf_n, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f = args
-    if a >= a_end:
-        return
-    first = leaf_lo[a]
+def _score_range(first, n_range, args, top, top_f, state):
+    """Score instructions first .. first + n_range - 1 block by block, as the module docstring says; returns
+    the sum of their scores in numpy's pairwise order (top, top_f and state as all_scores's)."""
+    q, p_ids, p_masks, start, plen, slot, dense, short, table, long_ids, long_f = args
+    if n_range == 0:
+        return 0.0
+    leaf_lo, leaf_n, program = _pairwise_plan(n_range)
+    sums = np.empty(len(leaf_lo))
     cursor = np.zeros(len(q), dtype=np.int64)  # each query position's place in its token's posting list
     for j in range(len(q)):
         if q[j] >= 0:
@@ -122,13 +122,14 @@ def _score_leaves(a, a_end, args, top, top_f, state, sums):
             cursor[j] = start[t] + np.searchsorted(p_ids[start[t] : start[t] + plen[t]], first)
     next_long = np.searchsorted(long_ids, first)
     # one block's V words and scores (a block is < BLOCK plus one leaf of <= 128), reused block after block
-    room = min(BLOCK + 128, leaf_lo[a_end - 1] + leaf_n[a_end - 1] - first)
+    room = min(BLOCK + 128, n_range)
     vb = np.full(room, ONES)
     fb = np.empty(room)
-    while a < a_end:
-        lo = leaf_lo[a]
+    a = 0
+    while a < len(leaf_lo):
+        lo = first + leaf_lo[a]
         b, hi = a, lo
-        while b < a_end and hi - lo < BLOCK:
+        while b < len(leaf_lo) and hi - lo < BLOCK:
             hi += leaf_n[b]
             b += 1
         for j in range(len(q)):
@@ -162,10 +163,10 @@ def _score_leaves(a, a_end, args, top, top_f, state, sums):
             fb[long_ids[next_long] - lo] = long_f[next_long]
             next_long += 1
         for c in range(a, b):
-            sums[c] = _leaf_sum_and_top(
-                fb[leaf_lo[c] - lo : leaf_lo[c] - lo + leaf_n[c]], leaf_lo[c], top, top_f, state
-            )
+            c_lo = first + leaf_lo[c]
+            sums[c] = _leaf_sum_and_top(fb[c_lo - lo : c_lo - lo + leaf_n[c]], c_lo, top, top_f, state)
         a = b
+    return _pairwise_combine(program, sums)
 
 
 @njit(cache=True, nogil=True)
