@@ -96,6 +96,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from alpaca_ds.generate import rouge_kernels as K
@@ -178,9 +179,11 @@ class RougeIndex:
         almost free — the scan sums the scores as it makes them (see the module docstring) — so it is on by
         default; False leaves `mean` as None.
     workers: 1, or 2 to scan the two halves of the instructions on two threads for every query against at
-        least 8,192 of them (1.3-1.5x faster over Alpaca's 52K on a 2-core machine; the first use compiles numba's
-        parallel loop, ~10 s once). Worth it where the other core is free, as in a batch run; with an online
-        run on the same 2 cores, the request loop needs that core.
+        least 8,192 of them (1.3-1.5x faster over Alpaca's 52K on a 2-core machine). The constructor runs the
+        two-thread scan once, so numba compiles it (~10 s, once after an install) or loads it before any query,
+        and keeps 2 only where numba's thread pool is OpenMP or TBB: on its own 'workqueue' pool (neither
+        library found) two threads scanned slower than one, so `workers` reads 1 there. Worth it where the other
+        core is free, as in a batch run; with an online run on the same 2 cores, the request loop needs that core.
     An empty index answers max_score 0.0, top [] and mean 0.0 (or None). Adding the same text twice indexes it
     twice, as Alpaca's lists would. Not thread-safe (queries share work buffers); use one index per thread.
     """
@@ -212,6 +215,12 @@ class RougeIndex:
             self._resize(group, _INITIAL[key])
         self._n_dense = np.zeros(1, dtype=np.int64)  # dense columns in use (an array: the kernel updates it)
         self._dense = np.zeros((_DENSE_COLUMNS, len(self._lens)), dtype=np.uint64)
+        if workers == 2:  # the scan on nothing: compiled or loaded now, and numba's thread pool chosen
+            rouge_scan.all_scores_two_threads(
+                np.empty(0, dtype=np.int32), 0, self._arrays(), self._table(0), self._lut, self._top, self._top_f
+            )
+            if numba.threading_layer() not in ("omp", "tbb"):
+                self.workers = 1
 
     def __len__(self) -> int:
         return len(self._texts)

@@ -6,6 +6,7 @@ mean within 1e-12 (it is in fact bit-identical, also asserted)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -328,6 +329,22 @@ def test_constructor_validation():
         RougeIndex(top_k=-1)
     with pytest.raises(ValueError, match="workers"):
         RougeIndex(workers=3)
+
+
+@pytest.mark.parametrize("layer, workers", [("omp", 2), ("workqueue", 1)])
+def test_two_threads_only_on_a_thread_pool_that_pays(layer, workers):
+    """numba picks its thread pool at the first parallel run, which the constructor makes; two threads stay only
+    on OpenMP (or TBB): on numba's own workqueue pool they scanned slower than one (benchmarks/RESULTS.md)."""
+    code = (
+        "import numba; from alpaca_ds.generate.rouge import RougeIndex; index = RougeIndex(workers=2); "
+        "print(numba.threading_layer(), index.workers)"
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    if out.returncode and "threading layer" in out.stderr.lower():
+        pytest.skip(f"numba cannot load its {layer} thread pool on this machine")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [layer, str(workers)]
 
 
 def test_generate_rouge_imports_no_torch_and_no_rouge_score():
