@@ -8,7 +8,7 @@ position walks the token's posting list), every score from the table, the long i
 top-k and the leaf sums. The block's V words and scores live in two buffers of the scan's own (~17 KB each,
 reused block after block), so only the index itself is read from the slower caches: walking the whole index
 once per token instead left V, the scores and the dense columns (over 2 MB at 52K instructions) to them
-between the passes, and index-sized V and score arrays cost ~10% more even in blocks.
+between the passes, and index-sized V and score arrays cost 5-15% more even in blocks (benchmarks/RESULTS.md).
 
 The sum follows numpy's pairwise summation (`_pairwise_plan`), so mean = sum / N is np.mean's float bit for
 bit without a second pass over the scores. With two threads each half of the sum's root is scored by one,
