@@ -4,7 +4,7 @@ helpers are rouge_kernels.py's.
 
 The instructions are taken in blocks of ~BLOCK (whole leaves of the pairwise sum), and each block gets all its
 work while it is in the core's cache: Hyyro's step for every query token in query order (a cursor per query
-position walks the token's posting list), every score from the table, the long instructions' scores, the
+position walks the token's posting list), every score gathered from the table, the long instructions' scores, the
 top-k and the leaf sums. The block's V words and scores live in two buffers of the scan's own (~17 KB each,
 reused block after block), so only the index itself is read from the slower caches: walking the whole index
 once per token instead left V, the scores and the dense columns (over 2 MB at 52K instructions) to them
@@ -26,6 +26,7 @@ from alpaca_ds.generate.rouge_kernels import (
     WORD,
     _clear_lut,
     _f_measure,
+    _gather8,
     _long_lcs,
     _popcount,
     _set_lut,
@@ -151,14 +152,19 @@ def _score_range(first, n_range, args, top, top_f, state):
                 vb[i] = (g + u) | (g ^ u)
                 e += 1
             cursor[j] = e
-        # every score from the table (the bits of V at and above n stay ones: the module docstring of rouge.py), V
-        # back to all ones (no branch; the table lookup keeps it scalar). short[i] is 0 for the instructions of
-        # > 64 tokens and for those of no tokens: table[0] = 0.0, then the long ones are set
+        # every score from the table (the bits of V at and above n stay ones: the module docstring of rouge.py):
+        # each V word becomes its score's place in the table (vectorised, vpopcntq), the scores are gathered 8 at
+        # a time (1.3x the pass as one scalar loop), V goes back to all ones. short[i] is 0 for the instructions
+        # of > 64 tokens and for those of no tokens: table[0] = 0.0, then the long ones are set
         sb = short[lo:hi]
-        for i in range(hi - lo):
-            n = sb[i]
-            fb[i] = table[ROW * n + _popcount(~vb[i])]
-            vb[i] = ONES
+        size = hi - lo
+        for i in range(size):
+            vb[i] = ROW * sb[i] + _popcount(~vb[i])
+        for i in range(0, size - size % 8, 8):
+            _gather8(fb, table, vb, i)
+        for i in range(size - size % 8, size):
+            fb[i] = table[vb[i]]
+        vb[:size] = ONES
         while next_long < len(long_ids) and long_ids[next_long] < hi:
             fb[long_ids[next_long] - lo] = long_f[next_long]
             next_long += 1

@@ -301,6 +301,29 @@ def test_mean_is_numpys_pairwise_sum():
         assert pairwise_sum(f) == np.add.reduce(f) and pairwise_sum(f) / n == np.mean(f.tolist()), n
 
 
+def test_gather8_reads_what_indexing_reads():
+    """The scan's 8-wide gather (an LLVM intrinsic of our own) at every offset, aligned or not, with the scan's
+    uint64 places and with int64 ones, against numpy's indexing."""
+    from numba import njit
+
+    from alpaca_ds.generate.rouge_kernels import _gather8
+
+    @njit
+    def gather_at(out, table, at, i):
+        _gather8(out, table, at, i)
+
+    rng = np.random.default_rng(3)
+    table = rng.random(65 * 65)
+    for dtype in (np.uint64, np.int64):
+        at = rng.integers(0, len(table), 29).astype(dtype)
+        for i in range(len(at) - 7):
+            out = np.full(len(at), -1.0)
+            gather_at(out, table, at, i)
+            expected = np.full(len(at), -1.0)
+            expected[i : i + 8] = table[at[i : i + 8]]
+            assert (out == expected).all(), (dtype, i)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_thousands_of_instructions_in_blocks_and_halves(monkeypatch, workers):
     """A query against 5,000 instructions crosses the kernel's blocks (whole leaves of the pairwise sum, each
