@@ -19,8 +19,10 @@ rounds accept ~45,000 instructions (at least 30,000 is the goal). Every accepted
 so processing an answer costs more as the run goes on and may fall behind the network; the request loop must not
 wait for it. Reports requests/s against the bound 64/s (as above), the acceptance rate, the peak processing lag
 (answers received, not yet processed) and the command's wall time (start-up and the processing left after the last
-answer included), for this tree and for the generator of a git revision (--old, default: before the request loop
-stopped waiting on processing), alternating, each pair after a CPU check (the machine is shared). Also the CPU
+answer included), for this tree, for the generator of a git revision (--old, default: before the request loop
+stopped waiting on processing) and for this tree's request side alone (benchmarks/request_side.py: processing
+stubbed out, the share of the bound the loop, the client, the ledger and the simulator reach by themselves on this
+machine), alternating, each trio after a CPU check (the machine is shared). Also the CPU
 seconds each run cost, per request: the generator process (all its threads, start-up included) and the simulator
 process (which serves both trees); far less sensitive to other load on the machine than requests/s.
 
@@ -64,7 +66,7 @@ def Teacher(*flags: str):
     return SimulatorProcess(SEEDS, *flags, cwd=ROOT)
 
 
-def generate_args(out: Path, url: str, *extra: str) -> list[str]:
+def generate_args(out: Path, url: str, *extra: str, entry: tuple[str, ...] = ("-m", "alpaca_ds.cli")) -> list[str]:
     sets = [
         f"out_dir={out}",
         f"api.base_url={url}",
@@ -73,7 +75,7 @@ def generate_args(out: Path, url: str, *extra: str) -> list[str]:
         f"seed_tasks={SEEDS}",
         *extra,
     ]
-    return [sys.executable, "-m", "alpaca_ds.cli", "generate", *[a for s in sets for a in ("--set", s)]]
+    return [sys.executable, *entry, "generate", *[a for s in sets for a in ("--set", s)]]
 
 
 def throughput(args) -> list[dict]:
@@ -155,7 +157,9 @@ def accepting(args) -> None:
     import os
 
     old = tree_at(args.old)
-    trees = {"this tree": ROOT, f"git {args.old}": old}
+    trees = {"this tree": ROOT, f"git {args.old}": old, "request side": ROOT}
+    # the request side alone: this tree with processing stubbed out (benchmarks/request_side.py)
+    entries = {"request side": (str(ROOT / "benchmarks" / "request_side.py"),)}
     teacher = Teacher("--latency", str(args.latency), "--noise", str(args.noise))
     sets = [
         "num_instructions=10000000",
@@ -166,7 +170,7 @@ def accepting(args) -> None:
     ]
     results = {name: [] for name in trees}
     try:
-        for tree in trees.values():  # warm numba's cache of each tree's kernels: no compile in a timed run
+        for tree in (ROOT, old):  # warm numba's cache of each tree's kernels: no compile in a timed run
             out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
             env = {**os.environ, "PYTHONPATH": str(tree)}
             subprocess.run(
@@ -184,9 +188,8 @@ def accepting(args) -> None:
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 started, client0, sim0 = time.monotonic(), children_cpu(), cpu_seconds(teacher.proc.pid)
                 # cwd too: `python -m` puts it before PYTHONPATH
-                subprocess.run(
-                    generate_args(out, teacher.url, *sets), check=True, cwd=tree, capture_output=True, env=env
-                )
+                cmd = generate_args(out, teacher.url, *sets, **({"entry": entries[name]} if name in entries else {}))
+                subprocess.run(cmd, check=True, cwd=tree, capture_output=True, env=env)
                 wall = time.monotonic() - started
                 client, sim = children_cpu() - client0, cpu_seconds(teacher.proc.pid)
                 sim = sim - sim0 if sim is not None and sim0 is not None else None
@@ -198,7 +201,7 @@ def accepting(args) -> None:
                     "req_s": run["requests_per_s"],
                     "wall": wall,
                     "accepted": c["accepted"],
-                    "rate": c["accepted"] / (c["parsed"] - c["unused_after_target"]),
+                    "rate": c["accepted"] / (c["parsed"] - c["unused_after_target"]) if c["parsed"] else None,
                     "requests": run["requests_completed"],
                     "lag": run.get("max_processing_lag"),
                     "window": run["request_seconds"],
@@ -207,10 +210,11 @@ def accepting(args) -> None:
                 }
                 results[name].append(row)
                 lag = "n/a" if row["lag"] is None else row["lag"]
+                share = "nothing parsed" if row["rate"] is None else f"{row['rate']:.1%} of candidates"
                 print(
                     f"round {r + 1} (cpu check {cores:.2f} cores) {name:>14}: {row['req_s']:6.2f} req/s of 64 = "
                     f"{row['req_s'] / 64:6.1%}; {row['requests']} requests in {row['window']:.1f} s, "
-                    f"{row['accepted']:,} accepted ({row['rate']:.1%} of candidates), peak processing lag {lag} "
+                    f"{row['accepted']:,} accepted ({share}), peak processing lag {lag} "
                     f"answers, wall {wall:.1f} s; CPU per request: generator {row['client_ms']:.1f} ms, simulator "
                     + ("n/a" if row["sim_ms"] is None else f"{row['sim_ms']:.1f} ms"),
                     flush=True,
@@ -223,10 +227,12 @@ def accepting(args) -> None:
     for name in names:
         rows = results[name]
         fraction = statistics.median(x["req_s"] for x in rows) / 64
+        rates = [x["rate"] for x in rows if x["rate"] is not None]
         print(
             f"{name:>14}: median {fraction:6.1%} of the bound, wall median "
             f"{statistics.median(x['wall'] for x in rows):.1f} s, acceptance "
-            f"{min(x['rate'] for x in rows):.1%}..{max(x['rate'] for x in rows):.1%}, CPU per request median: "
+            + (f"{min(rates):.1%}..{max(rates):.1%}" if rates else "none (nothing processed)")
+            + ", CPU per request median: "
             f"generator {statistics.median(x['client_ms'] for x in rows):.1f} ms"
             + (
                 f", simulator {statistics.median(x['sim_ms'] for x in rows):.1f} ms"
@@ -234,14 +240,16 @@ def accepting(args) -> None:
                 else ""
             )
         )
-    ratios = [a["req_s"] / b["req_s"] for a, b in zip(results[names[0]], results[names[1]])]
-    print(f"this tree / {names[1]}, req/s, per round: {[round(x, 3) for x in ratios]}")
-    rows = results[names[0]]
+    for other in names[1:]:
+        ratios = [a["req_s"] / b["req_s"] for a, b in zip(results[names[0]], results[other])]
+        print(f"this tree / {other}, req/s, per round: {[round(x, 3) for x in ratios]}")
+    rows, alone = results[names[0]], results["request side"]
     print(
         f"goal: >= 95% of the bound (5 prompts, 64 in flight, >= 75% accepted, >= 30,000 instructions): "
         f"median {statistics.median(x['req_s'] for x in rows) / 64:.1%}, best {max(x['req_s'] for x in rows) / 64:.1%}"
         f"; accepted {min(x['rate'] for x in rows):.1%} of candidates, {min(x['accepted'] for x in rows):,} "
-        "instructions at least"
+        f"instructions at least; the request side alone on this machine: median "
+        f"{statistics.median(x['req_s'] for x in alone) / 64:.1%}, best {max(x['req_s'] for x in alone) / 64:.1%}"
     )
 
 
