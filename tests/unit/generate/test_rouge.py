@@ -289,9 +289,9 @@ def test_mean_is_numpys_pairwise_sum():
     @njit
     def pairwise_sum(f):
         leaf_lo, leaf_n, program = K._pairwise_plan(len(f))
-        sums, top, top_f, state = np.empty(len(leaf_lo)), np.empty(1, dtype=np.int64), np.empty(1), np.array([0, 2.0])
+        sums = np.empty(len(leaf_lo))
         for c in range(len(leaf_lo)):
-            sums[c] = K._leaf_sum_and_top(f[leaf_lo[c] : leaf_lo[c] + leaf_n[c]], leaf_lo[c], top, top_f, state)
+            sums[c] = K._leaf_sum_and_hits(f[leaf_lo[c] : leaf_lo[c] + leaf_n[c]], 2.0)[0]
         return K._pairwise_combine(program, sums)
 
     rng = np.random.default_rng(0)
