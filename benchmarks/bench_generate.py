@@ -66,7 +66,11 @@ def Teacher(*flags: str):
     return SimulatorProcess(SEEDS, *flags, cwd=ROOT)
 
 
-def generate_args(out: Path, url: str, *extra: str, entry: tuple[str, ...] = ("-m", "alpaca_ds.cli")) -> list[str]:
+CLI = ("-m", "alpaca_ds.cli")
+REQUEST_SIDE = (str(ROOT / "benchmarks" / "request_side.py"),)  # the CLI with processing stubbed out
+
+
+def generate_args(out: Path, url: str, *extra: str, entry: tuple[str, ...] = CLI) -> list[str]:
     sets = [
         f"out_dir={out}",
         f"api.base_url={url}",
@@ -157,9 +161,7 @@ def accepting(args) -> None:
     import os
 
     old = tree_at(args.old)
-    trees = {"this tree": ROOT, f"git {args.old}": old, "request side": ROOT}
-    # the request side alone: this tree with processing stubbed out (benchmarks/request_side.py)
-    entries = {"request side": (str(ROOT / "benchmarks" / "request_side.py"),)}
+    runs = {"this tree": (ROOT, CLI), f"git {args.old}": (old, CLI), "request side": (ROOT, REQUEST_SIDE)}
     teacher = Teacher("--latency", str(args.latency), "--noise", str(args.noise))
     sets = [
         "num_instructions=10000000",
@@ -168,7 +170,7 @@ def accepting(args) -> None:
         "budget.max_usd=1000",
         "api.prompts_per_request=5",
     ]
-    results = {name: [] for name in trees}
+    results = {name: [] for name in runs}
     try:
         for tree in (ROOT, old):  # warm numba's cache of each tree's kernels: no compile in a timed run
             out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
@@ -183,12 +185,12 @@ def accepting(args) -> None:
             shutil.rmtree(out)
         for r in range(args.repeats):
             cores = cpu_check()
-            for name, tree in trees.items():
+            for name, (tree, entry) in runs.items():
                 out = Path(tempfile.mkdtemp(prefix="bench-generate-"))
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 started, client0, sim0 = time.monotonic(), children_cpu(), cpu_seconds(teacher.proc.pid)
                 # cwd too: `python -m` puts it before PYTHONPATH
-                cmd = generate_args(out, teacher.url, *sets, **({"entry": entries[name]} if name in entries else {}))
+                cmd = generate_args(out, teacher.url, *sets, entry=entry)
                 subprocess.run(cmd, check=True, cwd=tree, capture_output=True, env=env)
                 wall = time.monotonic() - started
                 client, sim = children_cpu() - client0, cpu_seconds(teacher.proc.pid)
@@ -223,7 +225,7 @@ def accepting(args) -> None:
         teacher.close()
         shutil.rmtree(old)
     print()
-    names = list(trees)
+    names = list(runs)
     for name in names:
         rows = results[name]
         fraction = statistics.median(x["req_s"] for x in rows) / 64

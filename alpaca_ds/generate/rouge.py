@@ -95,7 +95,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import repeat
 
 import numba
 import numpy as np
@@ -203,11 +202,7 @@ class RougeIndex:
         self._texts: list[str] = []
         self._vocab: dict[str, int] = {}  # token -> token id
         self._seen: set[tuple[str, ...]] = set()  # token sequences added (an exact repeat scores 1.0)
-        # the last text tokenized, its tokens and (once asked for) their ids: the generator adds the text it has
-        # just queried
-        self._last: tuple[str | None, list[str]] = (None, [])
-        self._last_ids: np.ndarray | None = None
-        self._has_new = False  # whether the last ids hold a -1
+        self._last: tuple[str | None, list[str]] = (None, [])  # the last text tokenized, and its tokens
         self._tables: dict[int, np.ndarray] = {}  # query length -> score table
         self._top = np.empty(max(1, self.top_k), dtype=np.int64)  # the top-k's ids; the top-1 gives the max
         self._top_f = np.empty(len(self._top))  # ... and their scores
@@ -255,15 +250,13 @@ class RougeIndex:
             dense = np.zeros((len(self._dense), 2 * i), dtype=np.uint64)
             dense[:, :i] = self._dense
             self._dense = dense
-        q = self._ids(text)
-        if self._has_new:  # its new tokens get the next ids
-            vocab = self._vocab
-            q = self._last_ids = np.array([vocab.setdefault(tok, len(vocab)) for tok in tokens], dtype=np.int32)
-            self._has_new = False
-            if len(vocab) > len(self._df):
-                self._resize(_PER_TOKEN, 2 * len(vocab))
+        vocab = self._vocab
+        tids = [vocab.setdefault(tok, len(vocab)) for tok in tokens]  # a new token gets the next id
+        if len(vocab) > len(self._df):
+            self._resize(_PER_TOKEN, 2 * len(vocab))
         self._lens[i] = n
         if n <= _WORD:
+            q = np.array(tids, dtype=np.int32)
             self._short[i] = n
             self._tokmat[i, :n] = q
             while (
@@ -287,10 +280,10 @@ class RougeIndex:
                 self._resize(_ARENA, 2 * len(self._p_ids))
             self._arena_top = top
         else:
-            for tid in set(q.tolist()):
+            for tid in set(tids):
                 self._df[tid] += 1
             self._long_ids = np.append(self._long_ids, i)
-            self._long_tok = np.concatenate([self._long_tok, q])
+            self._long_tok = np.concatenate([self._long_tok, np.array(tids, dtype=np.int32)])
             self._long_start = np.append(self._long_start, len(self._long_tok))
         self._texts.append(text)
         if tokens:
@@ -299,21 +292,15 @@ class RougeIndex:
     # ------------------------------------------------------------------ queries
 
     def _tokens(self, text: str) -> list[str]:
-        """tokenize(text), remembered until another text is tokenized."""
+        """tokenize(text), remembered for one call: the generator adds the text it has just queried."""
         if text != self._last[0]:
             self._last = (text, tokenize(text))
-            self._last_ids = None
         return self._last[1]
 
-    def _ids(self, text: str) -> np.ndarray:
-        """The token ids of `text`, -1 for tokens the index has never seen (`_has_new`), remembered with its
-        tokens. The vocabulary grows only in `add`, which tokenizes its text first and leaves that text's ids."""
-        tokens = self._tokens(text)
-        if self._last_ids is None:
-            ids = list(map(self._vocab.get, tokens, repeat(-1)))
-            self._has_new = -1 in ids
-            self._last_ids = np.array(ids, dtype=np.int32)
-        return self._last_ids
+    def _ids(self, tokens: list[str]) -> np.ndarray:
+        """Token ids of a query, -1 for tokens the index has never seen."""
+        vocab = self._vocab
+        return np.array([vocab.get(tok, -1) for tok in tokens], dtype=np.int32)
 
     def _arrays(self) -> tuple:
         """The index's arrays as the scan takes them (rouge_scan._prepare)."""
@@ -344,17 +331,19 @@ class RougeIndex:
         n_total = len(self._texts)
         if n_total == 0:
             return Match(0.0, [], 0.0 if self.compute_mean else None)
-        q = self._ids(text)
+        tokens = self._tokens(text)
+        q = self._ids(tokens)
         two = self.workers == 2 and n_total >= _PARALLEL_MIN
         kernel = rouge_scan.all_scores_two_threads if two else rouge_scan.all_scores
         filled, total = kernel(q, n_total, self._arrays(), self._table(len(q)), self._lut, self._top, self._top_f)
+        texts = self._texts
         k = min(filled, self.top_k)
-        scores = self._top_f.tolist()
-        top = list(zip(map(self._texts.__getitem__, self._top.tolist()[:k]), scores[:k]))
+        top = list(zip([texts[i] for i in self._top[:k].tolist()], self._top_f[:k].tolist()))
         # np.mean over the insertion-ordered float64 scores is np.add.reduce's pairwise sum over the count, which
         # the kernel computes in the same order
         mean = total / n_total if self.compute_mean else None
-        return Match(scores[0] if filled else 0.0, top, mean)
+        best = self._top_f[0] if filled else 0.0
+        return Match(float(best), top, mean)
 
     def is_duplicate(self, text: str) -> bool:
         """query(text).max_score > threshold, decided with length, prefix and overlap filters (module docstring)."""
@@ -368,7 +357,7 @@ class RougeIndex:
         if m > _WORD or thr < _MIN_PREFIX_THRESHOLD:
             return self.query(text).max_score > thr
         return K.any_above(
-            self._ids(text),
+            self._ids(tokens),
             thr,
             len(self._texts),
             self._p_ids,

@@ -174,12 +174,12 @@ def _score_range(first, n_range, args, top, top_f, state):
         # loops: with the top-k's insertion in the summing loop, though rarely run, that loop took 2.2x as long)
         kth = state[1]
         for c in range(a, b):
-            c_lo = first + leaf_lo[c] - lo
-            sums[c], hits[c] = _leaf_sum_and_hits(fb[c_lo : c_lo + leaf_n[c]], kth)
+            at = first + leaf_lo[c] - lo  # the leaf's place in the block
+            sums[c], hits[c] = _leaf_sum_and_hits(fb[at : at + leaf_n[c]], kth)
         for c in range(a, b):
             if hits[c]:
-                c_lo = first + leaf_lo[c]
-                _top_block(fb[c_lo - lo : c_lo - lo + leaf_n[c]], c_lo, top, top_f, state)
+                at = first + leaf_lo[c] - lo
+                _top_block(fb[at : at + leaf_n[c]], lo + at, top, top_f, state)
         a = b
     return _pairwise_combine(program, sums)
 

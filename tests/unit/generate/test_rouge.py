@@ -289,16 +289,19 @@ def test_mean_is_numpys_pairwise_sum():
     @njit
     def pairwise_sum(f):
         leaf_lo, leaf_n, program = K._pairwise_plan(len(f))
-        sums = np.empty(len(leaf_lo))
+        sums, hits = np.empty(len(leaf_lo)), 0
         for c in range(len(leaf_lo)):
-            sums[c] = K._leaf_sum_and_hits(f[leaf_lo[c] : leaf_lo[c] + leaf_n[c]], 2.0)[0]
-        return K._pairwise_combine(program, sums)
+            sums[c], hit = K._leaf_sum_and_hits(f[leaf_lo[c] : leaf_lo[c] + leaf_n[c]], 2.0)
+            hits += hit
+        return K._pairwise_combine(program, sums), hits
 
     rng = np.random.default_rng(0)
     for n in [*range(1, 1100), 2047, 2048, 2049, 8191, 8192, 8193, 52_002, 100_003]:
         f = rng.random(n) * rng.choice([1e-3, 1.0, 1e3], n)
         f[rng.random(n) < 0.5] = 0.0
-        assert pairwise_sum(f) == np.add.reduce(f) and pairwise_sum(f) / n == np.mean(f.tolist()), n
+        total, hits = pairwise_sum(f)
+        assert total == np.add.reduce(f) and total / n == np.mean(f.tolist()), n
+        assert hits == np.count_nonzero(f > 2.0), n  # the leaves' counts of scores above the k-th best
 
 
 def test_gather8_reads_what_indexing_reads():
