@@ -17,7 +17,7 @@ from helpers.generation import Teacher, gen_config, seeds_path
 
 SMALL = ("api.prompts_per_request=1", "num_tasks=8", "api.max_tokens=700")
 # the target is far beyond the budget; online, a failing request waits 0.25-1 s between tries, in which the other
-# slots' answers spend the rest of the budget (~1 s at 0.05 s latency), so the stop finds failing requests between
+# slots' answers spend the rest of the budget, so the stop finds failing requests between
 # tries (with 0.1-0.2 s, only 3 runs in 10 here did: the others' retries had all given up first)
 ARGS = (
     *SMALL,
