@@ -1,4 +1,10 @@
-"""One attempt at one request to an OpenAI-compatible API, through the official async `openai` client.
+"""One attempt at one request to an OpenAI-compatible API.
+
+An online request is one aiohttp POST with the headers the official `openai` client sends (its default and auth
+headers), its answer parsed here: the openai client's own request path (an httpx request built, then converted
+for its aiohttp transport) costs about twice the CPU, which the event loop pays for every request in flight.
+`api.http_backend: httpx` sends through the openai client itself instead; the Batch API always does. Either way
+an HTTP status means the same outcome (`status_outcome`).
 
 The client's own retries are off: calls.py retries (with backoff, jitter and Retry-After) so that every attempt
 is reserved against the budget and logged before it is sent. An attempt never raises for an API or network
@@ -146,28 +152,33 @@ class Outcome:
 
 
 class ApiClient:
-    """The async openai client for one API config: a teacher, a judge or a model's endpoint."""
+    """Requests to the API of one config (a teacher, a judge or a model's endpoint), with the async openai client
+    beside for the Batch API (`openai`)."""
 
     def __init__(self, api: ApiConfig, key: str | None):
         from openai import AsyncOpenAI
 
         self.api = api
         self._secret = key
+        self.backend = api.http_backend
         kwargs = {}
-        self.backend = "httpx"
-        if api.http_backend == "aiohttp":
-            # the openai package's own aiohttp transport: the same client, about a third less CPU per request
-            # than its default httpx transport, which matters with hundreds of requests in flight
+        if self.backend == "aiohttp":
+            # the Batch API's files and batches go through the openai package's own aiohttp transport
             try:
                 from openai import DefaultAioHttpClient
 
                 kwargs["http_client"] = DefaultAioHttpClient(timeout=api.timeout_s)
-                self.backend = "aiohttp"
-            except (ImportError, RuntimeError):  # an openai release without it, or without aiohttp
+            except (ImportError, RuntimeError):  # an openai release without it
                 pass
         self._client = AsyncOpenAI(
             base_url=api.base_url, api_key=key or "no-key", max_retries=0, timeout=api.timeout_s, **kwargs
         )
+        # what the openai client sends with each request: its default headers (those it leaves out are Omit
+        # objects) and the bearer key; in memory only
+        self._headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
+        self._headers.update(self._client.auth_headers)
+        self._base = str(self._client.base_url).rstrip("/")
+        self._session = None  # the aiohttp session of online requests, opened on the first (in the running loop)
 
     def scrub(self, text: str) -> str:
         if self._secret:
@@ -175,6 +186,9 @@ class ApiClient:
         return text[:500]
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         await self._client.close()
 
     @property
@@ -202,8 +216,10 @@ class ApiClient:
         return "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": prompts[0]}]}
 
     async def call(self, prompts: list[str], *, stop: list[str], logit_bias: dict[str, int] | None) -> Outcome:
-        api = self.api
         url, body = self.request(prompts, stop, logit_bias)
+        if self.backend == "aiohttp":
+            return await self._post(url.removeprefix("/v1"), body, len(prompts))
+        api = self.api
         try:
             # the openai client's documented way to post a body as it is and get the answer's text (its `post`, as
             # for an undocumented endpoint): the same request, headers, auth and errors as `completions.create`,
@@ -216,6 +232,46 @@ class ApiClient:
         except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
             return self._classify(e)
         return self.parse(text, len(prompts))
+
+    async def _post(self, path: str, body: dict, num_prompts: int) -> Outcome:
+        """One POST through aiohttp: what the openai client would send, its failures read as it reads them
+        (a connection refused was never sent; a timeout or a connection lost mid-answer may have been billed)."""
+        import aiohttp
+
+        t = self.api.timeout_s
+        if self._session is None:
+            # the openai client's timeout is per phase (connect, read); the total, a cap in case a server
+            # trickles bytes forever. trust_env: proxies from the environment, as the openai client takes them.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),  # the caller's concurrency is the limit
+                timeout=aiohttp.ClientTimeout(total=t + 5, sock_connect=t, sock_read=t),
+                trust_env=True,
+            )
+        try:
+            async with self._session.post(
+                self._base + path, data=json.dumps(body), headers=self._headers, allow_redirects=False
+            ) as r:
+                status, headers = r.status, r.headers
+                text = (await r.read()).decode("utf-8", errors="replace")
+        except asyncio.TimeoutError:
+            return Outcome("timeout", maybe_billed=True, retryable=True, error=f"no answer within {t:g} s")
+        except aiohttp.ClientConnectorError as e:  # refused before anything was sent: it cannot have been billed
+            return Outcome("connection", retryable=True, error=self.scrub(f"{type(e).__name__}: {e}"))
+        except (aiohttp.ClientError, OSError) as e:  # lost mid-answer: the API may have done the work
+            return Outcome(
+                "connection", maybe_billed=True, retryable=True, error=self.scrub(f"{type(e).__name__}: {e}")
+            )
+        if 200 <= status < 300:
+            return self.parse(text, num_prompts)
+        try:
+            error = json.loads(text)
+        except ValueError:
+            error = text
+        if isinstance(error, dict):  # the openai client's reading: the body's "error" object, if it has one
+            error = error.get("error", error)
+        message = error.get("message") if isinstance(error, dict) else None
+        detail = message if isinstance(message, str) and message else text.strip()[:300]
+        return self.status_outcome(status, headers, error, self.scrub(f"HTTP {status}: {detail}"))
 
     def parse(self, body: str, num_prompts: int) -> Outcome:
         """The outcome of a 200 answer's body (online, or a batch output line's response body)."""
@@ -261,6 +317,24 @@ class ApiClient:
             )
         return Outcome("ok", http=200, choices=choices, usage=usage, maybe_billed=usage is None)
 
+    @staticmethod
+    def status_outcome(status: int, headers, error, message: str) -> Outcome:
+        """The outcome of an answer with HTTP status `status` (not 2xx); `error`: the body's "error" object (or
+        the body), as the API sent it."""
+        retry_after = _retry_after(headers)
+        code = error.get("code") if isinstance(error, dict) else None
+        if status == 429 and code == "insufficient_quota":
+            return Outcome("quota", http=status, fatal=True, error=message)
+        if status == 429:
+            return Outcome("rate_limited", http=status, retry_after=retry_after, retryable=True, error=message)
+        if status in (401, 403):
+            return Outcome("auth", http=status, fatal=True, error=message)
+        if status == 404:
+            return Outcome("not_found", http=status, fatal=True, error=message)
+        if status in (408, 409) or status >= 500:
+            return Outcome("server_error", http=status, retry_after=retry_after, retryable=True, error=message)
+        return Outcome("bad_request", http=status, error=message)
+
     def _classify(self, e: Exception) -> Outcome:
         import openai
 
@@ -273,20 +347,7 @@ class ApiClient:
         if isinstance(e, openai.APIConnectionError):  # lost mid-answer: the API may have done the work
             return Outcome("connection", maybe_billed=True, retryable=True, error=message)
         if isinstance(e, openai.APIStatusError):
-            status = e.status_code
-            retry_after = _retry_after(e.response.headers)
-            code = (e.body.get("code") if isinstance(e.body, dict) else None) or getattr(e, "code", None)
-            if status == 429 and code == "insufficient_quota":
-                return Outcome("quota", http=status, fatal=True, error=message)
-            if status == 429:
-                return Outcome("rate_limited", http=status, retry_after=retry_after, retryable=True, error=message)
-            if status in (401, 403):
-                return Outcome("auth", http=status, fatal=True, error=message)
-            if status == 404:
-                return Outcome("not_found", http=status, fatal=True, error=message)
-            if status in (408, 409) or status >= 500:
-                return Outcome("server_error", http=status, retry_after=retry_after, retryable=True, error=message)
-            return Outcome("bad_request", http=status, error=message)
+            return self.status_outcome(e.status_code, e.response.headers, e.body, message)
         # the client could not make sense of what came back
         return Outcome("malformed", maybe_billed=True, retryable=True, error=message)
 
