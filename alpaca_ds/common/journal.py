@@ -21,6 +21,8 @@ import os
 import threading
 from pathlib import Path
 
+import orjson
+
 from alpaca_ds.common.errors import UserError
 
 
@@ -51,7 +53,13 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
 
 
 def encode(obj: dict) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    """One line: compact JSON, UTF-8 as it is. orjson writes it 20-80x faster than json (a ledger line holds a
+    whole answer; accepted.jsonl a record per instruction, written while the request loop waits for the GIL);
+    json takes what orjson refuses (an integer beyond 64 bits, a key that is not a string)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 class Journal:

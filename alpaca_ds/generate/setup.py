@@ -6,9 +6,9 @@ import hashlib
 from dataclasses import dataclass
 
 from alpaca_ds.api.budget import Cost
-from alpaca_ds.api.client import api_key, prompt_tokens
+from alpaca_ds.api.client import api_key
 from alpaca_ds.api.prices import Price, price_for
-from alpaca_ds.api.tokens import get_encoding
+from alpaca_ds.api.tokens import get_encoding, prompt_tokens
 from alpaca_ds.common.errors import UserError
 from alpaca_ds.common.io import sha256_file
 from alpaca_ds.generate import prompts as P

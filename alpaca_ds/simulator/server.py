@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from alpaca_ds.api.client import token_counter
+from alpaca_ds.api.tokens import token_counter
 from alpaca_ds.simulator import logprobs as lp
 from alpaca_ds.simulator.judge import judge_reply
 from alpaca_ds.simulator.moderation import Moderation

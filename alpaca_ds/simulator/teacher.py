@@ -13,7 +13,7 @@ import hashlib
 import random
 import re
 
-from alpaca_ds.api.client import token_counter
+from alpaca_ds.api.tokens import token_counter
 from alpaca_ds.generate.seeds import Example
 from alpaca_ds.simulator.judge import judge_verdict
 

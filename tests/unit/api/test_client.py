@@ -91,7 +91,9 @@ async def outcomes(base_url: str) -> dict:
     for backend in ("aiohttp", "httpx"):
         client = ApiClient(api(base_url, backend), KEY)
         try:
-            got[backend] = await client.call(["first prompt", "second prompt"], stop=["\n20"], logit_bias={"50256": -100})
+            got[backend] = await client.call(
+                ["first prompt", "second prompt"], stop=["\n20"], logit_bias={"50256": -100}
+            )
         finally:
             await client.close()
     return got
@@ -129,7 +131,13 @@ def test_each_answer_is_read_as_the_openai_client_reads_it(scenario):
 
     def sent(h: dict) -> dict:
         # (HTTP/1.1 keeps the connection alive without the header httpx adds; the encodings are each library's)
-        skip = {"x-stainless-retry-count", "x-stainless-read-timeout", "content-length", "accept-encoding", "connection"}
+        skip = {
+            "x-stainless-retry-count",
+            "x-stainless-read-timeout",
+            "content-length",
+            "accept-encoding",
+            "connection",
+        }
         return {k.lower(): v for k, v in h.items() if k.lower() not in skip}
 
     assert sent(h1) == sent(h2) and sent(h1)["authorization"] == f"Bearer {KEY}"
