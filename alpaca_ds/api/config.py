@@ -56,8 +56,9 @@ class ApiConfig(Schema):
     timeout_s: float = Field(300.0, gt=0, description="per-request timeout in seconds")
     http_backend: Literal["aiohttp", "httpx"] = Field(
         "aiohttp",
-        description="the openai client's HTTP transport: aiohttp (its DefaultAioHttpClient, less CPU "
-        "per request) or httpx (its default)",
+        description="online requests: aiohttp (one aiohttp POST with the openai client's headers, half the CPU "
+        "per request) or httpx (through the openai client itself); the Batch API goes through the openai client "
+        "either way",
     )
     max_retries: int = Field(8, ge=0, description="retries of one request before it is recorded as failed")
     backoff_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry, with jitter")

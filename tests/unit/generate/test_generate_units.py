@@ -20,7 +20,7 @@ from alpaca_ds.api.limits import RateLimiter
 from alpaca_ds.api.prices import load_table, price_for
 from alpaca_ds.api.tokens import _BUNDLED, get_encoding, seed_cache
 from alpaca_ds.common.errors import UserError
-from alpaca_ds.common.journal import Journal, read_jsonl
+from alpaca_ds.common.journal import Journal, encode, read_jsonl
 from alpaca_ds.config import load_config
 from alpaca_ds.generate import prompts as P
 from alpaca_ds.generate.config import FilterConfig, GenerateConfig
@@ -305,6 +305,21 @@ def test_journal_tolerates_a_torn_last_line(tmp_path):
     path.write_bytes(b'{"a": 1}\n{broken}\n{"b": 2}\n')
     with pytest.raises(UserError, match=r"log.jsonl:2: damaged line"):
         read_jsonl(path)
+
+
+def test_journal_lines_are_the_json_modules_compact_lines():
+    # the reference: what the json module writes; orjson writes the same bytes (floats below 1e-4 aside, which it
+    # writes without an exponent), and json itself takes what orjson refuses
+    objects = [
+        {"t": "result", "i": 3, "usd": 0.30000000000000004, "choices": [{"text": 'é \u2028 \\n"x"', "n": None}]},
+        {"top": {"a b": 0.5, "c": 1 / 3}, "mean": 0.0, "ok": True, "big": 2**63 - 1},
+        {"a": 2**64},  # beyond orjson's integers
+        {1: "a non-string key"},
+    ]
+    for obj in objects:
+        line = encode(obj)
+        assert line == (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    assert json.loads(encode({"small": 1e-05})) == {"small": 1e-05}
 
 
 def test_rate_limiter_paces_requests():
