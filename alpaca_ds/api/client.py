@@ -2,7 +2,8 @@
 
 An online request is one aiohttp POST with the headers the official `openai` client sends (its default and auth
 headers), its answer parsed here: the openai client's own request path (an httpx request built, then converted
-for its aiohttp transport) costs about twice the CPU, which the event loop pays for every request in flight.
+for its aiohttp transport) costs 4-5x the CPU (benchmarks/bench_client.py), which the event loop pays for every
+request in flight.
 `api.http_backend: httpx` sends through the openai client itself instead; the Batch API always does. Either way
 an HTTP status means the same outcome (`status_outcome`).
 
@@ -156,15 +157,20 @@ class ApiClient:
         t = self.api.timeout_s
         if self._session is None:
             # the openai client's timeout is per phase (connect, read); the total, a cap in case a server
-            # trickles bytes forever. trust_env: proxies from the environment, as the openai client takes them.
+            # trickles bytes forever. The proxy the environment names is looked up once, here: aiohttp's
+            # trust_env would look it up (and ~/.netrc) again for every request, 0.6 ms of CPU each.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),  # the caller's concurrency is the limit
                 timeout=aiohttp.ClientTimeout(total=t + 5, sock_connect=t, sock_read=t),
-                trust_env=True,
             )
+            self._proxy = env_proxy(self._base)
         try:
             async with self._session.post(
-                self._base + path, data=orjson.dumps(body), headers=self._headers, allow_redirects=False
+                self._base + path,
+                data=orjson.dumps(body),
+                headers=self._headers,
+                allow_redirects=False,
+                proxy=self._proxy,
             ) as r:
                 status, headers = r.status, r.headers
                 text = (await r.read()).decode("utf-8", errors="replace")
@@ -278,6 +284,19 @@ def top_logprobs(logprobs, mode: str) -> list[dict[str, float]] | None:
         return [{str(k): float(v) for k, v in pos.items()} for pos in logprobs["top_logprobs"]]
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY; NO_PROXY), as the openai
+    client's httpx takes it; None for none."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def _never_connected(e: BaseException) -> bool:

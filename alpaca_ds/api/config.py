@@ -56,8 +56,8 @@ class ApiConfig(Schema):
     timeout_s: float = Field(300.0, gt=0, description="per-request timeout in seconds")
     http_backend: Literal["aiohttp", "httpx"] = Field(
         "aiohttp",
-        description="online requests: aiohttp (one aiohttp POST with the openai client's headers, half the CPU "
-        "per request) or httpx (through the openai client itself); the Batch API goes through the openai client "
+        description="online requests: aiohttp (one aiohttp POST with the openai client's headers, a fifth of "
+        "the CPU per request) or httpx (through the openai client itself); the Batch API goes through the openai client "
         "either way",
     )
     max_retries: int = Field(8, ge=0, description="retries of one request before it is recorded as failed")

@@ -12,7 +12,7 @@ import socket
 import pytest
 from aiohttp import web
 
-from alpaca_ds.api.client import ApiClient
+from alpaca_ds.api.client import ApiClient, env_proxy
 from alpaca_ds.api.config import ApiConfig
 
 KEY = "sk-test-0123456789"
@@ -51,7 +51,8 @@ SCRIPTS = {
 class Server:
     """A loopback aiohttp server: the scenario is the request's path segment before /completions."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
+        self.port = port
         self.seen: list[tuple[dict, dict]] = []  # (headers, body) of each request
 
     async def handle(self, request: web.Request):
@@ -71,7 +72,7 @@ class Server:
         app.router.add_post("/{scenario}/v1/completions", self.handle)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self
@@ -188,3 +189,20 @@ def test_the_organization_from_the_environment_is_sent_as_the_openai_client_send
         "org-test",
         "org-test",
     ]
+
+
+def test_a_proxy_from_the_environment_is_used_as_the_openai_client_uses_it(monkeypatch):
+    async def main(port):
+        async with Server(port) as server:
+            got = await outcomes("http://api.proxied.invalid/ok/v1")  # a host only the proxy can reach
+        return server, got
+
+    port = free_port()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    server, got = asyncio.run(main(port))
+    assert [o.kind for o in got.values()] == ["ok", "ok"]
+    assert [h["Host"] for h, _ in server.seen] == ["api.proxied.invalid", "api.proxied.invalid"]
+    monkeypatch.setenv("NO_PROXY", "proxied.invalid")  # bypassed: the host cannot be reached
+    assert env_proxy("http://api.proxied.invalid/v1") is None
