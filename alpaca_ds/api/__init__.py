@@ -2,7 +2,7 @@
 imports neither stage.
 
   config.py       ApiConfig, BudgetConfig, BatchApiConfig, EndpointConfig (the schemas)
-  client.py       ApiClient: the async openai client, request bodies, the API key from the environment
+  client.py       ApiClient: one request (an aiohttp POST as the openai client sends it), its outcome, the API key
   prices.py       online and batch prices (prices.yaml), the price of a call
   tokens.py       prompt-token counting (tiktoken) and worst-case completion tokens
   budget.py       the hard budget: reserve a call's worst case, settle by its reported usage
