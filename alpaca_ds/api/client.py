@@ -95,6 +95,7 @@ class ApiClient:
         self._headers.update(self._client.auth_headers)
         self._base = str(self._client.base_url).rstrip("/")
         self._session = None  # the aiohttp session of online requests, opened on the first (in the running loop)
+        self._proxy: str | None = None  # the environment's proxy for base_url, looked up with the session
 
     def scrub(self, text: str) -> str:
         if self._secret:
