@@ -87,10 +87,13 @@ def _f_measure(lcs, m, n):
 
 
 @njit(cache=True, nogil=True)
-def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, dense, n_dense, dense_min):
-    """Append instruction `i` (token ids `tids`, <= 64 of them) to its tokens' posting lists; returns the new
-    arena top, or -1 (and changes nothing) when the arena has no room for the lists that must move. A token
-    in >= dense_min and > 1/5 of the instructions gets a dense column while free ones are left."""
+def add_postings(
+    i, tids, lens, short, tokmat, p_ids, p_masks, top, start, cap, plen, df, lut, slot, dense, n_dense, dense_min
+):
+    """Add instruction `i` (token ids `tids`, <= 64 of them): its length and tokens, and its entries in its
+    tokens' posting lists; returns the new arena top, or -1 (and changes nothing) when the arena has no room for
+    the lists that must move. A token in >= dense_min and > 1/5 of the instructions gets a dense column while
+    free ones are left."""
     need = 0
     for t in tids:
         if plen[t] == cap[t] and lut[t] == 0:
@@ -100,6 +103,8 @@ def add_postings(i, tids, p_ids, p_masks, top, start, cap, plen, df, lut, slot, 
         lut[t] = 0
     if top + need > len(p_ids):
         return -1
+    lens[i] = short[i] = len(tids)
+    tokmat[i, : len(tids)] = tids
     for j in range(len(tids)):
         lut[tids[j]] |= np.uint64(1) << np.uint64(j)
     for t in tids:
@@ -196,6 +201,9 @@ def any_above(
     acc,
     touched,
     lut,
+    dense,
+    slot,
+    short,
 ):
     """Whether some instruction scores > thr against the query q (1..64 tokens, thr >= 0.01): the length,
     prefix and overlap filters of rouge.py's docstring, then the exact score of the survivors."""
@@ -236,19 +244,36 @@ def any_above(
         c = counts[order[j]]
         for e in range(start[t], start[t] + plen[t]):
             i = p_ids[e]
-            if acc[i] == 0:
-                touched[n_touched] = i
-                n_touched += 1
+            touched[n_touched] = i  # without a branch: index.add keeps an entry beyond every id
+            n_touched += acc[i] == 0
             acc[i] += min(_popcount(p_masks[e]), c)
+    # req[n]: the least overlap bound with which an instruction of n tokens may be a duplicate (ROW: none)
+    req = np.full(ROW, ROW, dtype=np.int64)
+    for n in range(ROW):
+        if x < n < n_hi:
+            req[n] = int(np.floor(tl * (m + n) / 2.0)) + 1
+    bound = np.empty(n_touched, dtype=np.int64)
+    n_pass = 0
+    for j in range(n_touched):  # without branches: about 1 in 10 passes, at random
+        i = touched[j]
+        touched[n_pass] = i
+        bound[n_pass] = acc[i] + rest
+        n_pass += acc[i] + rest >= req[short[i]]
+        acc[i] = 0
     _set_lut(q, lut)
     found = False
-    for j in range(n_touched):
+    for j in range(n_pass):
         i = touched[j]
-        po = acc[i]
-        acc[i] = 0
-        n = lens[i]
-        if not found and x < n < n_hi and 2.0 * (po + rest) > tl * (m + n):
-            found = table[ROW * n + _lcs_lut(tokmat[i], lut, m)] > thr
+        n = short[i]
+        ub = bound[j]
+        for u in range(n_prefix, n_uniq):  # unprobed tokens with a dense column: their overlap exactly
+            t = uniq[order[u]]
+            if slot[t] >= 0:
+                c = counts[order[u]]
+                ub -= c - min(_popcount(dense[slot[t], i]), c)
+        if ub >= req[n] and table[ROW * n + _lcs_lut(tokmat[i], lut, m)] > thr:
+            found = True
+            break
     for k in range(len(long_ids)):
         n = lens[long_ids[k]]
         if not found and x < n < n_hi:
