@@ -21,7 +21,9 @@ Storage, all numpy arrays owned by the index:
   * per instruction `lens` (token count), `short` (the same as uint8, 0 when n > 64) and `tokmat`, its token
     ids padded with -1 (n <= 64);
   * instructions of > 64 tokens in CSR form: `long_ids[k]`, tokens `long_tok[long_start[k]:long_start[k+1]]`;
-  * work arrays that are restored before returning: `acc` (zeros), `lut` (zeros, one entry per token id).
+  * work arrays that are restored before returning: `acc` (zeros), `lut` (zeros, one entry per token id); and
+    `touched`, any_above's list of the ids it touches, written one past its last entry (so the per-instruction
+    arrays always hold one entry more than there are instructions).
 """
 
 from __future__ import annotations
@@ -249,9 +251,9 @@ def any_above(
             acc[i] += min(_popcount(p_masks[e]), c)
     # req[n]: the least overlap bound with which an instruction of n tokens may be a duplicate (ROW: none)
     req = np.full(ROW, ROW, dtype=np.int64)
-    for n in range(ROW):
-        if x < n < n_hi:
-            req[n] = int(np.floor(tl * (m + n) / 2.0)) + 1
+    for length in range(ROW):
+        if x < length < n_hi:
+            req[length] = int(np.floor(tl * (m + length) / 2.0)) + 1  # 2 * req > tl * (m + length)
     bound = np.empty(n_touched, dtype=np.int64)
     n_pass = 0
     for j in range(n_touched):  # without branches: about 1 in 10 passes, at random
