@@ -87,8 +87,10 @@ of evaluating the bounds below in floats). Hence:
 
 Tokenization: rouge_score's tokenizer lower-cases, replaces every run of characters outside [a-z0-9] with a
 space, splits on whitespace and keeps the tokens matching ^[a-z0-9]+$. After that substitution only [a-z0-9]
-runs and spaces remain, so it is exactly `re.findall("[a-z0-9]+", text.lower())`, which `tokenize` does
-without importing rouge_score or nltk at run time. Non-ASCII letters are dropped ("café" -> ["caf"]) except
+runs and spaces remain, so the tokens are the [a-z0-9] runs of text.lower(). `tokenize` finds them without
+importing rouge_score or nltk at run time, and without a regular expression (2x faster): every character of
+the lower-cased text outside ASCII becomes "?" (encode's "replace"), every byte outside [a-z0-9] a space
+(bytes.translate), and the result is split on spaces. Non-ASCII letters are dropped ("café" -> ["caf"]) except
 where str.lower() itself yields ASCII (the Kelvin sign lowers to "k"), exactly as in rouge_score.
 
 This module imports numpy and numba only (no torch, no rouge_score).
@@ -96,7 +98,6 @@ This module imports numpy and numba only (no torch, no rouge_score).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numba
@@ -107,7 +108,7 @@ from alpaca_ds.generate import rouge_scan
 
 __all__ = ["Match", "RougeIndex", "tokenize", "rouge_l_f"]
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
+_SEPARATE = bytes(c if c in b"abcdefghijklmnopqrstuvwxyz0123456789" else 32 for c in range(256))  # translate table
 _WORD = K.WORD  # instructions of <= 64 tokens live in one machine word per bit-parallel step
 _ROW = K.ROW  # score table row length: lcs in 0..64
 _DENSE_COLUMNS = 16  # the most frequent tokens scanned densely (rouge_kernels.py) ...
@@ -119,7 +120,7 @@ _MIN_PREFIX_THRESHOLD = 0.01  # below this the prefix filter would probe (almost
 
 def tokenize(text: str) -> list[str]:
     """rouge_score's DefaultTokenizer(use_stemmer=False).tokenize(text), re-expressed (see module docstring)."""
-    return _TOKEN_RE.findall(text.lower())
+    return text.lower().encode("ascii", "replace").translate(_SEPARATE).decode("ascii").split()
 
 
 def rouge_l_f(lcs: int, target_len: int, prediction_len: int) -> float:
