@@ -51,7 +51,7 @@ def api_key(api: ApiConfig | EndpointConfig) -> str | None:
 @dataclass
 class Outcome:
     kind: str  # ok | rate_limited | server_error | timeout | connection | malformed
-    # | bad_request | auth | not_found | quota
+    # | bad_request | auth | not_found | quota | redirect
     http: int | None = None
     choices: list[dict] | None = None  # [{"prompt": p, "text": str, "finish_reason": str|None}]
     usage: tuple[int, int] | None = None  # (prompt_tokens, completion_tokens) as the API reported them
@@ -95,7 +95,16 @@ class ApiClient:
         self._headers.update(self._client.auth_headers)
         self._base = str(self._client.base_url).rstrip("/")
         self._session = None  # the aiohttp session of online requests, opened on the first (in the running loop)
-        self._proxy: str | None = None  # the environment's proxy for base_url, looked up with the session
+        # the proxy the environment names for base_url, looked up once: aiohttp's trust_env would look it up (and
+        # ~/.netrc) again for every request, 0.5-0.7 ms of CPU each
+        self._proxy = env_proxy(self._base) if self.backend == "aiohttp" else None
+        scheme = self._proxy.partition("://")[0].lower() if self._proxy else "http"
+        if scheme not in ("http", "https"):  # (the proxy's address is not repeated: it may hold a password)
+            raise UserError(
+                f"the environment names a {scheme}:// proxy for {self._base} (HTTP_PROXY, HTTPS_PROXY or "
+                "ALL_PROXY), and api.http_backend aiohttp sends through http:// and https:// proxies only: name "
+                "one of those, or --set api.http_backend=httpx (which needs `pip install socksio` for SOCKS)"
+            )
 
     def scrub(self, text: str) -> str:
         if self._secret:
@@ -158,13 +167,11 @@ class ApiClient:
         t = self.api.timeout_s
         if self._session is None:
             # the openai client's timeout is per phase (connect, read); the total, a cap in case a server
-            # trickles bytes forever. The proxy the environment names is looked up once, here: aiohttp's
-            # trust_env would look it up (and ~/.netrc) again for every request, 0.5-0.7 ms of CPU each.
+            # trickles bytes forever
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),  # the caller's concurrency is the limit
                 timeout=aiohttp.ClientTimeout(total=t + 5, sock_connect=t, sock_read=t),
             )
-            self._proxy = env_proxy(self._base)
         try:
             async with self._session.post(
                 self._base + path,
@@ -193,6 +200,9 @@ class ApiClient:
             error = error.get("error", error)
         message = error.get("message") if isinstance(error, dict) else None
         detail = message if isinstance(message, str) and message else text.strip()[:300]
+        if 300 <= status < 400:
+            where = headers.get("location", "an address it does not give")
+            detail = f"{self._base} redirects to {where}; set api.base_url to the address it points to"
         return self.status_outcome(status, headers, error, self.scrub(f"HTTP {status}: {detail}"))
 
     def parse(self, body: str, num_prompts: int) -> Outcome:
@@ -253,6 +263,8 @@ class ApiClient:
             return Outcome("auth", http=status, fatal=True, error=message)
         if status == 404:
             return Outcome("not_found", http=status, fatal=True, error=message)
+        if 300 <= status < 400:  # the same for every request: the openai client follows it, this path does not
+            return Outcome("redirect", http=status, fatal=True, error=message)
         if status in (408, 409) or status >= 500:
             return Outcome("server_error", http=status, retry_after=retry_after, retryable=True, error=message)
         return Outcome("bad_request", http=status, error=message)
@@ -289,7 +301,7 @@ def top_logprobs(logprobs, mode: str) -> list[dict[str, float]] | None:
 
 def env_proxy(url: str) -> str | None:
     """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY; NO_PROXY), as the openai
-    client's httpx takes it; None for none."""
+    client's httpx takes it (http:// when it names no scheme); None for none."""
     import urllib.request
     from urllib.parse import urlsplit
 
@@ -297,7 +309,8 @@ def env_proxy(url: str) -> str | None:
     proxies = urllib.request.getproxies_environment()
     if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
         return None
-    return proxies.get(parts.scheme) or proxies.get("all")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    return proxy if not proxy or "://" in proxy else f"http://{proxy}"
 
 
 def _never_connected(e: BaseException) -> bool:

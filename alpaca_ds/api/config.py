@@ -57,8 +57,8 @@ class ApiConfig(Schema):
     http_backend: Literal["aiohttp", "httpx"] = Field(
         "aiohttp",
         description="online requests: aiohttp (one aiohttp POST with the openai client's headers, a fifth of "
-        "the CPU per request) or httpx (through the openai client itself); the Batch API goes through the "
-        "openai client either way",
+        "the CPU per request; HTTP(S) proxies only, redirects not followed) or httpx (through the openai client "
+        "itself; SOCKS proxies with socksio); the Batch API goes through the openai client either way",
     )
     max_retries: int = Field(8, ge=0, description="retries of one request before it is recorded as failed")
     backoff_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry, with jitter")

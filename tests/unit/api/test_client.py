@@ -14,6 +14,7 @@ from aiohttp import web
 
 from alpaca_ds.api.client import ApiClient, env_proxy
 from alpaca_ds.api.config import ApiConfig
+from alpaca_ds.common.errors import UserError
 
 KEY = "sk-test-0123456789"
 OK = {
@@ -204,5 +205,38 @@ def test_a_proxy_from_the_environment_is_used_as_the_openai_client_uses_it(monke
     server, got = asyncio.run(main(port))
     assert [o.kind for o in got.values()] == ["ok", "ok"]
     assert [h["Host"] for h, _ in server.seen] == ["api.proxied.invalid", "api.proxied.invalid"]
+    monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{port}")  # no scheme: http://, as the openai client reads it
+    server, got = asyncio.run(main(port))
+    assert [o.kind for o in got.values()] == ["ok", "ok"] and len(server.seen) == 2
     monkeypatch.setenv("NO_PROXY", "proxied.invalid")  # bypassed: the host cannot be reached
     assert env_proxy("http://api.proxied.invalid/v1") is None
+
+
+def test_a_socks_proxy_is_refused_before_any_request_without_its_password(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:s3cret@127.0.0.1:1080")
+    with pytest.raises(UserError) as e:
+        ApiClient(api("https://api.example.invalid/v1", "aiohttp"), KEY)
+    assert "socks5://" in str(e.value) and "api.http_backend=httpx" in str(e.value) and "s3cret" not in str(e.value)
+    monkeypatch.setenv("NO_PROXY", "example.invalid")  # not this host's proxy: nothing to refuse
+    asyncio.run(ApiClient(api("https://api.example.invalid/v1", "aiohttp"), KEY).close())
+
+
+def test_a_redirect_stops_the_run_and_says_where_base_url_should_point(monkeypatch):
+    """The openai client follows a redirect; the aiohttp path does not: a base_url that redirects redirects every
+    request, and the answer was never billed, so the run stops at once with where the address points."""
+    monkeypatch.setitem(SCRIPTS, "moved", (308, {"location": "https://api.example.invalid/v1/completions"}, ""))
+
+    async def main():
+        async with Server() as server:
+            client = ApiClient(api(f"http://127.0.0.1:{server.port}/moved/v1", "aiohttp"), KEY)
+            try:
+                return await client.call(["p"], stop=[], logit_bias=None)
+            finally:
+                await client.close()
+
+    got = asyncio.run(main())
+    assert (got.kind, got.http, got.fatal, got.retryable, got.maybe_billed) == ("redirect", 308, True, False, False)
+    assert "https://api.example.invalid/v1/completions" in got.error and "api.base_url" in got.error
