@@ -24,6 +24,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -98,9 +99,8 @@ class ApiClient:
         # the proxy the environment names for base_url, looked up once: aiohttp's trust_env would look it up (and
         # ~/.netrc) again for every request, 0.5-0.7 ms of CPU each
         self._proxy = env_proxy(self._base) if self.backend == "aiohttp" else None
-        scheme = self._proxy.partition("://")[0].lower() if self._proxy else "http"
-        if scheme not in ("http", "https"):  # (the proxy's address is not repeated: it may hold a password)
-            raise UserError(
+        if self._proxy and (scheme := urlsplit(self._proxy).scheme) not in ("http", "https"):
+            raise UserError(  # (the proxy's address is not repeated: it may hold a password)
                 f"the environment names a {scheme}:// proxy for {self._base} (HTTP_PROXY, HTTPS_PROXY or "
                 "ALL_PROXY), and api.http_backend aiohttp sends through http:// and https:// proxies only: name "
                 "one of those, or --set api.http_backend=httpx (which needs `pip install socksio` for SOCKS)"
@@ -303,7 +303,6 @@ def env_proxy(url: str) -> str | None:
     """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY; NO_PROXY), as the openai
     client's httpx takes it (http:// when it names no scheme); None for none."""
     import urllib.request
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     proxies = urllib.request.getproxies_environment()

@@ -205,8 +205,9 @@ class RougeIndex:
         self.workers = workers
         self._texts: list[str] = []
         self._vocab: dict[str, int] = {}  # token -> token id
-        # the last text encoded: (text, tokens, token ids, whether a token has no id yet); see _encode
-        self._last: tuple = (None, [], np.empty(0, dtype=np.int32), False)
+        # the last text encoded, and its (tokens, token ids, whether a token has no id yet); see _encode
+        self._last_text: str | None = None
+        self._last: tuple = ([], np.empty(0, dtype=np.int32), False)
         self._tables: dict[int, np.ndarray] = {}  # query length -> score table
         self._top = np.empty(max(1, self.top_k), dtype=np.int64)  # the top-k's ids; the top-1 gives the max
         self._top_f = np.empty(len(self._top))  # ... and their scores
@@ -256,7 +257,7 @@ class RougeIndex:
         if unknown:
             vocab = self._vocab
             q = np.array([vocab.setdefault(tok, len(vocab)) for tok in tokens], dtype=np.int32)  # new: next id
-            self._last = (text, tokens, q, False)
+            self._last = (tokens, q, False)
             if len(vocab) > len(self._df):
                 self._resize(_PER_TOKEN, 2 * len(vocab))
         if len(q) <= _WORD:
@@ -297,12 +298,12 @@ class RougeIndex:
         """tokenize(text), the token ids (-1 for a token never added) and whether there is a -1, remembered for
         one text: the generator adds the text it has just queried. Only `add` gives tokens ids, and it leaves
         its own text here with all of them, so the ids remembered are never stale."""
-        if text != self._last[0]:
+        if text != self._last_text:
             tokens = tokenize(text)
             vocab = self._vocab
             ids = [vocab.get(tok, -1) for tok in tokens]
-            self._last = (text, tokens, np.array(ids, dtype=np.int32), -1 in ids)
-        return self._last[1:]
+            self._last_text, self._last = text, (tokens, np.array(ids, dtype=np.int32), -1 in ids)
+        return self._last
 
     def _arrays(self) -> tuple:
         """The index's arrays as the scan takes them (rouge_scan._prepare)."""

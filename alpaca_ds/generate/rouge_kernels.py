@@ -225,7 +225,6 @@ def any_above(
                 n_uniq += 1
             lut[t] += 1
             m_known += 1
-    uniq = uniq[:n_uniq]
     counts = np.empty(n_uniq, dtype=np.int64)
     for j in range(n_uniq):
         counts[j] = lut[uniq[j]]
@@ -233,17 +232,17 @@ def any_above(
     if m_known < need:
         return False  # too few query tokens occur in the index at all
     # whole tokens, rarest first, until m_known - need + 1 positions are covered (pigeonhole)
-    order = np.argsort(df[uniq], kind="mergesort")
+    order = np.argsort(df[uniq[:n_uniq]], kind="mergesort")
+    uniq, counts = uniq[order], counts[order]
     covered = 0
     n_prefix = 0
     while covered < m_known - need + 1:
-        covered += counts[order[n_prefix]]
+        covered += counts[n_prefix]
         n_prefix += 1
     rest = m_known - covered
     n_touched = 0
     for j in range(n_prefix):
-        t = uniq[order[j]]
-        c = counts[order[j]]
+        t, c = uniq[j], counts[j]
         for e in range(start[t], start[t] + plen[t]):
             i = p_ids[e]
             touched[n_touched] = i  # without a branch: index.add keeps an entry beyond every id
@@ -256,23 +255,26 @@ def any_above(
             req[length] = int(np.floor(tl * (m + length) / 2.0)) + 1  # 2 * req > tl * (m + length)
     bound = np.empty(n_touched, dtype=np.int64)
     n_pass = 0
-    for j in range(n_touched):  # without branches: about 1 in 10 passes, at random
+    for j in range(n_touched):  # without branches: about 1 in 10 passes
         i = touched[j]
+        b = acc[i] + rest
         touched[n_pass] = i
-        bound[n_pass] = acc[i] + rest
-        n_pass += acc[i] + rest >= req[short[i]]
+        bound[n_pass] = b
+        n_pass += b >= req[short[i]]
         acc[i] = 0
+    # the unprobed tokens with a dense column: their overlap with a survivor is read exactly, not assumed
+    dense_rows = slot[uniq[n_prefix:]]
+    dense_counts = counts[n_prefix:][dense_rows >= 0]
+    dense_rows = dense_rows[dense_rows >= 0]
     _set_lut(q, lut)
     found = False
     for j in range(n_pass):
         i = touched[j]
         n = short[i]
         ub = bound[j]
-        for u in range(n_prefix, n_uniq):  # unprobed tokens with a dense column: their overlap exactly
-            t = uniq[order[u]]
-            if slot[t] >= 0:
-                c = counts[order[u]]
-                ub -= c - min(_popcount(dense[slot[t], i]), c)
+        for k in range(len(dense_rows)):
+            c = dense_counts[k]
+            ub -= c - min(_popcount(dense[dense_rows[k], i]), c)
         if ub >= req[n] and table[ROW * n + _lcs_lut(tokmat[i], lut, m)] > thr:
             found = True
             break
